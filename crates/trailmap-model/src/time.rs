@@ -1,0 +1,148 @@
+//! Durations as people write them in config and flags, and event-time units.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+
+pub const MICROS_PER_SECOND: i64 = 1_000_000;
+
+/// A non-negative duration in microseconds, written `30m`, `24h`, `1d 12h`, `90s` or `250ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Span(pub i64);
+
+impl Span {
+    pub const ZERO: Span = Span(0);
+
+    pub fn from_secs(secs: i64) -> Span {
+        Span(secs * MICROS_PER_SECOND)
+    }
+
+    pub fn micros(self) -> i64 {
+        self.0
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl FromStr for Span {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Span, String> {
+        let s = s.trim();
+        if s == "0" {
+            return Ok(Span::ZERO);
+        }
+        let d = humantime::parse_duration(s).map_err(|e| {
+            format!("`{s}` is not a duration ({e}); write it like `30m`, `24h` or `7d`")
+        })?;
+        i64::try_from(d.as_micros())
+            .map(Span)
+            .map_err(|_| format!("`{s}` is too long a duration"))
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = std::time::Duration::from_micros(self.0.max(0) as u64);
+        write!(f, "{}", humantime::format_duration(d))
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Span, D::Error> {
+        let s = String::deserialize(de)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_str(self)
+    }
+}
+
+/// The unit of numeric timestamps (epoch offsets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeUnit {
+    S,
+    Ms,
+    Us,
+}
+
+impl TimeUnit {
+    pub fn to_micros(self, value: i64) -> Option<i64> {
+        match self {
+            TimeUnit::S => value.checked_mul(MICROS_PER_SECOND),
+            TimeUnit::Ms => value.checked_mul(1000),
+            TimeUnit::Us => Some(value),
+        }
+    }
+
+    pub fn to_micros_f64(self, value: f64) -> Option<i64> {
+        let scale = match self {
+            TimeUnit::S => 1e6,
+            TimeUnit::Ms => 1e3,
+            TimeUnit::Us => 1.0,
+        };
+        let v = (value * scale).round();
+        (v.is_finite() && v.abs() < 9.0e18).then_some(v as i64)
+    }
+
+    /// Guesses the unit of an epoch number by magnitude, as most log tools do: seconds until
+    /// the year 5138, then milliseconds, then microseconds.
+    pub fn guess(value: i64) -> TimeUnit {
+        let v = value.unsigned_abs();
+        if v < 100_000_000_000 {
+            TimeUnit::S
+        } else if v < 100_000_000_000_000 {
+            TimeUnit::Ms
+        } else {
+            TimeUnit::Us
+        }
+    }
+}
+
+impl FromStr for TimeUnit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TimeUnit, String> {
+        match s {
+            "s" => Ok(TimeUnit::S),
+            "ms" => Ok(TimeUnit::Ms),
+            "us" | "µs" => Ok(TimeUnit::Us),
+            other => Err(format!("`{other}` is not a time unit; use s, ms or us")),
+        }
+    }
+}
+
+/// Event times outside `[1970-01-01, 2200-01-01)` are rejected as absurd: they come from
+/// unit mix-ups (milliseconds read as seconds) or placeholder dates, never from behaviour.
+pub const MIN_PLAUSIBLE_MICROS: i64 = 0;
+pub const MAX_PLAUSIBLE_MICROS: i64 = 7_258_118_400 * MICROS_PER_SECOND;
+
+pub fn is_plausible(micros: i64) -> bool {
+    (MIN_PLAUSIBLE_MICROS..MAX_PLAUSIBLE_MICROS).contains(&micros)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_parse_like_people_write_them() {
+        assert_eq!("30m".parse::<Span>().unwrap(), Span::from_secs(1800));
+        assert_eq!("1d 12h".parse::<Span>().unwrap(), Span::from_secs(36 * 3600));
+        assert_eq!("0".parse::<Span>().unwrap(), Span::ZERO);
+        assert!("thirty".parse::<Span>().unwrap_err().contains("30m"));
+    }
+
+    #[test]
+    fn units_guess_by_magnitude() {
+        assert_eq!(TimeUnit::guess(1_511_658_000), TimeUnit::S);
+        assert_eq!(TimeUnit::guess(1_511_658_000_000), TimeUnit::Ms);
+        assert_eq!(TimeUnit::guess(1_511_658_000_000_000), TimeUnit::Us);
+    }
+}
