@@ -145,19 +145,23 @@ fn compile_rule(i: usize, rule: &TouchpointRule, stages: &[String]) -> Result<Ru
     })
 }
 
-/// Memoises classification per raw value. Raw values repeat heavily (a few hundred event
-/// names, page paths with ids), so the regexes run once per distinct value, not per event.
-/// The memo is bounded: past `capacity` distinct values (ids in paths) it is cleared.
+/// Memoises classification per raw value for one source. Raw values repeat heavily (a few
+/// hundred event names, page paths with ids), so the regexes run once per distinct value,
+/// not per event. The memo is bounded: past `capacity` distinct values it starts over.
 pub struct CatalogCache {
     catalog: Arc<Catalog>,
-    memo: FxHashMap<(u32, Box<str>), Option<Classified>>,
+    source_name: String,
+    source_kind: String,
+    memo: FxHashMap<Box<str>, Option<Classified>>,
     capacity: usize,
 }
 
 impl CatalogCache {
-    pub fn new(catalog: Arc<Catalog>) -> Self {
+    pub fn new(catalog: Arc<Catalog>, source_name: &str, source_kind: &str) -> Self {
         CatalogCache {
             catalog,
+            source_name: source_name.to_string(),
+            source_kind: source_kind.to_string(),
             memo: FxHashMap::default(),
             capacity: 1 << 16,
         }
@@ -167,24 +171,17 @@ impl CatalogCache {
         &self.catalog
     }
 
-    /// `source_slot` distinguishes sources with different rules in one memo.
-    pub fn classify(
-        &mut self,
-        source_slot: u32,
-        source_name: &str,
-        source_kind: &str,
-        raw: &str,
-    ) -> Option<Classified> {
-        if let Some(hit) = self.memo.get(&(source_slot, Box::from(raw))) {
-            return hit.clone();
+    pub fn classify(&mut self, raw: &str) -> Option<&Classified> {
+        if !self.memo.contains_key(raw) {
+            let result = self
+                .catalog
+                .classify(&self.source_name, &self.source_kind, raw);
+            if self.memo.len() >= self.capacity {
+                self.memo.clear();
+            }
+            self.memo.insert(Box::from(raw), result);
         }
-        let result = self.catalog.classify(source_name, source_kind, raw);
-        if self.memo.len() >= self.capacity {
-            self.memo.clear();
-        }
-        self.memo
-            .insert((source_slot, Box::from(raw)), result.clone());
-        result
+        self.memo.get(raw).and_then(Option::as_ref)
     }
 }
 

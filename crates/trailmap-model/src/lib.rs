@@ -25,7 +25,7 @@ pub mod identity;
 pub mod schema;
 pub mod time;
 
-pub use catalog::{Catalog, Classified};
+pub use catalog::{Catalog, CatalogCache, Classified};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use identity::IdentityKind;

@@ -1,0 +1,262 @@
+//! The file source: CSV, NDJSON, Parquet and XES files (gzip-compressed text too), each
+//! streamed in batches so memory stays bounded by the batch size, not the file size.
+
+mod csv;
+mod ndjson;
+mod parquet;
+mod xes;
+
+use crate::dead_letter::{DeadLetters, Location};
+use crate::mapper::{Outcome, Record, RowMapper};
+use arrow::array::RecordBatch;
+use serde::Serialize;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use trailmap_model::config::{FieldMapping, FieldRef, FileFormat, SourceConfig, SourceKind};
+use trailmap_model::{Catalog, Error, Result};
+
+/// One file to read, with the source config whose mapping applies to it.
+#[derive(Debug, Clone)]
+pub struct FileInput {
+    pub path: PathBuf,
+    pub format: FileFormat,
+    pub source: SourceConfig,
+}
+
+impl FileInput {
+    /// The format comes from the source config, else from the file's extension.
+    pub fn new(path: impl Into<PathBuf>, source: SourceConfig) -> Result<FileInput> {
+        let path = path.into();
+        let format = match source.format.or_else(|| FileFormat::from_path(&path)) {
+            Some(f) => f,
+            None => {
+                return Err(Error::input(
+                    &path,
+                    "cannot tell the format from the extension; name the file .csv, .tsv, \
+                     .ndjson, .jsonl, .parquet, .xes or .xes.gz (optionally .gz)",
+                ));
+            }
+        };
+        Ok(FileInput {
+            path,
+            format,
+            source,
+        })
+    }
+
+    /// The effective field mapping. Generic XES logs default to the XES standard keys: the
+    /// trace's `concept:name` is the customer (case), the event's `concept:name` the
+    /// touchpoint and `time:timestamp` the time.
+    pub fn mapping(&self) -> Result<FieldMapping> {
+        let mut mapping = self.source.mapping().map_err(|(field, message)| {
+            Error::config(format!("source `{}` fields.{field}", self.source.name), message)
+        })?;
+        if self.source.kind == SourceKind::Generic && self.format == FileFormat::Xes {
+            for (field, default) in [
+                ("customer_id", "case:concept:name"),
+                ("ts", "time:timestamp"),
+                ("touchpoint", "concept:name"),
+            ] {
+                if !self.source.fields.contains_key(field) {
+                    mapping
+                        .set(field, vec![FieldRef::parse(default)])
+                        .map_err(Error::Other)?;
+                }
+            }
+        }
+        Ok(mapping)
+    }
+}
+
+/// Which optional canonical columns to materialise. Summaries and path mining need neither
+/// event ids nor properties; skipping them saves most of the per-row allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Projection {
+    pub event_id: bool,
+    pub properties: bool,
+}
+
+impl Default for Projection {
+    fn default() -> Self {
+        Projection {
+            event_id: true,
+            properties: true,
+        }
+    }
+}
+
+impl Projection {
+    /// Only what stitching, ordering and sessions need.
+    pub fn minimal() -> Self {
+        Projection {
+            event_id: false,
+            properties: false,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct IngestOptions {
+    pub catalog: Arc<Catalog>,
+    pub batch_size: usize,
+    pub projection: Projection,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            catalog: Arc::new(Catalog::passthrough()),
+            batch_size: 8192,
+            projection: Projection::default(),
+        }
+    }
+}
+
+/// What a source read, by outcome.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct IngestStats {
+    /// Records seen (rows, lines, XES events).
+    pub records: u64,
+    /// Records that became events with a touchpoint.
+    pub events: u64,
+    /// Identity-only records (identify calls).
+    pub links: u64,
+    /// Records the catalog drops (`unmatched = "drop"`).
+    pub dropped: u64,
+    /// Records rejected to the dead letters.
+    pub rejected: u64,
+}
+
+impl IngestStats {
+    pub fn add(&mut self, other: &IngestStats) {
+        self.records += other.records;
+        self.events += other.events;
+        self.links += other.links;
+        self.dropped += other.dropped;
+        self.rejected += other.rejected;
+    }
+}
+
+/// A stream of canonical batches.
+pub trait BatchSource: Send {
+    /// The next batch, `None` once the input is exhausted. Rejected records go to `dead`;
+    /// an error means the input cannot be read further (or the error budget is spent).
+    fn next_batch(&mut self, dead: &mut DeadLetters) -> Result<Option<RecordBatch>>;
+
+    fn stats(&self) -> &IngestStats;
+
+    /// Bytes of the file consumed so far (compressed bytes for .gz), for progress.
+    fn bytes_read(&self) -> u64;
+}
+
+/// Opens a file as a batch source.
+pub fn open(input: &FileInput, options: &IngestOptions) -> Result<Box<dyn BatchSource>> {
+    let mapping = input.mapping()?;
+    match input.format {
+        FileFormat::Csv => Ok(Box::new(csv::CsvSource::open(input, &mapping, options)?)),
+        FileFormat::Ndjson => Ok(Box::new(ndjson::NdjsonSource::open(input, &mapping, options)?)),
+        FileFormat::Parquet => Ok(Box::new(parquet::ParquetSource::open(input, &mapping, options)?)),
+        FileFormat::Xes => Ok(Box::new(xes::XesSource::open(input, &mapping, options)?)),
+    }
+}
+
+/// Reads every file in order, handing each batch to `sink`.
+pub fn read_all(
+    inputs: &[FileInput],
+    options: &IngestOptions,
+    dead: &mut DeadLetters,
+    mut sink: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<IngestStats> {
+    let mut total = IngestStats::default();
+    for input in inputs {
+        let mut source = open(input, options)?;
+        while let Some(batch) = source.next_batch(dead)? {
+            sink(batch)?;
+        }
+        total.add(source.stats());
+    }
+    dead.flush()?;
+    Ok(total)
+}
+
+/// Shared by the readers: counts bytes pulled from the file, for progress bars.
+#[derive(Clone, Default)]
+pub(crate) struct ByteCounter(Arc<AtomicU64>);
+
+impl ByteCounter {
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+struct Counting<R> {
+    inner: R,
+    counter: ByteCounter,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.0.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Opens a text file, transparently decompressing gzip (recognised by its magic bytes, so
+/// a misnamed file still reads).
+pub(crate) fn open_text(path: &Path) -> Result<(Box<dyn BufRead + Send>, ByteCounter)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let counter = ByteCounter::default();
+    let mut raw = BufReader::with_capacity(
+        1 << 16,
+        Counting {
+            inner: file,
+            counter: counter.clone(),
+        },
+    );
+    let is_gzip = raw.fill_buf().map_err(|e| Error::io(path, e))?.starts_with(&[0x1f, 0x8b]);
+    let reader: Box<dyn BufRead + Send> = if is_gzip {
+        Box::new(BufReader::with_capacity(
+            1 << 16,
+            flate2::bufread::MultiGzDecoder::new(raw),
+        ))
+    } else {
+        Box::new(raw)
+    };
+    Ok((reader, counter))
+}
+
+/// Maps one record and books the outcome: counted, or rejected to the dead letters.
+pub(crate) fn book<K, R: Record<K>>(
+    mapper: &mut RowMapper<K>,
+    record: &R,
+    stats: &mut IngestStats,
+    dead: &mut DeadLetters,
+    path: &Path,
+    location: Location,
+    raw: impl FnOnce() -> Option<Vec<u8>>,
+) -> Result<()> {
+    stats.records += 1;
+    match mapper.map(record) {
+        Ok(Outcome::Event) => stats.events += 1,
+        Ok(Outcome::Link) => stats.links += 1,
+        Ok(Outcome::Dropped) => stats.dropped += 1,
+        Err(reason) => reject(stats, dead, path, location, &reason, raw().as_deref())?,
+    }
+    Ok(())
+}
+
+pub(crate) fn reject(
+    stats: &mut IngestStats,
+    dead: &mut DeadLetters,
+    path: &Path,
+    location: Location,
+    reason: &str,
+    raw: Option<&[u8]>,
+) -> Result<()> {
+    stats.rejected += 1;
+    dead.reject(path, location, reason, raw)
+}

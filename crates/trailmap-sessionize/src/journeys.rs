@@ -1,0 +1,342 @@
+//! Journeys: events grouped per stitched customer, in event-time order, cut into sessions.
+
+use crate::stitch::IdentityGraph;
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::{TimestampMicrosecondType, UInt32Type};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use trailmap_model::config::{Scope, SessionConfig};
+use trailmap_model::{IdentityKind, schema};
+
+/// Interns low-cardinality names (touchpoints, sources) to dense ids.
+#[derive(Default, Clone)]
+struct Names {
+    ids: FxHashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Names {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.ids.insert(name.to_string(), id);
+        self.names.push(name.to_string());
+        id
+    }
+}
+
+/// Collects events from canonical batches; [`finish`](Self::finish) orders and cuts them.
+#[derive(Default)]
+pub struct JourneyBuilder {
+    graph: IdentityGraph,
+    touchpoints: Names,
+    stages: Vec<Option<String>>,
+    sources: Names,
+    /// Per event, in arrival order.
+    ts: Vec<i64>,
+    touchpoint: Vec<u32>,
+    node: Vec<u32>,
+    source: Vec<u16>,
+    links: u64,
+    /// Records without any identifier; ingest rejects these, so this stays 0 in practice.
+    unidentified: u64,
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, String> {
+    batch
+        .column_by_name(name)
+        .map(|c| c.as_ref())
+        .ok_or_else(|| format!("batch has no `{name}` column; expected the canonical event schema"))
+}
+
+/// Maps a batch's dictionary keys to global ids, interning each distinct value once.
+fn dictionary_ids(array: &dyn Array, names: &mut Names) -> Result<Vec<Option<u32>>, String> {
+    let dict = array
+        .as_dictionary_opt::<UInt32Type>()
+        .ok_or("dictionary column is not dictionary<u32, utf8>")?;
+    let values: &StringArray = dict
+        .values()
+        .as_string_opt::<i32>()
+        .ok_or("dictionary values are not utf8")?;
+    let global: Vec<u32> = (0..values.len()).map(|i| names.id(values.value(i))).collect();
+    Ok(dict
+        .keys()
+        .iter()
+        .map(|k| k.and_then(|k| global.get(k as usize).copied()))
+        .collect())
+}
+
+impl JourneyBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn events(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// Adds a canonical batch. Rows without a touchpoint only link identities.
+    pub fn push_batch(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        let ts = column(batch, schema::TS)?
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or("`ts` is not timestamp(µs)")?;
+        let touchpoints = dictionary_ids(column(batch, schema::TOUCHPOINT)?, &mut self.touchpoints)?;
+        let mut stage_names = Names::default();
+        let stages = dictionary_ids(column(batch, schema::STAGE)?, &mut stage_names)?;
+        let sources = dictionary_ids(column(batch, schema::SOURCE)?, &mut self.sources)?;
+        let ids: Vec<(IdentityKind, &StringArray)> = IdentityKind::ALL
+            .iter()
+            .filter_map(|k| {
+                let c = batch.column_by_name(k.column())?.as_string_opt::<i32>()?;
+                (c.null_count() < c.len()).then_some((*k, c))
+            })
+            .collect();
+        self.stages.resize(self.touchpoints.names.len(), None);
+
+        for row in 0..batch.num_rows() {
+            let mut first: Option<u32> = None;
+            for (kind, col) in &ids {
+                if col.is_null(row) {
+                    continue;
+                }
+                if let Some(n) = self.graph.node(*kind, col.value(row)) {
+                    match first {
+                        None => first = Some(n),
+                        Some(f) => {
+                            self.graph.union(f, n);
+                        }
+                    }
+                }
+            }
+            let Some(node) = first else {
+                self.unidentified += 1;
+                continue;
+            };
+            let Some(tp) = touchpoints[row] else {
+                self.links += 1;
+                continue;
+            };
+            if ts.is_null(row) {
+                self.unidentified += 1;
+                continue;
+            }
+            if self.stages[tp as usize].is_none()
+                && let Some(stage) = stages[row]
+            {
+                self.stages[tp as usize] = Some(stage_names.names[stage as usize].clone());
+            }
+            self.ts.push(ts.value(row));
+            self.touchpoint.push(tp);
+            self.node.push(node);
+            self.source.push(sources[row].unwrap_or(0) as u16);
+        }
+        Ok(())
+    }
+
+    /// Groups events per customer, orders each journey by (ts, arrival) and cuts sessions.
+    pub fn finish(mut self, sessions: &SessionConfig) -> JourneyLog {
+        let n = self.ts.len();
+        // Dense customer ids, numbered by first appearance.
+        let mut customer_of_root: FxHashMap<u32, u32> = FxHashMap::default();
+        let mut roots = Vec::new();
+        let mut customer = Vec::with_capacity(n);
+        for i in 0..n {
+            let root = self.graph.find(self.node[i]);
+            let next = customer_of_root.len() as u32;
+            let c = *customer_of_root.entry(root).or_insert_with(|| {
+                roots.push(root);
+                next
+            });
+            customer.push(c);
+        }
+        let customers = roots.len();
+
+        // Counting sort by customer keeps arrival order within each customer; a stable
+        // sort by time then leaves ties in arrival order.
+        let mut offsets = vec![0usize; customers + 1];
+        for &c in &customer {
+            offsets[c as usize + 1] += 1;
+        }
+        for c in 0..customers {
+            offsets[c + 1] += offsets[c];
+        }
+        let mut cursor = offsets.clone();
+        let mut order = vec![0u32; n];
+        for (i, &c) in customer.iter().enumerate() {
+            order[cursor[c as usize]] = i as u32;
+            cursor[c as usize] += 1;
+        }
+        drop(cursor);
+        drop(customer);
+        for c in 0..customers {
+            let slice = &mut order[offsets[c]..offsets[c + 1]];
+            if !slice.windows(2).all(|w| self.ts[w[0] as usize] <= self.ts[w[1] as usize]) {
+                slice.sort_by_key(|&i| self.ts[i as usize]);
+            }
+        }
+
+        let ts: Vec<i64> = order.iter().map(|&i| self.ts[i as usize]).collect();
+        let touchpoint: Vec<u32> = order.iter().map(|&i| self.touchpoint[i as usize]).collect();
+        let source: Vec<u16> = order.iter().map(|&i| self.source[i as usize]).collect();
+        drop(std::mem::take(&mut self.ts));
+        drop(std::mem::take(&mut self.touchpoint));
+
+        let (gap, max) = (sessions.gap.micros(), sessions.max_duration.micros());
+        let mut session_offsets = Vec::with_capacity(customers + 1);
+        let mut session_customer = Vec::with_capacity(customers);
+        for c in 0..customers {
+            let (lo, hi) = (offsets[c], offsets[c + 1]);
+            let mut start = ts[lo];
+            session_offsets.push(lo);
+            session_customer.push(c as u32);
+            for i in lo + 1..hi {
+                if ts[i] - ts[i - 1] > gap || (max > 0 && ts[i] - start > max) {
+                    start = ts[i];
+                    session_offsets.push(i);
+                    session_customer.push(c as u32);
+                }
+            }
+        }
+        session_offsets.push(n);
+
+        let keys = self.graph.display_keys();
+        let customer_keys = roots
+            .iter()
+            .map(|r| keys.get(r).map_or_else(String::new, |(_, v)| v.to_string()))
+            .collect();
+        let identifiers = self.graph.len();
+        JourneyLog {
+            customer_keys,
+            touchpoints: self.touchpoints.names,
+            stages: self.stages,
+            sources: self.sources.names,
+            offsets,
+            ts,
+            touchpoint,
+            source,
+            arrival: order,
+            session_offsets,
+            session_customer,
+            links: self.links,
+            identifiers,
+        }
+    }
+}
+
+/// Ordered journeys, columnar. Events of customer `c` are `offsets[c]..offsets[c + 1]`;
+/// sessions likewise through `session_offsets`.
+#[derive(Debug, Clone)]
+pub struct JourneyLog {
+    /// Display key of each customer (see [`IdentityGraph::display_keys`]).
+    pub customer_keys: Vec<String>,
+    pub touchpoints: Vec<String>,
+    /// Stage of each touchpoint, as the catalog assigned it.
+    pub stages: Vec<Option<String>>,
+    pub sources: Vec<String>,
+    pub offsets: Vec<usize>,
+    pub ts: Vec<i64>,
+    pub touchpoint: Vec<u32>,
+    pub source: Vec<u16>,
+    /// Arrival index of each event (its position in the input), for joining back.
+    pub arrival: Vec<u32>,
+    pub session_offsets: Vec<usize>,
+    pub session_customer: Vec<u32>,
+    /// Identity-only records.
+    pub links: u64,
+    /// Distinct identifiers stitched.
+    pub identifiers: usize,
+}
+
+/// One customer's or one session's ordered events.
+#[derive(Debug, Clone, Copy)]
+pub struct Journey<'a> {
+    pub customer: u32,
+    pub ts: &'a [i64],
+    pub touchpoint: &'a [u32],
+}
+
+/// What was read and stitched.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub events: u64,
+    pub customers: u64,
+    pub sessions: u64,
+    /// Identity-only records (identify calls) that linked identifiers.
+    pub identity_links: u64,
+    /// Distinct identifiers stitched into the customers.
+    pub identifiers: u64,
+    /// Customers whose journey spans more than one source.
+    pub cross_source_customers: u64,
+    pub touchpoints: u64,
+    pub first_ts: Option<i64>,
+    pub last_ts: Option<i64>,
+}
+
+impl JourneyLog {
+    pub fn num_events(&self) -> usize {
+        self.ts.len()
+    }
+
+    pub fn num_customers(&self) -> usize {
+        self.customer_keys.len()
+    }
+
+    pub fn num_sessions(&self) -> usize {
+        self.session_customer.len()
+    }
+
+    pub fn customer(&self, c: u32) -> Journey<'_> {
+        let r = self.offsets[c as usize]..self.offsets[c as usize + 1];
+        Journey {
+            customer: c,
+            ts: &self.ts[r.clone()],
+            touchpoint: &self.touchpoint[r],
+        }
+    }
+
+    /// Journeys by scope: whole customer histories, or sessions.
+    pub fn journeys(&self, scope: Scope) -> Box<dyn Iterator<Item = Journey<'_>> + '_> {
+        match scope {
+            Scope::Customer => Box::new((0..self.num_customers() as u32).map(|c| self.customer(c))),
+            Scope::Session => Box::new((0..self.num_sessions()).map(|s| {
+                let r = self.session_offsets[s]..self.session_offsets[s + 1];
+                Journey {
+                    customer: self.session_customer[s],
+                    ts: &self.ts[r.clone()],
+                    touchpoint: &self.touchpoint[r],
+                }
+            })),
+        }
+    }
+
+    /// Touchpoint names of a journey.
+    pub fn names<'a>(&'a self, journey: &Journey<'a>) -> Vec<&'a str> {
+        journey
+            .touchpoint
+            .iter()
+            .map(|&t| self.touchpoints[t as usize].as_str())
+            .collect()
+    }
+
+    pub fn summary(&self) -> SessionSummary {
+        let cross_source = (0..self.num_customers())
+            .filter(|&c| {
+                let s = &self.source[self.offsets[c]..self.offsets[c + 1]];
+                s.iter().any(|x| *x != s[0])
+            })
+            .count();
+        SessionSummary {
+            events: self.num_events() as u64,
+            customers: self.num_customers() as u64,
+            sessions: self.num_sessions() as u64,
+            identity_links: self.links,
+            identifiers: self.identifiers as u64,
+            cross_source_customers: cross_source as u64,
+            touchpoints: self.touchpoints.len() as u64,
+            first_ts: self.ts.iter().min().copied(),
+            last_ts: self.ts.iter().max().copied(),
+        }
+    }
+}
