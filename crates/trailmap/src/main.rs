@@ -1,1 +1,23 @@
-fn main() {}
+use clap::Parser;
+use std::process::ExitCode;
+use trailmap::commands::Command;
+
+/// Mine customer journeys from behaviour: clickstream, support tickets and CRM events,
+/// stitched per customer, into paths, funnels and drop-offs.
+#[derive(Parser)]
+#[command(name = "trailmap", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

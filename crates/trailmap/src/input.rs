@@ -1,0 +1,255 @@
+//! What the analytics commands read, and how: the input flags shared by `sessions`,
+//! `paths`, `funnel`, `dropoffs` and `sql`.
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::Arc;
+use trailmap_ingest::file::{self, FileInput, IngestOptions, IngestStats, Projection};
+use trailmap_ingest::DeadLetters;
+use trailmap_model::config::{OneOrMany, Scope, SourceConfig, SourceKind};
+use trailmap_model::time::{Span, TimeUnit};
+use trailmap_model::{Catalog, Config, Error};
+use trailmap_sessionize::{JourneyBuilder, JourneyLog};
+
+#[derive(Debug, Clone, Args)]
+pub struct InputArgs {
+    /// Input file, repeatable: `FILE` (a generic log, mapped by --customer/--time/--touchpoint)
+    /// or `KIND=FILE` with KIND clickstream, ticket, crm or a configured source's name.
+    /// Formats by extension: .csv .tsv .ndjson .jsonl .parquet .xes .xes.gz (and .gz text).
+    /// Without --input, the paths of the configured [[sources]] are read.
+    #[arg(long = "input", short = 'i', value_name = "[KIND=]FILE")]
+    pub inputs: Vec<String>,
+
+    /// Configuration file (default: the built-in copy of config/trailmap.toml).
+    #[arg(long, env = "TRAILMAP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Customer (case) column of generic logs [default: customer_id; XES: the trace's concept:name].
+    #[arg(long, value_name = "COL")]
+    pub customer: Option<String>,
+
+    /// Time column of generic logs [default: ts; XES: time:timestamp].
+    #[arg(long, value_name = "COL")]
+    pub time: Option<String>,
+
+    /// Touchpoint column of generic logs [default: touchpoint; XES: the event's concept:name].
+    #[arg(long, value_name = "COL")]
+    pub touchpoint: Option<String>,
+
+    /// CSV delimiter (one character, `\t` for tab) [default: sniffed from the header line].
+    #[arg(long, value_name = "CHAR")]
+    pub delimiter: Option<String>,
+
+    /// The CSV has no header row; name the columns with --columns.
+    #[arg(long)]
+    pub no_header: bool,
+
+    /// Column names of a CSV without header, comma-separated.
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',')]
+    pub columns: Vec<String>,
+
+    /// strftime format of text times (e.g. "%Y/%m/%d %H:%M:%S%.f") [default: ISO-8601 or epoch].
+    #[arg(long, value_name = "FMT")]
+    pub time_format: Option<String>,
+
+    /// Unit of numeric times [default: guessed from the magnitude].
+    #[arg(long, value_name = "s|ms|us")]
+    pub time_unit: Option<TimeUnit>,
+
+    /// Inactivity that starts a new session (e.g. 30m) [default: sessions.gap].
+    #[arg(long, value_name = "DURATION")]
+    pub gap: Option<Span>,
+
+    /// Longest session before it is cut; 0 for none [default: sessions.max_duration].
+    #[arg(long, value_name = "DURATION")]
+    pub max_duration: Option<Span>,
+
+    /// Journeys are whole customer histories or sessions [default: sessions.scope].
+    #[arg(long, value_name = "customer|session")]
+    pub scope: Option<Scope>,
+
+    /// Where rejected records go [default: ingest.dead_letter].
+    #[arg(long, value_name = "FILE")]
+    pub dead_letter: Option<PathBuf>,
+
+    /// Fail when more than N records are rejected [default: ingest.max_errors, unlimited].
+    #[arg(long, value_name = "N")]
+    pub max_errors: Option<u64>,
+}
+
+/// Journeys loaded from the inputs, with what ingest saw.
+pub struct Loaded {
+    pub config: Config,
+    pub log: JourneyLog,
+    pub ingest: IngestStats,
+    pub files: Vec<PathBuf>,
+    pub dead_letters: PathBuf,
+    pub rejected_by_reason: std::collections::BTreeMap<String, u64>,
+}
+
+impl InputArgs {
+    /// The configuration with the command-line overrides applied.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::builtin(),
+        };
+        if let Some(gap) = self.gap {
+            if gap.is_zero() {
+                bail!("--gap must be longer than 0, like 30m");
+            }
+            config.sessions.gap = gap;
+        }
+        if let Some(max) = self.max_duration {
+            config.sessions.max_duration = max;
+        }
+        if let Some(scope) = self.scope {
+            config.sessions.scope = scope;
+        }
+        if let Some(dl) = &self.dead_letter {
+            config.ingest.dead_letter = dl.clone();
+        }
+        if self.max_errors.is_some() {
+            config.ingest.max_errors = self.max_errors;
+        }
+        Ok(config)
+    }
+
+    /// Applies the format flags (and, for generic logs, the column flags) to a source.
+    fn tune(&self, mut source: SourceConfig) -> SourceConfig {
+        if source.kind == SourceKind::Generic {
+            for (field, flag) in [
+                ("customer_id", &self.customer),
+                ("ts", &self.time),
+                ("touchpoint", &self.touchpoint),
+            ] {
+                if let Some(col) = flag {
+                    source.fields.insert(field.into(), OneOrMany::One(col.clone()));
+                }
+            }
+        }
+        if self.time_format.is_some() {
+            source.time_format = self.time_format.clone();
+        }
+        if self.time_unit.is_some() {
+            source.time_unit = self.time_unit;
+        }
+        if self.delimiter.is_some() {
+            source.csv.delimiter = self.delimiter.clone();
+        }
+        if self.no_header {
+            source.csv.header = Some(false);
+            source.csv.columns = self.columns.clone();
+        }
+        source
+    }
+
+    /// The files to read, each with its source config.
+    pub fn file_inputs(&self, config: &Config) -> anyhow::Result<Vec<FileInput>> {
+        let mut inputs = Vec::new();
+        for spec in &self.inputs {
+            let (source, path) = match spec.split_once('=') {
+                Some((name, path)) if !name.contains(['/', '\\']) => {
+                    let source = config
+                        .sources
+                        .iter()
+                        .find(|s| s.name == name)
+                        .cloned()
+                        .or_else(|| SourceKind::parse(name).map(SourceConfig::of_kind))
+                        .with_context(|| {
+                            let mut known: Vec<&str> = vec!["clickstream", "ticket", "crm", "generic"];
+                            known.extend(config.sources.iter().map(|s| s.name.as_str()));
+                            format!(
+                                "--input {spec}: `{name}` is not a source kind or configured source; use one of {}",
+                                known.join(", ")
+                            )
+                        })?;
+                    (source, PathBuf::from(path))
+                }
+                _ => {
+                    let mut source = SourceConfig::of_kind(SourceKind::Generic);
+                    source.name = "file".into();
+                    (source, PathBuf::from(spec))
+                }
+            };
+            inputs.push(FileInput::new(path, self.tune(source))?);
+        }
+        if inputs.is_empty() {
+            for source in &config.sources {
+                for path in &source.paths {
+                    inputs.push(FileInput::new(path.clone(), self.tune(source.clone()))?);
+                }
+            }
+        }
+        if inputs.is_empty() {
+            bail!("no input: pass --input FILE (repeatable), or configure [[sources]] with paths in --config");
+        }
+        for input in &inputs {
+            if !input.path.exists() {
+                bail!("{}: no such file", input.path.display());
+            }
+        }
+        Ok(inputs)
+    }
+
+    /// Reads, stitches and sessionizes every input.
+    pub fn load(&self, projection: Projection) -> anyhow::Result<Loaded> {
+        let config = self.config()?;
+        let inputs = self.file_inputs(&config)?;
+        let options = IngestOptions {
+            catalog: Arc::new(Catalog::compile(&config.catalog)?),
+            batch_size: config.ingest.batch_size,
+            projection,
+        };
+        let mut dead = DeadLetters::new(&config.ingest.dead_letter, config.ingest.max_errors);
+        let total_bytes: u64 = inputs
+            .iter()
+            .filter_map(|i| std::fs::metadata(&i.path).ok())
+            .map(|m| m.len())
+            .sum();
+        let progress = ProgressBar::new(total_bytes);
+        progress.set_style(
+            ProgressStyle::with_template("{spinner} reading {msg} {bar:30} {bytes}/{total_bytes} ({eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let mut journeys = JourneyBuilder::new();
+        let mut ingest = IngestStats::default();
+        let mut done_bytes = 0;
+        let result: Result<(), Error> = (|| {
+            for input in &inputs {
+                progress.set_message(input.path.display().to_string());
+                let mut source = file::open(input, &options)?;
+                while let Some(batch) = source.next_batch(&mut dead)? {
+                    journeys.push_batch(&batch).map_err(Error::Other)?;
+                    progress.set_position(done_bytes + source.bytes_read());
+                }
+                done_bytes += std::fs::metadata(&input.path).map(|m| m.len()).unwrap_or(0);
+                ingest.add(source.stats());
+            }
+            dead.flush()
+        })();
+        progress.finish_and_clear();
+        if let Err(e) = result {
+            if let Error::TooManyErrors { .. } = e {
+                let reasons: Vec<String> = dead
+                    .by_reason()
+                    .iter()
+                    .map(|(r, n)| format!("  {n} × {r}"))
+                    .collect();
+                bail!("{e}\nrejected by reason:\n{}", reasons.join("\n"));
+            }
+            return Err(e.into());
+        }
+        let log = journeys.finish(&config.sessions);
+        Ok(Loaded {
+            dead_letters: dead.path().to_path_buf(),
+            rejected_by_reason: dead.by_reason().clone(),
+            config,
+            log,
+            ingest,
+            files: inputs.into_iter().map(|i| i.path).collect(),
+        })
+    }
+}
