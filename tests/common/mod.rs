@@ -14,15 +14,24 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// `../shared/data/real/NAME`, failing with a clear message when the real logs are absent.
+/// A real log from `shared/data/real`: `$TRAILMAP_REAL_DATA`, else `../shared/data/real`
+/// next to the checkout (or next to any ancestor of it), else `/work/shared/data/real`.
+/// Fails with a clear message when the logs are nowhere.
 pub fn real(name: &str) -> PathBuf {
-    let p = root().join("../shared/data/real").join(name);
-    assert!(
-        p.exists(),
-        "real log {} is missing: the tests read ../shared/data/real next to the checkout",
-        p.display()
-    );
-    p
+    let root = root().canonicalize().unwrap_or_else(|_| root());
+    let mut candidates: Vec<PathBuf> = std::env::var_os("TRAILMAP_REAL_DATA")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    candidates.extend(root.ancestors().map(|a| a.join("shared/data/real")));
+    candidates.push(PathBuf::from("/work/shared/data/real"));
+    let dir = candidates.iter().find(|d| d.join(name).exists()).unwrap_or_else(|| {
+        panic!(
+            "real log {name} not found; looked in {candidates:?}. Set TRAILMAP_REAL_DATA to the \
+             directory holding the shared real logs"
+        )
+    });
+    dir.join(name)
 }
 
 pub fn run(args: &[&str]) -> Output {
