@@ -19,7 +19,15 @@ struct Run {
 fn read(input: &Path, extra: &[&str]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let dl = dir.path().join("dead.ndjson");
-    let mut args = vec!["sessions", "-f", "json", "--dead-letter", s(&dl), "-i", s(input)];
+    let mut args = vec![
+        "sessions",
+        "-f",
+        "json",
+        "--dead-letter",
+        s(&dl),
+        "-i",
+        s(input),
+    ];
     args.extend_from_slice(extra);
     let summary = json(&args);
     let letters = std::fs::read_to_string(&dl)
@@ -31,13 +39,20 @@ fn read(input: &Path, extra: &[&str]) -> Run {
 }
 
 fn reasons(run: &Run) -> Vec<String> {
-    run.letters.iter().map(|l| l["reason"].as_str().unwrap().to_string()).collect()
+    run.letters
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn assert_counts(run: &Run, events: u64, rejected: u64) {
     assert_eq!(run.summary["events"], events, "{:#}", run.summary);
     assert_eq!(run.summary["rejected"], rejected, "{:#}", run.summary);
-    assert_eq!(run.letters.len() as u64, rejected, "one dead letter per rejected record");
+    assert_eq!(
+        run.letters.len() as u64,
+        rejected,
+        "one dead letter per rejected record"
+    );
 }
 
 #[test]
@@ -51,7 +66,11 @@ fn csv_rows_are_rejected_one_by_one() {
     assert!(r[3].contains("outside 1970..2200"));
     assert!(r[4].starts_with("missing customer"));
     assert!(r[5].starts_with("missing touchpoint"));
-    let lines: Vec<_> = run.letters.iter().map(|l| l["line"].as_u64().unwrap()).collect();
+    let lines: Vec<_> = run
+        .letters
+        .iter()
+        .map(|l| l["line"].as_u64().unwrap())
+        .collect();
     assert_eq!(lines, vec![3, 4, 5, 6, 7, 8]);
     assert_eq!(run.letters[0]["raw"], "c1,2024-05-01T10:05:00Z");
     assert_eq!(run.summary["rejected_by_reason"]["missing customer"], 1);
@@ -68,7 +87,11 @@ fn ndjson_lines_are_rejected_one_by_one() {
     assert!(r[3].starts_with("missing touchpoint"));
     assert!(r[4].starts_with("invalid JSON") && r[4].contains("unicode"));
     assert!(r[5].contains("outside 1970..2200"));
-    let lines: Vec<_> = run.letters.iter().map(|l| l["line"].as_u64().unwrap()).collect();
+    let lines: Vec<_> = run
+        .letters
+        .iter()
+        .map(|l| l["line"].as_u64().unwrap())
+        .collect();
     assert_eq!(lines, vec![2, 3, 4, 5, 6, 9]);
 }
 
@@ -80,7 +103,11 @@ fn xes_events_and_traces_are_rejected_with_offsets() {
     assert!(r[0].starts_with("missing time"), "{r:?}");
     assert!(r[1].contains("cannot parse `2024-13-45T99:00:00`"));
     assert!(r[2].starts_with("missing customer"));
-    assert!(run.letters.iter().all(|l| l["offset"].as_u64().unwrap() > 0));
+    assert!(
+        run.letters
+            .iter()
+            .all(|l| l["offset"].as_u64().unwrap() > 0)
+    );
     assert_eq!(run.summary["customers"], 2);
     // Nested attributes never rename an event: `decide` stays `decide`.
     assert_eq!(run.summary["touchpoints"], 2);
@@ -122,8 +149,17 @@ fn unreadable_files_are_one_line_errors() {
     assert!(e.contains("not an XES log"), "{e}");
     let e = one_line_error(&["sessions", "-i", "no/such/file.csv"]);
     assert!(e.contains("no such file"), "{e}");
-    let e = one_line_error(&["sessions", "-i", s(&corpus("bad.csv")), "--customer", "user"]);
-    assert!(e.contains("--customer") && e.contains("customer_id, ts, touchpoint, plan"), "{e}");
+    let e = one_line_error(&[
+        "sessions",
+        "-i",
+        s(&corpus("bad.csv")),
+        "--customer",
+        "user",
+    ]);
+    assert!(
+        e.contains("--customer") && e.contains("customer_id, ts, touchpoint, plan"),
+        "{e}"
+    );
     let e = one_line_error(&["sessions", "-i", "events.bin"]);
     assert!(e.contains("no such file") || e.contains("extension"), "{e}");
 }
@@ -133,16 +169,33 @@ fn max_errors_fails_with_a_summary() {
     let dir = tempfile::tempdir().unwrap();
     let dl = dir.path().join("dead.ndjson");
     let out = run(&[
-        "sessions", "-i", s(&corpus("bad.csv")), "--max-errors", "2", "--dead-letter", s(&dl),
+        "sessions",
+        "-i",
+        s(&corpus("bad.csv")),
+        "--max-errors",
+        "2",
+        "--dead-letter",
+        s(&dl),
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("3 records rejected, more than the allowed 2"), "{err}");
+    assert!(
+        err.contains("3 records rejected, more than the allowed 2"),
+        "{err}"
+    );
     assert!(err.contains("rejected by reason"), "{err}");
     assert!(err.contains("1 × row has 2 fields"), "{err}");
     assert_eq!(std::fs::read_to_string(&dl).unwrap().lines().count(), 3);
     // Within budget, the same file succeeds.
-    let ok = run(&["sessions", "-i", s(&corpus("bad.csv")), "--max-errors", "6", "--dead-letter", s(&dl)]);
+    let ok = run(&[
+        "sessions",
+        "-i",
+        s(&corpus("bad.csv")),
+        "--max-errors",
+        "6",
+        "--dead-letter",
+        s(&dl),
+    ]);
     assert!(ok.status.success());
 }
 
@@ -161,10 +214,40 @@ fn parquet_rows_are_rejected_one_by_one() {
     write_parquet(
         &path,
         vec![
-            ("customer_id", Arc::new(StringArray::from(vec![Some("c1"), None, Some("c2"), Some("c3"), Some(" ")])) as ArrayRef),
-            ("ts", Arc::new(Int64Array::from(vec![Some(1_714_557_600), Some(1_714_557_600), Some(-5), None, Some(1_714_557_600)]))),
-            ("touchpoint", Arc::new(StringArray::from(vec![Some("home_view"), Some("x"), Some("x"), Some("x"), Some("x")]))),
-            ("flag", Arc::new(BooleanArray::from(vec![true, false, true, false, true]))),
+            (
+                "customer_id",
+                Arc::new(StringArray::from(vec![
+                    Some("c1"),
+                    None,
+                    Some("c2"),
+                    Some("c3"),
+                    Some(" "),
+                ])) as ArrayRef,
+            ),
+            (
+                "ts",
+                Arc::new(Int64Array::from(vec![
+                    Some(1_714_557_600),
+                    Some(1_714_557_600),
+                    Some(-5),
+                    None,
+                    Some(1_714_557_600),
+                ])),
+            ),
+            (
+                "touchpoint",
+                Arc::new(StringArray::from(vec![
+                    Some("home_view"),
+                    Some("x"),
+                    Some("x"),
+                    Some("x"),
+                    Some("x"),
+                ])),
+            ),
+            (
+                "flag",
+                Arc::new(BooleanArray::from(vec![true, false, true, false, true])),
+            ),
         ],
     );
     let run = read(&path, &["--time-unit", "s"]);
@@ -174,7 +257,11 @@ fn parquet_rows_are_rejected_one_by_one() {
     assert!(r[1].contains("outside 1970..2200"));
     assert!(r[2].starts_with("missing time"));
     assert!(r[3].starts_with("missing customer"), "a blank id is no id");
-    let rows: Vec<_> = run.letters.iter().map(|l| l["row"].as_u64().unwrap()).collect();
+    let rows: Vec<_> = run
+        .letters
+        .iter()
+        .map(|l| l["row"].as_u64().unwrap())
+        .collect();
     assert_eq!(rows, vec![1, 2, 3, 4]);
 
     // A column of the wrong type entirely: booleans are not times.
@@ -182,7 +269,10 @@ fn parquet_rows_are_rejected_one_by_one() {
     write_parquet(
         &wrong,
         vec![
-            ("customer_id", Arc::new(StringArray::from(vec!["c1"])) as ArrayRef),
+            (
+                "customer_id",
+                Arc::new(StringArray::from(vec!["c1"])) as ArrayRef,
+            ),
             ("ts", Arc::new(BooleanArray::from(vec![true]))),
             ("touchpoint", Arc::new(StringArray::from(vec!["home_view"]))),
         ],

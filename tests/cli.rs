@@ -7,10 +7,15 @@ use common::*;
 fn example_sources_stitch_into_three_customers() {
     let ex = root().join("config/examples");
     let v = json(&[
-        "sessions", "-f", "json",
-        "-i", &format!("clickstream={}", s(&ex.join("clickstream.ndjson"))),
-        "-i", &format!("ticket={}", s(&ex.join("ticket.csv"))),
-        "-i", &format!("crm={}", s(&ex.join("crm.ndjson"))),
+        "sessions",
+        "-f",
+        "json",
+        "-i",
+        &format!("clickstream={}", s(&ex.join("clickstream.ndjson"))),
+        "-i",
+        &format!("ticket={}", s(&ex.join("ticket.csv"))),
+        "-i",
+        &format!("crm={}", s(&ex.join("crm.ndjson"))),
     ]);
     assert_eq!(v["customers"], 3, "{v:#}");
     assert_eq!(v["events"], 18);
@@ -19,9 +24,13 @@ fn example_sources_stitch_into_three_customers() {
     assert_eq!(v["rejected"], 0);
     // Without the identify call's link the web visitor and the CRM contact stay apart.
     let v = json(&[
-        "sessions", "-f", "json",
-        "-i", &format!("ticket={}", s(&ex.join("ticket.csv"))),
-        "-i", &format!("crm={}", s(&ex.join("crm.ndjson"))),
+        "sessions",
+        "-f",
+        "json",
+        "-i",
+        &format!("ticket={}", s(&ex.join("ticket.csv"))),
+        "-i",
+        &format!("crm={}", s(&ex.join("crm.ndjson"))),
     ]);
     assert_eq!(v["customers"], 2);
 }
@@ -32,13 +41,30 @@ fn generated_sources_stitch_back_to_the_generated_customers() {
     let out = dir.path();
     for (format, ext) in [("ndjson", "ndjson"), ("parquet", "parquet")] {
         let d = out.join(format);
-        let g = json(&["gen", "--customers", "3000", "--seed", "7", "--out", s(&d), "--file-format", format, "-f", "json"]);
+        let g = json(&[
+            "gen",
+            "--customers",
+            "3000",
+            "--seed",
+            "7",
+            "--out",
+            s(&d),
+            "--file-format",
+            format,
+            "-f",
+            "json",
+        ]);
         assert_eq!(g["customers"], 3000);
         let v = json(&[
-            "sessions", "-f", "json",
-            "-i", &format!("clickstream={}", s(&d.join(format!("clickstream.{ext}")))),
-            "-i", &format!("ticket={}", s(&d.join(format!("ticket.{ext}")))),
-            "-i", &format!("crm={}", s(&d.join(format!("crm.{ext}")))),
+            "sessions",
+            "-f",
+            "json",
+            "-i",
+            &format!("clickstream={}", s(&d.join(format!("clickstream.{ext}")))),
+            "-i",
+            &format!("ticket={}", s(&d.join(format!("ticket.{ext}")))),
+            "-i",
+            &format!("crm={}", s(&d.join(format!("crm.{ext}")))),
         ]);
         assert_eq!(v["customers"], 3000, "{format}: {v:#}");
         assert_eq!(v["rejected"], 0);
@@ -48,15 +74,47 @@ fn generated_sources_stitch_back_to_the_generated_customers() {
     }
     // The flat layout is the same journeys already stitched.
     let flat = out.join("flat");
-    json(&["gen", "--customers", "3000", "--seed", "7", "--out", s(&flat), "--layout", "flat", "--file-format", "parquet", "-f", "json"]);
-    let a = json(&["sessions", "-f", "json", "-i", s(&flat.join("events.parquet"))]);
-    let b = json(&[
-        "sessions", "-f", "json",
-        "-i", &format!("clickstream={}", s(&out.join("ndjson/clickstream.ndjson"))),
-        "-i", &format!("ticket={}", s(&out.join("ndjson/ticket.ndjson"))),
-        "-i", &format!("crm={}", s(&out.join("ndjson/crm.ndjson"))),
+    json(&[
+        "gen",
+        "--customers",
+        "3000",
+        "--seed",
+        "7",
+        "--out",
+        s(&flat),
+        "--layout",
+        "flat",
+        "--file-format",
+        "parquet",
+        "-f",
+        "json",
     ]);
-    for key in ["events", "customers", "sessions", "touchpoints", "first_ts", "last_ts"] {
+    let a = json(&[
+        "sessions",
+        "-f",
+        "json",
+        "-i",
+        s(&flat.join("events.parquet")),
+    ]);
+    let b = json(&[
+        "sessions",
+        "-f",
+        "json",
+        "-i",
+        &format!("clickstream={}", s(&out.join("ndjson/clickstream.ndjson"))),
+        "-i",
+        &format!("ticket={}", s(&out.join("ndjson/ticket.ndjson"))),
+        "-i",
+        &format!("crm={}", s(&out.join("ndjson/crm.ndjson"))),
+    ]);
+    for key in [
+        "events",
+        "customers",
+        "sessions",
+        "touchpoints",
+        "first_ts",
+        "last_ts",
+    ] {
         assert_eq!(a[key], b[key], "{key}");
     }
 }
@@ -66,18 +124,40 @@ fn gen_is_deterministic_per_seed_and_writes_the_truth() {
     let dir = tempfile::tempdir().unwrap();
     let run_gen = |name: &str, seed: &str| {
         let d = dir.path().join(name);
-        json(&["gen", "--customers", "200", "--seed", seed, "--out", s(&d), "--truth", s(&d.join("truth.json")), "-f", "json"]);
+        json(&[
+            "gen",
+            "--customers",
+            "200",
+            "--seed",
+            seed,
+            "--out",
+            s(&d),
+            "--truth",
+            s(&d.join("truth.json")),
+            "-f",
+            "json",
+        ]);
         d
     };
     let (a, b, c) = (run_gen("a", "1"), run_gen("b", "1"), run_gen("c", "2"));
-    for f in ["clickstream.ndjson", "ticket.ndjson", "crm.ndjson", "truth.json"] {
-        assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f}");
+    for f in [
+        "clickstream.ndjson",
+        "ticket.ndjson",
+        "crm.ndjson",
+        "truth.json",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f}"
+        );
     }
     assert_ne!(
         std::fs::read(a.join("clickstream.ndjson")).unwrap(),
         std::fs::read(c.join("clickstream.ndjson")).unwrap()
     );
-    let truth: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("truth.json")).unwrap()).unwrap();
+    let truth: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("truth.json")).unwrap()).unwrap();
     let transitions = truth["transitions"].as_array().unwrap();
     assert!(transitions.len() > 30);
     assert!(transitions.iter().all(|t| t["p"].as_f64().unwrap() > 0.0));
@@ -87,14 +167,39 @@ fn gen_is_deterministic_per_seed_and_writes_the_truth() {
 fn sessions_formats_and_gap_flag() {
     let ex = root().join("config/examples/clickstream.ndjson");
     let input = format!("clickstream={}", s(&ex));
-    let wide = json(&["sessions", "-f", "json", "-i", &input, "--gap", "7d", "--max-duration", "0"]);
-    let narrow = json(&["sessions", "-f", "json", "-i", &input, "--gap", "1m", "--max-duration", "0"]);
+    let wide = json(&[
+        "sessions",
+        "-f",
+        "json",
+        "-i",
+        &input,
+        "--gap",
+        "7d",
+        "--max-duration",
+        "0",
+    ]);
+    let narrow = json(&[
+        "sessions",
+        "-f",
+        "json",
+        "-i",
+        &input,
+        "--gap",
+        "1m",
+        "--max-duration",
+        "0",
+    ]);
     assert_eq!(wide["sessions"], 2, "one per visitor");
     assert!(narrow["sessions"].as_u64().unwrap() > wide["sessions"].as_u64().unwrap());
     let out = run(&["sessions", "-f", "csv", "-i", &input]);
     let text = String::from_utf8(out.stdout).unwrap();
     let mut lines = text.lines();
-    assert!(lines.next().unwrap().starts_with("events,customers,sessions,rejected"));
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("events,customers,sessions,rejected")
+    );
     assert!(lines.next().unwrap().starts_with("9,2,"));
     let out = run(&["sessions", "-f", "table", "-i", &input]);
     assert!(String::from_utf8(out.stdout).unwrap().contains("customers"));
@@ -111,10 +216,20 @@ fn bad_config_names_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("gap") && err.contains("soon"), "{err}");
     std::fs::write(&cfg, "[[catalog.rules]]\nmatch = '(('\ntouchpoint = 'x'\n").unwrap();
-    let err = String::from_utf8_lossy(&run(&["sessions", "--config", s(&cfg), "-i", s(&ex)]).stderr).to_string();
+    let err =
+        String::from_utf8_lossy(&run(&["sessions", "--config", s(&cfg), "-i", s(&ex)]).stderr)
+            .to_string();
     assert!(err.contains("catalog.rules[0].match"), "{err}");
     // The shipped config is valid and usable as is.
     let shipped = root().join("config/trailmap.toml");
-    let v = json(&["sessions", "-f", "json", "--config", s(&shipped), "-i", &format!("clickstream={}", s(&ex))]);
+    let v = json(&[
+        "sessions",
+        "-f",
+        "json",
+        "--config",
+        s(&shipped),
+        "-i",
+        &format!("clickstream={}", s(&ex)),
+    ]);
     assert_eq!(v["customers"], 2);
 }

@@ -9,7 +9,10 @@ fn sessions(extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["sessions", "--format", "json", "--dead-letter", s(&dl)];
     args.extend_from_slice(extra);
     let v = json(&args);
-    assert!(!dl.exists(), "a clean real log must not produce dead letters");
+    assert!(
+        !dl.exists(),
+        "a clean real log must not produce dead letters"
+    );
     v
 }
 
@@ -27,11 +30,16 @@ fn bpic_2012_xes_gz() {
 fn sepsis_csv_keeps_the_case_named_na() {
     let path = real("sepsis.csv");
     let v = sessions(&[
-        "--input", s(&path),
-        "--customer", "Case ID",
-        "--touchpoint", "Activity",
-        "--time", "Complete Timestamp",
-        "--time-format", "%Y/%m/%d %H:%M:%S%.f",
+        "--input",
+        s(&path),
+        "--customer",
+        "Case ID",
+        "--touchpoint",
+        "Activity",
+        "--time",
+        "Complete Timestamp",
+        "--time-format",
+        "%Y/%m/%d %H:%M:%S%.f",
     ]);
     assert_eq!(v["events"], 15_214);
     // 1,050 only if the case literally named `NA` is a customer, not a missing value.
@@ -43,11 +51,16 @@ fn sepsis_csv_keeps_the_case_named_na() {
 fn sepsis_times_parse_without_a_format_too() {
     let path = real("sepsis.csv");
     let v = sessions(&[
-        "--input", s(&path),
-        "--customer", "Case ID",
-        "--touchpoint", "Activity",
-        "--time", "Complete Timestamp",
-        "--delimiter", ";",
+        "--input",
+        s(&path),
+        "--customer",
+        "Case ID",
+        "--touchpoint",
+        "Activity",
+        "--time",
+        "Complete Timestamp",
+        "--delimiter",
+        ";",
     ]);
     assert_eq!(v["events"], 15_214);
     assert_eq!(v["first_ts"], "2013-11-07T08:18:29Z");
@@ -57,12 +70,19 @@ fn sepsis_times_parse_without_a_format_too() {
 fn taobao_slice_without_header() {
     let path = real("UserBehavior_sample.csv");
     let v = sessions(&[
-        "--input", s(&path),
-        "--no-header", "--columns", "user_id,item_id,category_id,behavior,ts",
-        "--customer", "user_id",
-        "--touchpoint", "behavior",
-        "--time", "ts",
-        "--time-unit", "s",
+        "--input",
+        s(&path),
+        "--no-header",
+        "--columns",
+        "user_id,item_id,category_id,behavior,ts",
+        "--customer",
+        "user_id",
+        "--touchpoint",
+        "behavior",
+        "--time",
+        "ts",
+        "--time-unit",
+        "s",
     ]);
     assert_eq!(v["events"], 110_300);
     assert_eq!(v["customers"], 66_454);
@@ -76,10 +96,14 @@ fn taobao_slice_without_header() {
 fn receipt_csv_with_offsets_and_xes_logs() {
     let receipt = real("receipt.csv");
     let v = sessions(&[
-        "--input", s(&receipt),
-        "--customer", "case:concept:name",
-        "--touchpoint", "concept:name",
-        "--time", "time:timestamp",
+        "--input",
+        s(&receipt),
+        "--customer",
+        "case:concept:name",
+        "--touchpoint",
+        "concept:name",
+        "--time",
+        "time:timestamp",
     ]);
     assert_eq!(v["events"], 8_577);
     assert_eq!(v["customers"], 1_434);

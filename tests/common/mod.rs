@@ -35,8 +35,7 @@ pub fn real(name: &str) -> PathBuf {
 }
 
 pub fn run(args: &[&str]) -> Output {
-    let out = bin().args(args).output().expect("run trailmap");
-    out
+    bin().args(args).output().expect("run trailmap")
 }
 
 /// Runs and parses stdout as JSON, asserting success.
@@ -47,9 +46,8 @@ pub fn json(args: &[&str]) -> serde_json::Value {
         "trailmap {args:?} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout))
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)))
 }
 
 pub fn s(p: &Path) -> &str {

@@ -151,8 +151,13 @@ mod tests {
         let path = dir.path().join("dl/dead.ndjson");
         let mut dl = DeadLetters::new(&path, Some(1));
         assert!(!path.exists());
-        dl.reject(Path::new("a.csv"), Location::Line(3), "bad time: `x`", Some(b"a,b\xff"))
-            .unwrap();
+        dl.reject(
+            Path::new("a.csv"),
+            Location::Line(3),
+            "bad time: `x`",
+            Some(b"a,b\xff"),
+        )
+        .unwrap();
         let err = dl
             .reject(Path::new("a.csv"), Location::Line(4), "bad time: `y`", None)
             .unwrap_err();

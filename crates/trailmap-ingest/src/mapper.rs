@@ -149,9 +149,10 @@ impl<K> RowMapper<K> {
 
     /// Maps one record, or returns why it is rejected.
     pub fn map<R: Record<K>>(&mut self, rec: &R) -> Result<Outcome, String> {
-        let ts_value = self.ts.first(rec).ok_or_else(|| {
-            format!("missing time: none of {} has a value", self.ts.names)
-        })?;
+        let ts_value = self
+            .ts
+            .first(rec)
+            .ok_or_else(|| format!("missing time: none of {} has a value", self.ts.names))?;
         let ts = self.time.parse(&ts_value)?;
 
         let mut ids: [Option<Cow<'_, str>>; IdentityKind::ALL.len()] = Default::default();
@@ -166,7 +167,11 @@ impl<K> RowMapper<K> {
             }
         }
         if !any_id {
-            let names: Vec<_> = self.identities.iter().map(|(_, r)| r.names.as_str()).collect();
+            let names: Vec<_> = self
+                .identities
+                .iter()
+                .map(|(_, r)| r.names.as_str())
+                .collect();
             return Err(format!(
                 "missing customer: none of {} has a value",
                 names.join(", ")

@@ -76,13 +76,17 @@ impl TimeParser {
                     .or_else(|e| {
                         // A date-only format yields no time of day: read it as midnight.
                         NaiveDate::parse_from_str(s, format)
-                            .map(|d| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_micros()))
+                            .map(|d| {
+                                d.and_hms_opt(0, 0, 0)
+                                    .map(|t| t.and_utc().timestamp_micros())
+                            })
                             .ok()
                             .flatten()
                             .ok_or(e)
                     })
             };
-            return parsed.map_err(|e| format!("cannot parse `{s}` with time format `{format}`: {e}"));
+            return parsed
+                .map_err(|e| format!("cannot parse `{s}` with time format `{format}`: {e}"));
         }
         if looks_numeric(s) {
             if let Ok(i) = s.parse::<i64>() {
@@ -99,7 +103,11 @@ impl TimeParser {
             return Ok(d.timestamp_micros());
         }
         // RFC 3339 without the colon in the offset, or with a space before it.
-        for layout in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f %z"] {
+        for layout in [
+            "%Y-%m-%dT%H:%M:%S%.f%z",
+            "%Y-%m-%d %H:%M:%S%.f%z",
+            "%Y-%m-%d %H:%M:%S%.f %z",
+        ] {
             if let Ok(d) = DateTime::parse_from_str(s, layout) {
                 return Ok(d.timestamp_micros());
             }
@@ -179,7 +187,10 @@ mod tests {
         let z = TimeParser::new(Some("%d/%m/%Y %H:%M:%S %z".into()), None);
         assert_eq!(parse(&z, "22/10/2014 13:15:41 +0200"), Ok(T));
         let d = TimeParser::new(Some("%Y%m%d".into()), None);
-        assert_eq!(parse(&d, "20141022"), Ok(T - (11 * 3600 + 15 * 60 + 41) * 1_000_000));
+        assert_eq!(
+            parse(&d, "20141022"),
+            Ok(T - (11 * 3600 + 15 * 60 + 41) * 1_000_000)
+        );
         assert!(parse(&p, "yesterday").unwrap_err().contains("%d.%m.%Y"));
     }
 

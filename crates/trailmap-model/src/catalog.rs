@@ -136,7 +136,11 @@ fn compile_rule(i: usize, rule: &TouchpointRule, stages: &[String]) -> Result<Ru
         ));
     }
     Ok(Rule {
-        sources: rule.source.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        sources: rule
+            .source
+            .clone()
+            .map(|s| s.into_vec())
+            .unwrap_or_default(),
         templated: rule.touchpoint.contains('$'),
         pattern,
         touchpoint: rule.touchpoint.clone(),
@@ -218,7 +222,10 @@ mod tests {
             "#,
         );
         let tp = |src: &str, raw: &str| c.classify(src, src, raw).map(|x| x.touchpoint.to_string());
-        assert_eq!(tp("web", "/product/12/reviews").as_deref(), Some("reviews_view"));
+        assert_eq!(
+            tp("web", "/product/12/reviews").as_deref(),
+            Some("reviews_view")
+        );
         assert_eq!(tp("web", "/product/12").as_deref(), Some("product_view"));
         assert_eq!(tp("ticket", "new").as_deref(), Some("ticket_new"));
         // The ticket rule is scoped to the ticket source: elsewhere the raw value is kept.
@@ -245,10 +252,12 @@ mod tests {
 
     #[test]
     fn a_bad_regex_names_the_rule() {
-        let config = Config::from_toml_str(
-            "[[catalog.rules]]\nmatch = '(unclosed'\ntouchpoint = 'x'\n",
-        )
-        .unwrap_err();
-        assert!(config.to_string().contains("catalog.rules[0].match"), "{config}");
+        let config =
+            Config::from_toml_str("[[catalog.rules]]\nmatch = '(unclosed'\ntouchpoint = 'x'\n")
+                .unwrap_err();
+        assert!(
+            config.to_string().contains("catalog.rules[0].match"),
+            "{config}"
+        );
     }
 }

@@ -71,7 +71,10 @@ impl Config {
             if !names.insert(source.name.as_str()) {
                 return Err(Error::config(
                     format!("sources[{i}].name"),
-                    format!("`{}` is used by two sources; names must be unique", source.name),
+                    format!(
+                        "`{}` is used by two sources; names must be unique",
+                        source.name
+                    ),
                 ));
             }
             source.mapping().map_err(|(field, message)| {
@@ -245,7 +248,12 @@ impl SourceConfig {
     pub fn mapping(&self) -> std::result::Result<FieldMapping, (String, String)> {
         let mut mapping = FieldMapping::builtin(self.kind);
         for (field, refs) in &self.fields {
-            let refs: Vec<FieldRef> = refs.clone().into_vec().iter().map(|s| FieldRef::parse(s)).collect();
+            let refs: Vec<FieldRef> = refs
+                .clone()
+                .into_vec()
+                .iter()
+                .map(|s| FieldRef::parse(s))
+                .collect();
             if refs.iter().any(|r| r.segments.is_empty()) {
                 return Err((field.clone(), "field references must not be empty".into()));
             }
@@ -343,7 +351,10 @@ impl FieldMapping {
                 identities: ids(&[
                     (IdentityKind::AnonymousId, &["anonymousId"]),
                     (IdentityKind::UserId, &["userId"]),
-                    (IdentityKind::Email, &["traits/email", "context/traits/email"]),
+                    (
+                        IdentityKind::Email,
+                        &["traits/email", "context/traits/email"],
+                    ),
                 ]),
                 link_only_types: vec!["identify".into(), "alias".into(), "group".into()],
                 type_field: Some(FieldRef::parse("type")),
@@ -422,12 +433,22 @@ impl FieldMapping {
 
     /// Every field reference the mapping uses (for "the rest goes to properties").
     pub fn used_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = [&self.event_id, &self.ts, &self.touchpoint, &self.channel, &self.properties]
-            .into_iter()
-            .flatten()
-            .map(|r| r.name.as_str())
-            .collect();
-        names.extend(self.identities.iter().flat_map(|(_, r)| r.iter().map(|r| r.name.as_str())));
+        let mut names: Vec<&str> = [
+            &self.event_id,
+            &self.ts,
+            &self.touchpoint,
+            &self.channel,
+            &self.properties,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
+        names.extend(
+            self.identities
+                .iter()
+                .flat_map(|(_, r)| r.iter().map(|r| r.name.as_str())),
+        );
         names.extend(self.type_field.iter().map(|r| r.name.as_str()));
         names
     }
@@ -574,7 +595,10 @@ impl JourneyConfig {
     fn validate(&self) -> std::result::Result<(), (String, String)> {
         let n = self.steps.len();
         if !(1..=32).contains(&n) {
-            return Err(("steps".into(), format!("has {n} steps; a funnel has 1 to 32")));
+            return Err((
+                "steps".into(),
+                format!("has {n} steps; a funnel has 1 to 32"),
+            ));
         }
         if let Some(i) = self.steps.iter().position(|s| s.trim().is_empty()) {
             return Err((format!("steps[{i}]"), "must name a touchpoint".into()));
@@ -586,7 +610,11 @@ impl JourneyConfig {
             if !gaps.is_empty() && gaps.len() != n.saturating_sub(1) {
                 return Err((
                     field.into(),
-                    format!("has {} entries; it needs one per step after the first ({})", gaps.len(), n - 1),
+                    format!(
+                        "has {} entries; it needs one per step after the first ({})",
+                        gaps.len(),
+                        n - 1
+                    ),
                 ));
             }
         }
@@ -652,9 +680,13 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = Config::from_toml_str("[sessions]\ngap = \"thirty\"\n").unwrap_err().to_string();
+        let e = Config::from_toml_str("[sessions]\ngap = \"thirty\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gap") && e.contains("30m"), "{e}");
-        let e = Config::from_toml_str("[sessions]\ngapp = \"30m\"\n").unwrap_err().to_string();
+        let e = Config::from_toml_str("[sessions]\ngapp = \"30m\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gapp"), "{e}");
         let e = Config::from_toml_str(
             "[journeys.j]\nsteps = [\"a\", \"b\"]\nwindow = \"1d\"\nmax_gap = [\"1h\", \"2h\"]\n",
@@ -687,9 +719,15 @@ mod tests {
     #[test]
     fn overrides_replace_builtin_fields() {
         let mut s = SourceConfig::of_kind(SourceKind::Clickstream);
-        s.fields.insert("user_id".into(), OneOrMany::One("context/user".into()));
+        s.fields
+            .insert("user_id".into(), OneOrMany::One("context/user".into()));
         let m = s.mapping().unwrap();
-        let user = &m.identities.iter().find(|(k, _)| *k == IdentityKind::UserId).unwrap().1;
+        let user = &m
+            .identities
+            .iter()
+            .find(|(k, _)| *k == IdentityKind::UserId)
+            .unwrap()
+            .1;
         assert_eq!(user[0].segments, vec!["context", "user"]);
     }
 }

@@ -85,10 +85,15 @@ mod tests {
     #[test]
     fn emails_are_case_insensitive_and_blank_is_absent() {
         assert_eq!(
-            IdentityKind::Email.normalize(" Ann@Example.COM ").as_deref(),
+            IdentityKind::Email
+                .normalize(" Ann@Example.COM ")
+                .as_deref(),
             Some("ann@example.com")
         );
-        assert_eq!(IdentityKind::UserId.normalize("AbC").as_deref(), Some("AbC"));
+        assert_eq!(
+            IdentityKind::UserId.normalize("AbC").as_deref(),
+            Some("AbC")
+        );
         assert_eq!(IdentityKind::AnonymousId.normalize("  "), None);
     }
 

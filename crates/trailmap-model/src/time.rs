@@ -134,7 +134,10 @@ mod tests {
     #[test]
     fn spans_parse_like_people_write_them() {
         assert_eq!("30m".parse::<Span>().unwrap(), Span::from_secs(1800));
-        assert_eq!("1d 12h".parse::<Span>().unwrap(), Span::from_secs(36 * 3600));
+        assert_eq!(
+            "1d 12h".parse::<Span>().unwrap(),
+            Span::from_secs(36 * 3600)
+        );
         assert_eq!("0".parse::<Span>().unwrap(), Span::ZERO);
         assert!("thirty".parse::<Span>().unwrap_err().contains("30m"));
     }

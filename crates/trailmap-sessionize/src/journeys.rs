@@ -60,7 +60,9 @@ fn dictionary_ids(array: &dyn Array, names: &mut Names) -> Result<Vec<Option<u32
         .values()
         .as_string_opt::<i32>()
         .ok_or("dictionary values are not utf8")?;
-    let global: Vec<u32> = (0..values.len()).map(|i| names.id(values.value(i))).collect();
+    let global: Vec<u32> = (0..values.len())
+        .map(|i| names.id(values.value(i)))
+        .collect();
     Ok(dict
         .keys()
         .iter()
@@ -82,7 +84,8 @@ impl JourneyBuilder {
         let ts = column(batch, schema::TS)?
             .as_primitive_opt::<TimestampMicrosecondType>()
             .ok_or("`ts` is not timestamp(µs)")?;
-        let touchpoints = dictionary_ids(column(batch, schema::TOUCHPOINT)?, &mut self.touchpoints)?;
+        let touchpoints =
+            dictionary_ids(column(batch, schema::TOUCHPOINT)?, &mut self.touchpoints)?;
         let mut stage_names = Names::default();
         let stages = dictionary_ids(column(batch, schema::STAGE)?, &mut stage_names)?;
         let sources = dictionary_ids(column(batch, schema::SOURCE)?, &mut self.sources)?;
@@ -172,7 +175,10 @@ impl JourneyBuilder {
         drop(customer);
         for c in 0..customers {
             let slice = &mut order[offsets[c]..offsets[c + 1]];
-            if !slice.windows(2).all(|w| self.ts[w[0] as usize] <= self.ts[w[1] as usize]) {
+            if !slice
+                .windows(2)
+                .all(|w| self.ts[w[0] as usize] <= self.ts[w[1] as usize])
+            {
                 slice.sort_by_key(|&i| self.ts[i as usize]);
             }
         }

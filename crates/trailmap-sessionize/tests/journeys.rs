@@ -8,7 +8,12 @@ use trailmap_model::{EventBatchBuilder, EventRow, IdentityKind};
 use trailmap_sessionize::{JourneyBuilder, JourneyLog};
 
 /// (source, [(identity kind, value)], ts µs, touchpoint or None for identity-only)
-type Ev = (&'static str, Vec<(IdentityKind, String)>, i64, Option<String>);
+type Ev = (
+    &'static str,
+    Vec<(IdentityKind, String)>,
+    i64,
+    Option<String>,
+);
 
 fn build(events: &[Ev], batch_size: usize, sessions: &SessionConfig) -> JourneyLog {
     let mut jb = JourneyBuilder::new();
@@ -54,17 +59,57 @@ fn stitches_clickstream_ticket_and_crm_into_one_customer() {
     use IdentityKind::*;
     let tp = |s: &str| Some(s.to_string());
     let events: Vec<Ev> = vec![
-        ("clickstream", vec![id(AnonymousId, "anon-1")], 0, tp("home_view")),
-        ("clickstream", vec![id(AnonymousId, "anon-1")], MIN, tp("pricing_view")),
+        (
+            "clickstream",
+            vec![id(AnonymousId, "anon-1")],
+            0,
+            tp("home_view"),
+        ),
+        (
+            "clickstream",
+            vec![id(AnonymousId, "anon-1")],
+            MIN,
+            tp("pricing_view"),
+        ),
         // A second visitor, and a CRM contact with an email: three customers so far.
-        ("clickstream", vec![id(AnonymousId, "anon-2")], 2 * MIN, tp("blog_view")),
-        ("crm", vec![id(ContactId, "c-7"), id(Email, "ann@example.com")], 3 * MIN, tp("became_lead")),
-        ("ticket", vec![id(TicketId, "t-1"), id(Email, "ANN@example.com")], 4 * MIN, tp("ticket_opened")),
-        ("ticket", vec![id(TicketId, "t-1")], 5 * MIN, tp("ticket_resolved")),
+        (
+            "clickstream",
+            vec![id(AnonymousId, "anon-2")],
+            2 * MIN,
+            tp("blog_view"),
+        ),
+        (
+            "crm",
+            vec![id(ContactId, "c-7"), id(Email, "ann@example.com")],
+            3 * MIN,
+            tp("became_lead"),
+        ),
+        (
+            "ticket",
+            vec![id(TicketId, "t-1"), id(Email, "ANN@example.com")],
+            4 * MIN,
+            tp("ticket_opened"),
+        ),
+        (
+            "ticket",
+            vec![id(TicketId, "t-1")],
+            5 * MIN,
+            tp("ticket_resolved"),
+        ),
         // Login links anon-1 to u-1; identify links u-1 to the email: the chain merges the
         // web visitor with the CRM contact and the ticket requester, seen apart until now.
-        ("clickstream", vec![id(AnonymousId, "anon-1"), id(UserId, "u-1")], 6 * MIN, tp("signup")),
-        ("clickstream", vec![id(UserId, "u-1"), id(Email, "Ann@Example.com")], 6 * MIN + 1, None),
+        (
+            "clickstream",
+            vec![id(AnonymousId, "anon-1"), id(UserId, "u-1")],
+            6 * MIN,
+            tp("signup"),
+        ),
+        (
+            "clickstream",
+            vec![id(UserId, "u-1"), id(Email, "Ann@Example.com")],
+            6 * MIN + 1,
+            None,
+        ),
     ];
     let log = build(&events, 3, &SessionConfig::default());
     assert_eq!(log.num_customers(), 2);
@@ -74,7 +119,12 @@ fn stitches_clickstream_ticket_and_crm_into_one_customer() {
     assert_eq!(
         journeys["u-1"],
         vec![vec![
-            "home_view", "pricing_view", "became_lead", "ticket_opened", "ticket_resolved", "signup"
+            "home_view",
+            "pricing_view",
+            "became_lead",
+            "ticket_opened",
+            "ticket_resolved",
+            "signup"
         ]]
     );
     assert_eq!(journeys["anon-2"], vec![vec!["blog_view"]]);
@@ -90,10 +140,19 @@ fn session_cuts_at_the_gap_boundary() {
         ..Default::default()
     };
     let ev = |ts: i64, tp: &str| -> Ev {
-        ("s", vec![id(IdentityKind::CustomerId, "c")], ts, Some(tp.to_string()))
+        (
+            "s",
+            vec![id(IdentityKind::CustomerId, "c")],
+            ts,
+            Some(tp.to_string()),
+        )
     };
     // Exactly the gap does not cut; one microsecond more does.
-    let log = build(&[ev(0, "a"), ev(gap, "b"), ev(2 * gap + 1, "c")], 10, &sessions);
+    let log = build(
+        &[ev(0, "a"), ev(gap, "b"), ev(2 * gap + 1, "c")],
+        10,
+        &sessions,
+    );
     assert_eq!(log.num_sessions(), 2);
     assert_eq!(
         by_customer(&log, Scope::Session)["c"],
@@ -109,7 +168,14 @@ fn sessions_longer_than_max_duration_are_cut() {
         ..Default::default()
     };
     let events: Vec<Ev> = (0..=13)
-        .map(|i| ("s", vec![id(IdentityKind::CustomerId, "c")], i * 5 * MIN, Some(format!("t{i}"))))
+        .map(|i| {
+            (
+                "s",
+                vec![id(IdentityKind::CustomerId, "c")],
+                i * 5 * MIN,
+                Some(format!("t{i}")),
+            )
+        })
         .collect();
     // Every 5 minutes for 65 minutes: the event at exactly 60 minutes stays, 65 cuts.
     let log = build(&events, 4, &sessions);
@@ -121,11 +187,29 @@ fn sessions_longer_than_max_duration_are_cut() {
 
 #[test]
 fn ties_keep_arrival_order() {
-    let ev = |tp: &str| -> Ev { ("s", vec![id(IdentityKind::CustomerId, "c")], 100, Some(tp.into())) };
+    let ev = |tp: &str| -> Ev {
+        (
+            "s",
+            vec![id(IdentityKind::CustomerId, "c")],
+            100,
+            Some(tp.into()),
+        )
+    };
     let mut events = vec![ev("x"), ev("a"), ev("m")];
-    events.insert(0, ("s", vec![id(IdentityKind::CustomerId, "c")], 200, Some("late".into())));
+    events.insert(
+        0,
+        (
+            "s",
+            vec![id(IdentityKind::CustomerId, "c")],
+            200,
+            Some("late".into()),
+        ),
+    );
     let log = build(&events, 2, &SessionConfig::default());
-    assert_eq!(by_customer(&log, Scope::Customer)["c"], vec![vec!["x", "a", "m", "late"]]);
+    assert_eq!(
+        by_customer(&log, Scope::Customer)["c"],
+        vec![vec!["x", "a", "m", "late"]]
+    );
 }
 
 fn arb_events() -> impl Strategy<Value = Vec<Ev>> {

@@ -6,8 +6,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::Arc;
-use trailmap_ingest::file::{self, FileInput, IngestOptions, IngestStats, Projection};
 use trailmap_ingest::DeadLetters;
+use trailmap_ingest::file::{self, FileInput, IngestOptions, IngestStats, Projection};
 use trailmap_model::config::{OneOrMany, Scope, SourceConfig, SourceKind};
 use trailmap_model::time::{Span, TimeUnit};
 use trailmap_model::{Catalog, Config, Error};
@@ -126,7 +126,9 @@ impl InputArgs {
                 ("touchpoint", &self.touchpoint),
             ] {
                 if let Some(col) = flag {
-                    source.fields.insert(field.into(), OneOrMany::One(col.clone()));
+                    source
+                        .fields
+                        .insert(field.into(), OneOrMany::One(col.clone()));
                 }
             }
         }
@@ -184,7 +186,9 @@ impl InputArgs {
             }
         }
         if inputs.is_empty() {
-            bail!("no input: pass --input FILE (repeatable), or configure [[sources]] with paths in --config");
+            bail!(
+                "no input: pass --input FILE (repeatable), or configure [[sources]] with paths in --config"
+            );
         }
         for input in &inputs {
             if !input.path.exists() {
@@ -211,8 +215,10 @@ impl InputArgs {
             .sum();
         let progress = ProgressBar::new(total_bytes);
         progress.set_style(
-            ProgressStyle::with_template("{spinner} reading {msg} {bar:30} {bytes}/{total_bytes} ({eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} reading {msg} {bar:30} {bytes}/{total_bytes} ({eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         let mut journeys = JourneyBuilder::new();
         let mut ingest = IngestStats::default();

@@ -48,7 +48,9 @@ pub fn print_rows(
         }
         Format::Table => {
             let mut table = Table::new();
-            table.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
+            table
+                .load_preset(UTF8_FULL_CONDENSED)
+                .set_header(header.to_vec());
             for row in rows {
                 table.add_row(row.clone());
             }
@@ -63,7 +65,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

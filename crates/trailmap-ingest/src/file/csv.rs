@@ -28,7 +28,11 @@ pub(crate) struct CsvSource {
 }
 
 impl CsvSource {
-    pub(crate) fn open(input: &FileInput, mapping: &FieldMapping, options: &IngestOptions) -> Result<Self> {
+    pub(crate) fn open(
+        input: &FileInput,
+        mapping: &FieldMapping,
+        options: &IngestOptions,
+    ) -> Result<Self> {
         let path = &input.path;
         let (mut text, counter) = open_text(path)?;
         let opts = &input.source.csv;
@@ -70,7 +74,11 @@ impl CsvSource {
                 .map(|(i, c)| {
                     let name = String::from_utf8_lossy(c).trim().to_string();
                     // A UTF-8 byte-order mark would otherwise stick to the first name.
-                    if i == 0 { name.trim_start_matches('\u{feff}').to_string() } else { name }
+                    if i == 0 {
+                        name.trim_start_matches('\u{feff}').to_string()
+                    } else {
+                        name
+                    }
                 })
                 .collect()
         } else {
@@ -94,7 +102,12 @@ impl CsvSource {
                 Some(i)
             },
         )
-        .map_err(|m| Error::input(path, format!("{m}; the columns are: {}", columns.join(", "))))?;
+        .map_err(|m| {
+            Error::input(
+                path,
+                format!("{m}; the columns are: {}", columns.join(", ")),
+            )
+        })?;
         Ok(CsvSource {
             reader: Some(reader),
             mapper: Some(mapper),
@@ -152,7 +165,10 @@ impl Record<usize> for CsvRow<'_> {
             if self.used.get(i).copied().unwrap_or(false) || field.is_empty() {
                 continue;
             }
-            let name = self.columns.get(i).map_or_else(|| format!("column_{i}"), Clone::clone);
+            let name = self
+                .columns
+                .get(i)
+                .map_or_else(|| format!("column_{i}"), Clone::clone);
             map.insert(name, String::from_utf8_lossy(field).into_owned().into());
         }
         (!map.is_empty()).then(|| serde_json::Value::Object(map).to_string())
@@ -197,7 +213,14 @@ impl super::BatchSource for CsvSource {
                             self.columns.len(),
                             self.columns.join(", ")
                         );
-                        reject(&mut self.stats, dead, &self.path, location, &reason, Some(&raw_line(&self.record)))?;
+                        reject(
+                            &mut self.stats,
+                            dead,
+                            &self.path,
+                            location,
+                            &reason,
+                            Some(&raw_line(&self.record)),
+                        )?;
                         continue;
                     }
                     if let Some(bad) = (0..self.record.len())
@@ -205,7 +228,14 @@ impl super::BatchSource for CsvSource {
                     {
                         self.stats.records += 1;
                         let reason = format!("invalid UTF-8 in column `{}`", self.columns[bad]);
-                        reject(&mut self.stats, dead, &self.path, location, &reason, Some(&raw_line(&self.record)))?;
+                        reject(
+                            &mut self.stats,
+                            dead,
+                            &self.path,
+                            location,
+                            &reason,
+                            Some(&raw_line(&self.record)),
+                        )?;
                         continue;
                     }
                     let row = CsvRow {
@@ -213,9 +243,15 @@ impl super::BatchSource for CsvSource {
                         columns: &self.columns,
                         used: &self.used,
                     };
-                    book(mapper, &row, &mut self.stats, dead, &self.path, location, || {
-                        Some(raw_line(row.record))
-                    })?;
+                    book(
+                        mapper,
+                        &row,
+                        &mut self.stats,
+                        dead,
+                        &self.path,
+                        location,
+                        || Some(raw_line(row.record)),
+                    )?;
                 }
                 Err(e) => {
                     // An I/O error mid-file (truncated gzip, unreadable disk) ends this
@@ -223,7 +259,14 @@ impl super::BatchSource for CsvSource {
                     let line = e.position().map_or(0, |p| p.line());
                     self.stats.records += 1;
                     let reason = format!("input is truncated or corrupt, reading stopped: {e}");
-                    reject(&mut self.stats, dead, &self.path, Location::Line(line), &reason, None)?;
+                    reject(
+                        &mut self.stats,
+                        dead,
+                        &self.path,
+                        Location::Line(line),
+                        &reason,
+                        None,
+                    )?;
                     if !matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) {
                         self.done = true;
                     }

@@ -52,7 +52,10 @@ impl FileInput {
     /// touchpoint and `time:timestamp` the time.
     pub fn mapping(&self) -> Result<FieldMapping> {
         let mut mapping = self.source.mapping().map_err(|(field, message)| {
-            Error::config(format!("source `{}` fields.{field}", self.source.name), message)
+            Error::config(
+                format!("source `{}` fields.{field}", self.source.name),
+                message,
+            )
         })?;
         if self.source.kind == SourceKind::Generic && self.format == FileFormat::Xes {
             for (field, default) in [
@@ -157,8 +160,12 @@ pub fn open(input: &FileInput, options: &IngestOptions) -> Result<Box<dyn BatchS
     let mapping = input.mapping()?;
     match input.format {
         FileFormat::Csv => Ok(Box::new(csv::CsvSource::open(input, &mapping, options)?)),
-        FileFormat::Ndjson => Ok(Box::new(ndjson::NdjsonSource::open(input, &mapping, options)?)),
-        FileFormat::Parquet => Ok(Box::new(parquet::ParquetSource::open(input, &mapping, options)?)),
+        FileFormat::Ndjson => Ok(Box::new(ndjson::NdjsonSource::open(
+            input, &mapping, options,
+        )?)),
+        FileFormat::Parquet => Ok(Box::new(parquet::ParquetSource::open(
+            input, &mapping, options,
+        )?)),
         FileFormat::Xes => Ok(Box::new(xes::XesSource::open(input, &mapping, options)?)),
     }
 }
@@ -217,7 +224,10 @@ pub(crate) fn open_text(path: &Path) -> Result<(Box<dyn BufRead + Send>, ByteCou
             counter: counter.clone(),
         },
     );
-    let is_gzip = raw.fill_buf().map_err(|e| Error::io(path, e))?.starts_with(&[0x1f, 0x8b]);
+    let is_gzip = raw
+        .fill_buf()
+        .map_err(|e| Error::io(path, e))?
+        .starts_with(&[0x1f, 0x8b]);
     let reader: Box<dyn BufRead + Send> = if is_gzip {
         Box::new(BufReader::with_capacity(
             1 << 16,

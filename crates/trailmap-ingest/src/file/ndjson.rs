@@ -8,8 +8,8 @@ use crate::value::Value;
 use arrow::array::RecordBatch;
 use std::io::BufRead;
 use std::path::PathBuf;
-use trailmap_model::config::{FieldMapping, FieldRef};
 use trailmap_model::Result;
+use trailmap_model::config::{FieldMapping, FieldRef};
 
 pub(crate) struct NdjsonSource {
     path: PathBuf,
@@ -26,7 +26,11 @@ pub(crate) struct NdjsonSource {
 }
 
 impl NdjsonSource {
-    pub(crate) fn open(input: &FileInput, mapping: &FieldMapping, options: &IngestOptions) -> Result<Self> {
+    pub(crate) fn open(
+        input: &FileInput,
+        mapping: &FieldMapping,
+        options: &IngestOptions,
+    ) -> Result<Self> {
         let (reader, counter) = open_text(&input.path)?;
         let mapper = RowMapper::new(
             &input.source,
@@ -114,13 +118,27 @@ impl super::BatchSource for NdjsonSource {
                         Err(e) => {
                             self.stats.records += 1;
                             let reason = format!("invalid JSON: {e}");
-                            reject(&mut self.stats, dead, &self.path, location, &reason, Some(text))?;
+                            reject(
+                                &mut self.stats,
+                                dead,
+                                &self.path,
+                                location,
+                                &reason,
+                                Some(text),
+                            )?;
                             continue;
                         }
                     };
                     if !value.is_object() {
                         self.stats.records += 1;
-                        reject(&mut self.stats, dead, &self.path, location, "not a JSON object", Some(text))?;
+                        reject(
+                            &mut self.stats,
+                            dead,
+                            &self.path,
+                            location,
+                            "not a JSON object",
+                            Some(text),
+                        )?;
                         continue;
                     }
                     let row = JsonRow {
@@ -128,9 +146,15 @@ impl super::BatchSource for NdjsonSource {
                         raw: text,
                         used: &self.used,
                     };
-                    book(&mut self.mapper, &row, &mut self.stats, dead, &self.path, location, || {
-                        Some(text.to_vec())
-                    })?;
+                    book(
+                        &mut self.mapper,
+                        &row,
+                        &mut self.stats,
+                        dead,
+                        &self.path,
+                        location,
+                        || Some(text.to_vec()),
+                    )?;
                 }
                 Err(e) => {
                     self.stats.records += 1;

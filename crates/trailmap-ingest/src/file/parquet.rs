@@ -63,7 +63,11 @@ fn resolve(schema: &Schema, name: &str, segments: &[String]) -> Option<ColumnPat
 }
 
 impl ParquetSource {
-    pub(crate) fn open(input: &FileInput, mapping: &FieldMapping, options: &IngestOptions) -> Result<Self> {
+    pub(crate) fn open(
+        input: &FileInput,
+        mapping: &FieldMapping,
+        options: &IngestOptions,
+    ) -> Result<Self> {
         let path = &input.path;
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -92,7 +96,9 @@ impl ParquetSource {
             .fields()
             .iter()
             .map(|f| f.name().clone())
-            .filter(|n| !keys.iter().any(|k| k.root == *n) && !mapping.used_names().contains(&n.as_str()))
+            .filter(|n| {
+                !keys.iter().any(|k| k.root == *n) && !mapping.used_names().contains(&n.as_str())
+            })
             .collect();
         let mut roots: Vec<usize> = keys
             .iter()
@@ -154,16 +160,19 @@ impl Col {
                 Some(a) => Col::Int(a.as_primitive().clone()),
                 None => Col::Json(array.clone()),
             },
-            dt if dt.is_floating() || matches!(dt, DataType::Decimal128(..) | DataType::Decimal256(..)) => {
+            dt if dt.is_floating()
+                || matches!(dt, DataType::Decimal128(..) | DataType::Decimal256(..)) =>
+            {
                 match cast(&DataType::Float64) {
                     Some(a) => Col::Float(a.as_primitive().clone()),
                     None => Col::Json(array.clone()),
                 }
             }
             DataType::Boolean => Col::Bool(array.as_boolean().clone()),
-            DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_) | DataType::Map(_, _) => {
-                Col::Json(array.clone())
-            }
+            DataType::Struct(_)
+            | DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::Map(_, _) => Col::Json(array.clone()),
             _ => match cast(&DataType::Utf8) {
                 Some(a) => Col::Str(a.as_string::<i32>().clone()),
                 None => Col::Json(array.clone()),
@@ -204,7 +213,11 @@ fn json_of(array: &dyn Array, i: usize) -> serde_json::Value {
         DataType::List(_) => {
             let l = array.as_list::<i32>();
             let items = l.value(i);
-            serde_json::Value::Array((0..items.len()).map(|j| json_of(items.as_ref(), j)).collect())
+            serde_json::Value::Array(
+                (0..items.len())
+                    .map(|j| json_of(items.as_ref(), j))
+                    .collect(),
+            )
         }
         _ => {
             let one = array.slice(i, 1);
@@ -265,7 +278,14 @@ impl super::BatchSource for ParquetSource {
                 Some(Err(e)) => {
                     self.stats.records += 1;
                     let reason = format!("corrupt Parquet data, reading stopped: {e}");
-                    reject(&mut self.stats, dead, &self.path, Location::Row(self.row), &reason, None)?;
+                    reject(
+                        &mut self.stats,
+                        dead,
+                        &self.path,
+                        Location::Row(self.row),
+                        &reason,
+                        None,
+                    )?;
                     self.done = true;
                     break;
                 }
@@ -292,9 +312,15 @@ impl super::BatchSource for ParquetSource {
                     path_hash,
                 };
                 let location = Location::Row(self.row);
-                book(&mut self.mapper, &row, &mut self.stats, dead, &self.path, location, || {
-                    row.rest_properties().map(String::into_bytes)
-                })?;
+                book(
+                    &mut self.mapper,
+                    &row,
+                    &mut self.stats,
+                    dead,
+                    &self.path,
+                    location,
+                    || row.rest_properties().map(String::into_bytes),
+                )?;
                 self.row += 1;
             }
         }

@@ -12,8 +12,8 @@ use quick_xml::events::{BytesStart, Event};
 use std::borrow::Cow;
 use std::io::BufRead;
 use std::path::PathBuf;
-use trailmap_model::config::{FieldMapping, FieldRef};
 use trailmap_model::Result;
+use trailmap_model::config::{FieldMapping, FieldRef};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AttrType {
@@ -92,7 +92,11 @@ fn read_attr(e: &BytesStart<'_>, ty: AttrType) -> std::result::Result<Option<Att
 }
 
 impl XesSource {
-    pub(crate) fn open(input: &FileInput, mapping: &FieldMapping, options: &IngestOptions) -> Result<Self> {
+    pub(crate) fn open(
+        input: &FileInput,
+        mapping: &FieldMapping,
+        options: &IngestOptions,
+    ) -> Result<Self> {
         let (text, counter) = open_text(&input.path)?;
         let mapper = RowMapper::new(
             &input.source,
@@ -174,7 +178,14 @@ impl XesSource {
                 let reason = format!(
                     "XML error, reading stopped ({lost} events of the open trace lost): {e}"
                 );
-                reject(&mut self.stats, dead, &self.path, Location::Offset(offset), &reason, None)?;
+                reject(
+                    &mut self.stats,
+                    dead,
+                    &self.path,
+                    Location::Offset(offset),
+                    &reason,
+                    None,
+                )?;
                 self.stats.rejected += lost.saturating_sub(1);
                 self.done = true;
                 return Ok(());
@@ -182,7 +193,14 @@ impl XesSource {
         };
         let bad = |this: &mut Self, dead: &mut DeadLetters, reason: String| {
             this.stats.records += 1;
-            reject(&mut this.stats, dead, &this.path, Location::Offset(offset), &reason, None)
+            reject(
+                &mut this.stats,
+                dead,
+                &this.path,
+                Location::Offset(offset),
+                &reason,
+                None,
+            )
         };
         match event {
             Event::Start(e) => {
@@ -245,7 +263,14 @@ impl XesSource {
                     let reason = format!(
                         "file ends inside a trace (truncated?); its {n} events are not read"
                     );
-                    reject(&mut self.stats, dead, &self.path, Location::Offset(offset), &reason, None)?;
+                    reject(
+                        &mut self.stats,
+                        dead,
+                        &self.path,
+                        Location::Offset(offset),
+                        &reason,
+                        None,
+                    )?;
                     self.stats.rejected += n.saturating_sub(1);
                 } else if !self.saw_log && self.stats.records == 0 {
                     // An empty file has no events; anything else without <log> is not XES.

@@ -78,7 +78,10 @@ impl GenArgs {
         let mut rows = vec![
             vec!["customers".to_string(), thousands(summary.customers)],
             vec!["records".to_string(), thousands(summary.events)],
-            vec!["identity records".to_string(), thousands(summary.identity_records)],
+            vec![
+                "identity records".to_string(),
+                thousands(summary.identity_records),
+            ],
         ];
         for (source, n) in &summary.events_by_source {
             rows.push(vec![format!("records from {source}"), thousands(*n)]);
@@ -86,6 +89,11 @@ impl GenArgs {
         for file in &summary.files {
             rows.push(vec!["file".to_string(), file.display().to_string()]);
         }
-        print_rows(Format::resolve(self.format), &["measure", "value"], &rows, &summary)
+        print_rows(
+            Format::resolve(self.format),
+            &["measure", "value"],
+            &rows,
+            &summary,
+        )
     }
 }

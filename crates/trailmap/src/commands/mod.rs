@@ -10,7 +10,7 @@ pub enum Command {
     /// Generate synthetic omnichannel journeys with a known ground truth.
     Gen(gen_cmd::GenArgs),
     /// Summarise what was read and stitched: events, customers, sessions, rejects.
-    Sessions(sessions::SessionsArgs),
+    Sessions(Box<sessions::SessionsArgs>),
 }
 
 impl Command {

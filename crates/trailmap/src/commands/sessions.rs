@@ -104,29 +104,61 @@ impl SessionsArgs {
             vec!["records read".into(), n(report.records)],
             vec!["identity links".into(), n(report.identity_links)],
             vec!["identifiers".into(), n(report.identifiers)],
-            vec!["cross-source customers".into(), n(report.cross_source_customers)],
+            vec![
+                "cross-source customers".into(),
+                n(report.cross_source_customers),
+            ],
             vec!["dropped by catalog".into(), n(report.dropped)],
             vec!["touchpoints".into(), n(report.touchpoints)],
-            vec!["first event".into(), report.first_ts.clone().unwrap_or_default()],
-            vec!["last event".into(), report.last_ts.clone().unwrap_or_default()],
-            vec!["median events per session".into(), format!("{}", report.median_events_per_session)],
-            vec!["median session length (s)".into(), format!("{:.0}", report.median_session_seconds)],
+            vec![
+                "first event".into(),
+                report.first_ts.clone().unwrap_or_default(),
+            ],
+            vec![
+                "last event".into(),
+                report.last_ts.clone().unwrap_or_default(),
+            ],
+            vec![
+                "median events per session".into(),
+                format!("{}", report.median_events_per_session),
+            ],
+            vec![
+                "median session length (s)".into(),
+                format!("{:.0}", report.median_session_seconds),
+            ],
         ];
         let format = Format::resolve(self.format);
         if format == Format::Csv {
             // One record with a column per measure, so the CSV loads as a table row.
             let header: Vec<&str> = vec![
-                "events", "customers", "sessions", "rejected", "records", "identity_links",
-                "identifiers", "cross_source_customers", "dropped", "touchpoints",
+                "events",
+                "customers",
+                "sessions",
+                "rejected",
+                "records",
+                "identity_links",
+                "identifiers",
+                "cross_source_customers",
+                "dropped",
+                "touchpoints",
             ];
-            let row = vec![vec![
-                report.events, report.customers, report.sessions, report.rejected, report.records,
-                report.identity_links, report.identifiers, report.cross_source_customers,
-                report.dropped, report.touchpoints,
-            ]
-            .into_iter()
-            .map(|v| v.to_string())
-            .collect()];
+            let row = vec![
+                vec![
+                    report.events,
+                    report.customers,
+                    report.sessions,
+                    report.rejected,
+                    report.records,
+                    report.identity_links,
+                    report.identifiers,
+                    report.cross_source_customers,
+                    report.dropped,
+                    report.touchpoints,
+                ]
+                .into_iter()
+                .map(|v| v.to_string())
+                .collect(),
+            ];
             return print_rows(format, &header, &row, &report);
         }
         for (reason, count) in &report.rejected_by_reason {
