@@ -255,6 +255,64 @@ impl<K> RowMapper<K> {
     }
 }
 
+/// The shape of a mapping simple enough to apply column by column: one column per field,
+/// no identity-only records, no event ids or properties to build.
+pub struct SimplePlan<K> {
+    pub ts: K,
+    pub touchpoint: K,
+    /// The record's channel column, used where the catalog names no channel.
+    pub channel: Option<K>,
+    pub identities: Vec<(IdentityKind, K)>,
+}
+
+impl<K: Clone> RowMapper<K> {
+    /// A columnar plan when the mapping allows one (see [`SimplePlan`]).
+    pub fn simple_plan(&self) -> Option<SimplePlan<K>> {
+        if self.projection.event_id
+            || self.projection.properties
+            || self.type_field.is_some()
+            || self.channel.refs.len() > 1
+        {
+            return None;
+        }
+        let one = |r: &Resolved<K>| match r.refs.as_slice() {
+            [k] => Some(k.clone()),
+            _ => None,
+        };
+        let mut identities = Vec::new();
+        for (kind, r) in &self.identities {
+            match r.refs.as_slice() {
+                [] => {}
+                [k] => identities.push((*kind, k.clone())),
+                _ => return None,
+            }
+        }
+        Some(SimplePlan {
+            ts: one(&self.ts)?,
+            touchpoint: one(&self.touchpoint)?,
+            channel: self.channel.refs.first().cloned(),
+            identities,
+        })
+    }
+
+    pub fn time_parser(&self) -> &TimeParser {
+        &self.time
+    }
+
+    pub fn source_name(&self) -> &str {
+        &self.source_name
+    }
+
+    pub fn default_channel(&self) -> Option<&str> {
+        self.default_channel.as_deref()
+    }
+
+    /// Classifies a raw touchpoint value (memoised); `None` if the catalog drops it.
+    pub fn classify(&mut self, raw: &str) -> Option<trailmap_model::Classified> {
+        self.catalog.classify(raw).cloned()
+    }
+}
+
 /// FNV-1a: a stable, dependency-free hash for event ids of sources that carry none. It
 /// must never change between versions, so it is written out rather than borrowed from a
 /// hasher whose output is allowed to change.

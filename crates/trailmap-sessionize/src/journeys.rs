@@ -98,13 +98,26 @@ impl JourneyBuilder {
             .collect();
         self.stages.resize(self.touchpoints.names.len(), None);
 
+        // Logs are usually grouped by customer (process logs by case, exports by user), so
+        // an identifier tends to repeat on consecutive rows: remembering the last one per
+        // column skips most hash lookups.
+        let mut last: Vec<(Option<usize>, Option<u32>)> = vec![(None, None); ids.len()];
         for row in 0..batch.num_rows() {
             let mut first: Option<u32> = None;
-            for (kind, col) in &ids {
+            for (slot, (kind, col)) in ids.iter().enumerate() {
                 if col.is_null(row) {
                     continue;
                 }
-                if let Some(n) = self.graph.node(*kind, col.value(row)) {
+                let value = col.value(row);
+                let node = match last[slot] {
+                    (Some(prev), node) if col.value(prev) == value => node,
+                    _ => {
+                        let node = self.graph.node(*kind, value);
+                        last[slot] = (Some(row), node);
+                        node
+                    }
+                };
+                if let Some(n) = node {
                     match first {
                         None => first = Some(n),
                         Some(f) => {

@@ -220,25 +220,48 @@ impl InputArgs {
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
+        // Reading (decompression, parsing, mapping) runs on one thread and stitching on
+        // this one, so both cores work; the bounded channel keeps memory flat.
         let mut journeys = JourneyBuilder::new();
-        let mut ingest = IngestStats::default();
-        let mut done_bytes = 0;
-        let result: Result<(), Error> = (|| {
-            for input in &inputs {
-                progress.set_message(input.path.display().to_string());
-                let mut source = file::open(input, &options)?;
-                while let Some(batch) = source.next_batch(&mut dead)? {
-                    journeys.push_batch(&batch).map_err(Error::Other)?;
-                    progress.set_position(done_bytes + source.bytes_read());
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let (read, stitched) = std::thread::scope(|scope| {
+            let (inputs, options, dead, progress) = (&inputs, &options, &mut dead, &progress);
+            // `tx` moves into the reader so the channel closes when reading ends.
+            let reader = scope.spawn(move || -> Result<IngestStats, Error> {
+                let mut ingest = IngestStats::default();
+                let mut done_bytes = 0;
+                for input in inputs {
+                    progress.set_message(input.path.display().to_string());
+                    let mut source = file::open(input, options)?;
+                    while let Some(batch) = source.next_batch(dead)? {
+                        if tx.send(batch).is_err() {
+                            break;
+                        }
+                        progress.set_position(done_bytes + source.bytes_read());
+                    }
+                    done_bytes += std::fs::metadata(&input.path).map(|m| m.len()).unwrap_or(0);
+                    ingest.add(source.stats());
                 }
-                done_bytes += std::fs::metadata(&input.path).map(|m| m.len()).unwrap_or(0);
-                ingest.add(source.stats());
+                dead.flush()?;
+                Ok(ingest)
+            });
+            let mut stitched = Ok(());
+            for batch in rx {
+                if let Err(e) = journeys.push_batch(&batch) {
+                    stitched = Err(Error::Other(e));
+                    break;
+                }
             }
-            dead.flush()
-        })();
+            let read = reader
+                .join()
+                .unwrap_or_else(|_| Err(Error::Other("the reader thread panicked".into())));
+            (read, stitched)
+        });
         progress.finish_and_clear();
-        if let Err(e) = result {
-            if let Error::TooManyErrors { .. } = e {
+        stitched?;
+        let ingest = match read {
+            Ok(ingest) => ingest,
+            Err(e @ Error::TooManyErrors { .. }) => {
                 let reasons: Vec<String> = dead
                     .by_reason()
                     .iter()
@@ -246,8 +269,8 @@ impl InputArgs {
                     .collect();
                 bail!("{e}\nrejected by reason:\n{}", reasons.join("\n"));
             }
-            return Err(e.into());
-        }
+            Err(e) => return Err(e.into()),
+        };
         let log = journeys.finish(&config.sessions);
         Ok(Loaded {
             dead_letters: dead.path().to_path_buf(),

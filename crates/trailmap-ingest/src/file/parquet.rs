@@ -4,20 +4,28 @@
 
 use super::{FileInput, IngestOptions, IngestStats, book, reject};
 use crate::dead_letter::{DeadLetters, Location};
-use crate::mapper::{Record, RowMapper, stable_hash};
+use crate::mapper::{Record, RowMapper, SimplePlan, stable_hash};
 use crate::value::Value;
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, Float64Array, Int64Array, RecordBatch,
+    StringArray, StringBuilder, TimestampMicrosecondArray, UInt32Array, new_null_array,
 };
 use arrow::compute::{CastOptions, cast_with_options};
+use arrow::datatypes::Field;
+use arrow::datatypes::UInt32Type;
 use arrow::datatypes::{DataType, Schema, TimeUnit, TimestampMicrosecondType};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
 use std::borrow::Cow;
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::Arc;
 use trailmap_model::config::FieldMapping;
+use trailmap_model::time::is_plausible;
 use trailmap_model::{Error, Result};
+use trailmap_model::{IdentityKind, schema};
 
 /// A field resolved against the file schema: a top-level column and a struct path in it.
 #[derive(Clone)]
@@ -30,6 +38,8 @@ pub(crate) struct ParquetSource {
     path: PathBuf,
     reader: ParquetRecordBatchReader,
     mapper: RowMapper<usize>,
+    /// Set when the mapping can be applied column by column (see [`SimplePlan`]).
+    plan: Option<SimplePlan<usize>>,
     keys: Vec<ColumnPath>,
     /// Top-level columns the mapping does not use, for properties.
     rest: Vec<String>,
@@ -109,6 +119,46 @@ impl ParquetSource {
         }
         roots.sort_unstable();
         roots.dedup();
+        let plan = mapper.simple_plan();
+        // The columnar path classifies touchpoints (and channels) per dictionary value:
+        // ask the reader for dictionary arrays, so dictionary-encoded pages are neither
+        // expanded into strings nor hashed again.
+        let builder = match &plan {
+            Some(plan) => {
+                let dict_roots: Vec<&str> = [Some(plan.touchpoint), plan.channel]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| keys.get(k))
+                    .filter(|k| k.children.is_empty())
+                    .map(|k| k.root.as_str())
+                    .collect();
+                let fields: Vec<Field> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        if dict_roots.contains(&f.name().as_str())
+                            && f.data_type() == &DataType::Utf8
+                        {
+                            Field::new(
+                                f.name(),
+                                DataType::Dictionary(
+                                    Box::new(DataType::Int32),
+                                    Box::new(DataType::Utf8),
+                                ),
+                                f.is_nullable(),
+                            )
+                        } else {
+                            f.as_ref().clone()
+                        }
+                    })
+                    .collect();
+                let file = File::open(path).map_err(|e| Error::io(path, e))?;
+                let options = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(fields)));
+                ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
+                    .map_err(|e| Error::input(path, format!("cannot read Parquet: {e}")))?
+            }
+            None => builder,
+        };
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         let reader = builder
             .with_projection(mask)
@@ -118,6 +168,7 @@ impl ParquetSource {
         Ok(ParquetSource {
             path: path.clone(),
             reader,
+            plan,
             mapper,
             keys,
             rest,
@@ -290,11 +341,30 @@ impl super::BatchSource for ParquetSource {
                     break;
                 }
             };
-            let cols: Vec<Option<Col>> = self
-                .keys
-                .iter()
-                .map(|k| column_at(&batch, k).map(|a| Col::new(&a)))
-                .collect();
+            let col = |k: &ColumnPath| column_at(&batch, k).map(|a| Col::new(&a));
+            if let Some(plan) = &self.plan {
+                // The columnar path reads touchpoints and channels as dictionaries itself;
+                // only time and identity columns need converting.
+                let mut needed = vec![false; self.keys.len()];
+                needed[plan.ts] = true;
+                for (_, k) in &plan.identities {
+                    needed[*k] = true;
+                }
+                let cols: Vec<Option<Col>> = self
+                    .keys
+                    .iter()
+                    .zip(&needed)
+                    .map(|(k, need)| if *need { col(k) } else { None })
+                    .collect();
+                if let Some(fast) = columnar(plan, &mut self.mapper, &batch, &cols, &self.keys) {
+                    let n = batch.num_rows() as u64;
+                    self.stats.records += n;
+                    self.stats.events += n;
+                    self.row += n;
+                    return Ok(Some(fast));
+                }
+            }
+            let cols: Vec<Option<Col>> = self.keys.iter().map(col).collect();
             let rest: Vec<(String, Col)> = if self.want_rest {
                 self.rest
                     .iter()
@@ -339,4 +409,170 @@ impl super::BatchSource for ParquetSource {
         }
         ((u128::from(self.row) * u128::from(self.file_len)) / u128::from(self.total_rows)) as u64
     }
+}
+
+/// Maps a whole batch column by column, or returns `None` when any row needs the row path
+/// (a missing or implausible value, a touchpoint the catalog drops): the row path then
+/// rejects exactly those rows with their reasons, and keeps the batch's order.
+fn columnar(
+    plan: &SimplePlan<usize>,
+    mapper: &mut RowMapper<usize>,
+    batch: &RecordBatch,
+    cols: &[Option<Col>],
+    keys: &[ColumnPath],
+) -> Option<RecordBatch> {
+    let n = batch.num_rows();
+    // Event time.
+    let ts: Vec<i64> = match cols.get(plan.ts)?.as_ref()? {
+        Col::Micros(a) if a.null_count() == 0 => a.values().to_vec(),
+        col => {
+            let parser = mapper.time_parser();
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n {
+                out.push(parser.parse(&col.get(i)?).ok()?);
+            }
+            out
+        }
+    };
+    if !ts.iter().all(|t| is_plausible(*t)) {
+        return None;
+    }
+    // Identities: every row needs at least one non-blank identifier.
+    let mut identity_columns: Vec<(IdentityKind, ArrayRef)> = Vec::new();
+    let mut has_id = vec![false; n];
+    for (kind, key) in &plan.identities {
+        let Some(Some(Col::Str(a))) = cols.get(*key) else {
+            return None;
+        };
+        for (i, flag) in has_id.iter_mut().enumerate() {
+            if a.is_valid(i) && !a.value(i).trim().is_empty() {
+                *flag = true;
+            }
+        }
+        identity_columns.push((*kind, Arc::new(a.clone())));
+    }
+    if !has_id.iter().all(|x| *x) {
+        return None;
+    }
+    // Touchpoints: classify each distinct raw value once.
+    let raw = column_at(batch, keys.get(plan.touchpoint)?)?;
+    let dict_type = DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8));
+    let dict = cast_with_options(&raw, &dict_type, &CastOptions::default()).ok()?;
+    let dict = dict.as_dictionary_opt::<UInt32Type>()?;
+    if dict.null_count() > 0 {
+        return None;
+    }
+    let values = dict.values().as_string_opt::<i32>()?;
+    let mut touchpoints = StringBuilder::new();
+    let mut stages: Vec<Option<Arc<str>>> = Vec::with_capacity(values.len());
+    let mut channels: Vec<Option<Arc<str>>> = Vec::with_capacity(values.len());
+    let mut catalog_named: Vec<bool> = Vec::with_capacity(values.len());
+    let default_channel: Option<Arc<str>> = mapper.default_channel().map(Arc::from);
+    let mut used = vec![false; values.len()];
+    for k in dict.keys().values() {
+        if let Some(u) = used.get_mut(*k as usize) {
+            *u = true;
+        }
+    }
+    for (i, used) in used.iter().enumerate() {
+        let value = values.value(i);
+        if !used {
+            touchpoints.append_value(value);
+            stages.push(None);
+            channels.push(None);
+            catalog_named.push(false);
+            continue;
+        }
+        if value.trim().is_empty() {
+            return None;
+        }
+        let c = mapper.classify(value)?;
+        touchpoints.append_value(&*c.touchpoint);
+        stages.push(c.stage.clone());
+        catalog_named.push(c.channel.is_some());
+        channels.push(c.channel.clone().or_else(|| default_channel.clone()));
+    }
+    // Labels per touchpoint dictionary value become per-row dictionary keys.
+    let keys_of = |labels: &[Option<Arc<str>>], names: &mut Vec<String>| -> Vec<Option<u32>> {
+        let index: Vec<Option<u32>> = labels
+            .iter()
+            .map(|label| {
+                label
+                    .as_deref()
+                    .map(|l| match names.iter().position(|x| x == l) {
+                        Some(p) => p as u32,
+                        None => {
+                            names.push(l.to_string());
+                            (names.len() - 1) as u32
+                        }
+                    })
+            })
+            .collect();
+        dict.keys()
+            .values()
+            .iter()
+            .map(|k| index.get(*k as usize).copied().flatten())
+            .collect()
+    };
+    let mut stage_names = Vec::new();
+    let stage_keys = UInt32Array::from(keys_of(&stages, &mut stage_names));
+    let stage_values = StringArray::from(stage_names);
+    // Channel: the catalog's, else the record's, else the source default.
+    let mut channel_names = Vec::new();
+    let mut channel_keys = keys_of(&channels, &mut channel_names);
+    if let Some(key) = plan.channel {
+        let record = column_at(batch, keys.get(key)?)?;
+        let record = cast_with_options(&record, &dict_type, &CastOptions::default()).ok()?;
+        let record = record.as_dictionary_opt::<UInt32Type>()?;
+        let record_values = record.values().as_string_opt::<i32>()?;
+        let offset = channel_names.len() as u32;
+        channel_names.extend((0..record_values.len()).map(|i| record_values.value(i).to_string()));
+        let tp_keys = dict.keys().values();
+        for (row, slot) in channel_keys.iter_mut().enumerate() {
+            let named = catalog_named
+                .get(tp_keys[row] as usize)
+                .copied()
+                .unwrap_or(false);
+            if !named && record.is_valid(row) {
+                let k = record.keys().value(row);
+                if !record_values.value(k as usize).trim().is_empty() {
+                    *slot = Some(offset + k);
+                }
+            }
+        }
+    }
+    let channel_keys = UInt32Array::from(channel_keys);
+    let channel_values = StringArray::from(channel_names);
+    let touchpoint =
+        DictionaryArray::<UInt32Type>::try_new(dict.keys().clone(), Arc::new(touchpoints.finish()))
+            .ok()?;
+    let stage = DictionaryArray::<UInt32Type>::try_new(stage_keys, Arc::new(stage_values)).ok()?;
+    let channel =
+        DictionaryArray::<UInt32Type>::try_new(channel_keys, Arc::new(channel_values)).ok()?;
+    let source = DictionaryArray::<UInt32Type>::try_new(
+        UInt32Array::from(vec![0u32; n]),
+        Arc::new(StringArray::from(vec![mapper.source_name()])),
+    )
+    .ok()?;
+
+    let schema = trailmap_model::event_schema();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let name = field.name().as_str();
+        let column: ArrayRef = match name {
+            schema::SOURCE => Arc::new(source.clone()),
+            schema::TS => {
+                Arc::new(TimestampMicrosecondArray::from(ts.clone()).with_timezone("UTC"))
+            }
+            schema::TOUCHPOINT => Arc::new(touchpoint.clone()),
+            schema::STAGE => Arc::new(stage.clone()),
+            schema::CHANNEL => Arc::new(channel.clone()),
+            other => match identity_columns.iter().find(|(k, _)| k.column() == other) {
+                Some((_, a)) => a.clone(),
+                None => new_null_array(field.data_type(), n),
+            },
+        };
+        columns.push(column);
+    }
+    RecordBatch::try_new(schema, columns).ok()
 }
