@@ -51,23 +51,44 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, Strin
         .ok_or_else(|| format!("batch has no `{name}` column; expected the canonical event schema"))
 }
 
-/// Maps a batch's dictionary keys to global ids, interning each distinct value once.
-fn dictionary_ids(array: &dyn Array, names: &mut Names) -> Result<Vec<Option<u32>>, String> {
-    let dict = array
-        .as_dictionary_opt::<UInt32Type>()
-        .ok_or("dictionary column is not dictionary<u32, utf8>")?;
-    let values: &StringArray = dict
-        .values()
-        .as_string_opt::<i32>()
-        .ok_or("dictionary values are not utf8")?;
-    let global: Vec<u32> = (0..values.len())
-        .map(|i| names.id(values.value(i)))
-        .collect();
-    Ok(dict
-        .keys()
-        .iter()
-        .map(|k| k.and_then(|k| global.get(k as usize).copied()))
-        .collect())
+/// A batch's dictionary column with its values mapped to global ids: each distinct value
+/// is interned once per batch, rows are then a key lookup.
+struct DictIds<'a> {
+    keys: &'a arrow::array::UInt32Array,
+    global: Vec<u32>,
+}
+
+impl<'a> DictIds<'a> {
+    fn new(array: &'a dyn Array, names: &mut Names) -> Result<Self, String> {
+        let dict = array
+            .as_dictionary_opt::<UInt32Type>()
+            .ok_or("dictionary column is not dictionary<u32, utf8>")?;
+        let values: &StringArray = dict
+            .values()
+            .as_string_opt::<i32>()
+            .ok_or("dictionary values are not utf8")?;
+        let global = (0..values.len())
+            .map(|i| {
+                if values.is_valid(i) {
+                    names.id(values.value(i))
+                } else {
+                    u32::MAX
+                }
+            })
+            .collect();
+        Ok(DictIds {
+            keys: dict.keys(),
+            global,
+        })
+    }
+
+    fn get(&self, row: usize) -> Option<u32> {
+        if self.keys.is_null(row) {
+            return None;
+        }
+        let id = *self.global.get(self.keys.value(row) as usize)?;
+        (id != u32::MAX).then_some(id)
+    }
 }
 
 impl JourneyBuilder {
@@ -84,11 +105,10 @@ impl JourneyBuilder {
         let ts = column(batch, schema::TS)?
             .as_primitive_opt::<TimestampMicrosecondType>()
             .ok_or("`ts` is not timestamp(µs)")?;
-        let touchpoints =
-            dictionary_ids(column(batch, schema::TOUCHPOINT)?, &mut self.touchpoints)?;
+        let touchpoints = DictIds::new(column(batch, schema::TOUCHPOINT)?, &mut self.touchpoints)?;
         let mut stage_names = Names::default();
-        let stages = dictionary_ids(column(batch, schema::STAGE)?, &mut stage_names)?;
-        let sources = dictionary_ids(column(batch, schema::SOURCE)?, &mut self.sources)?;
+        let stages = DictIds::new(column(batch, schema::STAGE)?, &mut stage_names)?;
+        let sources = DictIds::new(column(batch, schema::SOURCE)?, &mut self.sources)?;
         let ids: Vec<(IdentityKind, &StringArray)> = IdentityKind::ALL
             .iter()
             .filter_map(|k| {
@@ -130,7 +150,7 @@ impl JourneyBuilder {
                 self.unidentified += 1;
                 continue;
             };
-            let Some(tp) = touchpoints[row] else {
+            let Some(tp) = touchpoints.get(row) else {
                 self.links += 1;
                 continue;
             };
@@ -139,14 +159,14 @@ impl JourneyBuilder {
                 continue;
             }
             if self.stages[tp as usize].is_none()
-                && let Some(stage) = stages[row]
+                && let Some(stage) = stages.get(row)
             {
                 self.stages[tp as usize] = Some(stage_names.names[stage as usize].clone());
             }
             self.ts.push(ts.value(row));
             self.touchpoint.push(tp);
             self.node.push(node);
-            self.source.push(sources[row].unwrap_or(0) as u16);
+            self.source.push(sources.get(row).unwrap_or(0) as u16);
         }
         Ok(())
     }
@@ -155,18 +175,19 @@ impl JourneyBuilder {
     pub fn finish(mut self, sessions: &SessionConfig) -> JourneyLog {
         let n = self.ts.len();
         // Dense customer ids, numbered by first appearance.
-        let mut customer_of_root: FxHashMap<u32, u32> = FxHashMap::default();
+        let mut customer_of_root = vec![u32::MAX; self.graph.len()];
         let mut roots = Vec::new();
         let mut customer = Vec::with_capacity(n);
         for i in 0..n {
-            let root = self.graph.find(self.node[i]);
-            let next = customer_of_root.len() as u32;
-            let c = *customer_of_root.entry(root).or_insert_with(|| {
-                roots.push(root);
-                next
-            });
-            customer.push(c);
+            let root = self.graph.find(self.node[i]) as usize;
+            if customer_of_root[root] == u32::MAX {
+                customer_of_root[root] = roots.len() as u32;
+                roots.push(root as u32);
+            }
+            customer.push(customer_of_root[root]);
         }
+        drop(customer_of_root);
+        drop(std::mem::take(&mut self.node));
         let customers = roots.len();
 
         // Counting sort by customer keeps arrival order within each customer; a stable
@@ -220,10 +241,10 @@ impl JourneyBuilder {
         }
         session_offsets.push(n);
 
-        let keys = self.graph.display_keys();
+        let display = self.graph.display_nodes();
         let customer_keys = roots
             .iter()
-            .map(|r| keys.get(r).map_or_else(String::new, |(_, v)| v.to_string()))
+            .map(|&r| self.graph.identifier(display[r as usize]).1.to_string())
             .collect();
         let identifiers = self.graph.len();
         JourneyLog {

@@ -1,16 +1,38 @@
 //! Identity stitching: a union-find over interned identifiers.
 
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
+use std::hash::BuildHasher;
 use trailmap_model::IdentityKind;
 
 /// Interned identifiers and the links between them. A customer is a connected component.
-#[derive(Default)]
+///
+/// Identifiers live in one byte arena, indexed by node, with one hash table of node ids per
+/// identity kind (kinds are namespaces): millions of identifiers cost no allocation each.
 pub struct IdentityGraph {
-    /// One map per identity kind: identifiers are namespaced by kind.
-    ids: [FxHashMap<Box<str>, u32>; IdentityKind::ALL.len()],
+    tables: [HashTable<u32>; IdentityKind::ALL.len()],
+    hasher: FxBuildHasher,
+    /// Node `n`'s identifier is `arena[start[n]..start[n + 1]]`.
+    arena: Vec<u8>,
+    start: Vec<usize>,
+    kind: Vec<u8>,
     parent: Vec<u32>,
     /// Union by size keeps trees shallow even when links arrive in the worst order.
     size: Vec<u32>,
+}
+
+impl Default for IdentityGraph {
+    fn default() -> Self {
+        IdentityGraph {
+            tables: Default::default(),
+            hasher: FxBuildHasher,
+            arena: Vec::new(),
+            start: vec![0],
+            kind: Vec::new(),
+            parent: Vec::new(),
+            size: Vec::new(),
+        }
+    }
 }
 
 impl IdentityGraph {
@@ -27,17 +49,37 @@ impl IdentityGraph {
         self.parent.is_empty()
     }
 
+    fn key(&self, n: u32) -> &[u8] {
+        &self.arena[self.start[n as usize]..self.start[n as usize + 1]]
+    }
+
+    /// The identifier of a node, normalised as it was interned.
+    pub fn identifier(&self, n: u32) -> (IdentityKind, &str) {
+        let kind = IdentityKind::ALL[self.kind[n as usize] as usize];
+        // Keys are copied from `&str`s, so they are valid UTF-8.
+        (kind, std::str::from_utf8(self.key(n)).unwrap_or_default())
+    }
+
     /// The node of an identifier, creating it on first sight. `None` for a blank value.
     pub fn node(&mut self, kind: IdentityKind, raw: &str) -> Option<u32> {
         let value = kind.normalize(raw)?;
-        let map = &mut self.ids[kind.index()];
-        if let Some(&n) = map.get(value.as_ref()) {
+        let bytes = value.as_bytes();
+        let hash = self.hasher.hash_one(bytes);
+        let (arena, start) = (&self.arena, &self.start);
+        let key = |n: u32| &arena[start[n as usize]..start[n as usize + 1]];
+        if let Some(&n) = self.tables[kind.index()].find(hash, |&n| key(n) == bytes) {
             return Some(n);
         }
         let n = u32::try_from(self.parent.len()).expect("fewer than 2^32 identifiers");
-        map.insert(Box::from(value.as_ref()), n);
+        self.arena.extend_from_slice(bytes);
+        self.start.push(self.arena.len());
+        self.kind.push(kind.index() as u8);
         self.parent.push(n);
         self.size.push(1);
+        let (arena, start, hasher) = (&self.arena, &self.start, &self.hasher);
+        self.tables[kind.index()].insert_unique(hash, n, |&m| {
+            hasher.hash_one(&arena[start[m as usize]..start[m as usize + 1]])
+        });
         Some(n)
     }
 
@@ -70,25 +112,19 @@ impl IdentityGraph {
         self.find(a) == self.find(b)
     }
 
-    /// The display key of every component, by root: its smallest identifier of the most
-    /// preferred kind ([`IdentityKind`] order). Independent of arrival order.
-    pub fn display_keys(&mut self) -> FxHashMap<u32, (IdentityKind, &str)> {
-        let mut roots = Vec::with_capacity(self.parent.len());
-        for x in 0..self.parent.len() as u32 {
-            roots.push(self.find(x));
-        }
-        let mut best: FxHashMap<u32, (IdentityKind, &str)> = FxHashMap::default();
-        for (kind, map) in IdentityKind::ALL.iter().zip(self.ids.iter()) {
-            for (value, &n) in map {
-                let root = roots[n as usize];
-                let candidate = (*kind, value.as_ref());
-                best.entry(root)
-                    .and_modify(|b| {
-                        if candidate < *b {
-                            *b = candidate;
-                        }
-                    })
-                    .or_insert(candidate);
+    /// The display node of every component, indexed by root (`u32::MAX` for non-roots):
+    /// its smallest identifier of the most preferred kind ([`IdentityKind`] order), which
+    /// makes a customer's name independent of arrival order.
+    pub fn display_nodes(&mut self) -> Vec<u32> {
+        let mut best = vec![u32::MAX; self.parent.len()];
+        for n in 0..self.parent.len() as u32 {
+            let root = self.find(n) as usize;
+            let current = best[root];
+            if current == u32::MAX
+                || (self.kind[n as usize], self.key(n))
+                    < (self.kind[current as usize], self.key(current))
+            {
+                best[root] = n;
             }
         }
         best
@@ -118,9 +154,9 @@ mod tests {
         assert!(g.same(anon, contact));
         assert!(!g.union(anon, contact), "already one customer");
         let root = g.find(anon);
-        let keys = g.display_keys();
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys[&root], (UserId, "u1"));
+        let display = g.display_nodes();
+        assert_eq!(display.iter().filter(|d| **d != u32::MAX).count(), 1);
+        assert_eq!(g.identifier(display[root as usize]), (UserId, "u1"));
     }
 
     #[test]
@@ -131,5 +167,6 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(g.node(UserId, " 42 "), Some(a));
         assert_eq!(g.node(Email, "  "), None);
+        assert_eq!(g.identifier(b), (ContactId, "42"));
     }
 }

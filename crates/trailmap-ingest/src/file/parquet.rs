@@ -10,6 +10,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, Float64Array, Int64Array, RecordBatch,
     StringArray, StringBuilder, TimestampMicrosecondArray, UInt32Array, new_null_array,
 };
+use arrow::buffer::ScalarBuffer;
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::Field;
 use arrow::datatypes::UInt32Type;
@@ -423,15 +424,16 @@ fn columnar(
 ) -> Option<RecordBatch> {
     let n = batch.num_rows();
     // Event time.
-    let ts: Vec<i64> = match cols.get(plan.ts)?.as_ref()? {
-        Col::Micros(a) if a.null_count() == 0 => a.values().to_vec(),
+    let ts: ScalarBuffer<i64> = match cols.get(plan.ts)?.as_ref()? {
+        // Already microseconds: share the buffer, no copy.
+        Col::Micros(a) if a.null_count() == 0 => a.values().clone(),
         col => {
             let parser = mapper.time_parser();
             let mut out = Vec::with_capacity(n);
             for i in 0..n {
                 out.push(parser.parse(&col.get(i)?).ok()?);
             }
-            out
+            out.into()
         }
     };
     if !ts.iter().all(|t| is_plausible(*t)) {
@@ -445,7 +447,7 @@ fn columnar(
             return None;
         };
         for (i, flag) in has_id.iter_mut().enumerate() {
-            if a.is_valid(i) && !a.value(i).trim().is_empty() {
+            if a.is_valid(i) && !a.value(i).bytes().all(|b| b.is_ascii_whitespace()) {
                 *flag = true;
             }
         }
@@ -555,6 +557,7 @@ fn columnar(
     )
     .ok()?;
 
+    let ts = TimestampMicrosecondArray::new(ts, None).with_timezone("UTC");
     let schema = trailmap_model::event_schema();
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {

@@ -46,16 +46,19 @@ struct Report {
     rejected_by_reason: BTreeMap<String, u64>,
 }
 
+/// Median by selection (linear time): millions of sessions need no full sort.
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
+    let (len, m) = (v.len(), v.len() / 2);
+    let (below, upper, _) = v.select_nth_unstable_by(m, f64::total_cmp);
+    let upper = *upper;
+    if len % 2 == 1 {
+        upper
     } else {
-        (v[m - 1] + v[m]) / 2.0
+        let lower = below.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lower + upper) / 2.0
     }
 }
 
@@ -165,5 +168,15 @@ impl SessionsArgs {
             rows.push(vec![format!("rejected: {reason}"), n(*count)]);
         }
         print_rows(format, &["measure", "value"], &rows, &report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_of_odd_and_even_lengths() {
+        assert_eq!(super::median(vec![]), 0.0);
+        assert_eq!(super::median(vec![5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(super::median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }
