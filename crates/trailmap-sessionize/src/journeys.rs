@@ -174,54 +174,64 @@ impl JourneyBuilder {
     /// Groups events per customer, orders each journey by (ts, arrival) and cuts sessions.
     pub fn finish(mut self, sessions: &SessionConfig) -> JourneyLog {
         let n = self.ts.len();
-        // Dense customer ids, numbered by first appearance.
+        // Dense customer ids, numbered by first appearance; roots are resolved once, so
+        // the second pass below is a plain lookup.
         let mut customer_of_root = vec![u32::MAX; self.graph.len()];
         let mut roots = Vec::new();
-        let mut customer = Vec::with_capacity(n);
-        for i in 0..n {
-            let root = self.graph.find(self.node[i]) as usize;
+        let mut offsets = vec![0usize; 1];
+        for &node in &self.node {
+            let root = self.graph.find(node) as usize;
             if customer_of_root[root] == u32::MAX {
                 customer_of_root[root] = roots.len() as u32;
                 roots.push(root as u32);
+                offsets.push(0);
             }
-            customer.push(customer_of_root[root]);
+            offsets[customer_of_root[root] as usize + 1] += 1;
         }
-        drop(customer_of_root);
-        drop(std::mem::take(&mut self.node));
         let customers = roots.len();
-
-        // Counting sort by customer keeps arrival order within each customer; a stable
-        // sort by time then leaves ties in arrival order.
-        let mut offsets = vec![0usize; customers + 1];
-        for &c in &customer {
-            offsets[c as usize + 1] += 1;
-        }
         for c in 0..customers {
             offsets[c + 1] += offsets[c];
         }
+
+        // Counting sort by customer. It keeps arrival order within a customer, so a stable
+        // sort by time afterwards leaves ties in arrival order. Columns are then gathered
+        // one at a time, each input column freed as soon as it is copied, to keep the peak
+        // memory near one copy of the events.
         let mut cursor = offsets.clone();
-        let mut order = vec![0u32; n];
-        for (i, &c) in customer.iter().enumerate() {
-            order[cursor[c as usize]] = i as u32;
-            cursor[c as usize] += 1;
+        let mut arrival = vec![0u32; n];
+        for (i, &node) in self.node.iter().enumerate() {
+            let c = customer_of_root[self.graph.find(node) as usize] as usize;
+            arrival[cursor[c]] = i as u32;
+            cursor[c] += 1;
         }
         drop(cursor);
-        drop(customer);
-        for c in 0..customers {
-            let slice = &mut order[offsets[c]..offsets[c + 1]];
-            if !slice
-                .windows(2)
-                .all(|w| self.ts[w[0] as usize] <= self.ts[w[1] as usize])
-            {
-                slice.sort_by_key(|&i| self.ts[i as usize]);
-            }
+        drop(customer_of_root);
+        drop(std::mem::take(&mut self.node));
+        fn gather<T: Copy>(column: Vec<T>, order: &[u32]) -> Vec<T> {
+            order.iter().map(|&i| column[i as usize]).collect()
         }
-
-        let ts: Vec<i64> = order.iter().map(|&i| self.ts[i as usize]).collect();
-        let touchpoint: Vec<u32> = order.iter().map(|&i| self.touchpoint[i as usize]).collect();
-        let source: Vec<u16> = order.iter().map(|&i| self.source[i as usize]).collect();
-        drop(std::mem::take(&mut self.ts));
-        drop(std::mem::take(&mut self.touchpoint));
+        let mut ts = gather(std::mem::take(&mut self.ts), &arrival);
+        let mut touchpoint = gather(std::mem::take(&mut self.touchpoint), &arrival);
+        let mut source = gather(std::mem::take(&mut self.source), &arrival);
+        for c in 0..customers {
+            let r = offsets[c]..offsets[c + 1];
+            if ts[r.clone()].windows(2).all(|w| w[0] <= w[1]) {
+                continue;
+            }
+            // Out of order in the input: sort this customer's events by (ts, arrival).
+            let mut perm: Vec<usize> = r.clone().collect();
+            perm.sort_by_key(|&p| (ts[p], arrival[p]));
+            let (t, tp, s, a): (Vec<_>, Vec<_>, Vec<_>, Vec<_>) = (
+                perm.iter().map(|&p| ts[p]).collect(),
+                perm.iter().map(|&p| touchpoint[p]).collect(),
+                perm.iter().map(|&p| source[p]).collect(),
+                perm.iter().map(|&p| arrival[p]).collect(),
+            );
+            ts[r.clone()].copy_from_slice(&t);
+            touchpoint[r.clone()].copy_from_slice(&tp);
+            source[r.clone()].copy_from_slice(&s);
+            arrival[r].copy_from_slice(&a);
+        }
 
         let (gap, max) = (sessions.gap.micros(), sessions.max_duration.micros());
         let mut session_offsets = Vec::with_capacity(customers + 1);
@@ -256,7 +266,7 @@ impl JourneyBuilder {
             ts,
             touchpoint,
             source,
-            arrival: order,
+            arrival,
             session_offsets,
             session_customer,
             links: self.links,

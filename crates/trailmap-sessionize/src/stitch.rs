@@ -7,10 +7,11 @@ use trailmap_model::IdentityKind;
 
 /// Interned identifiers and the links between them. A customer is a connected component.
 ///
-/// Identifiers live in one byte arena, indexed by node, with one hash table of node ids per
-/// identity kind (kinds are namespaces): millions of identifiers cost no allocation each.
+/// Identifiers live in one byte arena, indexed by node, with one hash table per identity
+/// kind (kinds are namespaces) holding `(hash, node)`: millions of identifiers cost no
+/// allocation each, and growing a table never re-reads the arena.
 pub struct IdentityGraph {
-    tables: [HashTable<u32>; IdentityKind::ALL.len()],
+    tables: [HashTable<(u64, u32)>; IdentityKind::ALL.len()],
     hasher: FxBuildHasher,
     /// Node `n`'s identifier is `arena[start[n]..start[n + 1]]`.
     arena: Vec<u8>,
@@ -67,7 +68,9 @@ impl IdentityGraph {
         let hash = self.hasher.hash_one(bytes);
         let (arena, start) = (&self.arena, &self.start);
         let key = |n: u32| &arena[start[n as usize]..start[n as usize + 1]];
-        if let Some(&n) = self.tables[kind.index()].find(hash, |&n| key(n) == bytes) {
+        if let Some(&(_, n)) =
+            self.tables[kind.index()].find(hash, |&(h, n)| h == hash && key(n) == bytes)
+        {
             return Some(n);
         }
         let n = u32::try_from(self.parent.len()).expect("fewer than 2^32 identifiers");
@@ -76,10 +79,7 @@ impl IdentityGraph {
         self.kind.push(kind.index() as u8);
         self.parent.push(n);
         self.size.push(1);
-        let (arena, start, hasher) = (&self.arena, &self.start, &self.hasher);
-        self.tables[kind.index()].insert_unique(hash, n, |&m| {
-            hasher.hash_one(&arena[start[m as usize]..start[m as usize + 1]])
-        });
+        self.tables[kind.index()].insert_unique(hash, (hash, n), |&(h, _)| h);
         Some(n)
     }
 
