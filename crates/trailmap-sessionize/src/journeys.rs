@@ -51,6 +51,13 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, Strin
         .ok_or_else(|| format!("batch has no `{name}` column; expected the canonical event schema"))
 }
 
+/// Equality for short identifiers, inlined: a call to `memcmp` per row costs more than
+/// comparing a dozen bytes.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+}
+
 /// A batch's dictionary column with its values mapped to global ids: each distinct value
 /// is interned once per batch, rows are then a key lookup.
 struct DictIds<'a> {
@@ -117,6 +124,9 @@ impl JourneyBuilder {
             })
             .collect();
         self.stages.resize(self.touchpoints.names.len(), None);
+        if self.push_bulk(&ids, ts, &touchpoints, &stages, &stage_names, &sources) {
+            return Ok(());
+        }
 
         // Logs are usually grouped by customer (process logs by case, exports by user), so
         // an identifier tends to repeat on consecutive rows: remembering the last one per
@@ -130,7 +140,7 @@ impl JourneyBuilder {
                 }
                 let value = col.value(row);
                 let node = match last[slot] {
-                    (Some(prev), node) if col.value(prev) == value => node,
+                    (Some(prev), node) if same(col.value(prev), value) => node,
                     _ => {
                         let node = self.graph.node(*kind, value);
                         last[slot] = (Some(row), node);
@@ -169,6 +179,77 @@ impl JourneyBuilder {
             self.source.push(sources.get(row).unwrap_or(0) as u16);
         }
         Ok(())
+    }
+
+    /// The common case of a whole batch at once: one identity column and no missing
+    /// values, as the columnar readers produce. Columns are appended in bulk and only the
+    /// identifier needs a look per row. Returns false, having added nothing, otherwise.
+    fn push_bulk(
+        &mut self,
+        ids: &[(IdentityKind, &StringArray)],
+        ts: &arrow::array::TimestampMicrosecondArray,
+        touchpoints: &DictIds<'_>,
+        stages: &DictIds<'_>,
+        stage_names: &Names,
+        sources: &DictIds<'_>,
+    ) -> bool {
+        let [(kind, col)] = ids else {
+            return false;
+        };
+        let rows = ts.len();
+        if col.null_count() > 0
+            || ts.null_count() > 0
+            || touchpoints.keys.null_count() > 0
+            || sources.keys.null_count() > 0
+            || touchpoints.global.contains(&u32::MAX)
+            || sources.global.contains(&u32::MAX)
+        {
+            return false;
+        }
+        let mut nodes = Vec::with_capacity(rows);
+        let mut last: Option<(&str, u32)> = None;
+        for row in 0..rows {
+            let value = col.value(row);
+            let node = match last {
+                Some((prev, node)) if same(prev, value) => node,
+                _ => match self.graph.node(*kind, value) {
+                    Some(node) => {
+                        last = Some((value, node));
+                        node
+                    }
+                    // A blank identifier: the row path counts it.
+                    None => return false,
+                },
+            };
+            nodes.push(node);
+        }
+        self.node.extend_from_slice(&nodes);
+        self.ts.extend_from_slice(ts.values());
+        let global = &touchpoints.global;
+        let first = self.touchpoint.len();
+        self.touchpoint.extend(
+            touchpoints
+                .keys
+                .values()
+                .iter()
+                .map(|&k| global[k as usize]),
+        );
+        let source = &sources.global;
+        self.source.extend(
+            sources
+                .keys
+                .values()
+                .iter()
+                .map(|&k| source[k as usize] as u16),
+        );
+        for (row, &tp) in self.touchpoint[first..].iter().enumerate() {
+            if self.stages[tp as usize].is_none()
+                && let Some(stage) = stages.get(row)
+            {
+                self.stages[tp as usize] = Some(stage_names.names[stage as usize].clone());
+            }
+        }
+        true
     }
 
     /// Groups events per customer, orders each journey by (ts, arrival) and cuts sessions.
