@@ -291,9 +291,17 @@ impl JourneyBuilder {
         fn gather<T: Copy>(column: Vec<T>, order: &[u32]) -> Vec<T> {
             order.iter().map(|&i| column[i as usize]).collect()
         }
-        let mut ts = gather(std::mem::take(&mut self.ts), &arrival);
-        let mut touchpoint = gather(std::mem::take(&mut self.touchpoint), &arrival);
-        let mut source = gather(std::mem::take(&mut self.source), &arrival);
+        // The reader is done by now: gather on both cores.
+        let (ts_in, tp_in, source_in) = (
+            std::mem::take(&mut self.ts),
+            std::mem::take(&mut self.touchpoint),
+            std::mem::take(&mut self.source),
+        );
+        let (mut ts, (mut touchpoint, mut source)) = std::thread::scope(|scope| {
+            let ts = scope.spawn(|| gather(ts_in, &arrival));
+            let rest = (gather(tp_in, &arrival), gather(source_in, &arrival));
+            (join(ts), rest)
+        });
         for c in 0..customers {
             let r = offsets[c]..offsets[c + 1];
             if ts[r.clone()].windows(2).all(|w| w[0] <= w[1]) {
@@ -314,32 +322,27 @@ impl JourneyBuilder {
             arrival[r].copy_from_slice(&a);
         }
 
-        let (gap, max) = (sessions.gap.micros(), sessions.max_duration.micros());
-        let mut session_offsets = Vec::with_capacity(customers + 1);
-        let mut session_customer = Vec::with_capacity(customers);
-        for c in 0..customers {
-            let (lo, hi) = (offsets[c], offsets[c + 1]);
-            let mut start = ts[lo];
-            session_offsets.push(lo);
-            session_customer.push(c as u32);
-            for i in lo + 1..hi {
-                if ts[i] - ts[i - 1] > gap || (max > 0 && ts[i] - start > max) {
-                    start = ts[i];
-                    session_offsets.push(i);
-                    session_customer.push(c as u32);
-                }
-            }
-        }
-        session_offsets.push(n);
-
-        let display = self.graph.display_nodes();
-        let customer_keys = roots
-            .iter()
-            .map(|&r| self.graph.identifier(display[r as usize]).1.to_string())
-            .collect();
+        // Session cuts on this thread, customer names on another.
+        let graph = &mut self.graph;
+        let ((session_offsets, session_customer), (customer_names, customer_name_ends)) =
+            std::thread::scope(|scope| {
+                let names = scope.spawn(|| {
+                    let display = graph.display_nodes();
+                    let mut names = String::new();
+                    let mut ends = Vec::with_capacity(roots.len());
+                    for &r in &roots {
+                        names.push_str(graph.identifier(display[r as usize]).1);
+                        ends.push(names.len());
+                    }
+                    (names, ends)
+                });
+                let cuts = cut_sessions(&ts, &offsets, sessions);
+                (cuts, join(names))
+            });
         let identifiers = self.graph.len();
         JourneyLog {
-            customer_keys,
+            customer_names,
+            customer_name_ends,
             touchpoints: self.touchpoints.names,
             stages: self.stages,
             sources: self.sources.names,
@@ -356,12 +359,46 @@ impl JourneyBuilder {
     }
 }
 
+/// Resumes a helper thread's panic on this thread.
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Session boundaries of customer-ordered events: a new session when the gap to the
+/// previous event exceeds `gap`, or the session would last longer than `max_duration`.
+fn cut_sessions(ts: &[i64], offsets: &[usize], sessions: &SessionConfig) -> (Vec<usize>, Vec<u32>) {
+    let customers = offsets.len() - 1;
+    let (gap, max) = (sessions.gap.micros(), sessions.max_duration.micros());
+    let mut session_offsets = Vec::with_capacity(customers + 1);
+    let mut session_customer = Vec::with_capacity(customers);
+    for c in 0..customers {
+        let (lo, hi) = (offsets[c], offsets[c + 1]);
+        let mut start = ts[lo];
+        session_offsets.push(lo);
+        session_customer.push(c as u32);
+        for i in lo + 1..hi {
+            if ts[i] - ts[i - 1] > gap || (max > 0 && ts[i] - start > max) {
+                start = ts[i];
+                session_offsets.push(i);
+                session_customer.push(c as u32);
+            }
+        }
+    }
+    session_offsets.push(ts.len());
+    (session_offsets, session_customer)
+}
+
 /// Ordered journeys, columnar. Events of customer `c` are `offsets[c]..offsets[c + 1]`;
 /// sessions likewise through `session_offsets`.
 #[derive(Debug, Clone)]
 pub struct JourneyLog {
-    /// Display key of each customer (see [`IdentityGraph::display_keys`]).
-    pub customer_keys: Vec<String>,
+    /// Display keys of the customers (see [`IdentityGraph::display_nodes`]), end to end;
+    /// customer `c`'s ends at `customer_name_ends[c]`. Read them with
+    /// [`JourneyLog::customer_key`].
+    pub customer_names: String,
+    pub customer_name_ends: Vec<usize>,
     pub touchpoints: Vec<String>,
     /// Stage of each touchpoint, as the catalog assigned it.
     pub stages: Vec<Option<String>>,
@@ -411,7 +448,18 @@ impl JourneyLog {
     }
 
     pub fn num_customers(&self) -> usize {
-        self.customer_keys.len()
+        self.customer_name_ends.len()
+    }
+
+    /// The display key of a customer: its most preferred identifier.
+    pub fn customer_key(&self, c: u32) -> &str {
+        let c = c as usize;
+        let start = if c == 0 {
+            0
+        } else {
+            self.customer_name_ends[c - 1]
+        };
+        &self.customer_names[start..self.customer_name_ends[c]]
     }
 
     pub fn num_sessions(&self) -> usize {

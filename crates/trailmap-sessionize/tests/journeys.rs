@@ -41,7 +41,7 @@ fn by_customer(log: &JourneyLog, scope: Scope) -> BTreeMap<String, Vec<Vec<Strin
     let mut out: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
     for j in log.journeys(scope) {
         let names = log.names(&j).into_iter().map(String::from).collect();
-        out.entry(log.customer_keys[j.customer as usize].clone())
+        out.entry(log.customer_key(j.customer).to_string())
             .or_default()
             .push(names);
     }
