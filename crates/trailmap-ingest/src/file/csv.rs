@@ -206,7 +206,6 @@ impl super::BatchSource for CsvSource {
                         if self.record.len() == 1 && self.record[0].is_empty() {
                             continue;
                         }
-                        self.stats.records += 1;
                         let reason = format!(
                             "row has {} fields, expected {} ({})",
                             self.record.len(),
@@ -226,7 +225,6 @@ impl super::BatchSource for CsvSource {
                     if let Some(bad) = (0..self.record.len())
                         .find(|i| self.used[*i] && std::str::from_utf8(&self.record[*i]).is_err())
                     {
-                        self.stats.records += 1;
                         let reason = format!("invalid UTF-8 in column `{}`", self.columns[bad]);
                         reject(
                             &mut self.stats,
@@ -257,7 +255,6 @@ impl super::BatchSource for CsvSource {
                     // An I/O error mid-file (truncated gzip, unreadable disk) ends this
                     // file; what was read so far is kept and the cut is dead-lettered.
                     let line = e.position().map_or(0, |p| p.line());
-                    self.stats.records += 1;
                     let reason = format!("input is truncated or corrupt, reading stopped: {e}");
                     reject(
                         &mut self.stats,

@@ -239,6 +239,23 @@ pub(crate) fn open_text(path: &Path) -> Result<(Box<dyn BufRead + Send>, ByteCou
     Ok((reader, counter))
 }
 
+/// A mapper for formats addressed by path (NDJSON, XES): every field reference resolves,
+/// absent fields simply have no value in a record.
+pub(crate) fn path_mapper(
+    input: &FileInput,
+    mapping: &FieldMapping,
+    options: &IngestOptions,
+) -> Result<RowMapper<FieldRef>> {
+    RowMapper::new(
+        &input.source,
+        mapping,
+        options.catalog.clone(),
+        options.projection,
+        |r| Some(r.clone()),
+    )
+    .map_err(|m| Error::input(&input.path, m))
+}
+
 /// Maps one record and books the outcome: counted, or rejected to the dead letters.
 pub(crate) fn book<K, R: Record<K>>(
     mapper: &mut RowMapper<K>,
@@ -249,16 +266,21 @@ pub(crate) fn book<K, R: Record<K>>(
     location: Location,
     raw: impl FnOnce() -> Option<Vec<u8>>,
 ) -> Result<()> {
-    stats.records += 1;
     match mapper.map(record) {
-        Ok(Outcome::Event) => stats.events += 1,
-        Ok(Outcome::Link) => stats.links += 1,
-        Ok(Outcome::Dropped) => stats.dropped += 1,
+        Ok(outcome) => {
+            stats.records += 1;
+            match outcome {
+                Outcome::Event => stats.events += 1,
+                Outcome::Link => stats.links += 1,
+                Outcome::Dropped => stats.dropped += 1,
+            }
+        }
         Err(reason) => reject(stats, dead, path, location, &reason, raw().as_deref())?,
     }
     Ok(())
 }
 
+/// Books one record read and rejected, and hands it to the dead letters.
 pub(crate) fn reject(
     stats: &mut IngestStats,
     dead: &mut DeadLetters,
@@ -267,6 +289,7 @@ pub(crate) fn reject(
     reason: &str,
     raw: Option<&[u8]>,
 ) -> Result<()> {
+    stats.records += 1;
     stats.rejected += 1;
     dead.reject(path, location, reason, raw)
 }

@@ -32,14 +32,7 @@ impl NdjsonSource {
         options: &IngestOptions,
     ) -> Result<Self> {
         let (reader, counter) = open_text(&input.path)?;
-        let mapper = RowMapper::new(
-            &input.source,
-            mapping,
-            options.catalog.clone(),
-            options.projection,
-            |r| Some(r.clone()),
-        )
-        .map_err(|m| trailmap_model::Error::input(&input.path, m))?;
+        let mapper = super::path_mapper(input, mapping, options)?;
         let used = mapping
             .used_names()
             .iter()
@@ -116,7 +109,6 @@ impl super::BatchSource for NdjsonSource {
                     let value: serde_json::Value = match serde_json::from_slice(text) {
                         Ok(v) => v,
                         Err(e) => {
-                            self.stats.records += 1;
                             let reason = format!("invalid JSON: {e}");
                             reject(
                                 &mut self.stats,
@@ -130,7 +122,6 @@ impl super::BatchSource for NdjsonSource {
                         }
                     };
                     if !value.is_object() {
-                        self.stats.records += 1;
                         reject(
                             &mut self.stats,
                             dead,
@@ -157,7 +148,6 @@ impl super::BatchSource for NdjsonSource {
                     )?;
                 }
                 Err(e) => {
-                    self.stats.records += 1;
                     let reason = format!("input is truncated or corrupt, reading stopped: {e}");
                     let location = Location::Line(self.line_no + 1);
                     reject(&mut self.stats, dead, &self.path, location, &reason, None)?;

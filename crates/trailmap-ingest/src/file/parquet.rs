@@ -328,7 +328,6 @@ impl super::BatchSource for ParquetSource {
                 }
                 Some(Ok(b)) => b,
                 Some(Err(e)) => {
-                    self.stats.records += 1;
                     let reason = format!("corrupt Parquet data, reading stopped: {e}");
                     reject(
                         &mut self.stats,

@@ -98,14 +98,7 @@ impl XesSource {
         options: &IngestOptions,
     ) -> Result<Self> {
         let (text, counter) = open_text(&input.path)?;
-        let mapper = RowMapper::new(
-            &input.source,
-            mapping,
-            options.catalog.clone(),
-            options.projection,
-            |r| Some(r.clone()),
-        )
-        .map_err(|m| trailmap_model::Error::input(&input.path, m))?;
+        let mapper = super::path_mapper(input, mapping, options)?;
         let mut reader = quick_xml::Reader::from_reader(text);
         reader.config_mut().trim_text(true);
         Ok(XesSource {
@@ -174,7 +167,7 @@ impl XesSource {
             Ok(ev) => ev.into_owned(),
             Err(e) => {
                 let lost = self.events.len() as u64;
-                self.stats.records += lost.max(1);
+                self.stats.records += lost.saturating_sub(1);
                 let reason = format!(
                     "XML error, reading stopped ({lost} events of the open trace lost): {e}"
                 );
@@ -192,7 +185,6 @@ impl XesSource {
             }
         };
         let bad = |this: &mut Self, dead: &mut DeadLetters, reason: String| {
-            this.stats.records += 1;
             reject(
                 &mut this.stats,
                 dead,
@@ -259,7 +251,7 @@ impl XesSource {
                 self.done = true;
                 if self.in_trace {
                     let n = self.events.len() as u64;
-                    self.stats.records += n.max(1);
+                    self.stats.records += n.saturating_sub(1);
                     let reason = format!(
                         "file ends inside a trace (truncated?); its {n} events are not read"
                     );
