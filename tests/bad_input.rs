@@ -53,6 +53,13 @@ fn assert_counts(run: &Run, events: u64, rejected: u64) {
         rejected,
         "one dead letter per rejected record"
     );
+    let n = |k: &str| run.summary[k].as_u64().unwrap();
+    assert_eq!(
+        n("records"),
+        n("events") + n("identity_links") + n("dropped") + n("rejected"),
+        "every record read is booked exactly once: {:#}",
+        run.summary
+    );
 }
 
 #[test]
