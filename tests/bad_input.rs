@@ -342,3 +342,84 @@ fn columnar_and_row_paths_agree() {
         assert_eq!(clean[key], rows[key], "{key}");
     }
 }
+
+#[test]
+fn csv_with_blank_lines_before_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lead.csv");
+    std::fs::write(
+        &path,
+        "\n\r\ncustomer_id,ts,touchpoint\nc1,2024-05-01T10:00:00Z,home_view\nc1,later,pricing_view\n",
+    )
+    .unwrap();
+    let run = read(&path, &[]);
+    assert_counts(&run, 1, 1);
+    // Line numbers are the file's, blank lines included.
+    assert_eq!(run.letters[0]["line"], 5);
+}
+
+#[test]
+fn xes_malformed_attributes_and_empty_events_are_rejected_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.xes");
+    std::fs::write(
+        &path,
+        r#"<log xes.version="1.0">
+  <string key="bad" value="&bogus;"/>
+  <trace>
+    <string key="concept:name" value="c1"/>
+    <event><string key="concept:name" value="home"/><date key="time:timestamp" value="2024-01-01T00:00:00Z"/></event>
+    <event><string key="concept:name" value="x"/><string key="note" value="&bogus;"/><date key="time:timestamp" value="2024-01-01T00:01:00Z"/></event>
+    <event/>
+  </trace>
+  <trace>
+    <string key="concept:name" value="&bogus;"/>
+    <event><string key="concept:name" value="y"/><date key="time:timestamp" value="2024-01-01T00:00:00Z"/></event>
+  </trace>
+</log>
+"#,
+    )
+    .unwrap();
+    let run = read(&path, &[]);
+    assert_counts(&run, 1, 3);
+    let r = reasons(&run);
+    assert!(r[0].contains("malformed XML attribute"), "{r:?}");
+    assert!(r[1].starts_with("missing time"), "{r:?}");
+    assert!(r[2].contains("malformed XML attribute"), "{r:?}");
+}
+
+#[test]
+fn parquet_blank_identifiers_are_no_identifiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blank.parquet");
+    write_parquet(
+        &path,
+        vec![
+            (
+                "customer_id",
+                Arc::new(StringArray::from(vec!["c1", "\u{a0}", "\u{b}"])) as ArrayRef,
+            ),
+            (
+                "ts",
+                Arc::new(Int64Array::from(vec![
+                    1_714_557_600,
+                    1_714_557_601,
+                    1_714_557_602,
+                ])),
+            ),
+            (
+                "touchpoint",
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+            ),
+        ],
+    );
+    // `sessions` takes the columnar path for clean batches; this one must fall back and
+    // reject the blank identifiers exactly as the row path does.
+    let run = read(&path, &["--time-unit", "s"]);
+    assert_counts(&run, 1, 2);
+    assert!(
+        reasons(&run)
+            .iter()
+            .all(|r| r.starts_with("missing customer"))
+    );
+}

@@ -74,9 +74,19 @@ impl<'a> DictIds<'a> {
             .values()
             .as_string_opt::<i32>()
             .ok_or("dictionary values are not utf8")?;
+        // Only values some row refers to become names: a Parquet reader hands every batch
+        // the whole column chunk's dictionary, most of it unused by this batch.
+        let mut used = vec![false; values.len()];
+        for (row, k) in dict.keys().values().iter().enumerate() {
+            if dict.keys().is_valid(row)
+                && let Some(u) = used.get_mut(*k as usize)
+            {
+                *u = true;
+            }
+        }
         let global = (0..values.len())
             .map(|i| {
-                if values.is_valid(i) {
+                if used[i] && values.is_valid(i) {
                     names.id(values.value(i))
                 } else {
                     u32::MAX
@@ -87,6 +97,16 @@ impl<'a> DictIds<'a> {
             keys: dict.keys(),
             global,
         })
+    }
+
+    /// Whether every row's key names a value (no null keys, no null values).
+    fn all_rows_named(&self) -> bool {
+        self.keys.null_count() == 0
+            && self.keys.values().iter().all(|&k| {
+                self.global
+                    .get(k as usize)
+                    .is_some_and(|&id| id != u32::MAX)
+            })
     }
 
     fn get(&self, row: usize) -> Option<u32> {
@@ -201,8 +221,8 @@ impl JourneyBuilder {
             || ts.null_count() > 0
             || touchpoints.keys.null_count() > 0
             || sources.keys.null_count() > 0
-            || touchpoints.global.contains(&u32::MAX)
-            || sources.global.contains(&u32::MAX)
+            || !touchpoints.all_rows_named()
+            || !sources.all_rows_named()
         {
             return false;
         }

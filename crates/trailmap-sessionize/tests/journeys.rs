@@ -258,3 +258,35 @@ proptest! {
         prop_assert_eq!(by_customer(&reference, Scope::Session), by_customer(&other, Scope::Session));
     }
 }
+
+#[test]
+fn unused_dictionary_values_are_not_touchpoints() {
+    use arrow::array::{ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt32Array};
+    use std::sync::Arc;
+    let mut b = EventBatchBuilder::new();
+    let mut row = EventRow {
+        source: "s",
+        ts: 1,
+        touchpoint: Some("home"),
+        ..Default::default()
+    };
+    row.identities[IdentityKind::CustomerId.index()] = Some("c");
+    b.push(&row);
+    let batch = b.finish();
+    // A Parquet reader hands every batch the column chunk's whole dictionary.
+    let touchpoint: ArrayRef = Arc::new(
+        DictionaryArray::try_new(
+            UInt32Array::from(vec![1u32]),
+            Arc::new(StringArray::from(vec!["never_seen", "home"])),
+        )
+        .unwrap(),
+    );
+    let i = batch.schema().index_of("touchpoint").unwrap();
+    let mut columns = batch.columns().to_vec();
+    columns[i] = touchpoint;
+    let batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+    let mut jb = JourneyBuilder::new();
+    jb.push_batch(&batch).unwrap();
+    let log = jb.finish(&SessionConfig::default());
+    assert_eq!(log.touchpoints, vec!["home".to_string()]);
+}

@@ -235,7 +235,8 @@ impl InputArgs {
                     let mut source = file::open(input, options)?;
                     while let Some(batch) = source.next_batch(dead)? {
                         if tx.send(batch).is_err() {
-                            break;
+                            // The stitcher stopped; its error is the one to report.
+                            return Ok(ingest);
                         }
                         progress.set_position(done_bytes + source.bytes_read());
                     }
@@ -254,11 +255,16 @@ impl InputArgs {
             }
             let read = reader
                 .join()
-                .unwrap_or_else(|_| Err(Error::Other("the reader thread panicked".into())));
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (read, stitched)
         });
         progress.finish_and_clear();
-        stitched?;
+        // A read error (a bad file, the error budget spent) explains a stitching error that
+        // follows from it, so it is reported first.
+        let read = match (read, stitched) {
+            (Ok(_), Err(e)) => Err(e),
+            (read, _) => read,
+        };
         let ingest = match read {
             Ok(ingest) => ingest,
             Err(e @ Error::TooManyErrors { .. }) => {

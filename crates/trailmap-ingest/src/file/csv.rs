@@ -22,6 +22,8 @@ pub(crate) struct CsvSource {
     used: Vec<bool>,
     record: csv::ByteRecord,
     batch_size: usize,
+    /// Blank lines skipped before the header, added back to reported line numbers.
+    line_offset: u64,
     stats: IngestStats,
     counter: ByteCounter,
     done: bool,
@@ -37,7 +39,7 @@ impl CsvSource {
         let (mut text, counter) = open_text(path)?;
         let opts = &input.source.csv;
         let header = opts.header.unwrap_or(true);
-        let first_line = peek_line(&mut text).map_err(|e| Error::io(path, e))?;
+        let (skipped, first_line) = skip_blank_lines(&mut text).map_err(|e| Error::io(path, e))?;
         let empty = CsvSource {
             path: path.clone(),
             reader: None,
@@ -46,11 +48,12 @@ impl CsvSource {
             used: Vec::new(),
             record: csv::ByteRecord::new(),
             batch_size: options.batch_size,
+            line_offset: skipped,
             stats: IngestStats::default(),
             counter: counter.clone(),
             done: true,
         };
-        if first_line.iter().all(|b| b.is_ascii_whitespace()) {
+        if first_line.is_empty() {
             return Ok(empty);
         }
         let delimiter = match &opts.delimiter {
@@ -119,10 +122,34 @@ impl CsvSource {
     }
 }
 
-fn peek_line(reader: &mut Box<dyn BufRead + Send>) -> std::io::Result<Vec<u8>> {
-    let buf = reader.fill_buf()?;
-    let end = buf.iter().position(|b| *b == b'\n').unwrap_or(buf.len());
-    Ok(buf[..end].to_vec())
+/// Skips blank lines before the header (exports sometimes start with one) and peeks at
+/// the first line with content. Returns how many lines were skipped, so reported line
+/// numbers stay those of the file, and the first line (empty only at end of file).
+fn skip_blank_lines(reader: &mut Box<dyn BufRead + Send>) -> std::io::Result<(u64, Vec<u8>)> {
+    let mut skipped = 0;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok((skipped, Vec::new()));
+        }
+        let end = buf.iter().position(|b| *b == b'\n');
+        let line = &buf[..end.unwrap_or(buf.len())];
+        if !line.iter().all(|b| b.is_ascii_whitespace()) || (end.is_none() && buf.len() >= 1 << 16)
+        {
+            return Ok((skipped, line.to_vec()));
+        }
+        match end {
+            Some(e) => {
+                reader.consume(e + 1);
+                skipped += 1;
+            }
+            None => {
+                // Only whitespace up to the end of the file.
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    }
 }
 
 fn parse_delimiter(d: &str) -> Option<u8> {
@@ -199,7 +226,7 @@ impl super::BatchSource for CsvSource {
             match reader.read_byte_record(&mut self.record) {
                 Ok(false) => self.done = true,
                 Ok(true) => {
-                    let line = self.record.position().map_or(0, |p| p.line());
+                    let line = self.line_offset + self.record.position().map_or(0, |p| p.line());
                     let location = Location::Line(line);
                     if self.record.len() != self.columns.len() {
                         // A lone empty field is a blank line: nothing to read, nothing lost.
@@ -254,7 +281,7 @@ impl super::BatchSource for CsvSource {
                 Err(e) => {
                     // An I/O error mid-file (truncated gzip, unreadable disk) ends this
                     // file; what was read so far is kept and the cut is dead-lettered.
-                    let line = e.position().map_or(0, |p| p.line());
+                    let line = self.line_offset + e.position().map_or(0, |p| p.line());
                     let reason = format!("input is truncated or corrupt, reading stopped: {e}");
                     reject(
                         &mut self.stats,

@@ -446,7 +446,12 @@ fn columnar(
             return None;
         };
         for (i, flag) in has_id.iter_mut().enumerate() {
-            if a.is_valid(i) && !a.value(i).bytes().all(|b| b.is_ascii_whitespace()) {
+            if a.is_valid(i) {
+                // A blank identifier is no identifier: the row path stores it as null,
+                // so leave such batches to it.
+                if a.value(i).trim().is_empty() {
+                    return None;
+                }
                 *flag = true;
             }
         }
@@ -457,6 +462,11 @@ fn columnar(
     }
     // Touchpoints: classify each distinct raw value once.
     let raw = column_at(batch, keys.get(plan.touchpoint)?)?;
+    if !text_like(raw.data_type()) {
+        // Floats, dates and decimals print differently through arrow's cast than through
+        // the row path; only strings and integers are spelled the same by both.
+        return None;
+    }
     let dict_type = DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8));
     let dict = cast_with_options(&raw, &dict_type, &CastOptions::default()).ok()?;
     let dict = dict.as_dictionary_opt::<UInt32Type>()?;
@@ -523,6 +533,9 @@ fn columnar(
     let mut channel_keys = keys_of(&channels, &mut channel_names);
     if let Some(key) = plan.channel {
         let record = column_at(batch, keys.get(key)?)?;
+        if !text_like(record.data_type()) {
+            return None;
+        }
         let record = cast_with_options(&record, &dict_type, &CastOptions::default()).ok()?;
         let record = record.as_dictionary_opt::<UInt32Type>()?;
         let record_values = record.values().as_string_opt::<i32>()?;
@@ -577,4 +590,13 @@ fn columnar(
         columns.push(column);
     }
     RecordBatch::try_new(schema, columns).ok()
+}
+
+/// Types whose text is the same through arrow's cast and [`Value::to_text`].
+fn text_like(dt: &DataType) -> bool {
+    match dt {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, value) => text_like(value),
+        dt => dt.is_integer(),
+    }
 }

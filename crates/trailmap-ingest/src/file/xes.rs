@@ -34,6 +34,8 @@ struct Attr {
 struct XesEvent {
     attrs: Vec<Attr>,
     offset: u64,
+    /// A malformed attribute: the event is rejected with this reason when its trace ends.
+    error: Option<String>,
 }
 
 pub(crate) struct XesSource {
@@ -47,6 +49,8 @@ pub(crate) struct XesSource {
     in_trace: bool,
     in_event: bool,
     trace_attrs: Vec<Attr>,
+    /// A malformed trace attribute rejects every event of the trace.
+    trace_error: Option<String>,
     events: Vec<XesEvent>,
     current: XesEvent,
     batch_size: usize,
@@ -111,6 +115,7 @@ impl XesSource {
             in_trace: false,
             in_event: false,
             trace_attrs: Vec::new(),
+            trace_error: None,
             events: Vec::new(),
             current: XesEvent::default(),
             batch_size: options.batch_size,
@@ -121,18 +126,25 @@ impl XesSource {
         })
     }
 
-    fn attribute(&mut self, e: &BytesStart<'_>) -> std::result::Result<(), String> {
+    /// Records an attribute on the open event or trace. A malformed one marks the event
+    /// (or trace) to be rejected, so the record is booked once; log-level metadata is not
+    /// a record and is ignored.
+    fn attribute(&mut self, e: &BytesStart<'_>) {
         let Some(ty) = attr_type(e.local_name().as_ref()) else {
-            return Ok(());
+            return;
         };
-        if let Some(attr) = read_attr(e, ty)? {
-            if self.in_event {
-                self.current.attrs.push(attr);
-            } else if self.in_trace {
-                self.trace_attrs.push(attr);
+        match read_attr(e, ty) {
+            Ok(Some(attr)) if self.in_event => self.current.attrs.push(attr),
+            Ok(Some(attr)) if self.in_trace => self.trace_attrs.push(attr),
+            Ok(_) => {}
+            Err(reason) if self.in_event => {
+                self.current.error.get_or_insert(reason);
             }
+            Err(reason) if self.in_trace => {
+                self.trace_error.get_or_insert(reason);
+            }
+            Err(_) => {}
         }
-        Ok(())
     }
 
     /// Maps the buffered events of a finished trace.
@@ -144,6 +156,17 @@ impl XesSource {
                 trace: &self.trace_attrs,
                 used: &self.used,
             };
+            if let Some(reason) = event.error.as_ref().or(self.trace_error.as_ref()) {
+                reject(
+                    &mut self.stats,
+                    dead,
+                    &self.path,
+                    Location::Offset(event.offset),
+                    reason,
+                    Some(row.describe().as_bytes()),
+                )?;
+                continue;
+            }
             book(
                 &mut self.mapper,
                 &row,
@@ -157,6 +180,7 @@ impl XesSource {
         self.events = events;
         self.events.clear();
         self.trace_attrs.clear();
+        self.trace_error = None;
         Ok(())
     }
 
@@ -166,7 +190,9 @@ impl XesSource {
         let event = match self.reader.read_event_into(&mut self.buf) {
             Ok(ev) => ev.into_owned(),
             Err(e) => {
-                let lost = self.events.len() as u64;
+                // The rest of the file is unreadable: the open trace's events (and the open
+                // event) are lost, at least one record.
+                let lost = self.events.len() as u64 + u64::from(self.in_event);
                 self.stats.records += lost.saturating_sub(1);
                 let reason = format!(
                     "XML error, reading stopped ({lost} events of the open trace lost): {e}"
@@ -184,16 +210,6 @@ impl XesSource {
                 return Ok(());
             }
         };
-        let bad = |this: &mut Self, dead: &mut DeadLetters, reason: String| {
-            reject(
-                &mut this.stats,
-                dead,
-                &this.path,
-                Location::Offset(offset),
-                &reason,
-                None,
-            )
-        };
         match event {
             Event::Start(e) => {
                 let name = e.local_name();
@@ -209,24 +225,28 @@ impl XesSource {
                 } else if name == b"event" && self.in_trace && !self.in_event {
                     self.in_event = true;
                     self.current = XesEvent {
-                        attrs: Vec::new(),
                         offset,
+                        ..XesEvent::default()
                     };
                 } else if is_attribute_element(name) {
                     // An attribute with children: keep its own value, skip the nested ones.
-                    if let Err(reason) = self.attribute(&e) {
-                        bad(self, dead, reason)?;
-                    }
+                    self.attribute(&e);
                     self.skip = 1;
                 } else {
                     self.skip = 1;
                 }
             }
             Event::Empty(e) => {
-                if self.skip == 0
-                    && let Err(reason) = self.attribute(&e)
-                {
-                    bad(self, dead, reason)?;
+                let empty_event =
+                    e.local_name().as_ref() == b"event" && self.in_trace && !self.in_event;
+                if self.skip == 0 && empty_event {
+                    // `<event/>`: an event with nothing, rejected when its trace ends.
+                    self.events.push(XesEvent {
+                        offset,
+                        ..XesEvent::default()
+                    });
+                } else if self.skip == 0 {
+                    self.attribute(&e);
                 }
             }
             Event::End(e) => {
@@ -250,7 +270,7 @@ impl XesSource {
             Event::Eof => {
                 self.done = true;
                 if self.in_trace {
-                    let n = self.events.len() as u64;
+                    let n = self.events.len() as u64 + u64::from(self.in_event);
                     self.stats.records += n.saturating_sub(1);
                     let reason = format!(
                         "file ends inside a trace (truncated?); its {n} events are not read"
