@@ -228,38 +228,36 @@ impl super::BatchSource for CsvSource {
                 Ok(true) => {
                     let line = self.line_offset + self.record.position().map_or(0, |p| p.line());
                     let location = Location::Line(line);
-                    if self.record.len() != self.columns.len() {
-                        // A lone empty field is a blank line: nothing to read, nothing lost.
-                        if self.record.len() == 1 && self.record[0].is_empty() {
-                            continue;
-                        }
-                        let reason = format!(
+                    // A lone empty field is a blank line: nothing to read, nothing lost.
+                    if self.record.len() == 1
+                        && self.record[0].is_empty()
+                        && self.columns.len() != 1
+                    {
+                        continue;
+                    }
+                    let malformed = if self.record.len() != self.columns.len() {
+                        Some(format!(
                             "row has {} fields, expected {} ({})",
                             self.record.len(),
                             self.columns.len(),
                             self.columns.join(", ")
-                        );
+                        ))
+                    } else {
+                        (0..self.record.len())
+                            .find(|i| {
+                                self.used[*i] && std::str::from_utf8(&self.record[*i]).is_err()
+                            })
+                            .map(|bad| format!("invalid UTF-8 in column `{}`", self.columns[bad]))
+                    };
+                    if let Some(reason) = malformed {
+                        let raw = raw_line(&self.record);
                         reject(
                             &mut self.stats,
                             dead,
                             &self.path,
                             location,
                             &reason,
-                            Some(&raw_line(&self.record)),
-                        )?;
-                        continue;
-                    }
-                    if let Some(bad) = (0..self.record.len())
-                        .find(|i| self.used[*i] && std::str::from_utf8(&self.record[*i]).is_err())
-                    {
-                        let reason = format!("invalid UTF-8 in column `{}`", self.columns[bad]);
-                        reject(
-                            &mut self.stats,
-                            dead,
-                            &self.path,
-                            location,
-                            &reason,
-                            Some(&raw_line(&self.record)),
+                            Some(&raw),
                         )?;
                         continue;
                     }

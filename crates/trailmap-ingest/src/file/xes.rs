@@ -184,30 +184,41 @@ impl XesSource {
         Ok(())
     }
 
+    /// The rest of the file cannot be read: the open trace's events (and the open event)
+    /// are lost, at least one record, all booked as rejected under one dead letter.
+    fn lose_open_trace(
+        &mut self,
+        dead: &mut DeadLetters,
+        offset: u64,
+        reason: impl FnOnce(u64) -> String,
+    ) -> Result<()> {
+        self.done = true;
+        let lost = self.events.len() as u64 + u64::from(self.in_event);
+        let extra = lost.saturating_sub(1);
+        self.stats.records += extra;
+        self.stats.rejected += extra;
+        let reason = reason(lost);
+        reject(
+            &mut self.stats,
+            dead,
+            &self.path,
+            Location::Offset(offset),
+            &reason,
+            None,
+        )
+    }
+
     fn step(&mut self, dead: &mut DeadLetters) -> Result<()> {
         self.buf.clear();
         let offset = self.reader.buffer_position();
         let event = match self.reader.read_event_into(&mut self.buf) {
             Ok(ev) => ev.into_owned(),
             Err(e) => {
-                // The rest of the file is unreadable: the open trace's events (and the open
-                // event) are lost, at least one record.
-                let lost = self.events.len() as u64 + u64::from(self.in_event);
-                self.stats.records += lost.saturating_sub(1);
-                let reason = format!(
-                    "XML error, reading stopped ({lost} events of the open trace lost): {e}"
-                );
-                reject(
-                    &mut self.stats,
-                    dead,
-                    &self.path,
-                    Location::Offset(offset),
-                    &reason,
-                    None,
-                )?;
-                self.stats.rejected += lost.saturating_sub(1);
-                self.done = true;
-                return Ok(());
+                return self.lose_open_trace(dead, offset, |lost| {
+                    format!(
+                        "XML error, reading stopped ({lost} events of the open trace lost): {e}"
+                    )
+                });
             }
         };
         match event {
@@ -270,20 +281,11 @@ impl XesSource {
             Event::Eof => {
                 self.done = true;
                 if self.in_trace {
-                    let n = self.events.len() as u64 + u64::from(self.in_event);
-                    self.stats.records += n.saturating_sub(1);
-                    let reason = format!(
-                        "file ends inside a trace (truncated?); its {n} events are not read"
-                    );
-                    reject(
-                        &mut self.stats,
-                        dead,
-                        &self.path,
-                        Location::Offset(offset),
-                        &reason,
-                        None,
-                    )?;
-                    self.stats.rejected += n.saturating_sub(1);
+                    self.lose_open_trace(dead, offset, |lost| {
+                        format!(
+                            "file ends inside a trace (truncated?); its {lost} events are not read"
+                        )
+                    })?;
                 } else if !self.saw_log && self.stats.records == 0 {
                     // An empty file has no events; anything else without <log> is not XES.
                     if offset > 0 {
