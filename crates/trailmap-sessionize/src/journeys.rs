@@ -144,6 +144,23 @@ impl JourneyBuilder {
             })
             .collect();
         self.stages.resize(self.touchpoints.names.len(), None);
+        // Arrival positions and node ids are u32 and source ids u16, to keep per-event
+        // state small: past those sizes, say so rather than wrap around.
+        let rows = batch.num_rows();
+        if self.ts.len() + rows > u32::MAX as usize
+            || self.graph.len() + rows * ids.len() > u32::MAX as usize
+        {
+            return Err(format!(
+                "more than {} events or identifiers in one run; split the input by customer",
+                u32::MAX
+            ));
+        }
+        if self.sources.names.len() > usize::from(u16::MAX) + 1 {
+            return Err(format!(
+                "more than {} sources in one run",
+                usize::from(u16::MAX) + 1
+            ));
+        }
         if self.push_bulk(&ids, ts, &touchpoints, &stages, &stage_names, &sources) {
             return Ok(());
         }

@@ -73,6 +73,7 @@ impl IdentityGraph {
         {
             return Some(n);
         }
+        // `JourneyBuilder::push_batch` refuses input that would pass 2^32 identifiers.
         let n = u32::try_from(self.parent.len()).expect("fewer than 2^32 identifiers");
         self.arena.extend_from_slice(bytes);
         self.start.push(self.arena.len());
