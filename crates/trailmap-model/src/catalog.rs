@@ -67,10 +67,6 @@ impl Catalog {
         }
     }
 
-    pub fn is_passthrough(&self) -> bool {
-        self.rules.is_empty() && self.unmatched == Unmatched::Keep
-    }
-
     /// The lifecycle stages in map order (the columns of the journey map).
     pub fn stages(&self) -> &[String] {
         &self.stages

@@ -17,7 +17,8 @@ use arrow::datatypes::UInt32Type;
 use arrow::datatypes::{DataType, Schema, TimeUnit, TimestampMicrosecondType};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
 };
 use std::borrow::Cow;
 use std::fs::File;
@@ -37,6 +38,8 @@ struct ColumnPath {
 
 pub(crate) struct ParquetSource {
     path: PathBuf,
+    /// Seeds the event ids of rows, which have no raw bytes to hash.
+    path_hash: u64,
     reader: ParquetRecordBatchReader,
     mapper: RowMapper<usize>,
     /// Set when the mapping can be applied column by column (see [`SimplePlan`]).
@@ -103,13 +106,12 @@ impl ParquetSource {
             Error::input(path, format!("{m}; the columns are: {}", names.join(", ")))
         })?;
         let want_rest = options.projection.properties && mapping.properties.is_empty();
+        let used = mapping.used_names();
         let rest: Vec<String> = schema
             .fields()
             .iter()
             .map(|f| f.name().clone())
-            .filter(|n| {
-                !keys.iter().any(|k| k.root == *n) && !mapping.used_names().contains(&n.as_str())
-            })
+            .filter(|n| !keys.iter().any(|k| k.root == *n) && !used.contains(&n.as_str()))
             .collect();
         let mut roots: Vec<usize> = keys
             .iter()
@@ -153,10 +155,12 @@ impl ParquetSource {
                         }
                     })
                     .collect();
-                let file = File::open(path).map_err(|e| Error::io(path, e))?;
+                // Same footer, new schema: the metadata already parsed is reused.
                 let options = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(fields)));
-                ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
-                    .map_err(|e| Error::input(path, format!("cannot read Parquet: {e}")))?
+                let metadata = ArrowReaderMetadata::try_new(builder.metadata().clone(), options)
+                    .map_err(|e| Error::input(path, format!("cannot read Parquet: {e}")))?;
+                let file = File::open(path).map_err(|e| Error::io(path, e))?;
+                ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
             }
             None => builder,
         };
@@ -167,6 +171,7 @@ impl ParquetSource {
             .build()
             .map_err(|e| Error::input(path, format!("cannot read Parquet: {e}")))?;
         Ok(ParquetSource {
+            path_hash: stable_hash(path.to_string_lossy().as_bytes()),
             path: path.clone(),
             reader,
             plan,
@@ -319,7 +324,7 @@ impl Record<usize> for ParquetRow<'_> {
 
 impl super::BatchSource for ParquetSource {
     fn next_batch(&mut self, dead: &mut DeadLetters) -> Result<Option<RecordBatch>> {
-        let path_hash = stable_hash(self.path.to_string_lossy().as_bytes());
+        let path_hash = self.path_hash;
         while !self.done && self.mapper.pending() == 0 {
             let batch = match self.reader.next() {
                 None => {
