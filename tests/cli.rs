@@ -6,16 +6,10 @@ use common::*;
 #[test]
 fn example_sources_stitch_into_three_customers() {
     let ex = root().join("config/examples");
-    let v = json(&[
-        "sessions",
-        "-f",
-        "json",
-        "-i",
-        &format!("clickstream={}", s(&ex.join("clickstream.ndjson"))),
-        "-i",
-        &format!("ticket={}", s(&ex.join("ticket.csv"))),
-        "-i",
-        &format!("crm={}", s(&ex.join("crm.ndjson"))),
+    let v = sessions_json(&[
+        input("clickstream", &ex.join("clickstream.ndjson")),
+        input("ticket", &ex.join("ticket.csv")),
+        input("crm", &ex.join("crm.ndjson")),
     ]);
     assert_eq!(v["customers"], 3, "{v:#}");
     assert_eq!(v["events"], 18);
@@ -23,14 +17,9 @@ fn example_sources_stitch_into_three_customers() {
     assert_eq!(v["cross_source_customers"], 2);
     assert_eq!(v["rejected"], 0);
     // Without the identify call's link the web visitor and the CRM contact stay apart.
-    let v = json(&[
-        "sessions",
-        "-f",
-        "json",
-        "-i",
-        &format!("ticket={}", s(&ex.join("ticket.csv"))),
-        "-i",
-        &format!("crm={}", s(&ex.join("crm.ndjson"))),
+    let v = sessions_json(&[
+        input("ticket", &ex.join("ticket.csv")),
+        input("crm", &ex.join("crm.ndjson")),
     ]);
     assert_eq!(v["customers"], 2);
 }
@@ -55,17 +44,7 @@ fn generated_sources_stitch_back_to_the_generated_customers() {
             "json",
         ]);
         assert_eq!(g["customers"], 3000);
-        let v = json(&[
-            "sessions",
-            "-f",
-            "json",
-            "-i",
-            &format!("clickstream={}", s(&d.join(format!("clickstream.{ext}")))),
-            "-i",
-            &format!("ticket={}", s(&d.join(format!("ticket.{ext}")))),
-            "-i",
-            &format!("crm={}", s(&d.join(format!("crm.{ext}")))),
-        ]);
+        let v = sessions_json(&generated_sources(&d, ext));
         assert_eq!(v["customers"], 3000, "{format}: {v:#}");
         assert_eq!(v["rejected"], 0);
         assert_eq!(v["records"], g["events"]);
@@ -89,24 +68,8 @@ fn generated_sources_stitch_back_to_the_generated_customers() {
         "-f",
         "json",
     ]);
-    let a = json(&[
-        "sessions",
-        "-f",
-        "json",
-        "-i",
-        s(&flat.join("events.parquet")),
-    ]);
-    let b = json(&[
-        "sessions",
-        "-f",
-        "json",
-        "-i",
-        &format!("clickstream={}", s(&out.join("ndjson/clickstream.ndjson"))),
-        "-i",
-        &format!("ticket={}", s(&out.join("ndjson/ticket.ndjson"))),
-        "-i",
-        &format!("crm={}", s(&out.join("ndjson/crm.ndjson"))),
-    ]);
+    let a = sessions_json(&[s(&flat.join("events.parquet")).to_string()]);
+    let b = sessions_json(&generated_sources(&out.join("ndjson"), "ndjson"));
     for key in [
         "events",
         "customers",
@@ -166,7 +129,7 @@ fn gen_is_deterministic_per_seed_and_writes_the_truth() {
 #[test]
 fn sessions_formats_and_gap_flag() {
     let ex = root().join("config/examples/clickstream.ndjson");
-    let input = format!("clickstream={}", s(&ex));
+    let input = input("clickstream", &ex);
     let wide = json(&[
         "sessions",
         "-f",
@@ -229,7 +192,7 @@ fn bad_config_names_the_key() {
         "--config",
         s(&shipped),
         "-i",
-        &format!("clickstream={}", s(&ex)),
+        &input("clickstream", &ex),
     ]);
     assert_eq!(v["customers"], 2);
 }

@@ -26,21 +26,23 @@ fn bpic_2012_xes_gz() {
     assert_eq!(v["touchpoints"], 24);
 }
 
+/// Sepsis names its case, activity and time columns its own way.
+const SEPSIS_COLUMNS: [&str; 6] = [
+    "--customer",
+    "Case ID",
+    "--touchpoint",
+    "Activity",
+    "--time",
+    "Complete Timestamp",
+];
+
 #[test]
 fn sepsis_csv_keeps_the_case_named_na() {
     let path = real("sepsis.csv");
-    let v = sessions(&[
-        "--input",
-        s(&path),
-        "--customer",
-        "Case ID",
-        "--touchpoint",
-        "Activity",
-        "--time",
-        "Complete Timestamp",
-        "--time-format",
-        "%Y/%m/%d %H:%M:%S%.f",
-    ]);
+    let mut args = vec!["--input", s(&path)];
+    args.extend(SEPSIS_COLUMNS);
+    args.extend(["--time-format", "%Y/%m/%d %H:%M:%S%.f"]);
+    let v = sessions(&args);
     assert_eq!(v["events"], 15_214);
     // 1,050 only if the case literally named `NA` is a customer, not a missing value.
     assert_eq!(v["customers"], 1_050);
@@ -50,18 +52,10 @@ fn sepsis_csv_keeps_the_case_named_na() {
 #[test]
 fn sepsis_times_parse_without_a_format_too() {
     let path = real("sepsis.csv");
-    let v = sessions(&[
-        "--input",
-        s(&path),
-        "--customer",
-        "Case ID",
-        "--touchpoint",
-        "Activity",
-        "--time",
-        "Complete Timestamp",
-        "--delimiter",
-        ";",
-    ]);
+    let mut args = vec!["--input", s(&path)];
+    args.extend(SEPSIS_COLUMNS);
+    args.extend(["--delimiter", ";"]);
+    let v = sessions(&args);
     assert_eq!(v["events"], 15_214);
     assert_eq!(v["first_ts"], "2013-11-07T08:18:29Z");
 }

@@ -53,3 +53,25 @@ pub fn json(args: &[&str]) -> serde_json::Value {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// A `KIND=FILE` input spec.
+pub fn input(kind: &str, path: &Path) -> String {
+    format!("{kind}={}", s(path))
+}
+
+/// The `gen` sources in `dir` with extension `ext`, as input specs.
+pub fn generated_sources(dir: &Path, ext: &str) -> Vec<String> {
+    ["clickstream", "ticket", "crm"]
+        .iter()
+        .map(|kind| input(kind, &dir.join(format!("{kind}.{ext}"))))
+        .collect()
+}
+
+/// `trailmap sessions -f json -i INPUT …`, parsed.
+pub fn sessions_json(inputs: &[String]) -> serde_json::Value {
+    let mut args = vec!["sessions", "-f", "json"];
+    for i in inputs {
+        args.extend(["-i", i.as_str()]);
+    }
+    json(&args)
+}
