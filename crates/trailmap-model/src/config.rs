@@ -28,6 +28,9 @@ pub struct Config {
     /// Named funnels.
     #[serde(default)]
     pub journeys: BTreeMap<String, JourneyConfig>,
+    /// Touchpoint-pair KPIs / SLAs.
+    #[serde(default)]
+    pub kpis: BTreeMap<String, KpiConfig>,
     /// Reading and rejecting records.
     #[serde(default)]
     pub ingest: IngestConfig,
@@ -102,6 +105,20 @@ impl Config {
             journey.validate().map_err(|(field, message)| {
                 Error::config(format!("journeys.{name}.{field}"), message)
             })?;
+        }
+        for (name, kpi) in &self.kpis {
+            if kpi.within.is_zero() {
+                return Err(Error::config(
+                    format!("kpis.{name}.within"),
+                    "must be longer than 0, like \"24h\"",
+                ));
+            }
+            if kpi.from.trim().is_empty() || kpi.to.trim().is_empty() {
+                return Err(Error::config(
+                    format!("kpis.{name}"),
+                    "`from` and `to` must name touchpoints",
+                ));
+            }
         }
         Ok(())
     }
@@ -565,6 +582,15 @@ pub enum CountBy {
     #[default]
     Customers,
     Attempts,
+}
+
+/// A touchpoint-pair KPI: `to` should follow `from` within `within`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KpiConfig {
+    pub from: String,
+    pub to: String,
+    pub within: Span,
 }
 
 /// A named funnel.

@@ -27,9 +27,65 @@ impl Names {
     }
 }
 
+/// A per-event value kept beside the journeys, for breakdowns (`--breakdown channel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attribute {
+    /// A canonical column: `source`, `stage`, `channel`, `touchpoint`, or an identity or
+    /// text column.
+    Column(String),
+    /// A key of the `properties` JSON object (a JSON pointer when it starts with `/`).
+    Property(String),
+}
+
+impl Attribute {
+    /// `channel`, `source`, … name columns; anything else (or `properties.KEY`) a property.
+    pub fn parse(text: &str) -> Attribute {
+        const COLUMNS: [&str; 5] = [
+            schema::SOURCE,
+            schema::STAGE,
+            schema::CHANNEL,
+            schema::TOUCHPOINT,
+            schema::EVENT_ID,
+        ];
+        if let Some(key) = text.strip_prefix("properties.") {
+            Attribute::Property(key.to_string())
+        } else if COLUMNS.contains(&text) || IdentityKind::ALL.iter().any(|k| k.column() == text) {
+            Attribute::Column(text.to_string())
+        } else {
+            Attribute::Property(text.to_string())
+        }
+    }
+
+    /// Whether reading it needs the `properties` column.
+    pub fn needs_properties(&self) -> bool {
+        matches!(self, Attribute::Property(_))
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Attribute::Column(c) | Attribute::Property(c) => c,
+        }
+    }
+}
+
+/// The value events without the attribute get.
+pub const NO_VALUE: &str = "(none)";
+
+/// An attribute's values, per event in journey order.
+#[derive(Debug, Clone)]
+pub struct AttributeColumn {
+    pub name: String,
+    /// Distinct values; id 0 is [`NO_VALUE`].
+    pub values: Vec<String>,
+    /// Value id of each event, aligned with the log's `ts` and `touchpoint`.
+    pub of_event: Vec<u32>,
+}
+
 /// Collects events from canonical batches; [`finish`](Self::finish) orders and cuts them.
 #[derive(Default)]
 pub struct JourneyBuilder {
+    /// The attribute kept per event, its interned values and ids in arrival order.
+    attribute: Option<(Attribute, Names, Vec<u32>)>,
     graph: IdentityGraph,
     touchpoints: Names,
     stages: Vec<Option<String>>,
@@ -127,6 +183,62 @@ impl JourneyBuilder {
         self.ts.len()
     }
 
+    /// Keeps `attribute` per event, for breakdowns. Call before the first batch.
+    pub fn keep_attribute(&mut self, attribute: Attribute) {
+        let mut values = Names::default();
+        values.id(NO_VALUE);
+        self.attribute = Some((attribute, values, Vec::new()));
+    }
+
+    /// The attribute's value id for every row of a batch.
+    fn attribute_ids(&mut self, batch: &RecordBatch) -> Result<Option<Vec<u32>>, String> {
+        let Some((attribute, values, _)) = &mut self.attribute else {
+            return Ok(None);
+        };
+        let rows = batch.num_rows();
+        let ids = match attribute {
+            Attribute::Column(name) => {
+                let col = column(batch, name)?;
+                if col.as_dictionary_opt::<UInt32Type>().is_some() {
+                    let dict = DictIds::new(col, values)?;
+                    (0..rows).map(|r| dict.get(r).unwrap_or(0)).collect()
+                } else {
+                    let text = col.as_string_opt::<i32>().ok_or_else(|| {
+                        format!(
+                            "column `{name}` is not text; break down by a text or dictionary column"
+                        )
+                    })?;
+                    (0..rows)
+                        .map(|r| {
+                            if text.is_null(r) {
+                                0
+                            } else {
+                                values.id(text.value(r))
+                            }
+                        })
+                        .collect()
+                }
+            }
+            Attribute::Property(key) => {
+                let col = column(batch, schema::PROPERTIES)?
+                    .as_string_opt::<i32>()
+                    .ok_or("`properties` is not text")?;
+                (0..rows)
+                    .map(|r| {
+                        if col.is_null(r) {
+                            return 0;
+                        }
+                        match property(col.value(r), key) {
+                            Some(v) => values.id(&v),
+                            None => 0,
+                        }
+                    })
+                    .collect()
+            }
+        };
+        Ok(Some(ids))
+    }
+
     /// Adds a canonical batch. Rows without a touchpoint only link identities.
     pub fn push_batch(&mut self, batch: &RecordBatch) -> Result<(), String> {
         let ts = column(batch, schema::TS)?
@@ -161,7 +273,11 @@ impl JourneyBuilder {
                 usize::from(u16::MAX) + 1
             ));
         }
+        let attribute = self.attribute_ids(batch)?;
         if self.push_bulk(&ids, ts, &touchpoints, &stages, &stage_names, &sources) {
+            if let (Some((_, _, kept)), Some(a)) = (&mut self.attribute, attribute) {
+                kept.extend_from_slice(&a);
+            }
             return Ok(());
         }
 
@@ -214,6 +330,9 @@ impl JourneyBuilder {
             self.touchpoint.push(tp);
             self.node.push(node);
             self.source.push(sources.get(row).unwrap_or(0) as u16);
+            if let (Some((_, _, kept)), Some(a)) = (&mut self.attribute, &attribute) {
+                kept.push(a[row]);
+            }
         }
         Ok(())
     }
@@ -377,7 +496,15 @@ impl JourneyBuilder {
                 (cuts, join(names))
             });
         let identifiers = self.graph.len();
+        let attribute = self
+            .attribute
+            .map(|(attribute, values, by_arrival)| AttributeColumn {
+                name: attribute.name().to_string(),
+                values: values.names,
+                of_event: arrival.iter().map(|&a| by_arrival[a as usize]).collect(),
+            });
         JourneyLog {
+            attribute,
             customer_names,
             customer_name_ends,
             touchpoints: self.touchpoints.names,
@@ -393,6 +520,22 @@ impl JourneyBuilder {
             links: self.links,
             identifiers,
         }
+    }
+}
+
+/// A property's value as text: strings as they are, other JSON values as JSON; `None` when
+/// the record is not a JSON object, or the key is missing or null.
+fn property(json: &str, key: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    let v = if key.starts_with('/') {
+        value.pointer(key)?
+    } else {
+        value.get(key)?
+    };
+    match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
     }
 }
 
@@ -452,12 +595,17 @@ pub struct JourneyLog {
     pub links: u64,
     /// Distinct identifiers stitched.
     pub identifiers: usize,
+    /// The attribute kept per event, if [`JourneyBuilder::keep_attribute`] asked for one.
+    pub attribute: Option<AttributeColumn>,
 }
 
 /// One customer's or one session's ordered events.
 #[derive(Debug, Clone, Copy)]
 pub struct Journey<'a> {
     pub customer: u32,
+    /// Index of the journey's first event in the log's columns, to look up what else the
+    /// log keeps per event (source, arrival, attribute).
+    pub start: usize,
     pub ts: &'a [i64],
     pub touchpoint: &'a [u32],
 }
@@ -504,27 +652,35 @@ impl JourneyLog {
     }
 
     pub fn customer(&self, c: u32) -> Journey<'_> {
-        let r = self.offsets[c as usize]..self.offsets[c as usize + 1];
+        self.journey(Scope::Customer, c as usize)
+    }
+
+    /// How many journeys there are in a scope: customers or sessions.
+    pub fn num_journeys(&self, scope: Scope) -> usize {
+        match scope {
+            Scope::Customer => self.num_customers(),
+            Scope::Session => self.num_sessions(),
+        }
+    }
+
+    /// Journey `i` of a scope (`i < num_journeys(scope)`).
+    pub fn journey(&self, scope: Scope, i: usize) -> Journey<'_> {
+        let (offsets, customer) = match scope {
+            Scope::Customer => (&self.offsets, i as u32),
+            Scope::Session => (&self.session_offsets, self.session_customer[i]),
+        };
+        let r = offsets[i]..offsets[i + 1];
         Journey {
-            customer: c,
+            customer,
+            start: r.start,
             ts: &self.ts[r.clone()],
             touchpoint: &self.touchpoint[r],
         }
     }
 
     /// Journeys by scope: whole customer histories, or sessions.
-    pub fn journeys(&self, scope: Scope) -> Box<dyn Iterator<Item = Journey<'_>> + '_> {
-        match scope {
-            Scope::Customer => Box::new((0..self.num_customers() as u32).map(|c| self.customer(c))),
-            Scope::Session => Box::new((0..self.num_sessions()).map(|s| {
-                let r = self.session_offsets[s]..self.session_offsets[s + 1];
-                Journey {
-                    customer: self.session_customer[s],
-                    ts: &self.ts[r.clone()],
-                    touchpoint: &self.touchpoint[r],
-                }
-            })),
-        }
+    pub fn journeys(&self, scope: Scope) -> impl Iterator<Item = Journey<'_>> + '_ {
+        (0..self.num_journeys(scope)).map(move |i| self.journey(scope, i))
     }
 
     /// Touchpoint names of a journey.

@@ -17,5 +17,7 @@
 pub mod journeys;
 pub mod stitch;
 
-pub use journeys::{Journey, JourneyBuilder, JourneyLog, SessionSummary};
+pub use journeys::{
+    Attribute, AttributeColumn, Journey, JourneyBuilder, JourneyLog, NO_VALUE, SessionSummary,
+};
 pub use stitch::IdentityGraph;

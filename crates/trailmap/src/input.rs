@@ -11,7 +11,7 @@ use trailmap_ingest::file::{self, FileInput, IngestOptions, IngestStats, Project
 use trailmap_model::config::{OneOrMany, Scope, SourceConfig, SourceKind};
 use trailmap_model::time::{Span, TimeUnit};
 use trailmap_model::{Catalog, Config, Error};
-use trailmap_sessionize::{JourneyBuilder, JourneyLog};
+use trailmap_sessionize::{Attribute, JourneyBuilder, JourneyLog};
 
 #[derive(Debug, Clone, Args)]
 pub struct InputArgs {
@@ -200,6 +200,18 @@ impl InputArgs {
 
     /// Reads, stitches and sessionizes every input.
     pub fn load(&self, projection: Projection) -> anyhow::Result<Loaded> {
+        self.load_keeping(projection, None)
+    }
+
+    /// [`load`](Self::load), keeping one attribute per event for breakdowns.
+    pub fn load_keeping(
+        &self,
+        mut projection: Projection,
+        attribute: Option<Attribute>,
+    ) -> anyhow::Result<Loaded> {
+        if attribute.as_ref().is_some_and(Attribute::needs_properties) {
+            projection.properties = true;
+        }
         let config = self.config()?;
         let inputs = self.file_inputs(&config)?;
         let options = IngestOptions {
@@ -223,6 +235,9 @@ impl InputArgs {
         // Reading (decompression, parsing, mapping) runs on one thread and stitching on
         // this one, so both cores work; the bounded channel keeps memory flat.
         let mut journeys = JourneyBuilder::new();
+        if let Some(attribute) = attribute {
+            journeys.keep_attribute(attribute);
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
         let (read, stitched) = std::thread::scope(|scope| {
             let (inputs, options, dead, progress) = (&inputs, &options, &mut dead, &progress);

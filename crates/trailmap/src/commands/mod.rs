@@ -1,6 +1,11 @@
 //! One module per command.
 
+mod common;
+mod dropoffs;
+mod funnel;
 mod gen_cmd;
+mod kpis;
+mod paths;
 mod sessions;
 
 use clap::Subcommand;
@@ -11,6 +16,14 @@ pub enum Command {
     Gen(gen_cmd::GenArgs),
     /// Summarise what was read and stitched: events, customers, sessions, rejects.
     Sessions(Box<sessions::SessionsArgs>),
+    /// Directly-follows graph, variants, loops; path trees with --from / --to.
+    Paths(Box<paths::PathsArgs>),
+    /// Conversion through ordered steps within a window (ClickHouse windowFunnel modes).
+    Funnel(Box<funnel::FunnelArgs>),
+    /// Exits per touchpoint; abandonment before a goal; what people did after a step.
+    Dropoffs(Box<dropoffs::DropoffsArgs>),
+    /// Touchpoint-pair KPIs / SLAs from the config: share met, times, breaches.
+    Kpis(Box<kpis::KpisArgs>),
 }
 
 impl Command {
@@ -18,6 +31,10 @@ impl Command {
         match self {
             Command::Gen(args) => args.run(),
             Command::Sessions(args) => args.run(),
+            Command::Paths(args) => args.run(),
+            Command::Funnel(args) => args.run(),
+            Command::Dropoffs(args) => args.run(),
+            Command::Kpis(args) => args.run(),
         }
     }
 }

@@ -1,0 +1,890 @@
+//! Funnels: how far each journey gets through ordered steps within a window.
+//!
+//! The level of a journey (the deepest step it reaches) follows ClickHouse `windowFunnel`
+//! exactly, mode by mode, so the level distribution equals ClickHouse's on the same events:
+//!
+//! - every event yields one entry per step it matches (a step may repeat, so an event can
+//!   match several), and under `strict_order` an entry "no step" when it matches none;
+//! - entries are ordered by (time, step index), so equal timestamps never depend on input
+//!   order (ties of the same step keep arrival order);
+//! - a first-step entry (re)starts the chain; step `k` extends the chain that reached step
+//!   `k - 1` when it lies within `window` of that chain's first step (`<=`: an event exactly
+//!   `window` later counts);
+//! - `strict_deduplication`: a step (other than the first) seen again for a reached level
+//!   ends the search; `strict_order`: a step whose previous step was not reached, or any
+//!   non-step event after the first step, ends it (`allow_reentry` skips the former
+//!   instead); `strict_increase`: consecutive steps need strictly increasing times;
+//!   `strict_once`: one event counts for one step of a chain only (every chain is tracked).
+//!
+//! On top of ClickHouse: PostHog order types (`strict` = `strict_order`; `unordered` =
+//! the most distinct steps seen within any window starting at a step event), per-step
+//! minimum and maximum gaps, exclusion touchpoints (a journey whose counted chain has an
+//! exclusion event between its first and last step is left out and counted as excluded),
+//! counting by attempts (each attempt starts at a first-step event after the previous
+//! attempt's window or completion), time to convert, what journeys did next after the
+//! step they stopped at, breakdowns, trends by entry period, and `maturing` journeys (those
+//! whose window has not elapsed by `as_of`: still able to convert, so not drop-offs).
+
+use crate::fold::Aggregate;
+use crate::hist::{DurationHistogram, HUMAN_BINS, human_bin};
+use rustc_hash::FxHashMap;
+use trailmap_model::config::{CountBy, FunnelMode, JourneyConfig, StepOrder};
+use trailmap_sessionize::Journey;
+
+/// Most steps a funnel has (as ClickHouse).
+pub const MAX_STEPS: usize = 32;
+
+/// ClickHouse `windowFunnel` modes, any combination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Modes {
+    pub strict_deduplication: bool,
+    pub strict_order: bool,
+    pub strict_increase: bool,
+    pub strict_once: bool,
+    pub allow_reentry: bool,
+}
+
+impl Modes {
+    pub fn from_modes(modes: &[FunnelMode]) -> Result<Modes, String> {
+        let mut m = Modes::default();
+        for mode in modes {
+            match mode {
+                FunnelMode::StrictDeduplication => m.strict_deduplication = true,
+                FunnelMode::StrictOrder => m.strict_order = true,
+                FunnelMode::StrictIncrease => m.strict_increase = true,
+                FunnelMode::StrictOnce => m.strict_once = true,
+                FunnelMode::AllowReentry => m.allow_reentry = true,
+            }
+        }
+        if m.allow_reentry && !m.strict_order {
+            return Err(
+                "mode allow_reentry needs strict_order too (as in ClickHouse); \
+                        use --mode strict_order,allow_reentry"
+                    .into(),
+            );
+        }
+        Ok(m)
+    }
+
+    /// Comma-separated ClickHouse names; empty for the default mode.
+    pub fn parse(text: &str) -> Result<Modes, String> {
+        let modes = text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && *s != "default")
+            .map(|s| match s {
+                "strict_deduplication" => Ok(FunnelMode::StrictDeduplication),
+                "strict_order" => Ok(FunnelMode::StrictOrder),
+                "strict_increase" => Ok(FunnelMode::StrictIncrease),
+                "strict_once" => Ok(FunnelMode::StrictOnce),
+                "allow_reentry" => Ok(FunnelMode::AllowReentry),
+                other => Err(format!(
+                    "`{other}` is not a funnel mode; use default, strict_deduplication, \
+                     strict_order, strict_increase, strict_once or allow_reentry"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Modes::from_modes(&modes)
+    }
+}
+
+/// Periods for funnel trends, by the time a journey entered the funnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrendPeriod {
+    Day,
+    /// Weeks start on Monday (ISO).
+    Week,
+}
+
+impl TrendPeriod {
+    /// Start of the period holding `micros`, in days since the Unix epoch.
+    pub fn period_day(self, micros: i64) -> i64 {
+        let day = micros.div_euclid(86_400_000_000);
+        match self {
+            TrendPeriod::Day => day,
+            // 1970-01-01 was a Thursday: Monday is three days before.
+            TrendPeriod::Week => day - (day + 3).rem_euclid(7),
+        }
+    }
+}
+
+/// A funnel, resolved against a log's touchpoint ids.
+#[derive(Debug, Clone)]
+pub struct FunnelSpec {
+    /// Touchpoint of each step (`u32::MAX` for a touchpoint the log never saw).
+    pub steps: Vec<u32>,
+    /// Bound on last step − first step, in microseconds.
+    pub window: i64,
+    pub modes: Modes,
+    pub order: StepOrder,
+    pub exclusions: Vec<u32>,
+    pub count: CountBy,
+    /// Per transition between consecutive steps, in microseconds; 0 = none.
+    pub min_gap: Vec<i64>,
+    pub max_gap: Vec<i64>,
+    /// The data's "now": journeys whose window ends after it are maturing.
+    pub as_of: i64,
+    pub trend: Option<TrendPeriod>,
+}
+
+impl FunnelSpec {
+    /// Resolves a configured funnel against touchpoint names. Returns the spec and the step
+    /// or exclusion names no event has (they match nothing; likely a typo worth a warning).
+    pub fn resolve(
+        config: &JourneyConfig,
+        touchpoints: &[String],
+        as_of: i64,
+    ) -> Result<(FunnelSpec, Vec<String>), String> {
+        if config.steps.is_empty() || config.steps.len() > MAX_STEPS {
+            return Err(format!(
+                "a funnel has 1 to {MAX_STEPS} steps, not {}",
+                config.steps.len()
+            ));
+        }
+        let mut unknown = Vec::new();
+        let mut id = |name: &String| match touchpoints.iter().position(|t| t == name) {
+            Some(i) => i as u32,
+            None => {
+                if !unknown.contains(name) {
+                    unknown.push(name.clone());
+                }
+                u32::MAX
+            }
+        };
+        let steps: Vec<u32> = config.steps.iter().map(&mut id).collect();
+        let exclusions: Vec<u32> = config.exclusions.iter().map(&mut id).collect();
+        if let Some(name) = config.exclusions.iter().find(|e| config.steps.contains(e)) {
+            return Err(format!(
+                "`{name}` is both a step and an exclusion; an exclusion must be another touchpoint"
+            ));
+        }
+        let gaps = |g: &Vec<trailmap_model::time::Span>| -> Vec<i64> {
+            if g.is_empty() {
+                vec![0; steps.len().saturating_sub(1)]
+            } else {
+                g.iter().map(|s| s.micros()).collect()
+            }
+        };
+        let (min_gap, max_gap) = (gaps(&config.min_gap), gaps(&config.max_gap));
+        for (name, g) in [("min_gap", &min_gap), ("max_gap", &max_gap)] {
+            if g.len() != steps.len().saturating_sub(1) {
+                return Err(format!(
+                    "{name} has {} entries; give one per step after the first ({})",
+                    g.len(),
+                    steps.len() - 1
+                ));
+            }
+        }
+        let mut modes = Modes::from_modes(&config.mode)?;
+        match config.order {
+            StepOrder::Strict => modes.strict_order = true,
+            StepOrder::Unordered if modes != Modes::default() => {
+                return Err("an unordered funnel takes no windowFunnel mode".into());
+            }
+            _ => {}
+        }
+        Ok((
+            FunnelSpec {
+                steps,
+                window: config.window.micros(),
+                modes,
+                order: config.order,
+                exclusions,
+                count: config.count,
+                min_gap,
+                max_gap,
+                as_of,
+                trend: None,
+            },
+            unknown,
+        ))
+    }
+
+    pub fn num_steps(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Whether the gap from step `k - 1` to step `k` (1-based `k`) is allowed.
+    #[inline]
+    fn gap_ok(&self, k: usize, gap: i64) -> bool {
+        let (min, max) = (self.min_gap[k - 1], self.max_gap[k - 1]);
+        gap >= min && (max == 0 || gap <= max)
+    }
+}
+
+/// One entry of a journey for the level search: an event matching a step.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    ts: i64,
+    /// 1-based step; 0 = the event matches no step (kept under `strict_order` only).
+    step: u8,
+    /// The event's position in the journey.
+    event: u32,
+}
+
+const NO_PARENT: u32 = u32::MAX;
+
+/// A chain's link: the event taken for a step and the link of the previous step. Links are
+/// append-only, so a chain stays intact when a level is later overwritten.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    event: u32,
+    parent: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Reached {
+    first: i64,
+    last: i64,
+    link: u32,
+}
+
+/// Reused buffers: no allocation per journey once warm.
+#[derive(Debug, Default, Clone)]
+struct Scratch {
+    entries: Vec<Entry>,
+    links: Vec<Link>,
+    levels: Vec<Option<Reached>>,
+    sequences: Vec<Vec<Reached>>,
+    chain: Vec<u32>,
+    counts: Vec<u32>,
+}
+
+/// The deepest step of one journey (or attempt) and the events of the chain that got there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Outcome {
+    level: usize,
+    /// Last link of the counted chain (`NO_PARENT` when the level is 0).
+    link: u32,
+}
+
+/// Step-matching table: for each touchpoint id, the steps (bit `k` = step `k`) it matches.
+#[derive(Debug, Clone)]
+struct Matcher {
+    masks: Vec<u32>,
+    excluded: Vec<bool>,
+}
+
+impl Matcher {
+    fn new(spec: &FunnelSpec) -> Matcher {
+        let len = spec
+            .steps
+            .iter()
+            .chain(&spec.exclusions)
+            .filter(|&&t| t != u32::MAX)
+            .map(|&t| t as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut masks = vec![0u32; len];
+        for (k, &t) in spec.steps.iter().enumerate() {
+            if t != u32::MAX {
+                masks[t as usize] |= 1 << k;
+            }
+        }
+        let mut excluded = vec![false; len];
+        for &t in &spec.exclusions {
+            if t != u32::MAX {
+                excluded[t as usize] = true;
+            }
+        }
+        Matcher { masks, excluded }
+    }
+
+    #[inline]
+    fn mask(&self, tp: u32) -> u32 {
+        self.masks.get(tp as usize).copied().unwrap_or(0)
+    }
+
+    fn is_excluded(&self, tp: u32) -> bool {
+        self.excluded.get(tp as usize).copied().unwrap_or(false)
+    }
+}
+
+/// Per-step tallies, all mergeable by addition.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepTallies {
+    /// Journeys (or attempts) by deepest step: `levels[k]` reached exactly `k` steps.
+    pub levels: Vec<u64>,
+    /// Of `levels[k]`, those still maturing.
+    pub maturing: Vec<u64>,
+}
+
+impl StepTallies {
+    fn new(steps: usize) -> Self {
+        StepTallies {
+            levels: vec![0; steps + 1],
+            maturing: vec![0; steps + 1],
+        }
+    }
+
+    fn add(&mut self, other: &StepTallies) {
+        for (a, b) in self.levels.iter_mut().zip(&other.levels) {
+            *a += b;
+        }
+        for (a, b) in self.maturing.iter_mut().zip(&other.maturing) {
+            *a += b;
+        }
+    }
+
+    /// Journeys whose deepest step is at least step `k` (0-based).
+    pub fn reached(&self, k: usize) -> u64 {
+        self.levels[k + 1..].iter().sum()
+    }
+
+    pub fn entered(&self) -> u64 {
+        self.reached(0)
+    }
+
+    /// Maturing journeys that stopped at step `k` (0-based): they may still go on.
+    pub fn maturing_at(&self, k: usize) -> u64 {
+        self.maturing[k + 1]
+    }
+}
+
+/// The funnel aggregate.
+#[derive(Debug, Clone)]
+pub struct Funnel<'a> {
+    spec: FunnelSpec,
+    matcher: Matcher,
+    /// Per event of the log (journey order), the breakdown value id.
+    attribute: Option<&'a [u32]>,
+    scratch: Scratch,
+    /// Journeys considered (customers or sessions); with attempts, still journeys.
+    pub journeys: u64,
+    /// Attempts counted (equals entered journeys when counting customers).
+    pub attempts: u64,
+    /// Journeys left out because an exclusion happened inside their counted chain.
+    pub excluded: u64,
+    pub tallies: StepTallies,
+    /// Per step `k >= 1`: time from step `k - 1`, and from the first step.
+    pub from_previous: Vec<DurationHistogram>,
+    pub from_first: Vec<DurationHistogram>,
+    /// Per step, time from the first step in human bins ([`HUMAN_BINS`]).
+    pub bins: Vec<[u64; HUMAN_BINS.len()]>,
+    /// `(step k, touchpoint)` → journeys that stopped at step `k` and did that next
+    /// (`u32::MAX` = the journey ended there). Maturing journeys are left out.
+    pub next_after: FxHashMap<(u32, u32), u64>,
+    pub breakdown: FxHashMap<u32, StepTallies>,
+    /// Period start (days since the epoch) → tallies of journeys that entered in it.
+    pub trend: FxHashMap<i64, StepTallies>,
+}
+
+impl<'a> Funnel<'a> {
+    pub fn new(spec: FunnelSpec, attribute: Option<&'a [u32]>) -> Self {
+        let n = spec.num_steps();
+        Funnel {
+            matcher: Matcher::new(&spec),
+            spec,
+            attribute,
+            scratch: Scratch::default(),
+            journeys: 0,
+            attempts: 0,
+            excluded: 0,
+            tallies: StepTallies::new(n),
+            from_previous: vec![DurationHistogram::new(); n],
+            from_first: vec![DurationHistogram::new(); n],
+            bins: vec![[0; HUMAN_BINS.len()]; n],
+            next_after: FxHashMap::default(),
+            breakdown: FxHashMap::default(),
+            trend: FxHashMap::default(),
+        }
+    }
+
+    pub fn spec(&self) -> &FunnelSpec {
+        &self.spec
+    }
+
+    /// The deepest step a journey reaches, as ClickHouse `windowFunnel` computes it (no
+    /// exclusions, whole journey). For tests and the SQL function.
+    pub fn level_of(&mut self, ts: &[i64], touchpoint: &[u32]) -> usize {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        fill_entries(
+            &self.spec,
+            &self.matcher,
+            ts,
+            touchpoint,
+            0..ts.len(),
+            &mut scratch.entries,
+        );
+        let out = level(&self.spec, &mut scratch);
+        self.scratch = scratch;
+        out.level
+    }
+
+    fn count(&mut self, journey: &Journey<'_>, out: Outcome, scratch: &mut Scratch) {
+        let n = self.spec.num_steps();
+        // The chain's events, first step first.
+        let chain = &mut scratch.chain;
+        chain.clear();
+        let mut link = out.link;
+        while link != NO_PARENT {
+            let l = scratch.links[link as usize];
+            chain.push(l.event);
+            link = l.parent;
+        }
+        chain.reverse();
+        if out.level == 0 {
+            self.tallies.levels[0] += 1;
+            return;
+        }
+        let (ts, tp) = (journey.ts, journey.touchpoint);
+        let (first, last) = (chain[0] as usize, chain[out.level - 1] as usize);
+        if !self.spec.exclusions.is_empty()
+            && tp[first..=last]
+                .iter()
+                .any(|&t| self.matcher.is_excluded(t))
+        {
+            self.excluded += 1;
+            return;
+        }
+        self.attempts += 1;
+        let start = ts[first];
+        let maturing = out.level < n && start.saturating_add(self.spec.window) > self.spec.as_of;
+        let tally = |t: &mut StepTallies| {
+            t.levels[out.level] += 1;
+            if maturing {
+                t.maturing[out.level] += 1;
+            }
+        };
+        tally(&mut self.tallies);
+        for k in 1..out.level {
+            let at = ts[chain[k] as usize];
+            self.from_previous[k].record(at - ts[chain[k - 1] as usize]);
+            self.from_first[k].record(at - start);
+            self.bins[k][human_bin(at - start)] += 1;
+        }
+        if out.level < n && !maturing {
+            let next = tp.get(last + 1).copied().unwrap_or(u32::MAX);
+            *self
+                .next_after
+                .entry((out.level as u32 - 1, next))
+                .or_default() += 1;
+        }
+        if let Some(attr) = self.attribute {
+            let value = attr[journey.start + first];
+            tally(
+                self.breakdown
+                    .entry(value)
+                    .or_insert_with(|| StepTallies::new(n)),
+            );
+        }
+        if let Some(period) = self.spec.trend {
+            tally(
+                self.trend
+                    .entry(period.period_day(start))
+                    .or_insert_with(|| StepTallies::new(n)),
+            );
+        }
+    }
+}
+
+/// Entries of `range` of a journey, ordered by (time, step), ties of one step in event order.
+fn fill_entries(
+    spec: &FunnelSpec,
+    matcher: &Matcher,
+    ts: &[i64],
+    touchpoint: &[u32],
+    range: std::ops::Range<usize>,
+    entries: &mut Vec<Entry>,
+) {
+    entries.clear();
+    let keep_unmatched = spec.modes.strict_order;
+    for i in range {
+        let mut mask = matcher.mask(touchpoint[i]);
+        if mask == 0 {
+            if keep_unmatched {
+                entries.push(Entry {
+                    ts: ts[i],
+                    step: 0,
+                    event: i as u32,
+                });
+            }
+            continue;
+        }
+        while mask != 0 {
+            let k = mask.trailing_zeros();
+            mask &= mask - 1;
+            entries.push(Entry {
+                ts: ts[i],
+                step: k as u8 + 1,
+                event: i as u32,
+            });
+        }
+    }
+    // Journeys are in time order already: this only reorders steps within equal times,
+    // and the stable sort keeps event order among entries of one step.
+    if entries
+        .windows(2)
+        .any(|w| (w[0].ts, w[0].step) > (w[1].ts, w[1].step))
+    {
+        entries.sort_by_key(|e| (e.ts, e.step));
+    }
+}
+
+/// The level search over prepared entries.
+fn level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
+    s.links.clear();
+    if s.entries.is_empty() {
+        return Outcome {
+            level: 0,
+            link: NO_PARENT,
+        };
+    }
+    match spec.order {
+        StepOrder::Unordered => unordered_level(spec, s),
+        _ if !spec.modes.strict_order && spec.num_steps() == 1 => {
+            s.links.push(Link {
+                event: s.entries[0].event,
+                parent: NO_PARENT,
+            });
+            Outcome { level: 1, link: 0 }
+        }
+        _ if spec.modes.strict_once => strict_once_level(spec, s),
+        _ => chain_level(spec, s),
+    }
+}
+
+fn deepest(levels: &[Option<Reached>]) -> Outcome {
+    match levels.iter().rposition(Option::is_some) {
+        Some(k) => Outcome {
+            level: k + 1,
+            link: levels[k].map_or(NO_PARENT, |r| r.link),
+        },
+        None => Outcome {
+            level: 0,
+            link: NO_PARENT,
+        },
+    }
+}
+
+/// ClickHouse's search for every mode but `strict_once`: per step, the latest chain that
+/// reached it.
+fn chain_level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
+    let n = spec.num_steps();
+    let m = spec.modes;
+    s.levels.clear();
+    s.levels.resize(n, None);
+    let mut first_event = false;
+    for e in &s.entries {
+        if e.step == 0 {
+            // Only present under strict_order: anything else after the first step ends it.
+            if first_event {
+                break;
+            }
+            continue;
+        }
+        let k = e.step as usize - 1;
+        if k == 0 {
+            s.links.push(Link {
+                event: e.event,
+                parent: NO_PARENT,
+            });
+            s.levels[0] = Some(Reached {
+                first: e.ts,
+                last: e.ts,
+                link: s.links.len() as u32 - 1,
+            });
+            first_event = true;
+        } else if m.strict_deduplication && s.levels[k].is_some() {
+            return deepest(&s.levels);
+        } else if m.strict_order && first_event && s.levels[k - 1].is_none() {
+            if m.allow_reentry {
+                continue;
+            }
+            let reached = s.levels.iter().position(Option::is_none).unwrap_or(n);
+            return deepest(&s.levels[..reached]);
+        } else if let Some(prev) = s.levels[k - 1] {
+            let ok = e.ts <= prev.first.saturating_add(spec.window)
+                && (!m.strict_increase || prev.last < e.ts)
+                && spec.gap_ok(k, e.ts - prev.last);
+            if ok {
+                s.links.push(Link {
+                    event: e.event,
+                    parent: prev.link,
+                });
+                s.levels[k] = Some(Reached {
+                    first: prev.first,
+                    last: e.ts,
+                    link: s.links.len() as u32 - 1,
+                });
+                if k + 1 == n {
+                    return deepest(&s.levels);
+                }
+            }
+        }
+    }
+    deepest(&s.levels)
+}
+
+/// Whether a chain already used an event.
+fn chain_has(links: &[Link], mut link: u32, event: u32) -> bool {
+    while link != NO_PARENT {
+        let l = links[link as usize];
+        if l.event == event {
+            return true;
+        }
+        link = l.parent;
+    }
+    false
+}
+
+fn deepest_sequence(sequences: &[Vec<Reached>]) -> Outcome {
+    match sequences.iter().rposition(|l| !l.is_empty()) {
+        Some(k) => Outcome {
+            level: k + 1,
+            link: sequences[k].last().map_or(NO_PARENT, |r| r.link),
+        },
+        None => Outcome {
+            level: 0,
+            link: NO_PARENT,
+        },
+    }
+}
+
+/// ClickHouse's `strict_once` search: every chain is kept (one event may match several
+/// steps, and which chain it should extend is not known yet), and an event extends only
+/// chains that have not used it.
+fn strict_once_level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
+    let n = spec.num_steps();
+    let m = spec.modes;
+    s.sequences.resize_with(n.max(s.sequences.len()), Vec::new);
+    for l in &mut s.sequences {
+        l.clear();
+    }
+    let sequences = &mut s.sequences[..n];
+    let mut has_first = false;
+    for e in &s.entries {
+        if e.step == 0 {
+            if has_first {
+                break;
+            }
+            continue;
+        }
+        let k = e.step as usize - 1;
+        if k == 0 {
+            s.links.push(Link {
+                event: e.event,
+                parent: NO_PARENT,
+            });
+            sequences[0].push(Reached {
+                first: e.ts,
+                last: e.ts,
+                link: s.links.len() as u32 - 1,
+            });
+            has_first = true;
+        } else if m.strict_deduplication && !sequences[k].is_empty() {
+            return deepest_sequence(sequences);
+        } else if m.strict_order && has_first && sequences[k - 1].is_empty() {
+            if m.allow_reentry {
+                continue;
+            }
+            let reached = sequences.iter().position(Vec::is_empty).unwrap_or(n);
+            return deepest_sequence(&sequences[..reached]);
+        } else if !sequences[k - 1].is_empty() {
+            let (before, after) = sequences.split_at_mut(k);
+            let (prev_level, level) = (&mut before[k - 1], &mut after[0]);
+            let mut i = 0;
+            while i < prev_level.len() {
+                let prev = prev_level[i];
+                let in_window = e.ts <= prev.first.saturating_add(spec.window);
+                if !in_window && prev_level.len() > 1 {
+                    // Out of the window for good (entries come in time order); keep one so
+                    // the level still counts as reached.
+                    prev_level.remove(i);
+                    continue;
+                }
+                let ok = in_window
+                    && !chain_has(&s.links, prev.link, e.event)
+                    && (!m.strict_increase || prev.last < e.ts)
+                    && spec.gap_ok(k, e.ts - prev.last);
+                if ok {
+                    s.links.push(Link {
+                        event: e.event,
+                        parent: prev.link,
+                    });
+                    level.push(Reached {
+                        first: prev.first,
+                        last: e.ts,
+                        link: s.links.len() as u32 - 1,
+                    });
+                    if k + 1 == n {
+                        return deepest_sequence(sequences);
+                    }
+                }
+                i += 1;
+            }
+        }
+    }
+    deepest_sequence(sequences)
+}
+
+/// Unordered funnels: the most steps matched by distinct events within any window that
+/// starts at a step event. A step repeated in the funnel needs as many events.
+fn unordered_level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
+    let n = spec.num_steps();
+    // Distinct touchpoints of the steps and how many of each the funnel needs.
+    let mut need: Vec<(u32, u32)> = Vec::new();
+    for &t in &spec.steps {
+        match need.iter_mut().find(|(x, _)| *x == t) {
+            Some(e) => e.1 += 1,
+            None => need.push((t, 1)),
+        }
+    }
+    // Entries carry one entry per matching step; the lowest step stands for the event.
+    // Journey order is time order; the stable sort leaves each event's lowest step first.
+    let events: Vec<Entry> = {
+        let mut v: Vec<Entry> = s.entries.iter().filter(|e| e.step > 0).copied().collect();
+        v.sort_by_key(|e| e.event);
+        v.dedup_by_key(|e| e.event);
+        v
+    };
+    let slot = |e: &Entry| {
+        let t = spec.steps[e.step as usize - 1];
+        need.iter().position(|(x, _)| *x == t).unwrap_or(0)
+    };
+    s.counts.clear();
+    s.counts.resize(need.len(), 0);
+    let (mut best, mut best_start) = (0usize, 0usize);
+    let mut matched = 0usize;
+    let mut hi = 0;
+    for lo in 0..events.len() {
+        while hi < events.len() && events[hi].ts <= events[lo].ts.saturating_add(spec.window) {
+            let j = slot(&events[hi]);
+            if s.counts[j] < need[j].1 {
+                matched += 1;
+            }
+            s.counts[j] += 1;
+            hi += 1;
+        }
+        if matched > best {
+            (best, best_start) = (matched, lo);
+            if best == n {
+                break;
+            }
+        }
+        let j = slot(&events[lo]);
+        s.counts[j] -= 1;
+        if s.counts[j] < need[j].1 {
+            matched -= 1;
+        }
+    }
+    // The chain: in the best window, the first events that fill each need, in time order.
+    s.counts.iter_mut().for_each(|c| *c = 0);
+    let mut parent = NO_PARENT;
+    let mut taken = 0;
+    for e in &events[best_start..] {
+        if taken == best {
+            break;
+        }
+        let j = slot(e);
+        if s.counts[j] < need[j].1 {
+            s.counts[j] += 1;
+            s.links.push(Link {
+                event: e.event,
+                parent,
+            });
+            parent = s.links.len() as u32 - 1;
+            taken += 1;
+        }
+    }
+    Outcome {
+        level: best,
+        link: parent,
+    }
+}
+
+impl Aggregate for Funnel<'_> {
+    fn add(&mut self, journey: &Journey<'_>) {
+        if journey.ts.is_empty() {
+            return;
+        }
+        self.journeys += 1;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let (ts, tp) = (journey.ts, journey.touchpoint);
+        match self.spec.count {
+            CountBy::Customers => {
+                fill_entries(
+                    &self.spec,
+                    &self.matcher,
+                    ts,
+                    tp,
+                    0..ts.len(),
+                    &mut scratch.entries,
+                );
+                let out = level(&self.spec, &mut scratch);
+                self.count(journey, out, &mut scratch);
+            }
+            CountBy::Attempts => {
+                let first_mask = 1u32;
+                let mut begin = 0;
+                let mut any = false;
+                while let Some(off) = tp[begin..]
+                    .iter()
+                    .position(|&t| self.matcher.mask(t) & first_mask != 0)
+                {
+                    let start = begin + off;
+                    let end_ts = ts[start].saturating_add(self.spec.window);
+                    let end = start + ts[start..].partition_point(|&t| t <= end_ts);
+                    fill_entries(
+                        &self.spec,
+                        &self.matcher,
+                        ts,
+                        tp,
+                        start..end,
+                        &mut scratch.entries,
+                    );
+                    let out = level(&self.spec, &mut scratch);
+                    any = true;
+                    // The next attempt starts after this one completed, or after its window.
+                    begin = if out.level == self.spec.num_steps() {
+                        scratch.links[out.link as usize].event as usize + 1
+                    } else {
+                        end
+                    };
+                    self.count(journey, out, &mut scratch);
+                    if begin >= ts.len() {
+                        break;
+                    }
+                }
+                if !any {
+                    self.tallies.levels[0] += 1;
+                }
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.journeys += other.journeys;
+        self.attempts += other.attempts;
+        self.excluded += other.excluded;
+        self.tallies.add(&other.tallies);
+        for (a, b) in self.from_previous.iter_mut().zip(&other.from_previous) {
+            a.merge(b);
+        }
+        for (a, b) in self.from_first.iter_mut().zip(&other.from_first) {
+            a.merge(b);
+        }
+        for (a, b) in self.bins.iter_mut().zip(&other.bins) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        for (k, v) in other.next_after {
+            *self.next_after.entry(k).or_default() += v;
+        }
+        let n = self.spec.num_steps();
+        for (k, v) in other.breakdown {
+            self.breakdown
+                .entry(k)
+                .or_insert_with(|| StepTallies::new(n))
+                .add(&v);
+        }
+        for (k, v) in other.trend {
+            self.trend
+                .entry(k)
+                .or_insert_with(|| StepTallies::new(n))
+                .add(&v);
+        }
+    }
+}

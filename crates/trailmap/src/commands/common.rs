@@ -1,0 +1,93 @@
+//! What the mining commands share: names to ids, the data's "now", numbers for people.
+
+use anyhow::Context;
+use trailmap_sessionize::JourneyLog;
+
+/// A touchpoint's id in the log, if any event has it.
+pub fn touchpoint_id(log: &JourneyLog, name: &str) -> Option<u32> {
+    log.touchpoints
+        .iter()
+        .position(|t| t == name)
+        .map(|i| i as u32)
+}
+
+/// Like [`touchpoint_id`], but a name no event has is an error that lists what there is.
+pub fn require_touchpoint(log: &JourneyLog, flag: &str, name: &str) -> anyhow::Result<u32> {
+    touchpoint_id(log, name).with_context(|| {
+        format!(
+            "{flag} {name}: no event has this touchpoint; touchpoints in the input: {}",
+            known(log)
+        )
+    })
+}
+
+/// The touchpoints of a log, for error messages.
+pub fn known(log: &JourneyLog) -> String {
+    let mut names: Vec<&str> = log.touchpoints.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    if names.len() > 40 {
+        format!("{}, … ({} in all)", names[..40].join(", "), names.len())
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Warns about step or exclusion names no event has: they match nothing.
+pub fn warn_unknown(log: &JourneyLog, unknown: &[String]) {
+    for name in unknown {
+        eprintln!(
+            "warning: no event has touchpoint `{name}`; it matches nothing (touchpoints: {})",
+            known(log)
+        );
+    }
+}
+
+/// The data's "now": `--as-of` (RFC 3339) or the last event's time.
+pub fn as_of(log: &JourneyLog, flag: Option<&str>) -> anyhow::Result<i64> {
+    match flag {
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.timestamp_micros())
+            .with_context(|| {
+                format!("--as-of {text}: not an RFC 3339 time; write it like 2026-01-31T00:00:00Z")
+            }),
+        None => Ok(log.ts.iter().copied().max().unwrap_or(0)),
+    }
+}
+
+/// Seconds for people: "42s", "3m 20s", "5.2h", "3.1d".
+pub fn duration(seconds: Option<f64>) -> String {
+    let Some(s) = seconds else {
+        return String::new();
+    };
+    if s < 60.0 {
+        format!("{s:.0}s")
+    } else if s < 3600.0 {
+        format!("{}m {:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else if s < 86_400.0 {
+        format!("{:.1}h", s / 3600.0)
+    } else {
+        format!("{:.1}d", s / 86_400.0)
+    }
+}
+
+/// A rate as a percentage with one decimal.
+pub fn percent(rate: f64) -> String {
+    format!("{:.1}%", rate * 100.0)
+}
+
+/// A section title above a table, on terminals only.
+pub fn title(text: &str) {
+    println!("\n{text}");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(super::duration(Some(42.4)), "42s");
+        assert_eq!(super::duration(Some(200.0)), "3m 20s");
+        assert_eq!(super::duration(Some(5.0 * 3600.0)), "5.0h");
+        assert_eq!(super::duration(Some(3.0 * 86_400.0)), "3.0d");
+        assert_eq!(super::duration(None), "");
+    }
+}

@@ -1,0 +1,384 @@
+//! `trailmap funnel`: conversion through ordered steps within a window.
+
+use super::common::{as_of, duration, percent, title, warn_unknown};
+use crate::input::InputArgs;
+use crate::output::{Format, print_rows, thousands};
+use anyhow::{Context, bail};
+use clap::Args;
+use trailmap_ingest::Projection;
+use trailmap_mine::funnel::{FunnelSpec, Modes};
+use trailmap_mine::report::{BreakdownNames, FunnelReport, Names, parse_trend};
+use trailmap_mine::{Funnel, fold};
+use trailmap_model::config::{CountBy, JourneyConfig, StepOrder};
+use trailmap_model::time::Span;
+use trailmap_sessionize::{Attribute, JourneyLog};
+
+/// The funnel definition flags, shared with `trailmap dropoffs`.
+#[derive(Args, Clone)]
+pub struct FunnelFlags {
+    /// Steps in order: touchpoints, comma-separated (up to 32).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "A,B,C",
+        conflicts_with = "journey"
+    )]
+    pub steps: Vec<String>,
+
+    /// A funnel defined in the config's [journeys] (flags below override its fields).
+    #[arg(long, value_name = "NAME")]
+    pub journey: Option<String>,
+
+    /// Bound on last step − first step [default: the journey's, or 14d].
+    #[arg(long, value_name = "DURATION")]
+    pub window: Option<Span>,
+
+    /// ClickHouse windowFunnel modes, comma-separated: default, strict_deduplication,
+    /// strict_order, strict_increase, strict_once, allow_reentry.
+    #[arg(long, value_name = "MODES")]
+    pub mode: Option<String>,
+
+    /// ordered (others may happen between steps), strict (nothing between), unordered.
+    #[arg(long, value_name = "ORDER")]
+    pub order: Option<String>,
+
+    /// Touchpoints that disqualify a journey when they happen between its steps.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub exclude: Vec<String>,
+
+    /// Count customers once, or every attempt.
+    #[arg(long, value_name = "customers|attempts")]
+    pub count: Option<String>,
+
+    /// Least time between consecutive steps, one per step after the first (0 = none).
+    #[arg(long, value_delimiter = ',', value_name = "D1,D2")]
+    pub min_gap: Vec<Span>,
+
+    /// Most time between consecutive steps, one per step after the first (0 = none).
+    #[arg(long, value_delimiter = ',', value_name = "D1,D2")]
+    pub max_gap: Vec<Span>,
+
+    /// The data's "now" (RFC 3339): journeys whose window ends later are maturing
+    /// [default: the last event's time].
+    #[arg(long, value_name = "TIME")]
+    pub as_of: Option<String>,
+}
+
+impl FunnelFlags {
+    pub fn given(&self) -> bool {
+        !self.steps.is_empty() || self.journey.is_some()
+    }
+
+    /// The funnel: a configured journey with flags applied, or one from the flags.
+    pub fn journey_config(
+        &self,
+        config: &trailmap_model::Config,
+    ) -> anyhow::Result<(String, JourneyConfig)> {
+        let (name, mut journey) = match &self.journey {
+            Some(name) => {
+                let j = config.journeys.get(name).with_context(|| {
+                    let names: Vec<&str> = config.journeys.keys().map(String::as_str).collect();
+                    format!(
+                        "--journey {name}: no such journey in the config; configured: {}",
+                        names.join(", ")
+                    )
+                })?;
+                (name.clone(), j.clone())
+            }
+            None if !self.steps.is_empty() => (
+                self.steps.join(" → "),
+                JourneyConfig {
+                    steps: self.steps.clone(),
+                    window: Span::from_secs(14 * 86_400),
+                    mode: Vec::new(),
+                    order: StepOrder::Ordered,
+                    exclusions: Vec::new(),
+                    count: CountBy::Customers,
+                    min_gap: Vec::new(),
+                    max_gap: Vec::new(),
+                },
+            ),
+            None => {
+                let names: Vec<&str> = config.journeys.keys().map(String::as_str).collect();
+                bail!(
+                    "give the funnel: --steps a,b,c or --journey NAME (configured: {})",
+                    names.join(", ")
+                )
+            }
+        };
+        if let Some(w) = self.window {
+            if w.is_zero() {
+                bail!("--window must be longer than 0, like 1d");
+            }
+            journey.window = w;
+        }
+        if let Some(mode) = &self.mode {
+            let modes = Modes::parse(mode).map_err(anyhow::Error::msg)?;
+            journey.mode = modes_list(modes);
+        }
+        if let Some(order) = &self.order {
+            journey.order = match order.as_str() {
+                "ordered" => StepOrder::Ordered,
+                "strict" => StepOrder::Strict,
+                "unordered" => StepOrder::Unordered,
+                other => bail!("--order {other}: use ordered, strict or unordered"),
+            };
+        }
+        if !self.exclude.is_empty() {
+            journey.exclusions = self.exclude.clone();
+        }
+        if let Some(count) = &self.count {
+            journey.count = match count.as_str() {
+                "customers" => CountBy::Customers,
+                "attempts" => CountBy::Attempts,
+                other => bail!("--count {other}: use customers or attempts"),
+            };
+        }
+        if !self.min_gap.is_empty() {
+            journey.min_gap = self.min_gap.clone();
+        }
+        if !self.max_gap.is_empty() {
+            journey.max_gap = self.max_gap.clone();
+        }
+        Ok((name, journey))
+    }
+
+    /// The resolved spec, with unknown touchpoints warned about.
+    pub fn spec(
+        &self,
+        config: &trailmap_model::Config,
+        log: &JourneyLog,
+    ) -> anyhow::Result<(String, Vec<String>, FunnelSpec)> {
+        let (name, journey) = self.journey_config(config)?;
+        let now = as_of(log, self.as_of.as_deref())?;
+        let (spec, unknown) =
+            FunnelSpec::resolve(&journey, &log.touchpoints, now).map_err(anyhow::Error::msg)?;
+        warn_unknown(log, &unknown);
+        Ok((name, journey.steps, spec))
+    }
+}
+
+fn modes_list(m: Modes) -> Vec<trailmap_model::config::FunnelMode> {
+    use trailmap_model::config::FunnelMode::*;
+    [
+        (m.strict_deduplication, StrictDeduplication),
+        (m.strict_order, StrictOrder),
+        (m.strict_increase, StrictIncrease),
+        (m.strict_once, StrictOnce),
+        (m.allow_reentry, AllowReentry),
+    ]
+    .into_iter()
+    .filter_map(|(on, mode)| on.then_some(mode))
+    .collect()
+}
+
+#[derive(Args)]
+pub struct FunnelArgs {
+    #[command(flatten)]
+    input: InputArgs,
+
+    #[command(flatten)]
+    funnel: FunnelFlags,
+
+    /// Output format [default: table on a terminal, json otherwise]. CSV prints the steps.
+    #[arg(long, short = 'f')]
+    format: Option<Format>,
+
+    /// Break down by an event attribute of the first step: a column (channel, source,
+    /// stage) or a property key (`plan`, `properties.plan`, or a JSON pointer `/utm/source`).
+    #[arg(long, value_name = "PROPERTY")]
+    breakdown: Option<String>,
+
+    /// Breakdown values listed; the rest are summed as `other`.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    top: usize,
+
+    /// Conversion per period of entry: day or week.
+    #[arg(long, value_name = "day|week")]
+    trend: Option<String>,
+}
+
+impl FunnelArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        // Flag errors before the input is read.
+        let config = self.input.config()?;
+        self.funnel.journey_config(&config)?;
+        let trend = self
+            .trend
+            .as_deref()
+            .map(parse_trend)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        let attribute = self.breakdown.as_deref().map(Attribute::parse);
+        let loaded = self.input.load_keeping(Projection::minimal(), attribute)?;
+        let log = &loaded.log;
+        let (name, step_names, mut spec) = self.funnel.spec(&loaded.config, log)?;
+        spec.trend = trend;
+        let attr = log.attribute.as_ref();
+        let scope = loaded.config.sessions.scope;
+        let funnel = fold(log, scope, || {
+            Funnel::new(spec.clone(), attr.map(|a| a.of_event.as_slice()))
+        });
+        let names = Names {
+            touchpoints: &log.touchpoints,
+        };
+        let breakdown = attr.map(|a| BreakdownNames {
+            by: &a.name,
+            values: &a.values,
+            top: self.top,
+        });
+        let report = FunnelReport::new(&funnel, &step_names, names, breakdown);
+        let format = Format::resolve(self.format);
+        let header = [
+            "step",
+            "name",
+            "reached",
+            "conversion_from_previous",
+            "conversion_from_first",
+            "dropped",
+            "maturing",
+            "median_seconds_from_previous",
+            "p90_seconds_from_previous",
+        ];
+        let secs = |v: Option<f64>| v.map(|s| format!("{s:.3}")).unwrap_or_default();
+        match format {
+            Format::Json => print_rows(format, &header, &[], &report),
+            Format::Csv => {
+                let rows: Vec<Vec<String>> = report
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .map(|(k, s)| {
+                        vec![
+                            (k + 1).to_string(),
+                            s.name.clone(),
+                            s.reached.to_string(),
+                            format!("{:.6}", s.conversion_from_previous),
+                            format!("{:.6}", s.conversion_from_first),
+                            s.dropped.to_string(),
+                            s.maturing.to_string(),
+                            secs(s.time_from_previous.median_seconds),
+                            secs(s.time_from_previous.p90_seconds),
+                        ]
+                    })
+                    .collect();
+                print_rows(format, &header, &rows, &report)
+            }
+            Format::Table => print_tables(&name, &report),
+        }
+    }
+}
+
+fn print_tables(name: &str, r: &FunnelReport) -> anyhow::Result<()> {
+    println!(
+        "funnel {name}: {} of {} {} entered, {} converted ({}), window {}{}",
+        thousands(r.entered),
+        thousands(r.customers),
+        if r.count == "attempts" {
+            "journeys (counting attempts)"
+        } else {
+            "journeys"
+        },
+        thousands(r.converted),
+        percent(r.conversion),
+        duration(Some(r.window_seconds)),
+        if r.excluded > 0 {
+            format!(", {} excluded", thousands(r.excluded))
+        } else {
+            String::new()
+        }
+    );
+    let t = Format::Table;
+    let rows: Vec<Vec<String>> = r
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            vec![
+                (k + 1).to_string(),
+                s.name.clone(),
+                thousands(s.reached),
+                percent(s.conversion_from_previous),
+                percent(s.conversion_from_first),
+                thousands(s.dropped),
+                thousands(s.maturing),
+                duration(s.time_from_previous.median_seconds),
+                duration(s.time_from_previous.p90_seconds),
+                s.next_after_dropoff
+                    .iter()
+                    .take(3)
+                    .map(|c| format!("{} ({})", c.touchpoint, thousands(c.count)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ]
+        })
+        .collect();
+    print_rows(
+        t,
+        &[
+            "#",
+            "step",
+            "reached",
+            "from previous",
+            "from first",
+            "dropped",
+            "maturing",
+            "median time",
+            "p90 time",
+            "stopped here, then",
+        ],
+        &rows,
+        &(),
+    )?;
+    if let Some(by) = &r.breakdown_by {
+        title(&format!("By {by}"));
+        let rows: Vec<Vec<String>> = r
+            .breakdown
+            .iter()
+            .map(|b| {
+                vec![
+                    b.value.clone(),
+                    thousands(b.entered),
+                    thousands(b.converted),
+                    percent(b.conversion),
+                    thousands(b.maturing),
+                ]
+            })
+            .collect();
+        print_rows(
+            t,
+            &[
+                by.as_str(),
+                "entered",
+                "converted",
+                "conversion",
+                "maturing",
+            ],
+            &rows,
+            &(),
+        )?;
+    }
+    if !r.trend.is_empty() {
+        title("Trend by entry period");
+        let rows: Vec<Vec<String>> = r
+            .trend
+            .iter()
+            .map(|p| {
+                vec![
+                    p.period.clone(),
+                    thousands(p.entered),
+                    thousands(p.converted),
+                    percent(p.conversion),
+                    thousands(p.maturing),
+                ]
+            })
+            .collect();
+        print_rows(
+            t,
+            &["period", "entered", "converted", "conversion", "maturing"],
+            &rows,
+            &(),
+        )?;
+    }
+    Ok(())
+}
