@@ -189,7 +189,7 @@ mod tests {
             let (lo, width) = bucket_range(b);
             assert_eq!(lo, expected_lo, "bucket {b}");
             assert_eq!(bucket(lo), b);
-            assert_eq!(bucket(lo + width - 1), b);
+            assert_eq!(bucket(lo + (width - 1)), b);
             expected_lo = lo.wrapping_add(width);
         }
         assert_eq!(bucket(u64::MAX), 1919);

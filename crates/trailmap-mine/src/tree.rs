@@ -154,9 +154,11 @@ impl PathTree {
                 .iter()
                 .flat_map(|&(out_id, trie)| kids[trie as usize].iter().map(move |&k| (out_id, k)))
                 .collect();
-            candidates.sort_by_key(|&(_, k)| {
+            // Ties by touchpoint, then by the parent's place in the output: trie ids depend
+            // on the order journeys came in, the output must not.
+            candidates.sort_by_key(|&(parent, k)| {
                 let n = &self.nodes[k as usize];
-                (std::cmp::Reverse(n.count), n.touchpoint, n.parent)
+                (std::cmp::Reverse(n.count), n.touchpoint, parent)
             });
             let mut next = Vec::new();
             let mut other: Vec<(usize, u64, u64)> = Vec::new();

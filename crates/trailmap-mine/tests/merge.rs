@@ -1,0 +1,167 @@
+//! Every aggregate is mergeable: split the journeys at random, aggregate the parts, merge
+//! them in either grouping, and get the whole-input answer.
+
+mod common;
+use common::*;
+use proptest::prelude::*;
+use trailmap_mine::funnel::{FunnelSpec, Modes, TrendPeriod};
+use trailmap_mine::paths::PathOptions;
+use trailmap_mine::tree::Direction;
+use trailmap_mine::{Aggregate, Dropoffs, Funnel, KpiSpec, Kpis, PathStats, PathTree, TreeSpec};
+use trailmap_model::config::{CountBy, StepOrder};
+
+fn journeys() -> impl Strategy<Value = Vec<Vec<(i64, u32)>>> {
+    prop::collection::vec(
+        prop::collection::vec((0i64..200, 0u32..6), 1..12)
+            .prop_map(|v| v.into_iter().map(|(t, n)| (t * 600_000_000, n)).collect()),
+        0..40,
+    )
+}
+
+/// Aggregates `parts` of the journeys separately and merges them as `(a + b) + c` and as
+/// `a + (b + c)`; returns the whole, and both merges.
+fn split<A: Aggregate + Clone>(
+    j: &Journeys,
+    cuts: (usize, usize),
+    make: impl Fn() -> A,
+) -> (A, A, A) {
+    let n = j.len();
+    let (x, y) = (cuts.0 % (n + 1), cuts.1 % (n + 1));
+    let (x, y) = (x.min(y), x.max(y));
+    let part = |r: std::ops::Range<usize>| {
+        let mut a = make();
+        for i in r {
+            a.add(&j.get(i));
+        }
+        a
+    };
+    let mut whole = make();
+    for i in 0..n {
+        whole.add(&j.get(i));
+    }
+    let (a, b, c) = (part(0..x), part(x..y), part(y..n));
+    let mut left = a.clone();
+    left.merge(b.clone());
+    left.merge(c.clone());
+    let mut bc = b;
+    bc.merge(c);
+    let mut right = a;
+    right.merge(bc);
+    (whole, left, right)
+}
+
+fn sorted<K: Ord + Clone, V: Clone>(it: impl Iterator<Item = (K, V)>) -> Vec<(K, V)> {
+    let mut v: Vec<(K, V)> = it.collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn paths_view(p: &PathStats) -> impl PartialEq + std::fmt::Debug {
+    (
+        p.journeys,
+        p.events,
+        sorted(p.transitions().map(|(f, t, s)| ((f, t), s.clone()))),
+        p.starts().collect::<Vec<_>>(),
+        p.ends().collect::<Vec<_>>(),
+        sorted(p.variants().map(|(v, c)| (v.to_vec(), c))),
+        sorted(p.back_and_forth().map(|(k, l)| (k, (l.count, l.journeys)))),
+    )
+}
+
+fn funnel_view(f: &Funnel<'_>) -> impl PartialEq + std::fmt::Debug {
+    (
+        (f.journeys, f.attempts, f.excluded, f.tallies.clone()),
+        (
+            f.from_previous.clone(),
+            f.from_first.clone(),
+            f.bins.clone(),
+        ),
+        sorted(f.next_after.iter().map(|(k, v)| (*k, *v))),
+        sorted(f.breakdown.iter().map(|(k, v)| (*k, v.clone()))),
+        sorted(f.trend.iter().map(|(k, v)| (*k, v.clone()))),
+    )
+}
+
+fn funnel_spec(which: usize) -> FunnelSpec {
+    let h = 3_600_000_000;
+    let mut s = spec(&[0, 1, 2], 24 * h, Modes::default());
+    s.as_of = 100 * h;
+    s.trend = Some(TrendPeriod::Day);
+    match which {
+        0 => {}
+        1 => s.exclusions = vec![5],
+        2 => s.count = CountBy::Attempts,
+        3 => s.order = StepOrder::Unordered,
+        4 => {
+            s.min_gap = vec![h, 0];
+            s.max_gap = vec![0, 10 * h];
+        }
+        5 => s.modes = Modes::parse("strict_once,strict_increase").unwrap(),
+        _ => {
+            s.modes = Modes::parse("strict_order").unwrap();
+            s.order = StepOrder::Strict;
+            s.steps = vec![0, 1, 0];
+        }
+    }
+    s
+}
+
+proptest! {
+    #[test]
+    fn paths_merge(j in journeys(), cuts in (0usize..64, 0usize..64)) {
+        let j = Journeys::new(&j);
+        let (whole, left, right) = split(&j, cuts, || PathStats::new(4, PathOptions::default()));
+        prop_assert_eq!(paths_view(&whole), paths_view(&left));
+        prop_assert_eq!(paths_view(&whole), paths_view(&right));
+    }
+
+    #[test]
+    fn funnel_merge(j in journeys(), cuts in (0usize..64, 0usize..64), which in 0usize..7) {
+        let j = Journeys::new(&j);
+        let events: usize = j.ts.iter().map(Vec::len).sum();
+        let attribute: Vec<u32> = (0..events as u32).map(|i| i % 3).collect();
+        let spec = funnel_spec(which);
+        let (whole, left, right) = split(&j, cuts, || Funnel::new(spec.clone(), Some(&attribute)));
+        prop_assert_eq!(funnel_view(&whole), funnel_view(&left));
+        prop_assert_eq!(funnel_view(&whole), funnel_view(&right));
+    }
+
+    #[test]
+    fn dropoffs_merge(j in journeys(), cuts in (0usize..64, 0usize..64), goal in prop::option::of(0u32..6)) {
+        let j = Journeys::new(&j);
+        let (whole, left, right) = split(&j, cuts, || Dropoffs::new(goal));
+        let view = |d: &Dropoffs| (d.journeys, d.converted, d.rows());
+        prop_assert_eq!(view(&whole), view(&left));
+        prop_assert_eq!(view(&whole), view(&right));
+    }
+
+    #[test]
+    fn kpis_merge(j in journeys(), cuts in (0usize..64, 0usize..64)) {
+        let j = Journeys::new(&j);
+        let events: usize = j.ts.iter().map(Vec::len).sum();
+        let attribute: Vec<u32> = (0..events as u32).map(|i| i % 4).collect();
+        let specs = vec![
+            KpiSpec { name: "a".into(), from: 0, to: 1, within: 3_600_000_000 },
+            KpiSpec { name: "b".into(), from: 2, to: 2, within: 7_200_000_000 },
+        ];
+        let (whole, left, right) = split(&j, cuts, || Kpis::new(specs.clone(), 60 * 3_600_000_000, Some(&attribute)));
+        prop_assert_eq!(&whole.tallies, &left.tallies);
+        prop_assert_eq!(&whole.tallies, &right.tallies);
+    }
+
+    #[test]
+    fn trees_merge(j in journeys(), cuts in (0usize..64, 0usize..64), from in any::<bool>(), collapse in any::<bool>()) {
+        let j = Journeys::new(&j);
+        let spec = TreeSpec {
+            anchor: 1,
+            direction: if from { Direction::From } else { Direction::To },
+            max_steps: 3,
+            collapse_repeats: collapse,
+        };
+        let (whole, left, right) = split(&j, cuts, || PathTree::new(spec));
+        for budget in [1, 2, 100] {
+            prop_assert_eq!(whole.prune(2, budget), left.prune(2, budget));
+            prop_assert_eq!(whole.prune(2, budget), right.prune(2, budget));
+        }
+    }
+}
