@@ -217,3 +217,459 @@ fn taobao_funnels_equal_clickhouse_in_every_mode() {
     }
     assert!(checked >= 14, "only {checked} funnel/mode pairs recorded");
 }
+
+/// Five customers worked out by hand: c1 converts, c2 stops after the trial, c3 signed up
+/// inside the window's reach of the data's end (maturing), c4 never enters, c5's window
+/// ends exactly at the data's end (so it dropped, not maturing).
+const JOURNEYS_CSV: &str = "\
+customer_id,ts,touchpoint,channel,plan
+c1,2026-01-01T09:00:00Z,signup,web,pro
+c1,2026-01-01T10:00:00Z,trial_start,web,pro
+c1,2026-01-03T09:00:00Z,purchase,web,pro
+c2,2026-01-01T09:00:00Z,signup,email,free
+c2,2026-01-02T09:00:00Z,trial_start,email,free
+c2,2026-01-02T09:05:00Z,help_view,web,free
+c3,2026-01-20T09:00:00Z,signup,web,free
+c4,2026-01-05T09:00:00Z,home_view,web,free
+c5,2026-01-06T09:00:00Z,signup,web,free
+c5,2026-01-06T09:30:00Z,ticket_opened,chat,free
+";
+
+fn hand_made(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journeys.csv");
+    std::fs::write(&path, JOURNEYS_CSV).unwrap();
+    let dl = dir.path().join("dead.ndjson");
+    let mut all = args.to_vec();
+    all.extend([
+        "--input",
+        s(&path),
+        "--dead-letter",
+        s(&dl),
+        "--format",
+        "json",
+    ]);
+    json(&all)
+}
+
+#[test]
+fn funnel_report_steps_breakdown_trend_and_maturing() {
+    let v = hand_made(&[
+        "funnel",
+        "--journey",
+        "trial_to_purchase",
+        "--breakdown",
+        "plan",
+        "--trend",
+        "day",
+    ]);
+    assert_eq!(v["customers"], 5);
+    assert_eq!(v["levels"], serde_json::json!([1, 2, 1, 1]));
+    assert_eq!(v["as_of"], "2026-01-20T09:00:00Z");
+    let steps = v["steps"].as_array().unwrap();
+    let field = |k: usize, f: &str| steps[k][f].clone();
+    assert_eq!(
+        steps
+            .iter()
+            .map(|s| s["reached"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![4, 2, 1]
+    );
+    // Of the two that signed up and did not start a trial, c3 is still inside its window.
+    assert_eq!(
+        (field(1, "dropped"), field(1, "maturing")),
+        (1.into(), 1.into())
+    );
+    assert_eq!(field(2, "conversion_from_previous"), 0.5);
+    assert_eq!(field(2, "conversion_from_first"), 0.25);
+    assert_eq!(field(1, "time_from_previous")["median_seconds"], 3600.0);
+    assert_eq!(field(1, "time_from_previous")["mean_seconds"], 45_000.0);
+    assert_eq!(field(2, "time_from_first")["median_seconds"], 172_800.0);
+    assert_eq!(
+        field(0, "next_after_dropoff"),
+        serde_json::json!([{"touchpoint": "ticket_opened", "count": 1}])
+    );
+    assert_eq!(
+        field(1, "next_after_dropoff"),
+        serde_json::json!([{"touchpoint": "help_view", "count": 1}])
+    );
+    let bins = field(2, "time_to_convert_histogram");
+    assert_eq!(
+        bins.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum::<u64>(),
+        1
+    );
+    assert_eq!(v["breakdown_by"], "plan");
+    let by: BTreeMap<String, (u64, u64)> = v["breakdown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["value"].as_str().unwrap().to_string(),
+                (
+                    b["entered"].as_u64().unwrap(),
+                    b["converted"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by,
+        BTreeMap::from([("free".into(), (3, 0)), ("pro".into(), (1, 1))])
+    );
+    let trend: Vec<(String, u64, u64, u64)> = v["trend"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["period"].as_str().unwrap().into(),
+                t["entered"].as_u64().unwrap(),
+                t["converted"].as_u64().unwrap(),
+                t["maturing"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        trend,
+        vec![
+            ("2026-01-01".into(), 2, 1, 0),
+            ("2026-01-06".into(), 1, 0, 0),
+            ("2026-01-20".into(), 1, 0, 1)
+        ]
+    );
+    // A breakdown by a column takes the first step's event: c2 signed up by email.
+    let v = hand_made(&[
+        "funnel",
+        "--steps",
+        "signup,trial_start,purchase",
+        "--breakdown",
+        "channel",
+        "--top",
+        "1",
+    ]);
+    let rows = v["breakdown"].as_array().unwrap();
+    assert_eq!(
+        (rows[0]["value"].as_str(), rows[0]["entered"].as_u64()),
+        (Some("web"), Some(3))
+    );
+    assert_eq!(
+        (rows[1]["value"].as_str(), rows[1]["entered"].as_u64()),
+        (Some("other"), Some(1))
+    );
+    // A later --as-of lets c3's window elapse: it becomes a drop-off.
+    let v = hand_made(&[
+        "funnel",
+        "--journey",
+        "trial_to_purchase",
+        "--as-of",
+        "2026-03-01T00:00:00Z",
+    ]);
+    assert_eq!(
+        (
+            v["steps"][1]["dropped"].as_u64(),
+            v["steps"][1]["maturing"].as_u64()
+        ),
+        (Some(2), Some(0))
+    );
+    // Exclusions and attempts.
+    let v = hand_made(&[
+        "funnel",
+        "--steps",
+        "signup,trial_start",
+        "--exclude",
+        "ticket_opened,help_view",
+    ]);
+    assert_eq!(
+        v["excluded"], 0,
+        "exclusions after the last step do not count"
+    );
+    let v = hand_made(&[
+        "funnel",
+        "--steps",
+        "signup,ticket_opened",
+        "--exclude",
+        "home_view",
+    ]);
+    assert_eq!(v["levels"], serde_json::json!([1, 3, 1]));
+    let v = hand_made(&[
+        "funnel",
+        "--steps",
+        "signup,trial_start",
+        "--count",
+        "attempts",
+    ]);
+    assert_eq!(
+        (v["count"].as_str(), v["attempts"].as_u64()),
+        (Some("attempts"), Some(4))
+    );
+}
+
+#[test]
+fn funnel_flags_are_checked_before_reading() {
+    for (args, message) in [
+        (vec!["funnel"], "--steps a,b,c or --journey NAME"),
+        (vec!["funnel", "--journey", "nope"], "no such journey"),
+        (
+            vec!["funnel", "--steps", "a,b", "--mode", "strictest"],
+            "not a funnel mode",
+        ),
+        (
+            vec!["funnel", "--steps", "a,b", "--order", "sideways"],
+            "ordered, strict or unordered",
+        ),
+        (
+            vec!["funnel", "--steps", "a,b", "--trend", "hour"],
+            "day or week",
+        ),
+        (
+            vec!["funnel", "--steps", "a,b", "--window", "0"],
+            "longer than 0",
+        ),
+    ] {
+        let mut all = args.clone();
+        all.extend(["--input", "/nonexistent/never-read.csv"]);
+        let out = run(&all);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn paths_json_csv_and_trees() {
+    let v = hand_made(&["paths"]);
+    assert_eq!(
+        (v["events"].as_u64(), v["journeys"].as_u64()),
+        (Some(10), Some(5))
+    );
+    let total: u64 = v["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 10 - 5);
+    assert_eq!(
+        v["starts"][0],
+        serde_json::json!({"touchpoint": "signup", "count": 4})
+    );
+    assert_eq!(v["variants"].as_array().unwrap().len(), 5);
+    // CSV: the transitions, one per line.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journeys.csv");
+    std::fs::write(&path, JOURNEYS_CSV).unwrap();
+    let out = run(&[
+        "paths",
+        "--input",
+        s(&path),
+        "--format",
+        "csv",
+        "--dead-letter",
+        s(&dir.path().join("dl")),
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("from,to,count,mean_seconds,median_seconds,p90_seconds")
+    );
+    assert_eq!(lines.count(), 4, "four distinct transitions");
+    assert!(
+        text.contains("signup,trial_start,2,45000.000,3600.000,86400.000"),
+        "{text}"
+    );
+    // Trees: after the first signup, and back from help_view.
+    let tree = hand_made(&["paths", "--from", "signup"]);
+    assert_eq!(tree["journeys"], 4);
+    let nodes = tree["nodes"].as_array().unwrap();
+    let node = |tp: &str| {
+        nodes
+            .iter()
+            .find(|n| n["touchpoint"] == tp)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        (
+            node("trial_start")["count"].as_u64(),
+            node("trial_start")["step"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    assert_eq!(node("purchase")["parent"], node("trial_start")["id"]);
+    let tree = hand_made(&["paths", "--from", "signup", "--budget", "1"]);
+    assert!(
+        tree["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["touchpoint"] == "other" && n["count"] == 1)
+    );
+    let back = hand_made(&["paths", "--to", "help_view"]);
+    assert_eq!(back["direction"], "to");
+    assert_eq!(back["nodes"].as_array().unwrap().len(), 3);
+    let out = run(&[
+        "paths",
+        "--input",
+        s(&path),
+        "--from",
+        "nowhere",
+        "--dead-letter",
+        s(&dir.path().join("dl")),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no event has this touchpoint"));
+}
+
+#[test]
+fn dropoffs_with_a_goal_and_funnel_steps() {
+    let v = hand_made(&[
+        "dropoffs",
+        "--goal",
+        "purchase",
+        "--journey",
+        "trial_to_purchase",
+    ]);
+    assert_eq!(
+        (v["journeys"].as_u64(), v["converted"].as_u64()),
+        (Some(5), Some(1))
+    );
+    let rows: BTreeMap<String, Value> = v["touchpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["touchpoint"].as_str().unwrap().to_string(), r.clone()))
+        .collect();
+    assert_eq!(rows["signup"]["journeys"], 4);
+    assert_eq!(rows["signup"]["exits"], 1);
+    assert_eq!(rows["signup"]["exit_rate"], 0.25);
+    assert_eq!(rows["signup"]["abandoned"], 3);
+    assert_eq!(
+        rows.values()
+            .map(|r| r["exits"].as_u64().unwrap())
+            .sum::<u64>(),
+        5
+    );
+    assert_eq!(v["last_before_abandon"].as_array().unwrap().len(), 4);
+    assert_eq!(v["steps"][1]["next"][0]["touchpoint"], "help_view");
+    // Without a goal the contract is the per-touchpoint rows alone.
+    let v = hand_made(&["dropoffs"]);
+    let row = &v["touchpoints"][0];
+    assert!(row.get("abandoned").is_none());
+    for key in ["touchpoint", "journeys", "exits", "exit_rate"] {
+        assert!(row.get(key).is_some(), "{key}");
+    }
+}
+
+#[test]
+fn kpis_met_breached_and_by_channel() {
+    let v = hand_made(&["kpis", "--kpi", "ticket_resolution"]);
+    let k = &v[0];
+    assert_eq!(
+        (k["from"].as_str(), k["to"].as_str()),
+        (Some("ticket_opened"), Some("ticket_resolved"))
+    );
+    assert_eq!(
+        (
+            k["instances"].as_u64(),
+            k["breached"].as_u64(),
+            k["met"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0))
+    );
+    assert_eq!(k["stage"], "support");
+    assert_eq!(
+        k["breaches_by"],
+        serde_json::json!([{"value": "chat", "count": 1}])
+    );
+    // Before the 8 hours are up the instance is pending, not breached.
+    let v = hand_made(&[
+        "kpis",
+        "--kpi",
+        "ticket_resolution",
+        "--as-of",
+        "2026-01-06T12:00:00Z",
+    ]);
+    assert_eq!(
+        (v[0]["pending"].as_u64(), v[0]["breached"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let out = run(&["kpis", "--kpi", "nope", "--input", "/nonexistent.csv"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in the config's [kpis]"));
+}
+
+/// On generated journeys, the commands agree with each other: transitions sum to events −
+/// journeys, exits to journeys, and the funnel's levels to its journeys, on customers and on
+/// sessions.
+#[test]
+fn commands_agree_on_generated_journeys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("gen");
+    json(&[
+        "gen",
+        "--customers",
+        "2000",
+        "--seed",
+        "3",
+        "--out",
+        s(&d),
+        "--layout",
+        "flat",
+        "--file-format",
+        "parquet",
+        "-f",
+        "json",
+    ]);
+    let file = d.join("events.parquet");
+    for scope in ["customer", "session"] {
+        let args = |cmd: &'static str| {
+            vec![
+                cmd,
+                "--input",
+                s(&file),
+                "--scope",
+                scope,
+                "--format",
+                "json",
+            ]
+        };
+        let paths = json(&args("paths"));
+        let sum: u64 = paths["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            sum,
+            paths["events"].as_u64().unwrap() - paths["journeys"].as_u64().unwrap()
+        );
+        let drop = json(&args("dropoffs"));
+        let exits: u64 = drop["touchpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["exits"].as_u64().unwrap())
+            .sum();
+        assert_eq!(exits, paths["journeys"].as_u64().unwrap());
+        let mut f = args("funnel");
+        f.extend(["--journey", "trial_to_purchase"]);
+        let funnel = json(&f);
+        let levels: u64 = funnel["levels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_u64().unwrap())
+            .sum();
+        assert_eq!(levels, funnel["customers"].as_u64().unwrap());
+        assert_eq!(funnel["customers"], paths["journeys"]);
+        assert!(
+            funnel["converted"].as_u64().unwrap() > 0,
+            "{scope}: {funnel}"
+        );
+    }
+}

@@ -13,8 +13,11 @@ use trailmap_sessionize::Journey;
 #[derive(Debug, Clone)]
 pub struct KpiSpec {
     pub name: String,
+    /// Touchpoint ids (`u32::MAX` when no event has the touchpoint) and their names.
     pub from: u32,
     pub to: u32,
+    pub from_name: String,
+    pub to_name: String,
     /// Limit in microseconds.
     pub within: i64,
 }

@@ -131,15 +131,26 @@ impl PathsReport {
                 .cmp(&a.count)
                 .then_with(|| (&a.from, &a.to).cmp(&(&b.from, &b.to)))
         });
-        let mut variants: Vec<(Vec<&str>, u64)> = paths
-            .variants()
-            .map(|(p, c)| (p.iter().map(|&t| names.touchpoint(t)).collect(), c))
-            .collect();
-        variants.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let variants = top(variants, top_variants)
+        // Most common first, ties by path names. Inputs with a million distinct variants are
+        // common, so the top k are selected first and only they are sorted.
+        let mut variants: Vec<(&[u32], u64)> = paths.variants().collect();
+        let order = |a: &(&[u32], u64), b: &(&[u32], u64)| {
+            // Lexicographic by names: the first touchpoint that differs, else the shorter.
+            b.1.cmp(&a.1)
+                .then_with(|| match a.0.iter().zip(b.0).position(|(x, y)| x != y) {
+                    Some(i) => names.touchpoint(a.0[i]).cmp(names.touchpoint(b.0[i])),
+                    None => a.0.len().cmp(&b.0.len()),
+                })
+        };
+        if top_variants > 0 && variants.len() > top_variants {
+            variants.select_nth_unstable_by(top_variants - 1, order);
+            variants.truncate(top_variants);
+        }
+        variants.sort_unstable_by(order);
+        let variants = variants
             .into_iter()
             .map(|(p, count)| VariantRow {
-                path: p.into_iter().map(str::to_string).collect(),
+                path: p.iter().map(|&t| names.touchpoint(t).to_string()).collect(),
                 count,
                 share: ratio(count, paths.journeys),
             })
@@ -651,7 +662,6 @@ pub struct KpiRow {
 impl KpiRow {
     pub fn all(
         k: &Kpis<'_>,
-        names: Names<'_>,
         stages: &[Option<String>],
         attribute: Option<(&str, &[String])>,
     ) -> Vec<KpiRow> {
@@ -673,8 +683,8 @@ impl KpiRow {
                 by.sort_by_key(|v| (Reverse(v.count), v.value.clone()));
                 KpiRow {
                     name: spec.name.clone(),
-                    from: names.touchpoint(spec.from).to_string(),
-                    to: names.touchpoint(spec.to).to_string(),
+                    from: spec.from_name.clone(),
+                    to: spec.to_name.clone(),
                     stage: stages.get(spec.from as usize).cloned().flatten(),
                     within_seconds: spec.within as f64 / 1e6,
                     instances: t.instances,

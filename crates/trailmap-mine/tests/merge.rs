@@ -141,8 +141,8 @@ proptest! {
         let events: usize = j.ts.iter().map(Vec::len).sum();
         let attribute: Vec<u32> = (0..events as u32).map(|i| i % 4).collect();
         let specs = vec![
-            KpiSpec { name: "a".into(), from: 0, to: 1, within: 3_600_000_000 },
-            KpiSpec { name: "b".into(), from: 2, to: 2, within: 7_200_000_000 },
+            KpiSpec { name: "a".into(), from: 0, to: 1, from_name: String::new(), to_name: String::new(), within: 3_600_000_000 },
+            KpiSpec { name: "b".into(), from: 2, to: 2, from_name: String::new(), to_name: String::new(), within: 7_200_000_000 },
         ];
         let (whole, left, right) = split(&j, cuts, || Kpis::new(specs.clone(), 60 * 3_600_000_000, Some(&attribute)));
         prop_assert_eq!(&whole.tallies, &left.tallies);

@@ -263,6 +263,8 @@ fn kpi_instances_are_met_breached_or_pending() {
         name: "k".into(),
         from: A,
         to: B,
+        from_name: "a".into(),
+        to_name: "b".into(),
         within: H,
     };
     let journeys = [

@@ -416,6 +416,10 @@ impl JourneyBuilder {
         let mut customer_of_root = vec![u32::MAX; self.graph.len()];
         let mut roots = Vec::new();
         let mut offsets = vec![0usize; 1];
+        // Whether each customer's events already come together, customers in order of first
+        // appearance (logs exported per customer or case): then the order is the identity.
+        let mut grouped = true;
+        let mut previous = 0u32;
         for &node in &self.node {
             let root = self.graph.find(node) as usize;
             if customer_of_root[root] == u32::MAX {
@@ -423,7 +427,10 @@ impl JourneyBuilder {
                 roots.push(root as u32);
                 offsets.push(0);
             }
-            offsets[customer_of_root[root] as usize + 1] += 1;
+            let c = customer_of_root[root];
+            grouped &= c >= previous;
+            previous = c;
+            offsets[c as usize + 1] += 1;
         }
         let customers = roots.len();
         for c in 0..customers {
@@ -434,30 +441,36 @@ impl JourneyBuilder {
         // sort by time afterwards leaves ties in arrival order. Columns are then gathered
         // one at a time, each input column freed as soon as it is copied, to keep the peak
         // memory near one copy of the events.
-        let mut cursor = offsets.clone();
-        let mut arrival = vec![0u32; n];
-        for (i, &node) in self.node.iter().enumerate() {
-            let c = customer_of_root[self.graph.find(node) as usize] as usize;
-            arrival[cursor[c]] = i as u32;
-            cursor[c] += 1;
-        }
-        drop(cursor);
-        drop(customer_of_root);
-        drop(std::mem::take(&mut self.node));
-        fn gather<T: Copy>(column: Vec<T>, order: &[u32]) -> Vec<T> {
-            order.iter().map(|&i| column[i as usize]).collect()
-        }
-        // The reader is done by now: gather on both cores.
         let (ts_in, tp_in, source_in) = (
             std::mem::take(&mut self.ts),
             std::mem::take(&mut self.touchpoint),
             std::mem::take(&mut self.source),
         );
-        let (mut ts, (mut touchpoint, mut source)) = std::thread::scope(|scope| {
-            let ts = scope.spawn(|| gather(ts_in, &arrival));
-            let rest = (gather(tp_in, &arrival), gather(source_in, &arrival));
-            (join(ts), rest)
-        });
+        let (mut ts, mut touchpoint, mut source, mut arrival) = if grouped {
+            drop(std::mem::take(&mut self.node));
+            (ts_in, tp_in, source_in, (0..n as u32).collect())
+        } else {
+            let mut cursor = offsets.clone();
+            let mut arrival = vec![0u32; n];
+            for (i, &node) in self.node.iter().enumerate() {
+                let c = customer_of_root[self.graph.find(node) as usize] as usize;
+                arrival[cursor[c]] = i as u32;
+                cursor[c] += 1;
+            }
+            drop(cursor);
+            drop(std::mem::take(&mut self.node));
+            fn gather<T: Copy>(column: Vec<T>, order: &[u32]) -> Vec<T> {
+                order.iter().map(|&i| column[i as usize]).collect()
+            }
+            // The reader is done by now: gather on both cores.
+            let (ts, (touchpoint, source)) = std::thread::scope(|scope| {
+                let ts = scope.spawn(|| gather(ts_in, &arrival));
+                let rest = (gather(tp_in, &arrival), gather(source_in, &arrival));
+                (join(ts), rest)
+            });
+            (ts, touchpoint, source, arrival)
+        };
+        drop(customer_of_root);
         for c in 0..customers {
             let r = offsets[c]..offsets[c + 1];
             if ts[r.clone()].windows(2).all(|w| w[0] <= w[1]) {

@@ -18,8 +18,15 @@ fn main() -> ExitCode {
         // A reader that stops early (`| head`) is not an error.
         Err(e)
             if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                let kind = c
+                    .downcast_ref::<std::io::Error>()
+                    .map(std::io::Error::kind)
+                    .or_else(|| c.downcast_ref::<serde_json::Error>()?.io_error_kind())
+                    .or_else(|| match c.downcast_ref::<csv::Error>()?.kind() {
+                        csv::ErrorKind::Io(io) => Some(io.kind()),
+                        _ => None,
+                    });
+                kind == Some(std::io::ErrorKind::BrokenPipe)
             }) =>
         {
             ExitCode::SUCCESS

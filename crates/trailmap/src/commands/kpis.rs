@@ -6,7 +6,7 @@ use crate::output::{Format, print_rows, thousands};
 use anyhow::bail;
 use clap::Args;
 use trailmap_ingest::Projection;
-use trailmap_mine::report::{KpiRow, Names};
+use trailmap_mine::report::KpiRow;
 use trailmap_mine::{KpiSpec, Kpis, fold};
 use trailmap_sessionize::Attribute;
 
@@ -72,6 +72,8 @@ impl KpisArgs {
                 name: name.clone(),
                 from: id(&k.from),
                 to: id(&k.to),
+                from_name: k.from.clone(),
+                to_name: k.to.clone(),
                 within: k.within.micros(),
             })
             .collect();
@@ -81,12 +83,8 @@ impl KpisArgs {
         let kpis = fold(log, loaded.config.sessions.scope, || {
             Kpis::new(specs.clone(), now, attr.map(|a| a.of_event.as_slice()))
         });
-        let names = Names {
-            touchpoints: &log.touchpoints,
-        };
         let rows = KpiRow::all(
             &kpis,
-            names,
             &log.stages,
             attr.map(|a| (a.name.as_str(), a.values.as_slice())),
         );
