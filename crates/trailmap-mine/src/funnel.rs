@@ -256,6 +256,25 @@ struct Outcome {
     level: usize,
     /// Last link of the counted chain (`NO_PARENT` when the level is 0).
     link: u32,
+    /// The latest first-step time the search saw, when it ran to the end of the events:
+    /// a journey short of the last step can still go on until that time plus the window.
+    /// `None` when the search stopped early (its answer is final).
+    latest_start: Option<i64>,
+}
+
+impl Outcome {
+    const NONE: Outcome = Outcome {
+        level: 0,
+        link: NO_PARENT,
+        latest_start: None,
+    };
+
+    fn stopped(self) -> Outcome {
+        Outcome {
+            latest_start: None,
+            ..self
+        }
+    }
 }
 
 /// Step-matching table: for each touchpoint id, the steps (bit `k` = step `k`) it matches.
@@ -428,18 +447,26 @@ impl<'a> Funnel<'a> {
             return;
         }
         let (ts, tp) = (journey.ts, journey.touchpoint);
-        let (first, last) = (chain[0] as usize, chain[out.level - 1] as usize);
+        let first = chain[0] as usize;
+        // At equal times a later step's event may come before the first step's in the
+        // journey, so the chain's span is its lowest to highest event.
+        let (lo, hi) = chain[..out.level]
+            .iter()
+            .fold((usize::MAX, 0), |(lo, hi), &e| {
+                (lo.min(e as usize), hi.max(e as usize))
+            });
         if !self.spec.exclusions.is_empty()
-            && tp[first..=last]
-                .iter()
-                .any(|&t| self.matcher.is_excluded(t))
+            && tp[lo..=hi].iter().any(|&t| self.matcher.is_excluded(t))
         {
             self.excluded += 1;
             return;
         }
         self.attempts += 1;
         let start = ts[first];
-        let maturing = out.level < n && start.saturating_add(self.spec.window) > self.spec.as_of;
+        let maturing = out.level < n
+            && out
+                .latest_start
+                .is_some_and(|t| t.saturating_add(self.spec.window) > self.spec.as_of);
         let tally = |t: &mut StepTallies| {
             t.levels[out.level] += 1;
             if maturing {
@@ -449,12 +476,12 @@ impl<'a> Funnel<'a> {
         tally(&mut self.tallies);
         for k in 1..out.level {
             let at = ts[chain[k] as usize];
-            self.from_previous[k].record(at - ts[chain[k - 1] as usize]);
-            self.from_first[k].record(at - start);
-            self.bins[k][human_bin(at - start)] += 1;
+            self.from_previous[k].record(at.saturating_sub(ts[chain[k - 1] as usize]));
+            self.from_first[k].record(at.saturating_sub(start));
+            self.bins[k][human_bin(at.saturating_sub(start))] += 1;
         }
         if out.level < n && !maturing {
-            let next = tp.get(last + 1).copied().unwrap_or(u32::MAX);
+            let next = tp.get(hi + 1).copied().unwrap_or(u32::MAX);
             *self
                 .next_after
                 .entry((out.level as u32 - 1, next))
@@ -521,14 +548,35 @@ fn fill_entries(
     }
 }
 
+/// Keeps an attempt's first step at its anchor event: other first-step entries go (under
+/// `strict_order` an event left with no step becomes a non-step entry, which ends a strict
+/// chain as any other event would).
+fn anchor_attempt(entries: &mut Vec<Entry>, anchor: u32, strict_order: bool) {
+    let before = entries.len();
+    let mut removed: Vec<Entry> = Vec::new();
+    entries.retain(|e| {
+        let keep = e.step != 1 || e.event == anchor;
+        if !keep && strict_order {
+            removed.push(*e);
+        }
+        keep
+    });
+    if entries.len() == before || !strict_order {
+        return;
+    }
+    for e in removed {
+        if !entries.iter().any(|x| x.event == e.event) {
+            entries.push(Entry { step: 0, ..e });
+        }
+    }
+    entries.sort_by_key(|e| (e.ts, e.step));
+}
+
 /// The level search over prepared entries.
 fn level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
     s.links.clear();
     if s.entries.is_empty() {
-        return Outcome {
-            level: 0,
-            link: NO_PARENT,
-        };
+        return Outcome::NONE;
     }
     match spec.order {
         StepOrder::Unordered => unordered_level(spec, s),
@@ -537,9 +585,18 @@ fn level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
                 event: s.entries[0].event,
                 parent: NO_PARENT,
             });
-            Outcome { level: 1, link: 0 }
+            Outcome {
+                level: 1,
+                link: 0,
+                latest_start: s.entries.last().map(|e| e.ts),
+            }
         }
-        _ if spec.modes.strict_once => strict_once_level(spec, s),
+        // A minimum gap prefers an earlier previous step, so keeping only the latest chain
+        // per step (ClickHouse's way, right for the window and maximum gaps) could miss a
+        // valid one: then every chain is kept.
+        _ if spec.modes.strict_once || spec.min_gap.iter().any(|&g| g > 0) => {
+            strict_once_level(spec, s)
+        }
         _ => chain_level(spec, s),
     }
 }
@@ -549,11 +606,9 @@ fn deepest(levels: &[Option<Reached>]) -> Outcome {
         Some(k) => Outcome {
             level: k + 1,
             link: levels[k].map_or(NO_PARENT, |r| r.link),
+            latest_start: levels[0].map(|r| r.first),
         },
-        None => Outcome {
-            level: 0,
-            link: NO_PARENT,
-        },
+        None => Outcome::NONE,
     }
 }
 
@@ -569,7 +624,7 @@ fn chain_level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
         if e.step == 0 {
             // Only present under strict_order: anything else after the first step ends it.
             if first_event {
-                break;
+                return deepest(&s.levels).stopped();
             }
             continue;
         }
@@ -586,17 +641,17 @@ fn chain_level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
             });
             first_event = true;
         } else if m.strict_deduplication && s.levels[k].is_some() {
-            return deepest(&s.levels);
+            return deepest(&s.levels).stopped();
         } else if m.strict_order && first_event && s.levels[k - 1].is_none() {
             if m.allow_reentry {
                 continue;
             }
             let reached = s.levels.iter().position(Option::is_none).unwrap_or(n);
-            return deepest(&s.levels[..reached]);
+            return deepest(&s.levels[..reached]).stopped();
         } else if let Some(prev) = s.levels[k - 1] {
             let ok = e.ts <= prev.first.saturating_add(spec.window)
                 && (!m.strict_increase || prev.last < e.ts)
-                && spec.gap_ok(k, e.ts - prev.last);
+                && spec.gap_ok(k, e.ts.saturating_sub(prev.last));
             if ok {
                 s.links.push(Link {
                     event: e.event,
@@ -633,17 +688,16 @@ fn deepest_sequence(sequences: &[Vec<Reached>]) -> Outcome {
         Some(k) => Outcome {
             level: k + 1,
             link: sequences[k].last().map_or(NO_PARENT, |r| r.link),
+            latest_start: sequences[0].iter().map(|r| r.first).max(),
         },
-        None => Outcome {
-            level: 0,
-            link: NO_PARENT,
-        },
+        None => Outcome::NONE,
     }
 }
 
 /// ClickHouse's `strict_once` search: every chain is kept (one event may match several
-/// steps, and which chain it should extend is not known yet), and an event extends only
-/// chains that have not used it.
+/// steps, and which chain it should extend is not known yet), and under `strict_once` an
+/// event extends only chains that have not used it. Also the search for funnels with a
+/// minimum gap.
 fn strict_once_level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
     let n = spec.num_steps();
     let m = spec.modes;
@@ -656,7 +710,7 @@ fn strict_once_level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
     for e in &s.entries {
         if e.step == 0 {
             if has_first {
-                break;
+                return deepest_sequence(sequences).stopped();
             }
             continue;
         }
@@ -673,16 +727,22 @@ fn strict_once_level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
             });
             has_first = true;
         } else if m.strict_deduplication && !sequences[k].is_empty() {
-            return deepest_sequence(sequences);
+            return deepest_sequence(sequences).stopped();
         } else if m.strict_order && has_first && sequences[k - 1].is_empty() {
             if m.allow_reentry {
                 continue;
             }
             let reached = sequences.iter().position(Vec::is_empty).unwrap_or(n);
-            return deepest_sequence(&sequences[..reached]);
+            return deepest_sequence(&sequences[..reached]).stopped();
         } else if !sequences[k - 1].is_empty() {
             let (before, after) = sequences.split_at_mut(k);
             let (prev_level, level) = (&mut before[k - 1], &mut after[0]);
+            // Of the chains this entry extends that ended strictly before it, only the one
+            // with the latest first step matters: they all end here, so later checks (window
+            // from the first step; gaps and strict_increase from this time) favour the latest
+            // start, and no later event can be one they used. Keeping just it stops repeated
+            // steps in one window from multiplying the chains step after step.
+            let mut best_before: Option<Reached> = None;
             let mut i = 0;
             while i < prev_level.len() {
                 let prev = prev_level[i];
@@ -693,25 +753,46 @@ fn strict_once_level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
                     prev_level.remove(i);
                     continue;
                 }
-                let ok = in_window
-                    && !chain_has(&s.links, prev.link, e.event)
-                    && (!m.strict_increase || prev.last < e.ts)
-                    && spec.gap_ok(k, e.ts - prev.last);
-                if ok {
-                    s.links.push(Link {
-                        event: e.event,
-                        parent: prev.link,
-                    });
-                    level.push(Reached {
-                        first: prev.first,
-                        last: e.ts,
-                        link: s.links.len() as u32 - 1,
-                    });
-                    if k + 1 == n {
-                        return deepest_sequence(sequences);
-                    }
-                }
                 i += 1;
+                let ok = in_window
+                    && (!m.strict_once || !chain_has(&s.links, prev.link, e.event))
+                    && (!m.strict_increase || prev.last < e.ts)
+                    && spec.gap_ok(k, e.ts.saturating_sub(prev.last));
+                if !ok {
+                    continue;
+                }
+                if prev.last < e.ts {
+                    if best_before.is_none_or(|b| prev.first > b.first) {
+                        best_before = Some(prev);
+                    }
+                    continue;
+                }
+                s.links.push(Link {
+                    event: e.event,
+                    parent: prev.link,
+                });
+                level.push(Reached {
+                    first: prev.first,
+                    last: e.ts,
+                    link: s.links.len() as u32 - 1,
+                });
+                if k + 1 == n {
+                    return deepest_sequence(sequences);
+                }
+            }
+            if let Some(prev) = best_before {
+                s.links.push(Link {
+                    event: e.event,
+                    parent: prev.link,
+                });
+                level.push(Reached {
+                    first: prev.first,
+                    last: e.ts,
+                    link: s.links.len() as u32 - 1,
+                });
+                if k + 1 == n {
+                    return deepest_sequence(sequences);
+                }
             }
         }
     }
@@ -790,6 +871,8 @@ fn unordered_level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
     Outcome {
         level: best,
         link: parent,
+        // Any step event can open a window: the last one may still be joined by others.
+        latest_start: events.last().map(|e| e.ts),
     }
 }
 
@@ -815,12 +898,14 @@ impl Aggregate for Funnel<'_> {
                 self.count(journey, out, &mut scratch);
             }
             CountBy::Attempts => {
-                let first_mask = 1u32;
+                // An attempt starts at a first-step event outside every earlier attempt (which
+                // spans from its first step to the last step it reached), and is anchored
+                // there: a repeated first step inside it does not restart it.
                 let mut begin = 0;
                 let mut any = false;
                 while let Some(off) = tp[begin..]
                     .iter()
-                    .position(|&t| self.matcher.mask(t) & first_mask != 0)
+                    .position(|&t| self.matcher.mask(t) & 1 != 0)
                 {
                     let start = begin + off;
                     let end_ts = ts[start].saturating_add(self.spec.window);
@@ -833,15 +918,24 @@ impl Aggregate for Funnel<'_> {
                         start..end,
                         &mut scratch.entries,
                     );
+                    if self.spec.order != StepOrder::Unordered {
+                        anchor_attempt(
+                            &mut scratch.entries,
+                            start as u32,
+                            self.spec.modes.strict_order,
+                        );
+                    }
                     let out = level(&self.spec, &mut scratch);
                     any = true;
-                    // The next attempt starts after this one completed, or after its window.
-                    begin = if out.level == self.spec.num_steps() {
-                        scratch.links[out.link as usize].event as usize + 1
-                    } else {
-                        end
-                    };
+                    let mut hi = start;
+                    let mut link = out.link;
+                    while link != NO_PARENT {
+                        let l = scratch.links[link as usize];
+                        hi = hi.max(l.event as usize);
+                        link = l.parent;
+                    }
                     self.count(journey, out, &mut scratch);
+                    begin = hi + 1;
                     if begin >= ts.len() {
                         break;
                     }

@@ -72,30 +72,31 @@ impl Aggregate for Kpis<'_> {
             for i in (0..tp.len()).rev() {
                 if tp[i] == spec.from {
                     instances += 1;
-                    let outcome = match next_to {
+                    let met_now = match next_to {
                         Some(j) => {
-                            let took = ts[j] - ts[i];
+                            let took = ts[j].saturating_sub(ts[i]);
                             tally.durations.record(took);
-                            took <= spec.within
+                            Some(took <= spec.within)
                         }
-                        None if self.as_of - ts[i] > spec.within => false,
-                        None => {
-                            tally.pending += 1;
-                            continue;
-                        }
+                        None if self.as_of.saturating_sub(ts[i]) > spec.within => Some(false),
+                        None => None,
                     };
-                    if outcome {
-                        met += 1;
-                    } else {
-                        tally.breached += 1;
-                        if let Some(attr) = self.attribute {
-                            *tally
-                                .breaches_by
-                                .entry(attr[journey.start + i])
-                                .or_default() += 1;
+                    match met_now {
+                        Some(true) => met += 1,
+                        Some(false) => {
+                            tally.breached += 1;
+                            if let Some(attr) = self.attribute {
+                                *tally
+                                    .breaches_by
+                                    .entry(attr[journey.start + i])
+                                    .or_default() += 1;
+                            }
                         }
+                        None => tally.pending += 1,
                     }
                 }
+                // After the `from` check: when `from` and `to` are one touchpoint, an event
+                // answers the instances before it, not itself.
                 if tp[i] == spec.to {
                     next_to = Some(i);
                 }

@@ -182,7 +182,7 @@ impl Aggregate for PathStats {
             let stats = &mut self.stats[slot];
             stats.count += 1;
             if self.options.durations {
-                stats.durations.record(ts[i] - ts[i - 1]);
+                stats.durations.record(ts[i].saturating_sub(ts[i - 1]));
             }
         }
         for i in 2..tp.len() {

@@ -305,3 +305,86 @@ fn configured_funnels_resolve_with_clear_errors() {
     let err = FunnelSpec::resolve(&config(&["a", "b"], &["b"]), &touchpoints, 0).unwrap_err();
     assert!(err.contains("both a step and an exclusion"), "{err}");
 }
+
+#[test]
+fn chains_whose_steps_tie_in_time_span_their_lowest_to_highest_event() {
+    // `b`, `x` and `a` at one time: entries sort by step, so the chain is a (event 2) then
+    // b (event 0), and the exclusion between them counts.
+    let mut s = spec(&[A, B], 24 * H, Modes::default());
+    s.exclusions = vec![X];
+    let f = funnel(
+        &[vec![(5, B), (5, X), (5, A)], vec![(5, B), (5, C), (5, A)]],
+        s,
+    );
+    assert_eq!(f.excluded, 1);
+    assert_eq!(f.tallies.levels, vec![0, 0, 1]);
+}
+
+#[test]
+fn a_kpi_from_a_touchpoint_to_itself_answers_the_previous_instance() {
+    let spec = KpiSpec {
+        name: "revisit".into(),
+        from: A,
+        to: A,
+        from_name: "a".into(),
+        to_name: "a".into(),
+        within: H,
+    };
+    let k = run(
+        &[vec![(0, A), (40 * 60 * S, A)]],
+        Kpis::new(vec![spec], 70 * 60 * S, None),
+    );
+    let t = &k.tallies[0];
+    assert_eq!((t.instances, t.met, t.breached, t.pending), (2, 1, 0, 1));
+}
+
+#[test]
+fn a_minimum_gap_finds_an_earlier_chain() {
+    let mut s = spec(&[A, B, C], 24 * H, Modes::default());
+    s.min_gap = vec![0, 10 * S];
+    let f = funnel(&[vec![(0, A), (10 * S, B), (50 * S, B), (55 * S, C)]], s);
+    assert_eq!(f.tallies.levels, vec![0, 0, 0, 1]);
+}
+
+#[test]
+fn an_attempt_is_anchored_at_its_first_step() {
+    let mut s = spec(&[A, B], 24 * H, Modes::default());
+    s.count = CountBy::Attempts;
+    let f = funnel(&[vec![(0, A), (12 * H, A), (30 * H, B)]], s);
+    assert_eq!((f.attempts, f.tallies.levels.clone()), (2, vec![0, 1, 1]));
+}
+
+#[test]
+fn maturing_looks_at_the_latest_first_step_and_final_answers() {
+    let day = 24 * H;
+    let mut s = spec(&[A, B, C], day, Modes::default());
+    s.as_of = 20 * day;
+    // Reached step 2 long ago, but a fresh `a` can still go all the way.
+    let f = funnel(
+        &[vec![(10 * day, A), (10 * day + H, B), (20 * day - H, A)]],
+        s.clone(),
+    );
+    assert_eq!(f.tallies.levels, vec![0, 0, 1, 0]);
+    assert_eq!(f.tallies.maturing_at(1), 1);
+    // A strict funnel broken by another event is over, window or not.
+    s.modes = Modes::parse("strict_order").unwrap();
+    s.order = StepOrder::Strict;
+    let f = funnel(&[vec![(20 * day - H, A), (20 * day - H / 2, X)]], s);
+    assert_eq!(f.tallies.levels, vec![0, 1, 0, 0]);
+    assert_eq!(f.tallies.maturing_at(0), 0);
+}
+
+#[test]
+fn many_repeats_of_each_step_do_not_multiply_chains() {
+    // 2,000 each of a, b and c in one window under strict_once: without merging
+    // interchangeable chains this would be billions of chains at the third step.
+    let mut events = Vec::new();
+    for i in 0..2000 {
+        events.extend([(3 * i, A), (3 * i + 1, B), (3 * i + 2, C)]);
+    }
+    let f = funnel(
+        &[events],
+        spec(&[A, B, C, X], 24 * H, Modes::parse("strict_once").unwrap()),
+    );
+    assert_eq!(f.tallies.levels, vec![0, 0, 0, 1, 0]);
+}

@@ -240,7 +240,7 @@ fn journey() -> impl Strategy<Value = Vec<(i64, u32)>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(3000))]
+    #![proptest_config(ProptestConfig::with_cases(10_000))]
 
     /// Every mode combination, random journeys with many equal timestamps and repeated
     /// steps: the engine equals the reference.

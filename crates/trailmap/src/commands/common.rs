@@ -75,9 +75,15 @@ pub fn percent(rate: f64) -> String {
     format!("{:.1}%", rate * 100.0)
 }
 
-/// A section title above a table, on terminals only.
-pub fn title(text: &str) {
-    println!("\n{text}");
+/// A line of table output. Errors (a closed pipe) are returned, not panicked on.
+pub fn say(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{text}")
+}
+
+/// A section title above a table.
+pub fn title(text: &str) -> std::io::Result<()> {
+    say(&format!("\n{text}"))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `trailmap dropoffs`: where journeys end, and where they stall before a goal.
 
-use super::common::{percent, require_touchpoint, title};
+use super::common::{percent, require_touchpoint, say, title};
 use super::funnel::FunnelFlags;
 use crate::input::InputArgs;
 use crate::output::{Format, print_rows, thousands};
@@ -95,7 +95,7 @@ impl DropoffsArgs {
         if format != Format::Table {
             return print_rows(format, &header, &rows, &report);
         }
-        println!(
+        say(&format!(
             "{} journeys{}",
             thousands(report.journeys),
             match (&report.goal, report.converted) {
@@ -106,10 +106,10 @@ impl DropoffsArgs {
                 ),
                 _ => String::new(),
             }
-        );
+        ))?;
         print_rows(format, &header, &rows, &())?;
         if !report.last_before_abandon.is_empty() {
-            title("Last touchpoint of journeys that never reached the goal");
+            title("Last touchpoint of journeys that never reached the goal")?;
             let rows: Vec<Vec<String>> = report
                 .last_before_abandon
                 .iter()
@@ -122,7 +122,7 @@ impl DropoffsArgs {
                 "Stopped at {} ({} journeys), then",
                 step.name,
                 thousands(step.stopped)
-            ));
+            ))?;
             let rows: Vec<Vec<String>> = step
                 .next
                 .iter()

@@ -1,6 +1,6 @@
 //! `trailmap funnel`: conversion through ordered steps within a window.
 
-use super::common::{as_of, duration, percent, title, warn_unknown};
+use super::common::{as_of, duration, percent, say, title, warn_unknown};
 use crate::input::InputArgs;
 use crate::output::{Format, print_rows, thousands};
 use anyhow::{Context, bail};
@@ -270,7 +270,7 @@ impl FunnelArgs {
 }
 
 fn print_tables(name: &str, r: &FunnelReport) -> anyhow::Result<()> {
-    println!(
+    say(&format!(
         "funnel {name}: {} of {} {} entered, {} converted ({}), window {}{}",
         thousands(r.entered),
         thousands(r.customers),
@@ -287,7 +287,7 @@ fn print_tables(name: &str, r: &FunnelReport) -> anyhow::Result<()> {
         } else {
             String::new()
         }
-    );
+    ))?;
     let t = Format::Table;
     let rows: Vec<Vec<String>> = r
         .steps
@@ -331,7 +331,7 @@ fn print_tables(name: &str, r: &FunnelReport) -> anyhow::Result<()> {
         &(),
     )?;
     if let Some(by) = &r.breakdown_by {
-        title(&format!("By {by}"));
+        title(&format!("By {by}"))?;
         let rows: Vec<Vec<String>> = r
             .breakdown
             .iter()
@@ -359,7 +359,7 @@ fn print_tables(name: &str, r: &FunnelReport) -> anyhow::Result<()> {
         )?;
     }
     if !r.trend.is_empty() {
-        title("Trend by entry period");
+        title("Trend by entry period")?;
         let rows: Vec<Vec<String>> = r
             .trend
             .iter()

@@ -1,6 +1,6 @@
 //! `trailmap paths`: the directly-follows graph, variants, loops, and path trees.
 
-use super::common::{duration, percent, require_touchpoint, title};
+use super::common::{duration, percent, require_touchpoint, say, title};
 use crate::input::InputArgs;
 use crate::output::{Format, print_rows, thousands};
 use clap::Args;
@@ -149,15 +149,15 @@ impl PathsArgs {
 }
 
 fn print_tables(r: &PathsReport) -> anyhow::Result<()> {
-    println!(
+    say(&format!(
         "{} events in {} journeys, {} transitions, {} variants",
         thousands(r.events),
         thousands(r.journeys),
         thousands(r.transitions.len() as u64),
         thousands(r.distinct_variants as u64)
-    );
+    ))?;
     let t = Format::Table;
-    title("Transitions");
+    title("Transitions")?;
     let rows: Vec<Vec<String>> = r
         .transitions
         .iter()
@@ -179,14 +179,14 @@ fn print_tables(r: &PathsReport) -> anyhow::Result<()> {
         &(),
     )?;
     for (name, counts) in [("Starts", &r.starts), ("Ends", &r.ends)] {
-        title(name);
+        title(name)?;
         let rows: Vec<Vec<String>> = counts
             .iter()
             .map(|c| vec![c.touchpoint.clone(), thousands(c.count)])
             .collect();
         print_rows(t, &["touchpoint", "journeys"], &rows, &())?;
     }
-    title("Variants");
+    title("Variants")?;
     let rows: Vec<Vec<String>> = r
         .variants
         .iter()
@@ -194,7 +194,7 @@ fn print_tables(r: &PathsReport) -> anyhow::Result<()> {
         .collect();
     print_rows(t, &["journeys", "share", "path"], &rows, &())?;
     if !r.loops.is_empty() {
-        title("Loops (touchpoints customers circle between)");
+        title("Loops (touchpoints customers circle between)")?;
         let rows: Vec<Vec<String>> = r
             .loops
             .iter()
@@ -203,7 +203,7 @@ fn print_tables(r: &PathsReport) -> anyhow::Result<()> {
         print_rows(t, &["touchpoints", "transitions inside"], &rows, &())?;
     }
     if !r.back_and_forth.is_empty() {
-        title("Back and forth (a → b → a)");
+        title("Back and forth (a → b → a)")?;
         let rows: Vec<Vec<String>> = r
             .back_and_forth
             .iter()
