@@ -409,6 +409,9 @@ fn funnel_report_steps_breakdown_trend_and_maturing() {
     );
 }
 
+const THIRTY_THREE: &str =
+    "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s,t,u,v,w,x,y,z,aa,bb,cc,dd,ee,ff,gg";
+
 #[test]
 fn funnel_flags_are_checked_before_reading() {
     for (args, message) in [
@@ -429,6 +432,14 @@ fn funnel_flags_are_checked_before_reading() {
         (
             vec!["funnel", "--steps", "a,b", "--window", "0"],
             "longer than 0",
+        ),
+        (
+            vec!["funnel", "--steps", "a,b,c", "--min-gap", "1h"],
+            "one per step after the first",
+        ),
+        (
+            vec!["funnel", "--steps", THIRTY_THREE],
+            "a funnel has 1 to 32",
         ),
     ] {
         let mut all = args.clone();

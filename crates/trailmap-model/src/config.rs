@@ -618,7 +618,8 @@ pub struct JourneyConfig {
 }
 
 impl JourneyConfig {
-    fn validate(&self) -> std::result::Result<(), (String, String)> {
+    /// What the types cannot check: step count, window, gap lists; `(field, message)`.
+    pub fn validate(&self) -> std::result::Result<(), (String, String)> {
         let n = self.steps.len();
         if !(1..=32).contains(&n) {
             return Err((

@@ -24,6 +24,9 @@ pub fn require_touchpoint(log: &JourneyLog, flag: &str, name: &str) -> anyhow::R
 /// The touchpoints of a log, for error messages.
 pub fn known(log: &JourneyLog) -> String {
     let mut names: Vec<&str> = log.touchpoints.iter().map(String::as_str).collect();
+    if names.is_empty() {
+        return "none (no events were read)".into();
+    }
     names.sort_unstable();
     if names.len() > 40 {
         format!("{}, … ({} in all)", names[..40].join(", "), names.len())

@@ -140,6 +140,9 @@ impl FunnelFlags {
         if !self.max_gap.is_empty() {
             journey.max_gap = self.max_gap.clone();
         }
+        journey
+            .validate()
+            .map_err(|(field, message)| anyhow::anyhow!("funnel {name}: {field} {message}"))?;
         Ok((name, journey))
     }
 
