@@ -35,7 +35,7 @@ pub fn dictionary_type() -> DataType {
 /// | `event_id` | utf8 | id from the source, or a stable hash of the raw record |
 /// | `source` | dict | the source that produced the event (`clickstream`, `ticket`, `crm`, …) |
 /// | `customer` | utf8, null | the stitched customer key, filled by the sessionizer |
-/// | `customer_id` … `anonymous_id` | utf8, null | identifiers as the source had them |
+/// | `customer_id` … `anonymous_id` | utf8, null | identifiers as the source had them (a reader may hand them over dictionary-encoded, `dict` with u32 keys, as Parquet stores them; consumers accept both) |
 /// | `ts` | timestamp µs UTC | event time |
 /// | `received_at` | timestamp µs UTC, null | processing time |
 /// | `touchpoint` | dict, null | the cleaned touchpoint; null for identity-only records (`identify`) |

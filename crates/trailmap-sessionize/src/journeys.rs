@@ -84,6 +84,8 @@ pub struct AttributeColumn {
 /// Collects events from canonical batches; [`finish`](Self::finish) orders and cuts them.
 #[derive(Default)]
 pub struct JourneyBuilder {
+    /// The identity dictionary the last batches shared, with its values' nodes.
+    dict_nodes: Option<DictNodes>,
     /// The attribute kept per event, its interned values and ids in arrival order.
     attribute: Option<(Attribute, Names, Vec<u32>)>,
     graph: IdentityGraph,
@@ -112,6 +114,76 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, Strin
 #[inline]
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+}
+
+/// An identity column as a batch carries it: text, or text dictionary-encoded (Parquet
+/// hands over dictionary pages as they are; a customer id repeated on a run of rows is then
+/// one key).
+#[derive(Clone, Copy)]
+enum IdColumn<'a> {
+    Text(&'a StringArray),
+    Dict {
+        keys: &'a arrow::array::UInt32Array,
+        values: &'a StringArray,
+    },
+}
+
+impl<'a> IdColumn<'a> {
+    fn of(array: &'a dyn Array) -> Option<Self> {
+        if let Some(text) = array.as_string_opt::<i32>() {
+            return Some(IdColumn::Text(text));
+        }
+        let dict = array.as_dictionary_opt::<UInt32Type>()?;
+        Some(IdColumn::Dict {
+            keys: dict.keys(),
+            values: dict.values().as_string_opt::<i32>()?,
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            IdColumn::Text(a) => a.len(),
+            IdColumn::Dict { keys, .. } => keys.len(),
+        }
+    }
+
+    /// Null rows, not counting keys that point at a null value (rare; `is_null` sees them).
+    fn null_count(&self) -> usize {
+        match self {
+            IdColumn::Text(a) => a.null_count(),
+            IdColumn::Dict { keys, .. } => keys.null_count(),
+        }
+    }
+
+    fn is_null(&self, row: usize) -> bool {
+        match self {
+            IdColumn::Text(a) => a.is_null(row),
+            IdColumn::Dict { keys, values } => {
+                keys.is_null(row)
+                    || values.len() <= keys.value(row) as usize
+                    || values.is_null(keys.value(row) as usize)
+            }
+        }
+    }
+
+    /// The value of a row that is not null.
+    fn value(&self, row: usize) -> &'a str {
+        match self {
+            IdColumn::Text(a) => a.value(row),
+            IdColumn::Dict { keys, values } => values.value(keys.value(row) as usize),
+        }
+    }
+}
+
+/// Nodes of a dictionary's values, kept while the batches share that dictionary (a Parquet
+/// column chunk's batches all do): each distinct identifier is interned once per chunk,
+/// not once per batch or per row.
+struct DictNodes {
+    /// The dictionary, held so its buffers (compared by address) stay alive.
+    values: StringArray,
+    kind: IdentityKind,
+    /// Node of each value; `u32::MAX` until a row uses it.
+    nodes: Vec<u32>,
 }
 
 /// A batch's dictionary column with its values mapped to global ids: each distinct value
@@ -248,10 +320,10 @@ impl JourneyBuilder {
         let mut stage_names = Names::default();
         let stages = DictIds::new(column(batch, schema::STAGE)?, &mut stage_names)?;
         let sources = DictIds::new(column(batch, schema::SOURCE)?, &mut self.sources)?;
-        let ids: Vec<(IdentityKind, &StringArray)> = IdentityKind::ALL
+        let ids: Vec<(IdentityKind, IdColumn<'_>)> = IdentityKind::ALL
             .iter()
             .filter_map(|k| {
-                let c = batch.column_by_name(k.column())?.as_string_opt::<i32>()?;
+                let c = IdColumn::of(batch.column_by_name(k.column())?.as_ref())?;
                 (c.null_count() < c.len()).then_some((*k, c))
             })
             .collect();
@@ -342,7 +414,7 @@ impl JourneyBuilder {
     /// identifier needs a look per row. Returns false, having added nothing, otherwise.
     fn push_bulk(
         &mut self,
-        ids: &[(IdentityKind, &StringArray)],
+        ids: &[(IdentityKind, IdColumn<'_>)],
         ts: &arrow::array::TimestampMicrosecondArray,
         touchpoints: &DictIds<'_>,
         stages: &DictIds<'_>,
@@ -362,23 +434,32 @@ impl JourneyBuilder {
         {
             return false;
         }
-        let mut nodes = Vec::with_capacity(rows);
-        let mut last: Option<(&str, u32)> = None;
-        for row in 0..rows {
-            let value = col.value(row);
-            let node = match last {
-                Some((prev, node)) if same(prev, value) => node,
-                _ => match self.graph.node(*kind, value) {
-                    Some(node) => {
-                        last = Some((value, node));
-                        node
-                    }
-                    // A blank identifier: the row path counts it.
-                    None => return false,
-                },
-            };
-            nodes.push(node);
-        }
+        let nodes = match *col {
+            IdColumn::Text(text) => {
+                let mut nodes = Vec::with_capacity(rows);
+                let mut last: Option<(&str, u32)> = None;
+                for row in 0..rows {
+                    let value = text.value(row);
+                    let node = match last {
+                        Some((prev, node)) if same(prev, value) => node,
+                        _ => match self.graph.node(*kind, value) {
+                            Some(node) => {
+                                last = Some((value, node));
+                                node
+                            }
+                            // A blank identifier: the row path counts it.
+                            None => return false,
+                        },
+                    };
+                    nodes.push(node);
+                }
+                nodes
+            }
+            IdColumn::Dict { keys, values } => match self.dict_nodes(*kind, keys, values) {
+                Some(nodes) => nodes,
+                None => return false,
+            },
+        };
         self.node.extend_from_slice(&nodes);
         self.ts.extend_from_slice(ts.values());
         let global = &touchpoints.global;
@@ -406,6 +487,43 @@ impl JourneyBuilder {
             }
         }
         true
+    }
+
+    /// Nodes of a dictionary-encoded identity column's rows, interning each value the
+    /// first time a row uses it. `None` (nothing interned for the failing row) when a value
+    /// is null or blank: the row path handles those batches.
+    fn dict_nodes(
+        &mut self,
+        kind: IdentityKind,
+        keys: &arrow::array::UInt32Array,
+        values: &StringArray,
+    ) -> Option<Vec<u32>> {
+        let same_dictionary = self.dict_nodes.as_ref().is_some_and(|d| {
+            d.kind == kind
+                && d.values.len() == values.len()
+                && d.values.values().as_ptr() == values.values().as_ptr()
+                && d.values.offsets().as_ptr() == values.offsets().as_ptr()
+        });
+        if !same_dictionary {
+            self.dict_nodes = Some(DictNodes {
+                values: values.clone(),
+                kind,
+                nodes: vec![u32::MAX; values.len()],
+            });
+        }
+        let cache = self.dict_nodes.as_mut()?;
+        let mut out = Vec::with_capacity(keys.len());
+        for &k in keys.values() {
+            let slot = cache.nodes.get_mut(k as usize)?;
+            if *slot == u32::MAX {
+                if values.is_null(k as usize) {
+                    return None;
+                }
+                *slot = self.graph.node(kind, values.value(k as usize))?;
+            }
+            out.push(*slot);
+        }
+        Some(out)
     }
 
     /// Groups events per customer, orders each journey by (ts, arrival) and cuts sessions.

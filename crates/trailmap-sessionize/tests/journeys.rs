@@ -290,3 +290,73 @@ fn unused_dictionary_values_are_not_touchpoints() {
     let log = jb.finish(&SessionConfig::default());
     assert_eq!(log.touchpoints, vec!["home".to_string()]);
 }
+
+/// Customer ids as a Parquet reader hands them over: dictionary-encoded, batches sharing one
+/// dictionary. The journeys equal those from the same ids as plain text, and a blank value
+/// sends the batch down the row path, where it is no identifier.
+#[test]
+fn dictionary_encoded_identifiers_stitch_like_text() {
+    use arrow::array::{Array, ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt32Array};
+    use std::sync::Arc;
+    let rows = [
+        ("c2", "a"),
+        ("c1", "b"),
+        ("c2", "c"),
+        ("c1", "d"),
+        (" ", "e"),
+        ("c3", "f"),
+    ];
+    let mut b = EventBatchBuilder::new();
+    for (i, (customer, tp)) in rows.iter().enumerate() {
+        let mut row = EventRow {
+            source: "s",
+            ts: i as i64,
+            touchpoint: Some(tp),
+            ..Default::default()
+        };
+        row.identities[IdentityKind::CustomerId.index()] = Some(customer);
+        b.push(&row);
+    }
+    let text = b.finish();
+    let dictionary = Arc::new(StringArray::from(vec!["unused", "c1", "c2", " ", "c3"]));
+    let keys = [2u32, 1, 2, 1, 3, 4];
+    let with_dictionary = |range: std::ops::Range<usize>| {
+        let i = text.schema().index_of("customer_id").unwrap();
+        let ids: ArrayRef = Arc::new(
+            DictionaryArray::try_new(
+                UInt32Array::from(keys[range.clone()].to_vec()),
+                dictionary.clone(),
+            )
+            .unwrap(),
+        );
+        let mut columns: Vec<ArrayRef> = text.slice(range.start, range.len()).columns().to_vec();
+        columns[i] = ids.clone();
+        let fields: Vec<arrow::datatypes::Field> = text
+            .schema()
+            .fields()
+            .iter()
+            .zip(&columns)
+            .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+            .collect();
+        RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns).unwrap()
+    };
+    let log = |batches: &[RecordBatch]| {
+        let mut jb = JourneyBuilder::new();
+        for batch in batches {
+            jb.push_batch(batch).unwrap();
+        }
+        let log = jb.finish(&SessionConfig::default());
+        (by_customer(&log, Scope::Customer), log.num_events())
+    };
+    let expected = log(std::slice::from_ref(&text));
+    assert_eq!(
+        expected.1, 5,
+        "the blank identifier's event has no customer"
+    );
+    // Two batches on one dictionary (the cached nodes), the second with the blank value.
+    assert_eq!(
+        log(&[with_dictionary(0..3), with_dictionary(3..6)]),
+        expected
+    );
+    assert_eq!(log(&[with_dictionary(0..6)]), expected);
+}

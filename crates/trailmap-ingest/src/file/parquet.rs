@@ -123,14 +123,15 @@ impl ParquetSource {
         roots.sort_unstable();
         roots.dedup();
         let plan = mapper.simple_plan();
-        // The columnar path classifies touchpoints (and channels) per dictionary value:
-        // ask the reader for dictionary arrays, so dictionary-encoded pages are neither
-        // expanded into strings nor hashed again.
+        // The columnar path classifies touchpoints (and channels) per dictionary value and
+        // interns identifiers per dictionary value: ask the reader for dictionary arrays, so
+        // dictionary-encoded pages are neither expanded into strings nor hashed again.
         let builder = match &plan {
             Some(plan) => {
                 let dict_roots: Vec<&str> = [Some(plan.touchpoint), plan.channel]
                     .into_iter()
                     .flatten()
+                    .chain(plan.identities.iter().map(|(_, k)| *k))
                     .filter_map(|k| keys.get(k))
                     .filter(|k| k.children.is_empty())
                     .map(|k| k.root.as_str())
@@ -348,13 +349,10 @@ impl super::BatchSource for ParquetSource {
             };
             let col = |k: &ColumnPath| column_at(&batch, k).map(|a| Col::new(&a));
             if let Some(plan) = &self.plan {
-                // The columnar path reads touchpoints and channels as dictionaries itself;
-                // only time and identity columns need converting.
+                // The columnar path reads touchpoints, channels and identities as they come
+                // (dictionaries, mostly); only the time column needs converting.
                 let mut needed = vec![false; self.keys.len()];
                 needed[plan.ts] = true;
-                for (_, k) in &plan.identities {
-                    needed[*k] = true;
-                }
                 let cols: Vec<Option<Col>> = self
                     .keys
                     .iter()
@@ -443,24 +441,54 @@ fn columnar(
     if !ts.iter().all(|t| is_plausible(*t)) {
         return None;
     }
-    // Identities: every row needs at least one non-blank identifier.
+    // Identities: every row needs at least one non-blank identifier. A blank identifier is
+    // no identifier: the row path stores it as null, so such batches are left to it.
     let mut identity_columns: Vec<(IdentityKind, ArrayRef)> = Vec::new();
     let mut has_id = vec![false; n];
     for (kind, key) in &plan.identities {
-        let Some(Some(Col::Str(a))) = cols.get(*key) else {
-            return None;
-        };
-        for (i, flag) in has_id.iter_mut().enumerate() {
-            if a.is_valid(i) {
-                // A blank identifier is no identifier: the row path stores it as null,
-                // so leave such batches to it.
-                if is_blank(a.value(i)) {
-                    return None;
+        let raw = column_at(batch, keys.get(*key)?)?;
+        let column: ArrayRef = match raw.data_type() {
+            DataType::Utf8 => {
+                let a = raw.as_string::<i32>();
+                for (i, flag) in has_id.iter_mut().enumerate() {
+                    if a.is_valid(i) {
+                        if is_blank(a.value(i)) {
+                            return None;
+                        }
+                        *flag = true;
+                    }
                 }
-                *flag = true;
+                raw
             }
-        }
-        identity_columns.push((*kind, Arc::new(a.clone())));
+            // Dictionary pages: each value is checked once, and stays a dictionary (with
+            // the canonical u32 keys) for the stitcher to intern once.
+            DataType::Dictionary(_, value) if value.as_ref() == &DataType::Utf8 => {
+                let dict = cast_with_options(&raw, &dict_type(), &CastOptions::default()).ok()?;
+                let d = dict.as_dictionary_opt::<UInt32Type>()?;
+                let values = d.values().as_string_opt::<i32>()?;
+                let mut checked = vec![0u8; values.len()];
+                for (i, flag) in has_id.iter_mut().enumerate() {
+                    if d.keys().is_valid(i) {
+                        let k = d.keys().value(i) as usize;
+                        let state = checked.get_mut(k)?;
+                        if *state == 0 {
+                            *state = if values.is_valid(k) && !is_blank(values.value(k)) {
+                                1
+                            } else {
+                                2
+                            };
+                        }
+                        if *state == 2 {
+                            return None;
+                        }
+                        *flag = true;
+                    }
+                }
+                dict
+            }
+            _ => return None,
+        };
+        identity_columns.push((*kind, column));
     }
     if !has_id.iter().all(|x| *x) {
         return None;
@@ -472,7 +500,7 @@ fn columnar(
         // the row path; only strings and integers are spelled the same by both.
         return None;
     }
-    let dict_type = DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8));
+    let dict_type = dict_type();
     let dict = cast_with_options(&raw, &dict_type, &CastOptions::default()).ok()?;
     let dict = dict.as_dictionary_opt::<UInt32Type>()?;
     if dict.null_count() > 0 {
@@ -546,6 +574,10 @@ fn columnar(
         let record_values = record.values().as_string_opt::<i32>()?;
         let offset = channel_names.len() as u32;
         channel_names.extend((0..record_values.len()).map(|i| record_values.value(i).to_string()));
+        // Blankness per dictionary value, not per row.
+        let blank: Vec<bool> = (0..record_values.len())
+            .map(|i| record_values.is_null(i) || record_values.value(i).trim().is_empty())
+            .collect();
         let tp_keys = dict.keys().values();
         for (row, slot) in channel_keys.iter_mut().enumerate() {
             let named = catalog_named
@@ -554,7 +586,7 @@ fn columnar(
                 .unwrap_or(false);
             if !named && record.is_valid(row) {
                 let k = record.keys().value(row);
-                if !record_values.value(k as usize).trim().is_empty() {
+                if !blank.get(k as usize).copied().unwrap_or(true) {
                     *slot = Some(offset + k);
                 }
             }
@@ -575,9 +607,9 @@ fn columnar(
     .ok()?;
 
     let ts = TimestampMicrosecondArray::new(ts, None).with_timezone("UTC");
-    let schema = trailmap_model::event_schema();
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for field in schema.fields() {
+    let canonical = trailmap_model::event_schema();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(canonical.fields().len());
+    for field in canonical.fields() {
         let name = field.name().as_str();
         let column: ArrayRef = match name {
             schema::SOURCE => Arc::new(source.clone()),
@@ -594,7 +626,28 @@ fn columnar(
         };
         columns.push(column);
     }
+    // Identity columns read from dictionary pages keep their dictionary type (see
+    // `trailmap_model::schema`); everything else is exactly the canonical schema.
+    let schema = if columns
+        .iter()
+        .zip(canonical.fields())
+        .all(|(c, f)| c.data_type() == f.data_type())
+    {
+        canonical
+    } else {
+        let fields: Vec<Field> = canonical
+            .fields()
+            .iter()
+            .zip(&columns)
+            .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+            .collect();
+        Arc::new(Schema::new(fields))
+    };
     RecordBatch::try_new(schema, columns).ok()
+}
+
+fn dict_type() -> DataType {
+    trailmap_model::schema::dictionary_type()
 }
 
 /// Types whose text is the same through arrow's cast and [`Value::to_text`].
