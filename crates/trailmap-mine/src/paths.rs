@@ -215,9 +215,17 @@ impl Aggregate for PathStats {
         for (t, c) in nonzero(&other.ends) {
             Self::bump(&mut self.ends, t, c);
         }
-        for (path, count) in other.variants.iter() {
-            self.variants.add(path, count);
+        // The larger table absorbs the smaller, re-using the stored hashes.
+        let (mut into, from) = if self.variants.table.len() >= other.variants.table.len() {
+            (std::mem::take(&mut self.variants), other.variants)
+        } else {
+            (other.variants, std::mem::take(&mut self.variants))
+        };
+        into.table.reserve(from.table.len(), |e| e.0);
+        for &(hash, start, len, count) in from.table.iter() {
+            into.add_hashed(hash, &from.arena[start..start + len], count);
         }
+        self.variants = into;
         for (key, theirs) in other.back_and_forth {
             let mine = self.back_and_forth.entry(key).or_default();
             mine.count += theirs.count;
@@ -246,7 +254,10 @@ fn hash_path(path: &[u32]) -> u64 {
 
 impl Variants {
     fn add(&mut self, path: &[u32], count: u64) {
-        let hash = hash_path(path);
+        self.add_hashed(hash_path(path), path, count);
+    }
+
+    fn add_hashed(&mut self, hash: u64, path: &[u32], count: u64) {
         let arena = &self.arena;
         match self.table.find_mut(hash, |&(h, start, len, _)| {
             h == hash && &arena[start..start + len] == path

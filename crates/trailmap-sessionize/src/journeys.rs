@@ -5,6 +5,7 @@ use arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{TimestampMicrosecondType, UInt32Type};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
+use std::sync::OnceLock;
 use trailmap_model::config::{Scope, SessionConfig};
 use trailmap_model::{IdentityKind, schema};
 
@@ -479,11 +480,18 @@ impl JourneyBuilder {
                 .iter()
                 .map(|&k| source[k as usize] as u16),
         );
-        for (row, &tp) in self.touchpoint[first..].iter().enumerate() {
-            if self.stages[tp as usize].is_none()
-                && let Some(stage) = stages.get(row)
-            {
-                self.stages[tp as usize] = Some(stage_names.names[stage as usize].clone());
+        // Stages are learnt once per touchpoint: after the first batches there is nothing
+        // left to learn, and no need to look at every row.
+        let stages_known = global
+            .iter()
+            .all(|&tp| tp == u32::MAX || self.stages[tp as usize].is_some());
+        if !stages_known {
+            for (row, &tp) in self.touchpoint[first..].iter().enumerate() {
+                if self.stages[tp as usize].is_none()
+                    && let Some(stage) = stages.get(row)
+                {
+                    self.stages[tp as usize] = Some(stage_names.names[stage as usize].clone());
+                }
             }
         }
         true
@@ -538,17 +546,22 @@ impl JourneyBuilder {
         // appearance (logs exported per customer or case): then the order is the identity.
         let mut grouped = true;
         let mut previous = 0u32;
+        // A run of one node (one identifier on consecutive events) is looked up once.
+        let mut last_node = u32::MAX;
         for &node in &self.node {
-            let root = self.graph.find(node) as usize;
-            if customer_of_root[root] == u32::MAX {
-                customer_of_root[root] = roots.len() as u32;
-                roots.push(root as u32);
-                offsets.push(0);
+            if node != last_node {
+                last_node = node;
+                let root = self.graph.find(node) as usize;
+                if customer_of_root[root] == u32::MAX {
+                    customer_of_root[root] = roots.len() as u32;
+                    roots.push(root as u32);
+                    offsets.push(0);
+                }
+                let c = customer_of_root[root];
+                grouped &= c >= previous;
+                previous = c;
             }
-            let c = customer_of_root[root];
-            grouped &= c >= previous;
-            previous = c;
-            offsets[c as usize + 1] += 1;
+            offsets[previous as usize + 1] += 1;
         }
         let customers = roots.len();
         for c in 0..customers {
@@ -565,8 +578,12 @@ impl JourneyBuilder {
             std::mem::take(&mut self.source),
         );
         let (mut ts, mut touchpoint, mut source, mut arrival) = if grouped {
-            drop(std::mem::take(&mut self.node));
-            (ts_in, tp_in, source_in, (0..n as u32).collect())
+            // The node column's memory, already paged in, becomes the arrival order.
+            let mut arrival = std::mem::take(&mut self.node);
+            for (i, a) in arrival.iter_mut().enumerate() {
+                *a = i as u32;
+            }
+            (ts_in, tp_in, source_in, arrival)
         } else {
             let mut cursor = offsets.clone();
             let mut arrival = vec![0u32; n];
@@ -609,23 +626,21 @@ impl JourneyBuilder {
             arrival[r].copy_from_slice(&a);
         }
 
-        // Session cuts on this thread, customer names on another.
-        let graph = &mut self.graph;
-        let ((session_offsets, session_customer), (customer_names, customer_name_ends)) =
-            std::thread::scope(|scope| {
-                let names = scope.spawn(|| {
-                    let display = graph.display_nodes();
-                    let mut names = String::new();
-                    let mut ends = Vec::with_capacity(roots.len());
-                    for &r in &roots {
-                        names.push_str(graph.identifier(display[r as usize]).1);
-                        ends.push(names.len());
-                    }
-                    (names, ends)
-                });
-                let cuts = cut_sessions(&ts, &offsets, sessions);
-                (cuts, join(names))
-            });
+        // Session cuts on both cores, each half of the customers. Customer names are made
+        // when first asked for: mining never needs them.
+        let mid = customers / 2;
+        let (mut session_offsets, mut session_customer) = std::thread::scope(|scope| {
+            let upper = scope.spawn(|| cut_sessions(&ts, &offsets, mid..customers, sessions));
+            let (mut lower_offsets, mut lower_customer) =
+                cut_sessions(&ts, &offsets, 0..mid, sessions);
+            let (upper_offsets, upper_customer) = join(upper);
+            lower_offsets.extend(upper_offsets);
+            lower_customer.extend(upper_customer);
+            (lower_offsets, lower_customer)
+        });
+        session_offsets.push(n);
+        session_offsets.shrink_to_fit();
+        session_customer.shrink_to_fit();
         let identifiers = self.graph.len();
         let attribute = self
             .attribute
@@ -635,9 +650,12 @@ impl JourneyBuilder {
                 of_event: arrival.iter().map(|&a| by_arrival[a as usize]).collect(),
             });
         JourneyLog {
+            names: CustomerNames {
+                graph: self.graph,
+                roots,
+                built: OnceLock::new(),
+            },
             attribute,
-            customer_names,
-            customer_name_ends,
             touchpoints: self.touchpoints.names,
             stages: self.stages,
             sources: self.sources.names,
@@ -679,12 +697,17 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
 
 /// Session boundaries of customer-ordered events: a new session when the gap to the
 /// previous event exceeds `gap`, or the session would last longer than `max_duration`.
-fn cut_sessions(ts: &[i64], offsets: &[usize], sessions: &SessionConfig) -> (Vec<usize>, Vec<u32>) {
-    let customers = offsets.len() - 1;
+/// Sessions of customers `range` (their starts; the caller closes the last one).
+fn cut_sessions(
+    ts: &[i64],
+    offsets: &[usize],
+    range: std::ops::Range<usize>,
+    sessions: &SessionConfig,
+) -> (Vec<usize>, Vec<u32>) {
     let (gap, max) = (sessions.gap.micros(), sessions.max_duration.micros());
-    let mut session_offsets = Vec::with_capacity(customers + 1);
-    let mut session_customer = Vec::with_capacity(customers);
-    for c in 0..customers {
+    let mut session_offsets = Vec::with_capacity(range.len() + 1);
+    let mut session_customer = Vec::with_capacity(range.len());
+    for c in range {
         let (lo, hi) = (offsets[c], offsets[c + 1]);
         let mut start = ts[lo];
         session_offsets.push(lo);
@@ -697,19 +720,41 @@ fn cut_sessions(ts: &[i64], offsets: &[usize], sessions: &SessionConfig) -> (Vec
             }
         }
     }
-    session_offsets.push(ts.len());
     (session_offsets, session_customer)
+}
+
+/// Customers' display names, made on first use from the stitched identifiers.
+#[derive(Debug, Clone)]
+struct CustomerNames {
+    graph: IdentityGraph,
+    /// Root node of each customer.
+    roots: Vec<u32>,
+    /// Names end to end, and where each ends.
+    built: OnceLock<(String, Vec<usize>)>,
+}
+
+impl CustomerNames {
+    fn get(&self) -> &(String, Vec<usize>) {
+        self.built.get_or_init(|| {
+            let display = self.graph.display_nodes();
+            let mut names = String::new();
+            let mut ends = Vec::with_capacity(self.roots.len());
+            for &r in &self.roots {
+                names.push_str(self.graph.identifier(display[r as usize]).1);
+                ends.push(names.len());
+            }
+            (names, ends)
+        })
+    }
 }
 
 /// Ordered journeys, columnar. Events of customer `c` are `offsets[c]..offsets[c + 1]`;
 /// sessions likewise through `session_offsets`.
 #[derive(Debug, Clone)]
 pub struct JourneyLog {
-    /// Display keys of the customers (see [`IdentityGraph::display_nodes`]), end to end;
-    /// customer `c`'s ends at `customer_name_ends[c]`. Read them with
+    /// Display keys of the customers (see [`IdentityGraph::display_nodes`]); read them with
     /// [`JourneyLog::customer_key`].
-    pub customer_names: String,
-    pub customer_name_ends: Vec<usize>,
+    names: CustomerNames,
     pub touchpoints: Vec<String>,
     /// Stage of each touchpoint, as the catalog assigned it.
     pub stages: Vec<Option<String>>,
@@ -764,18 +809,16 @@ impl JourneyLog {
     }
 
     pub fn num_customers(&self) -> usize {
-        self.customer_name_ends.len()
+        self.offsets.len() - 1
     }
 
-    /// The display key of a customer: its most preferred identifier.
+    /// The display key of a customer: its most preferred identifier. The first call names
+    /// every customer (a pass over the identifiers); later calls are lookups.
     pub fn customer_key(&self, c: u32) -> &str {
+        let (names, ends) = self.names.get();
         let c = c as usize;
-        let start = if c == 0 {
-            0
-        } else {
-            self.customer_name_ends[c - 1]
-        };
-        &self.customer_names[start..self.customer_name_ends[c]]
+        let start = if c == 0 { 0 } else { ends[c - 1] };
+        &names[start..ends[c]]
     }
 
     pub fn num_sessions(&self) -> usize {

@@ -10,6 +10,7 @@ use trailmap_model::IdentityKind;
 /// Identifiers live in one byte arena, indexed by node, with one hash table per identity
 /// kind (kinds are namespaces) holding `(hash, node)`: millions of identifiers cost no
 /// allocation each, and growing a table never re-reads the arena.
+#[derive(Clone)]
 pub struct IdentityGraph {
     tables: [HashTable<(u64, u32)>; IdentityKind::ALL.len()],
     hasher: FxBuildHasher,
@@ -20,6 +21,14 @@ pub struct IdentityGraph {
     parent: Vec<u32>,
     /// Union by size keeps trees shallow even when links arrive in the worst order.
     size: Vec<u32>,
+}
+
+impl std::fmt::Debug for IdentityGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityGraph")
+            .field("identifiers", &self.parent.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for IdentityGraph {
@@ -94,6 +103,14 @@ impl IdentityGraph {
         x
     }
 
+    /// The component's representative, without shortening paths (for a shared graph).
+    pub fn root(&self, mut x: u32) -> u32 {
+        while self.parent[x as usize] != x {
+            x = self.parent[x as usize];
+        }
+        x
+    }
+
     /// Links two identifiers; returns whether two customers were merged.
     pub fn union(&mut self, a: u32, b: u32) -> bool {
         let (mut ra, mut rb) = (self.find(a), self.find(b));
@@ -116,10 +133,10 @@ impl IdentityGraph {
     /// The display node of every component, indexed by root (`u32::MAX` for non-roots):
     /// its smallest identifier of the most preferred kind ([`IdentityKind`] order), which
     /// makes a customer's name independent of arrival order.
-    pub fn display_nodes(&mut self) -> Vec<u32> {
+    pub fn display_nodes(&self) -> Vec<u32> {
         let mut best = vec![u32::MAX; self.parent.len()];
         for n in 0..self.parent.len() as u32 {
-            let root = self.find(n) as usize;
+            let root = self.root(n) as usize;
             let current = best[root];
             if current == u32::MAX
                 || (self.kind[n as usize], self.key(n))

@@ -234,6 +234,7 @@ impl InputArgs {
         );
         // Reading (decompression, parsing, mapping) runs on one thread and stitching on
         // this one, so both cores work; the bounded channel keeps memory flat.
+        let started = std::time::Instant::now();
         let mut journeys = JourneyBuilder::new();
         if let Some(attribute) = attribute {
             journeys.keep_attribute(attribute);
@@ -292,7 +293,10 @@ impl InputArgs {
             }
             Err(e) => return Err(e.into()),
         };
+        let read = started.elapsed();
         let log = journeys.finish(&config.sessions);
+        timing("read + stitch", read);
+        timing("group + order + sessions", started.elapsed() - read);
         Ok(Loaded {
             dead_letters: dead.path().to_path_buf(),
             rejected_by_reason: dead.by_reason().clone(),
@@ -301,5 +305,12 @@ impl InputArgs {
             ingest,
             files: inputs.into_iter().map(|i| i.path).collect(),
         })
+    }
+}
+
+/// With `TRAILMAP_TIMINGS` set, how long a phase took, on stderr (for profiling runs).
+pub fn timing(phase: &str, took: std::time::Duration) {
+    if std::env::var_os("TRAILMAP_TIMINGS").is_some() {
+        eprintln!("timing: {phase}: {:.3} s", took.as_secs_f64());
     }
 }

@@ -219,9 +219,11 @@ impl FunnelArgs {
         spec.trend = trend;
         let attr = log.attribute.as_ref();
         let scope = loaded.config.sessions.scope;
+        let started = std::time::Instant::now();
         let funnel = fold(log, scope, || {
             Funnel::new(spec.clone(), attr.map(|a| a.of_event.as_slice()))
         });
+        crate::input::timing("funnel", started.elapsed());
         let names = Names {
             touchpoints: &log.touchpoints,
         };

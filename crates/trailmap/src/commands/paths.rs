@@ -113,8 +113,11 @@ impl PathsArgs {
             variants: true,
         };
         let touchpoints = log.touchpoints.len();
+        let started = std::time::Instant::now();
         let paths = fold(log, scope, || PathStats::new(touchpoints, options));
+        crate::input::timing("paths", started.elapsed());
         let report = PathsReport::new(&paths, names, self.top_variants, self.top);
+        crate::input::timing("paths report", started.elapsed());
         let header = [
             "from",
             "to",
