@@ -22,8 +22,14 @@ fn bench(c: &mut Criterion) {
         ..GenOptions::default()
     };
     let flat = dir.path().join("flat");
-    let summary = trailmap_gen::write(&JourneyModel::default(), &opts, &flat, Layout::Flat, OutFormat::Parquet)
-        .expect("gen");
+    let summary = trailmap_gen::write(
+        &JourneyModel::default(),
+        &opts,
+        &flat,
+        Layout::Flat,
+        OutFormat::Parquet,
+    )
+    .expect("gen");
     let config = Config::builtin();
     let options = IngestOptions {
         catalog: Arc::new(Catalog::compile(&config.catalog).expect("catalog")),
@@ -49,14 +55,24 @@ fn bench(c: &mut Criterion) {
     group.sample_size(20);
     group.throughput(Throughput::Elements(summary.events));
     group.bench_function("paths (DFG, durations, variants, loops)", |b| {
-        b.iter(|| fold(&log, Scope::Customer, || PathStats::new(touchpoints, PathOptions::default())).journeys)
+        b.iter(|| {
+            fold(&log, Scope::Customer, || {
+                PathStats::new(touchpoints, PathOptions::default())
+            })
+            .journeys
+        })
     });
     group.bench_function("paths, counts only", |b| {
         let options = PathOptions {
             durations: false,
             variants: false,
         };
-        b.iter(|| fold(&log, Scope::Customer, || PathStats::new(touchpoints, options)).journeys)
+        b.iter(|| {
+            fold(&log, Scope::Customer, || {
+                PathStats::new(touchpoints, options)
+            })
+            .journeys
+        })
     });
     group.bench_function("funnel trial_to_purchase", |b| {
         b.iter(|| fold(&log, Scope::Customer, || Funnel::new(spec.clone(), None)).journeys)

@@ -505,6 +505,89 @@ impl<'a> Funnel<'a> {
     }
 }
 
+/// ClickHouse `windowFunnel` over events given as (time, bitmask of the conditions the
+/// event meets), in any order: the core of the SQL function, where conditions are
+/// arbitrary predicates rather than touchpoints.
+#[derive(Debug, Clone)]
+pub struct WindowFunnel {
+    spec: FunnelSpec,
+    scratch: Scratch,
+}
+
+impl WindowFunnel {
+    /// `conditions` steps (1 to 32), `window` in the events' time unit.
+    pub fn new(conditions: usize, window: i64, modes: Modes) -> Result<Self, String> {
+        if !(1..=MAX_STEPS).contains(&conditions) {
+            return Err(format!(
+                "window_funnel takes 1 to {MAX_STEPS} conditions, not {conditions}"
+            ));
+        }
+        if window < 0 {
+            return Err(format!("the window must not be negative, not {window}"));
+        }
+        Ok(WindowFunnel {
+            spec: FunnelSpec {
+                steps: (0..conditions as u32).collect(),
+                window,
+                modes,
+                order: if modes.strict_order {
+                    StepOrder::Strict
+                } else {
+                    StepOrder::Ordered
+                },
+                exclusions: Vec::new(),
+                count: CountBy::Customers,
+                min_gap: vec![0; conditions - 1],
+                max_gap: vec![0; conditions - 1],
+                as_of: i64::MAX,
+                trend: None,
+            },
+            scratch: Scratch::default(),
+        })
+    }
+
+    pub fn modes(&self) -> Modes {
+        self.spec.modes
+    }
+
+    /// The deepest step the events reach. Sorts `events`; the answer never depends on
+    /// their order.
+    pub fn level(&mut self, events: &mut [(i64, u32)]) -> u8 {
+        events.sort_unstable();
+        let s = &mut self.scratch;
+        s.entries.clear();
+        let full = if self.spec.steps.len() == 32 {
+            u32::MAX
+        } else {
+            (1u32 << self.spec.steps.len()) - 1
+        };
+        for (i, &(ts, mask)) in events.iter().enumerate() {
+            let mut mask = mask & full;
+            if mask == 0 {
+                if self.spec.modes.strict_order {
+                    s.entries.push(Entry {
+                        ts,
+                        step: 0,
+                        event: i as u32,
+                    });
+                }
+                continue;
+            }
+            while mask != 0 {
+                let k = mask.trailing_zeros();
+                mask &= mask - 1;
+                s.entries.push(Entry {
+                    ts,
+                    step: k as u8 + 1,
+                    event: i as u32,
+                });
+            }
+        }
+        s.entries.sort_by_key(|e| (e.ts, e.step));
+        level(&self.spec, s).level as u8
+    }
+}
+
 /// Entries of `range` of a journey, ordered by (time, step), ties of one step in event order.
 fn fill_entries(
     spec: &FunnelSpec,

@@ -256,3 +256,45 @@ proptest! {
         prop_assert_eq!(ours(&events, &steps, window, m), reference(&events, &steps, window, m));
     }
 }
+
+/// The SQL function's core, on conditions as bitmasks: the same levels as the touchpoint
+/// funnel on the recorded ClickHouse corpus, whatever order the events come in.
+#[test]
+fn bitmask_conditions_equal_clickhouse() {
+    use trailmap_mine::funnel::WindowFunnel;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/peers/random_window_funnel.json.gz"
+    );
+    let file = std::fs::File::open(path).expect("fixture");
+    let corpus: serde_json::Value =
+        serde_json::from_reader(flate2::read::GzDecoder::new(file)).unwrap();
+    for case in corpus["cases"].as_array().unwrap() {
+        let steps: Vec<u32> = case["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| letter(s.as_str().unwrap()))
+            .collect();
+        let mut events: Vec<(i64, u32)> = case["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let name = letter(e[1].as_str().unwrap());
+                let mask = steps
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| **s == name)
+                    .fold(0u32, |m, (k, _)| m | 1 << k);
+                (e[0].as_i64().unwrap(), mask)
+            })
+            .collect();
+        let m = Modes::parse(case["mode"].as_str().unwrap()).unwrap();
+        let mut f = WindowFunnel::new(steps.len(), case["window"].as_i64().unwrap(), m).unwrap();
+        let expected = case["level"].as_u64().unwrap() as u8;
+        assert_eq!(f.level(&mut events), expected, "case {case}");
+        events.reverse();
+        assert_eq!(f.level(&mut events), expected, "reversed, case {case}");
+    }
+}
