@@ -7,6 +7,7 @@ mod gen_cmd;
 mod kpis;
 mod paths;
 mod sessions;
+mod sql;
 
 use clap::Subcommand;
 
@@ -24,6 +25,8 @@ pub enum Command {
     Dropoffs(Box<dropoffs::DropoffsArgs>),
     /// Touchpoint-pair KPIs / SLAs from the config: share met, times, breaches.
     Kpis(Box<kpis::KpisArgs>),
+    /// Read-only SQL over journeys (`events`) and files, with window_funnel and friends.
+    Sql(Box<sql::SqlArgs>),
 }
 
 impl Command {
@@ -35,6 +38,7 @@ impl Command {
             Command::Funnel(args) => args.run(),
             Command::Dropoffs(args) => args.run(),
             Command::Kpis(args) => args.run(),
+            Command::Sql(args) => args.run(),
         }
     }
 }
