@@ -37,6 +37,12 @@ pub struct Config {
     /// Where events and checkpoints are stored.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Limits on analyst SQL.
+    #[serde(default)]
+    pub sql: SqlConfig,
+    /// Network endpoints of `serve` and `demo`.
+    #[serde(default)]
+    pub server: ServerConfig,
 }
 
 impl Config {
@@ -685,6 +691,49 @@ impl Default for StorageConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlConfig {
+    /// A query running longer is cancelled with an error.
+    pub timeout: Span,
+    /// Memory one query may hold for sorts, joins and aggregations ("2GiB"); past it the
+    /// query fails instead of taking memory from ingest.
+    pub memory_limit: bytesize::ByteSize,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        SqlConfig {
+            timeout: Span::from_secs(60),
+            memory_limit: bytesize::ByteSize::gib(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP and PostgreSQL endpoints listen on.
+    pub bind: String,
+    /// PostgreSQL wire protocol port (psql, BI tools).
+    pub postgres_port: u16,
+    /// The PostgreSQL user to log in as.
+    pub postgres_user: String,
+    /// Its password. Absent: no password is asked, which is allowed only on a loopback bind.
+    pub postgres_password: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: "127.0.0.1".into(),
+            postgres_port: 5433,
+            postgres_user: "trailmap".into(),
+            postgres_password: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,6 +744,8 @@ mod tests {
         assert_eq!(c.sessions, SessionConfig::default());
         assert_eq!(c.ingest, IngestConfig::default());
         assert_eq!(c.storage, StorageConfig::default());
+        assert_eq!(c.sql, SqlConfig::default());
+        assert_eq!(c.server, ServerConfig::default());
         assert!(!c.catalog.rules.is_empty());
         assert!(c.journeys.contains_key("trial_to_purchase"));
     }

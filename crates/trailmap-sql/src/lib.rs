@@ -2,51 +2,186 @@
 //! behavioural aggregates.
 //!
 //! Layout:
+//! - [`events`]: what the behavioural aggregates share: per group, events as (time,
+//!   condition bitmask), a `GroupsAccumulator` and a state that merges by concatenation.
 //! - [`window_funnel`]: `window_funnel(window_seconds, 'modes', ts, cond1, …, condN)`, an
 //!   aggregate with a `GroupsAccumulator` fast path and a mergeable state; its level logic
 //!   is `trailmap-mine`'s, shared with `trailmap funnel`.
-//! - [`tables`]: the `events` table of a stitched [`JourneyLog`](trailmap_sessionize::JourneyLog).
+//! - [`tables`]: `events`, `journeys` and `transitions` over a stitched [`JourneyLog`],
+//!   built at scan time for the columns a query reads, names as dictionaries.
+//! - [`results`]: table functions `paths()`, `variants()`, `funnel(…)`, `dropoffs(…)`, the
+//!   same aggregates and rows as the CLI commands.
+//! - [`postgres`]: the PostgreSQL wire endpoint (`psql`, BI tools) over an [`Analyst`].
 //! - [`Analyst`]: a read-only session: DDL, DML and statements that write (`COPY`,
 //!   `CREATE`, `INSERT`, `DROP`, `SET`) are refused with a message that says so.
 
+pub mod postgres;
+mod results;
+pub mod events;
 pub mod tables;
 pub mod window_funnel;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::common::Result;
-use datafusion::execution::context::{SQLOptions, SessionContext};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use std::time::Duration;
+use trailmap_model::config::SqlConfig;
 use datafusion::logical_expr::AggregateUDF;
+use std::sync::Arc;
+use trailmap_model::Config;
+use trailmap_sessionize::JourneyLog;
 
-/// A DataFusion session for analysts: trailmap's functions registered, writes refused.
+/// Stitched journeys to query, with the config that says how (scope, named funnels).
+#[derive(Clone)]
+pub struct Journeys {
+    pub log: Arc<JourneyLog>,
+    pub config: Arc<Config>,
+}
+
+/// `information_schema` on (`SHOW TABLES`, and what Postgres clients browse), tables in
+/// `datafusion.public` as `pg_catalog` expects.
+fn session_config() -> SessionConfig {
+    SessionConfig::new()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema("datafusion", "public")
+}
+
+/// What one analyst query may use, so it cannot starve ingest.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Longer queries are cancelled.
+    pub timeout: Duration,
+    /// Bytes the session's sorts, joins and aggregations may hold.
+    pub memory: usize,
+}
+
+impl Limits {
+    pub fn from_config(sql: &SqlConfig) -> Limits {
+        Limits {
+            timeout: Duration::from_micros(sql.timeout.micros().max(1) as u64),
+            memory: usize::try_from(sql.memory_limit.as_u64()).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::from_config(&SqlConfig::default())
+    }
+}
+
+/// A DataFusion session for analysts: trailmap's functions registered, writes refused,
+/// bounded by [`Limits`].
 pub struct Analyst {
     pub ctx: SessionContext,
+    limits: Limits,
 }
 
 impl Default for Analyst {
     fn default() -> Self {
-        Self::new()
+        Self::new(Limits::default())
     }
 }
 
 impl Analyst {
-    pub fn new() -> Self {
-        let ctx = SessionContext::new();
+    pub fn new(limits: Limits) -> Self {
+        // The pool bounds what operators may reserve; those that can spill do, the rest
+        // fail with "Resources exhausted" rather than grow.
+        // Nothing spills to disk either: the disk belongs to the store.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.memory, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc();
+        let ctx = match runtime {
+            Ok(runtime) => SessionContext::new_with_config_rt(session_config(), runtime),
+            // Building a runtime with a memory pool has no failure path in practice; keep a
+            // working (unbounded) session rather than none.
+            Err(_) => SessionContext::new_with_config(session_config()),
+        };
         ctx.register_udaf(AggregateUDF::from(
             window_funnel::WindowFunnelUdaf::default(),
         ));
-        Analyst { ctx }
+        Analyst { ctx, limits }
     }
 
-    /// Runs one read-only query and collects its result.
-    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        let read_only = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
+    /// Registers the journey tables (`events`, `journeys`, `transitions`) and the mining
+    /// table functions (`paths`, `variants`, `funnel`, `dropoffs`) over `journeys`.
+    pub fn with_journeys(self, journeys: Journeys) -> Result<Self> {
+        use results::{MiningFunction, MiningResult};
+        use tables::{Events, JourneyRows, RowsTable, Shared, Transitions};
+        let shared = Shared::new(journeys.clone());
         self.ctx
-            .sql_with_options(sql, read_only)
-            .await?
-            .collect()
-            .await
+            .register_table("events", Arc::new(RowsTable(Events(shared.clone()))))?;
+        self.ctx.register_table(
+            "journeys",
+            Arc::new(RowsTable(JourneyRows::new(shared.clone())?)),
+        )?;
+        self.ctx.register_table(
+            "transitions",
+            Arc::new(RowsTable(Transitions::new(shared))),
+        )?;
+        for (name, kind) in [
+            ("paths", MiningResult::Paths),
+            ("variants", MiningResult::Variants),
+            ("funnel", MiningResult::Funnel),
+            ("dropoffs", MiningResult::Dropoffs),
+        ] {
+            self.ctx.register_udtf(
+                name,
+                Arc::new(MiningFunction {
+                    kind,
+                    journeys: journeys.clone(),
+                }),
+            );
+        }
+        Ok(self)
     }
+
+    /// Runs one read-only query and collects its result, within the limits.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let state = self.ctx.state();
+        let plan = state.create_logical_plan(sql).await?;
+        // Checked on the plan, before anything runs: `ctx.sql` would execute DDL at once.
+        read_only()
+            .verify_plan(&plan)
+            .map_err(|e| DataFusionError::Plan(format!("{READ_ONLY}: {e}")))?;
+        let frame = DataFrame::new(state, plan);
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        // Dropping the query's future on timeout stops its streams.
+        match tokio::time::timeout(self.limits.timeout, frame.collect()).await {
+            Ok(Ok(batches)) if batches.is_empty() => Ok(vec![RecordBatch::new_empty(schema)]),
+            Ok(Ok(batches)) => Ok(batches),
+            Ok(Err(e)) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) => {
+                Err(DataFusionError::ResourcesExhausted(format!(
+                    "{e}\nthe query needs more than the {} memory limit ([sql] memory_limit in \
+                     the config); filter or aggregate earlier, or raise the limit",
+                    bytesize::ByteSize::b(self.limits.memory as u64).display().iec()
+                )))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(DataFusionError::Execution(format!(
+                "{CANCELLED} after the {:?} timeout ([sql] timeout in the config); filter or \
+                 aggregate earlier, or raise the timeout",
+                self.limits.timeout
+            ))),
+        }
+    }
+}
+
+/// How refusals start, so endpoints can tell them from other errors.
+pub const READ_ONLY: &str = "trailmap SQL is read-only (query with SELECT)";
+/// How timeouts start.
+pub const CANCELLED: &str = "query cancelled";
+
+/// What analysts may run: queries, not DDL, DML (`INSERT`, `COPY … TO`) or `SET`.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
 }

@@ -1,99 +1,461 @@
-//! Tables over a stitched journey log.
+//! The journey tables over a stitched [`JourneyLog`]: `events`, `journeys`, `transitions`.
+//!
+//! Each table is a view of the log's columns, materialized at scan time and only for the
+//! columns the query reads. Names (customers, touchpoints, stages, sources) are dictionary
+//! columns whose keys are the log's own ids, so grouping and filtering run on `u32` keys and
+//! every batch shares one values array.
 
+use crate::Journeys;
 use datafusion::arrow::array::{
-    ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
+    ArrayRef, BooleanArray, DictionaryArray, Float64Array, ListArray, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt32Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::MemTable;
-use datafusion::common::Result;
-use std::sync::Arc;
-use trailmap_sessionize::JourneyLog;
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::datatypes::{
+    DataType, Field, Schema, SchemaRef, TimeUnit, UInt32Type,
+};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{Result, project_schema};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use std::fmt;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+use trailmap_mine::{Aggregate, Funnel};
+use trailmap_mine::funnel::FunnelSpec;
+use trailmap_model::config::Scope;
 
-/// Rows per batch of the in-memory tables, so both cores share a scan.
+/// Rows per batch, so a scan splits across both cores.
 const BATCH: usize = 64 * 1024;
 
-/// `events`: one row per event in journey order: `customer`, `session` (index of the
-/// customer's session, from 0), `ts`, `touchpoint`, `stage`, `source`.
-pub fn events_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("customer", DataType::Utf8, false),
-        Field::new("session", DataType::UInt32, false),
-        Field::new(
-            "ts",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("touchpoint", DataType::Utf8, false),
-        Field::new("stage", DataType::Utf8, true),
-        Field::new("source", DataType::Utf8, false),
-    ]))
+/// A table whose columns are computed from the log on demand.
+pub(crate) trait Rows: Send + Sync + 'static {
+    fn schema(&self) -> SchemaRef;
+    fn num_rows(&self) -> usize;
+    /// Column `index` for `rows`.
+    fn column(&self, index: usize, rows: Range<usize>) -> Result<ArrayRef>;
 }
 
-/// The `events` table of a log, as record batches.
-pub fn events_batches(log: &JourneyLog) -> Result<Vec<RecordBatch>> {
-    let schema = events_schema();
-    let n = log.num_events();
-    // Session number within the customer, per event.
-    let mut session = vec![0u32; n];
-    let mut previous_customer = u32::MAX;
-    let mut k = 0u32;
-    for s in 0..log.num_sessions() {
-        let c = log.session_customer[s];
-        k = if c == previous_customer { k + 1 } else { 0 };
-        previous_customer = c;
-        for slot in &mut session[log.session_offsets[s]..log.session_offsets[s + 1]] {
-            *slot = k;
-        }
+/// A [`TableProvider`] over [`Rows`]: scans build only the projected columns.
+pub(crate) struct RowsTable<R>(pub R);
+
+impl<R> fmt::Debug for RowsTable<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RowsTable")
     }
-    let mut customer_of = vec![0u32; n];
-    for c in 0..log.num_customers() {
-        for slot in &mut customer_of[log.offsets[c]..log.offsets[c + 1]] {
-            *slot = c as u32;
-        }
+}
+
+#[async_trait::async_trait]
+impl<R: Rows> TableProvider for RowsTable<R> {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
     }
-    let mut batches = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let end = (start + BATCH).min(n);
-        let r = start..end;
-        let columns: Vec<ArrayRef> = vec![
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = self.0.schema();
+        let projected = project_schema(&schema, projection)?;
+        let columns: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..schema.fields().len()).collect(),
+        };
+        let n = limit.map_or(self.0.num_rows(), |l| l.min(self.0.num_rows()));
+        let mut batches = Vec::with_capacity(n.div_ceil(BATCH));
+        let mut start = 0;
+        while start < n {
+            let end = (start + BATCH).min(n);
+            let arrays = columns
+                .iter()
+                .map(|&c| self.0.column(c, start..end))
+                .collect::<Result<Vec<_>>>()?;
+            batches.push(if arrays.is_empty() {
+                RecordBatch::try_new_with_options(
+                    projected.clone(),
+                    arrays,
+                    &datafusion::arrow::array::RecordBatchOptions::new()
+                        .with_row_count(Some(end - start)),
+                )?
+            } else {
+                RecordBatch::try_new(projected.clone(), arrays)?
+            });
+            start = end;
+        }
+        // Two partitions so scans and aggregations start on both cores.
+        let mid = batches.len().div_ceil(2);
+        let second = batches.split_off(mid);
+        let mut parts = vec![batches];
+        if !second.is_empty() {
+            parts.push(second);
+        }
+        Ok(MemorySourceConfig::try_new_exec(&parts, projected, None)?)
+    }
+}
+
+fn names_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8))
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn dictionary(keys: Vec<u32>, values: &ArrayRef) -> Result<ArrayRef> {
+    Ok(Arc::new(DictionaryArray::<UInt32Type>::try_new(
+        UInt32Array::from(keys),
+        values.clone(),
+    )?))
+}
+
+fn timestamps(micros: Vec<i64>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(micros).with_timezone("UTC"))
+}
+
+/// Per-log facts the tables share, computed once on first use.
+pub(crate) struct Shared {
+    journeys: Journeys,
+    customer_names: OnceLock<ArrayRef>,
+    touchpoint_names: ArrayRef,
+    stage_names: ArrayRef,
+    source_names: ArrayRef,
+    /// Per event: its customer.
+    customer_of: OnceLock<Vec<u32>>,
+    /// Per event: its session's number within its customer, from 0.
+    session_of: OnceLock<Vec<u32>>,
+}
+
+impl Shared {
+    pub(crate) fn new(journeys: Journeys) -> Arc<Shared> {
+        let log = &journeys.log;
+        let touchpoint_names: ArrayRef = Arc::new(StringArray::from_iter_values(&log.touchpoints));
+        let stage_names: ArrayRef = Arc::new(StringArray::from_iter(
+            (0..log.touchpoints.len()).map(|t| log.stages.get(t).cloned().flatten()),
+        ));
+        let source_names: ArrayRef = Arc::new(StringArray::from_iter_values(&log.sources));
+        Arc::new(Shared {
+            journeys,
+            customer_names: OnceLock::new(),
+            touchpoint_names,
+            stage_names,
+            source_names,
+            customer_of: OnceLock::new(),
+            session_of: OnceLock::new(),
+        })
+    }
+
+    fn customer_names(&self) -> &ArrayRef {
+        self.customer_names.get_or_init(|| {
+            let log = &self.journeys.log;
             Arc::new(StringArray::from_iter_values(
-                r.clone().map(|i| log.customer_key(customer_of[i])),
-            )),
-            Arc::new(UInt32Array::from(session[r.clone()].to_vec())),
-            Arc::new(
-                TimestampMicrosecondArray::from(log.ts[r.clone()].to_vec()).with_timezone("UTC"),
+                (0..log.num_customers() as u32).map(|c| log.customer_key(c)),
+            ))
+        })
+    }
+
+    fn customer_of(&self) -> &[u32] {
+        self.customer_of.get_or_init(|| {
+            let log = &self.journeys.log;
+            let mut of = vec![0u32; log.num_events()];
+            for c in 0..log.num_customers() {
+                of[log.offsets[c]..log.offsets[c + 1]].fill(c as u32);
+            }
+            of
+        })
+    }
+
+    fn session_of(&self) -> &[u32] {
+        self.session_of.get_or_init(|| {
+            let log = &self.journeys.log;
+            let mut of = vec![0u32; log.num_events()];
+            let mut previous = u32::MAX;
+            let mut k = 0u32;
+            for s in 0..log.num_sessions() {
+                let c = log.session_customer[s];
+                k = if c == previous { k + 1 } else { 0 };
+                previous = c;
+                of[log.session_offsets[s]..log.session_offsets[s + 1]].fill(k);
+            }
+            of
+        })
+    }
+
+    fn scope(&self) -> Scope {
+        self.journeys.config.sessions.scope
+    }
+
+    /// Journey `i`'s events, as a range of the log's event indices.
+    fn journey_range(&self, i: usize) -> Range<usize> {
+        let log = &self.journeys.log;
+        match self.scope() {
+            Scope::Customer => log.offsets[i]..log.offsets[i + 1],
+            Scope::Session => log.session_offsets[i]..log.session_offsets[i + 1],
+        }
+    }
+}
+
+impl Shared {
+    /// The events of journeys `rows`, which are contiguous in the log.
+    fn events_of(&self, rows: &Range<usize>) -> Range<usize> {
+        if rows.is_empty() {
+            return 0..0;
+        }
+        self.journey_range(rows.start).start..self.journey_range(rows.end - 1).end
+    }
+}
+
+/// `events`: one row per event in journey order (customer, then time, ties by arrival).
+pub(crate) struct Events(pub Arc<Shared>);
+
+impl Events {
+    pub(crate) fn table_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("customer", names_type(), false),
+            Field::new("session", DataType::UInt32, false),
+            Field::new("ts", ts_type(), false),
+            Field::new("touchpoint", names_type(), false),
+            Field::new("stage", names_type(), true),
+            Field::new("source", names_type(), false),
+        ]))
+    }
+}
+
+impl Rows for Events {
+    fn schema(&self) -> SchemaRef {
+        Events::table_schema()
+    }
+
+    fn num_rows(&self) -> usize {
+        self.0.journeys.log.num_events()
+    }
+
+    fn column(&self, index: usize, rows: Range<usize>) -> Result<ArrayRef> {
+        let s = &self.0;
+        let log = &s.journeys.log;
+        match index {
+            0 => dictionary(s.customer_of()[rows].to_vec(), s.customer_names()),
+            1 => Ok(Arc::new(UInt32Array::from(s.session_of()[rows].to_vec()))),
+            2 => Ok(timestamps(log.ts[rows].to_vec())),
+            3 => dictionary(log.touchpoint[rows].to_vec(), &s.touchpoint_names),
+            4 => dictionary(log.touchpoint[rows].to_vec(), &s.stage_names),
+            _ => dictionary(
+                log.source[rows].iter().map(|&x| u32::from(x)).collect(),
+                &s.source_names,
             ),
-            Arc::new(StringArray::from_iter_values(
-                r.clone()
-                    .map(|i| log.touchpoints[log.touchpoint[i] as usize].as_str()),
-            )),
-            Arc::new(StringArray::from_iter(r.clone().map(|i| {
-                log.stages
-                    .get(log.touchpoint[i] as usize)
-                    .cloned()
-                    .flatten()
-            }))),
-            Arc::new(StringArray::from_iter_values(r.clone().map(|i| {
-                log.sources
-                    .get(log.source[i] as usize)
-                    .map_or("", String::as_str)
-            }))),
-        ];
-        batches.push(RecordBatch::try_new(schema.clone(), columns)?);
-        start = end;
+        }
     }
-    Ok(batches)
 }
 
-/// An in-memory `events` table for a log.
-pub fn events_table(log: &JourneyLog) -> Result<MemTable> {
-    let batches = events_batches(log)?;
-    // Two partitions so scans and aggregations start on both cores.
-    let mid = batches.len().div_ceil(2);
-    let mut parts = vec![batches[..mid].to_vec()];
-    if mid < batches.len() {
-        parts.push(batches[mid..].to_vec());
+/// `transitions`: one row per pair of consecutive events of a journey: `from`, `to`,
+/// `customer`, `session`, `ts` (when `from` happened) and `duration` (seconds to `to`).
+pub(crate) struct Transitions {
+    shared: Arc<Shared>,
+    /// Per row: the event index of its `from`.
+    from: OnceLock<Vec<u32>>,
+}
+
+impl Transitions {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Transitions {
+            shared,
+            from: OnceLock::new(),
+        }
     }
-    MemTable::try_new(events_schema(), parts)
+
+    pub(crate) fn table_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("from", names_type(), false),
+            Field::new("to", names_type(), false),
+            Field::new("customer", names_type(), false),
+            Field::new("session", DataType::UInt32, false),
+            Field::new("ts", ts_type(), false),
+            Field::new("duration", DataType::Float64, false),
+        ]))
+    }
+
+    fn from(&self) -> &[u32] {
+        self.from.get_or_init(|| {
+            let s = &self.shared;
+            let n = s.journeys.log.num_journeys(s.scope());
+            let mut from = Vec::new();
+            for j in 0..n {
+                let r = s.journey_range(j);
+                from.extend((r.start as u32..r.end as u32).take(r.len().saturating_sub(1)));
+            }
+            from
+        })
+    }
+}
+
+impl Rows for Transitions {
+    fn schema(&self) -> SchemaRef {
+        Transitions::table_schema()
+    }
+
+    fn num_rows(&self) -> usize {
+        self.from().len()
+    }
+
+    fn column(&self, index: usize, rows: Range<usize>) -> Result<ArrayRef> {
+        let s = &self.shared;
+        let log = &s.journeys.log;
+        let from = &self.from()[rows];
+        let at = |shift: usize| from.iter().map(move |&i| i as usize + shift);
+        match index {
+            0 => dictionary(at(0).map(|i| log.touchpoint[i]).collect(), &s.touchpoint_names),
+            1 => dictionary(at(1).map(|i| log.touchpoint[i]).collect(), &s.touchpoint_names),
+            2 => dictionary(at(0).map(|i| s.customer_of()[i]).collect(), s.customer_names()),
+            3 => Ok(Arc::new(UInt32Array::from_iter_values(
+                at(0).map(|i| s.session_of()[i]),
+            ))),
+            4 => Ok(timestamps(at(0).map(|i| log.ts[i]).collect())),
+            _ => Ok(Arc::new(Float64Array::from_iter_values(
+                at(0).map(|i| (log.ts[i + 1] - log.ts[i]) as f64 / 1e6),
+            ))),
+        }
+    }
+}
+
+/// `journeys`: one row per journey of the configured scope (customer, or session): its
+/// touchpoints and times in order, and per configured funnel whether it converted.
+pub(crate) struct JourneyRows {
+    shared: Arc<Shared>,
+    schema: SchemaRef,
+    /// Per configured funnel, per journey: converted (reached the last step).
+    converted: OnceLock<Vec<Vec<bool>>>,
+    funnels: Vec<FunnelSpec>,
+}
+
+/// Fixed columns of `journeys` before the per-funnel `converted_*` ones.
+const JOURNEY_COLUMNS: usize = 7;
+
+impl JourneyRows {
+    pub(crate) fn new(shared: Arc<Shared>) -> Result<Self> {
+        let config = &shared.journeys.config;
+        let log = &shared.journeys.log;
+        let as_of = log.ts.iter().copied().max().unwrap_or(0);
+        let mut fields = vec![
+            Field::new("customer", names_type(), false),
+            Field::new("session", DataType::UInt32, true),
+            Field::new("start", ts_type(), false),
+            Field::new("end", ts_type(), false),
+            Field::new("events", DataType::UInt32, false),
+            Field::new(
+                "touchpoints",
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, false))),
+                false,
+            ),
+            Field::new(
+                "times",
+                DataType::List(Arc::new(Field::new("item", ts_type(), false))),
+                false,
+            ),
+        ];
+        let mut funnels = Vec::new();
+        for (name, journey) in &config.journeys {
+            // A funnel naming touchpoints this log lacks still resolves; nobody converts.
+            let (spec, _unknown) = FunnelSpec::resolve(journey, &log.touchpoints, as_of)
+                .map_err(|e| datafusion::common::DataFusionError::Plan(format!("journey {name}: {e}")))?;
+            fields.push(Field::new(format!("converted_{name}"), DataType::Boolean, false));
+            funnels.push(spec);
+        }
+        Ok(JourneyRows {
+            shared,
+            schema: Arc::new(Schema::new(fields)),
+            converted: OnceLock::new(),
+            funnels,
+        })
+    }
+
+    fn converted(&self) -> &[Vec<bool>] {
+        self.converted.get_or_init(|| {
+            let s = &self.shared;
+            let log = &s.journeys.log;
+            self.funnels
+                .iter()
+                .map(|spec| {
+                    // Exactly what `trailmap funnel` counts (exclusions, attempts, gaps):
+                    // a journey converted when adding it raised the last step's tally.
+                    let mut funnel = Funnel::new(spec.clone(), None);
+                    let last = spec.num_steps() - 1;
+                    (0..self.num_rows())
+                        .map(|j| {
+                            let before = funnel.tallies.reached(last);
+                            funnel.add(&log.journey(s.scope(), j));
+                            funnel.tallies.reached(last) > before
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+    }
+}
+
+impl Rows for JourneyRows {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn num_rows(&self) -> usize {
+        let s = &self.shared;
+        s.journeys.log.num_journeys(s.scope())
+    }
+
+    fn column(&self, index: usize, rows: Range<usize>) -> Result<ArrayRef> {
+        let s = &self.shared;
+        let log = &s.journeys.log;
+        let ranges = rows.clone().map(|j| s.journey_range(j));
+        let list_offsets = || {
+            OffsetBuffer::from_lengths(rows.clone().map(|j| s.journey_range(j).len()))
+        };
+        match index {
+            0 => dictionary(ranges.map(|r| s.customer_of()[r.start]).collect(), s.customer_names()),
+            1 => Ok(Arc::new(match s.scope() {
+                Scope::Session => {
+                    UInt32Array::from_iter_values(ranges.map(|r| s.session_of()[r.start]))
+                }
+                Scope::Customer => UInt32Array::new_null(rows.len()),
+            })),
+            2 => Ok(timestamps(ranges.map(|r| log.ts[r.start]).collect())),
+            3 => Ok(timestamps(ranges.map(|r| log.ts[r.end - 1]).collect())),
+            4 => Ok(Arc::new(UInt32Array::from_iter_values(
+                ranges.map(|r| r.len() as u32),
+            ))),
+            5 => {
+                let events = s.events_of(&rows);
+                let values = StringArray::from_iter_values(
+                    log.touchpoint[events]
+                        .iter()
+                        .map(|&t| log.touchpoints[t as usize].as_str()),
+                );
+                Ok(Arc::new(ListArray::try_new(
+                    Arc::new(Field::new("item", DataType::Utf8, false)),
+                    list_offsets(),
+                    Arc::new(values),
+                    None,
+                )?))
+            }
+            6 => {
+                Ok(Arc::new(ListArray::try_new(
+                    Arc::new(Field::new("item", ts_type(), false)),
+                    list_offsets(),
+                    timestamps(log.ts[s.events_of(&rows)].to_vec()),
+                    None,
+                )?))
+            }
+            k => {
+                let flags = &self.converted()[k - JOURNEY_COLUMNS];
+                Ok(Arc::new(BooleanArray::from(flags[rows].to_vec())))
+            }
+        }
+    }
 }

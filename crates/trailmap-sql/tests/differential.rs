@@ -35,7 +35,7 @@ fn random_corpus_equals_clickhouse() {
     let file = std::fs::File::open(path).expect("fixture");
     let corpus: serde_json::Value =
         serde_json::from_reader(flate2::read::GzDecoder::new(file)).unwrap();
-    let analyst = Analyst::new();
+    let analyst = Analyst::default();
     let rt = runtime();
     let mut checked = 0;
     for case in corpus["cases"].as_array().unwrap().iter().step_by(4) {
@@ -94,7 +94,7 @@ proptest! {
         };
         let chunk = rows.len().div_ceil(partitions);
         let parts: Vec<Vec<RecordBatch>> = rows.chunks(chunk).map(|p| vec![batch(p)]).collect();
-        let analyst = Analyst::new();
+        let analyst = Analyst::default();
         analyst.ctx.register_table("t", Arc::new(MemTable::try_new(schema.clone(), parts).unwrap())).unwrap();
         let sql = format!(
             "SELECT c, window_funnel(10, '{mode}', ts, e = 'a', e = 'b', e = 'c') FROM t GROUP BY c ORDER BY c"

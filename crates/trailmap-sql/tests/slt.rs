@@ -1,11 +1,54 @@
-//! Runs every `tests/sql/*.slt` file (sqllogictest) against an analyst session.
+//! Runs every `tests/sql/*.slt` file (sqllogictest) against an analyst session whose
+//! journey tables hold `tests/sql/data/shop.csv`, stitched with `SHOP_CONFIG`.
 
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::DataFusionError;
 use sqllogictest::{DBOutput, DefaultColumnType};
-use trailmap_sql::Analyst;
+use std::path::Path;
+use std::sync::Arc;
+use trailmap_ingest::DeadLetters;
+use trailmap_ingest::file::{self, FileInput, IngestOptions, Projection};
+use trailmap_model::config::{SourceConfig, SourceKind};
+use trailmap_model::{Catalog, Config};
+use trailmap_sessionize::JourneyBuilder;
+use trailmap_sql::{Analyst, Journeys};
+
+/// One configured funnel (for `journeys.converted_signup_to_purchase` and `funnel(…)`);
+/// everything else is the shipped default.
+const SHOP_CONFIG: &str = r#"
+[journeys.signup_to_purchase]
+steps = ["signup", "purchase"]
+window = "1h"
+"#;
+
+fn shop(sql_dir: &Path) -> Journeys {
+    let mut config = Config::from_toml_str(SHOP_CONFIG).expect("shop config");
+    config.journeys.retain(|name, _| name == "signup_to_purchase");
+    let input = FileInput::new(
+        sql_dir.join("data/shop.csv"),
+        SourceConfig::of_kind(SourceKind::Generic),
+    )
+    .expect("shop.csv");
+    let options = IngestOptions {
+        catalog: Arc::new(Catalog::compile(&config.catalog).expect("catalog")),
+        batch_size: 1024,
+        projection: Projection::minimal(),
+    };
+    let dead_path = std::env::temp_dir().join(format!("trailmap-slt-dead-{}.ndjson", std::process::id()));
+    let mut dead = DeadLetters::new(dead_path, Some(0));
+    let mut source = file::open(&input, &options).expect("open shop.csv");
+    let mut builder = JourneyBuilder::new();
+    while let Some(batch) = source.next_batch(&mut dead).expect("read shop.csv") {
+        builder.push_batch(&batch).expect("stitch");
+    }
+    let log = builder.finish(&config.sessions);
+    Journeys {
+        log: Arc::new(log),
+        config: Arc::new(config),
+    }
+}
 
 struct Db {
     analyst: Analyst,
@@ -95,10 +138,14 @@ async fn sql_logic_tests() {
     files.sort();
     assert!(!files.is_empty(), "no .slt files in {dir}");
     for file in files {
-        let mut runner = sqllogictest::Runner::new(|| async {
-            Ok(Db {
-                analyst: Analyst::new(),
-            })
+        let journeys = shop(Path::new(dir));
+        let mut runner = sqllogictest::Runner::new(move || {
+            let journeys = journeys.clone();
+            async move {
+                Ok(Db {
+                    analyst: Analyst::default().with_journeys(journeys)?,
+                })
+            }
         });
         if let Err(e) = runner.run_file_async(&file).await {
             panic!("{}: {e}", file.display());

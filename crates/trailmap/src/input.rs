@@ -148,6 +148,11 @@ impl InputArgs {
         source
     }
 
+    /// Whether the config names files to read when no --input is given.
+    pub fn has_configured_sources(&self, config: &Config) -> bool {
+        config.sources.iter().any(|s| !s.paths.is_empty())
+    }
+
     /// The files to read, each with its source config.
     pub fn file_inputs(&self, config: &Config) -> anyhow::Result<Vec<FileInput>> {
         let mut inputs = Vec::new();

@@ -6,6 +6,7 @@ mod funnel;
 mod gen_cmd;
 mod kpis;
 mod paths;
+mod serve;
 mod sessions;
 mod sql;
 
@@ -25,8 +26,10 @@ pub enum Command {
     Dropoffs(Box<dropoffs::DropoffsArgs>),
     /// Touchpoint-pair KPIs / SLAs from the config: share met, times, breaches.
     Kpis(Box<kpis::KpisArgs>),
-    /// Read-only SQL over journeys (`events`) and files, with window_funnel and friends.
+    /// Read-only SQL over journeys (events, journeys, transitions, paths(), funnel(), …) and files.
     Sql(Box<sql::SqlArgs>),
+    /// Serve the journeys to analysts over the PostgreSQL wire protocol (psql, BI tools).
+    Serve(Box<serve::ServeArgs>),
 }
 
 impl Command {
@@ -39,6 +42,7 @@ impl Command {
             Command::Dropoffs(args) => args.run(),
             Command::Kpis(args) => args.run(),
             Command::Sql(args) => args.run(),
+            Command::Serve(args) => args.run(),
         }
     }
 }

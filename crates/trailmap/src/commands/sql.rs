@@ -9,22 +9,28 @@ use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::ScalarValue;
 use datafusion::prelude::{CsvReadOptions, NdJsonReadOptions, ParquetReadOptions};
+use datafusion::sql::parser::DFParser;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use trailmap_ingest::Projection;
-use trailmap_sql::Analyst;
+use std::sync::Arc;
+use trailmap_sql::{Analyst, Journeys, Limits};
 
 #[derive(Args)]
 pub struct SqlArgs {
-    /// The query. Tables: `events` (with --input: customer, session, ts, touchpoint, stage,
-    /// source) and every --table.
-    query: String,
+    /// The query. Without one: an interactive prompt on a terminal (statements end with `;`,
+    /// history kept in ~/.trailmap_sql_history), else the statements read from stdin.
+    /// Tables: with --input, `events`, `journeys`, `transitions` and the table functions
+    /// paths(), variants([top]), funnel(steps [, window [, modes [, order]]]),
+    /// dropoffs([goal]); and every --table.
+    query: Option<String>,
 
     /// A file as a table, repeatable: NAME=FILE (.parquet, .csv, .ndjson/.jsonl/.json).
     #[arg(long = "table", value_name = "NAME=FILE")]
     tables: Vec<String>,
 
-    /// Journeys to query as the `events` table: read, stitched and ordered like the other
-    /// commands (see their input flags).
+    /// Journeys to query: read, stitched and ordered like the other commands (see their
+    /// input flags).
     #[command(flatten)]
     input: InputArgs,
 
@@ -35,42 +41,141 @@ pub struct SqlArgs {
 
 impl SqlArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        let analyst = Analyst::new();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("cannot start the query runtime")?;
-        let batches = runtime.block_on(async {
-            for spec in &self.tables {
-                let (name, path) = spec
-                    .split_once('=')
-                    .with_context(|| format!("--table {spec}: write it NAME=FILE, like --table visits=visits.parquet"))?;
-                let path = PathBuf::from(path);
-                if !path.exists() {
-                    bail!("--table {spec}: {}: no such file", path.display());
-                }
-                let file = path.to_string_lossy().to_string();
-                let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-                match ext.as_str() {
-                    "parquet" => analyst.ctx.register_parquet(name, &file, ParquetReadOptions::default()).await?,
-                    "csv" => analyst.ctx.register_csv(name, &file, CsvReadOptions::new()).await?,
-                    "ndjson" | "jsonl" | "json" => {
-                        let options = NdJsonReadOptions::default().file_extension(&format!(".{ext}"));
-                        analyst.ctx.register_json(name, &file, options).await?
+        let format = Format::resolve(self.format);
+        runtime.block_on(async {
+            let analyst = self.analyst().await?;
+            match &self.query {
+                Some(query) => print(&analyst.query(query).await?, format),
+                None if std::io::stdin().is_terminal() => prompt(&analyst, format).await,
+                None => {
+                    let mut text = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut text)
+                        .context("cannot read the statements from stdin")?;
+                    for statement in statements(&text)? {
+                        print(&analyst.query(&statement).await?, format)?;
                     }
-                    other => bail!("--table {spec}: .{other} files are not supported as tables; use .parquet, .csv or .ndjson"),
+                    Ok(())
                 }
             }
-            if !self.input.inputs.is_empty() {
-                let loaded = self.input.load(Projection::minimal())?;
-                analyst
-                    .ctx
-                    .register_table("events", std::sync::Arc::new(trailmap_sql::tables::events_table(&loaded.log)?))?;
-            }
-            Ok::<_, anyhow::Error>(analyst.query(&self.query).await?)
-        })?;
-        print(&batches, Format::resolve(self.format))
+        })
     }
+
+    /// A session with the journeys and the --table files registered.
+    async fn analyst(&self) -> anyhow::Result<Analyst> {
+        let config = self.input.config()?;
+        let analyst = Analyst::new(Limits::from_config(&config.sql));
+        for spec in &self.tables {
+            let (name, path) = spec.split_once('=').with_context(|| {
+                format!("--table {spec}: write it NAME=FILE, like --table visits=visits.parquet")
+            })?;
+            let path = PathBuf::from(path);
+            if !path.exists() {
+                bail!("--table {spec}: {}: no such file", path.display());
+            }
+            let file = path.to_string_lossy().to_string();
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            match ext.as_str() {
+                "parquet" => {
+                    analyst
+                        .ctx
+                        .register_parquet(name, &file, ParquetReadOptions::default())
+                        .await?
+                }
+                "csv" => {
+                    analyst
+                        .ctx
+                        .register_csv(name, &file, CsvReadOptions::new())
+                        .await?
+                }
+                "ndjson" | "jsonl" | "json" => {
+                    let options = NdJsonReadOptions::default().file_extension(&format!(".{ext}"));
+                    analyst.ctx.register_json(name, &file, options).await?
+                }
+                other => bail!(
+                    "--table {spec}: .{other} files are not supported as tables; use .parquet, .csv or .ndjson"
+                ),
+            }
+        }
+        if self.input.inputs.is_empty() && !self.input.has_configured_sources(&config) {
+            return Ok(analyst);
+        }
+        let loaded = self.input.load(Projection::minimal())?;
+        Ok(analyst.with_journeys(Journeys {
+            log: Arc::new(loaded.log),
+            config: Arc::new(loaded.config),
+        })?)
+    }
+}
+
+/// The statements of a script, each as text DataFusion can plan.
+fn statements(text: &str) -> anyhow::Result<Vec<String>> {
+    let parsed = DFParser::parse_sql(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(parsed.iter().map(ToString::to_string).collect())
+}
+
+/// The interactive prompt: a statement runs when a line ends with `;`; errors are printed
+/// and the session goes on.
+async fn prompt(analyst: &Analyst, format: Format) -> anyhow::Result<()> {
+    let mut editor = rustyline::DefaultEditor::new().context("cannot open the prompt")?;
+    let history = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".trailmap_sql_history"));
+    if let Some(h) = &history {
+        // A first session has no history yet.
+        let _ = editor.load_history(h);
+    }
+    eprintln!("trailmap sql: end statements with `;`, `\\q` or Ctrl-D to leave");
+    let mut buffer = String::new();
+    loop {
+        let line = match editor.readline(if buffer.is_empty() { "sql> " } else { "...> " }) {
+            Ok(line) => line,
+            Err(rustyline::error::ReadlineError::Interrupted) => {
+                buffer.clear();
+                continue;
+            }
+            Err(rustyline::error::ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let trimmed = line.trim();
+        if buffer.is_empty() && matches!(trimmed, "\\q" | "quit" | "exit") {
+            break;
+        }
+        buffer.push_str(&line);
+        buffer.push('\n');
+        if !trimmed.ends_with(';') {
+            continue;
+        }
+        let _ = editor.add_history_entry(buffer.trim());
+        let text = std::mem::take(&mut buffer);
+        match statements(&text) {
+            Ok(list) => {
+                for statement in list {
+                    let started = std::time::Instant::now();
+                    match analyst.query(&statement).await {
+                        Ok(batches) => {
+                            print(&batches, format)?;
+                            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                            eprintln!("{rows} rows in {:.3}s", started.elapsed().as_secs_f64());
+                        }
+                        Err(e) => eprintln!("error: {e}"),
+                    }
+                }
+            }
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
+    Ok(())
 }
 
 /// Prints query results: JSON as an array of objects (numbers as numbers), CSV or a table.

@@ -1,0 +1,46 @@
+//! An analyst's query is bounded in time and memory, and says which limit it hit.
+
+use trailmap_sql::{Analyst, Limits};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_the_timeout_is_cancelled() {
+    let analyst = Analyst::new(Limits {
+        timeout: std::time::Duration::from_millis(300),
+        memory: 1 << 30,
+    });
+    let started = std::time::Instant::now();
+    let err = analyst
+        .query("SELECT sum(value) FROM generate_series(1, 1000000000000)")
+        .await
+        .expect_err("a query over 10^12 rows cannot finish in 300 ms");
+    let message = err.to_string();
+    assert!(message.contains("timeout"), "{message}");
+    assert!(message.contains("[sql] timeout"), "{message}");
+    // Cancelled, not run to the end (which would take hours).
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_the_memory_limit_fails_and_names_it() {
+    let analyst = Analyst::new(Limits {
+        timeout: std::time::Duration::from_secs(120),
+        memory: 1 << 20,
+    });
+    let err = analyst
+        .query(
+            "SELECT value % 2000000 AS k, count(*) FROM generate_series(1, 4000000) \
+             GROUP BY k ORDER BY k",
+        )
+        .await
+        .expect_err("2M groups do not fit in 1 MiB");
+    let message = err.to_string();
+    assert!(message.contains("Resources exhausted"), "{message}");
+    assert!(message.contains("[sql] memory_limit"), "{message}");
+
+    // The same session still answers what fits.
+    let small = analyst
+        .query("SELECT count(*) AS n FROM generate_series(1, 1000)")
+        .await
+        .expect("a small query fits");
+    assert_eq!(small[0].num_rows(), 1);
+}

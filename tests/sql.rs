@@ -1,0 +1,237 @@
+//! `trailmap sql` end to end: the table functions return what the CLI commands return,
+//! `window_funnel` over the Taobao slice equals ClickHouse and `trailmap funnel` in every
+//! mode, files register as tables, scripts run from stdin, and writes are refused.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::Stdio;
+
+fn shop() -> String {
+    root()
+        .join("tests/sql/data/shop.csv")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn sql(args: &[&str]) -> Value {
+    let mut all = vec!["sql", "--format", "json"];
+    all.extend_from_slice(args);
+    json(&all)
+}
+
+fn rows(v: &Value) -> &Vec<Value> {
+    v.as_array().expect("an array of rows")
+}
+
+#[test]
+fn paths_function_returns_what_trailmap_paths_returns() {
+    let shop = shop();
+    let cli = json(&["paths", "--format", "json", "--input", &shop]);
+    let table = sql(&["--input", &shop, "SELECT * FROM paths()"]);
+    let from_cli: BTreeMap<(String, String), (u64, Value, Value, Value)> = rows(
+        &cli["transitions"],
+    )
+    .iter()
+    .map(|t| {
+        (
+            (t["from"].as_str().unwrap().into(), t["to"].as_str().unwrap().into()),
+            (
+                t["count"].as_u64().unwrap(),
+                t["mean_seconds"].clone(),
+                t["median_seconds"].clone(),
+                t["p90_seconds"].clone(),
+            ),
+        )
+    })
+    .collect();
+    let from_sql: BTreeMap<(String, String), (u64, Value, Value, Value)> = rows(&table)
+        .iter()
+        .map(|t| {
+            (
+                (t["from"].as_str().unwrap().into(), t["to"].as_str().unwrap().into()),
+                (
+                    t["count"].as_u64().unwrap(),
+                    t["mean_seconds"].clone(),
+                    t["median_seconds"].clone(),
+                    t["p90_seconds"].clone(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(from_cli.len(), 6);
+    assert_eq!(from_sql, from_cli);
+}
+
+#[test]
+fn funnel_and_dropoffs_functions_return_what_the_commands_return() {
+    let shop = shop();
+    let cli = json(&[
+        "funnel", "--format", "json", "--input", &shop, "--steps", "home,pricing,signup",
+        "--window", "1h", "--mode", "strict_order",
+    ]);
+    let table = sql(&[
+        "--input",
+        &shop,
+        "SELECT * FROM funnel('home,pricing,signup', '1h', 'strict_order') ORDER BY step",
+    ]);
+    let steps = rows(&cli["steps"]);
+    assert_eq!(rows(&table).len(), 3);
+    for (row, step) in rows(&table).iter().zip(steps) {
+        for key in ["name", "reached", "dropped", "maturing"] {
+            assert_eq!(row[key], step[key], "{key}");
+        }
+        for key in ["conversion_from_previous", "conversion_from_first"] {
+            assert_eq!(row[key].as_f64(), step[key].as_f64(), "{key}");
+        }
+        assert_eq!(
+            row["median_seconds_from_previous"],
+            step["time_from_previous"]["median_seconds"]
+        );
+    }
+    assert_eq!(rows(&table)[0]["reached"], 4);
+
+    let cli = json(&["dropoffs", "--format", "json", "--input", &shop, "--goal", "purchase"]);
+    let table = sql(&["--input", &shop, "SELECT * FROM dropoffs('purchase')"]);
+    let by_touchpoint = |rows: &Vec<Value>| -> BTreeMap<String, (Value, Value, Value)> {
+        rows.iter()
+            .map(|r| {
+                (
+                    r["touchpoint"].as_str().unwrap().to_string(),
+                    (r["journeys"].clone(), r["exits"].clone(), r["abandoned"].clone()),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        by_touchpoint(rows(&table)),
+        by_touchpoint(rows(&cli["touchpoints"]))
+    );
+}
+
+/// `window_funnel` grouped by customer over the Taobao slice: the level distribution equals
+/// ClickHouse's (recorded by tests/fixtures/peers/record.sh) and `trailmap funnel`'s, for
+/// both funnels in every mode ClickHouse accepts.
+#[test]
+fn taobao_window_funnel_equals_clickhouse_in_every_mode() {
+    let path = root().join("tests/fixtures/peers/taobao_window_funnel.json");
+    let expected: Value =
+        serde_json::from_reader(std::fs::File::open(&path).expect("fixture")).unwrap();
+    let mut parts = Vec::new();
+    let mut wanted = BTreeMap::new();
+    for (i, f) in rows(&expected["funnels"]).iter().enumerate() {
+        if f.get("error").is_some() {
+            continue;
+        }
+        let steps: Vec<String> = rows(&f["steps"])
+            .iter()
+            .map(|s| format!("touchpoint = '{}'", s.as_str().unwrap()))
+            .collect();
+        parts.push(format!(
+            "SELECT {i} AS funnel, level, count(*) AS customers FROM (\
+               SELECT customer, window_funnel(86400, '{}', ts, {}) AS level \
+               FROM events GROUP BY customer) GROUP BY level",
+            f["mode"].as_str().unwrap(),
+            steps.join(", ")
+        ));
+        for (level, count) in f["levels"].as_object().unwrap() {
+            if count.as_u64().unwrap() > 0 {
+                wanted.insert((i as u64, level.parse::<u64>().unwrap()), count.as_u64().unwrap());
+            }
+        }
+    }
+    assert!(parts.len() >= 14, "every accepted mode of both funnels");
+    let taobao = real("UserBehavior_sample.csv");
+    let query = parts.join(" UNION ALL ");
+    let got = sql(&[
+        "--input",
+        s(&taobao),
+        "--no-header",
+        "--columns",
+        "user_id,item_id,category_id,behavior,ts",
+        "--customer",
+        "user_id",
+        "--touchpoint",
+        "behavior",
+        "--time",
+        "ts",
+        "--time-unit",
+        "s",
+        &query,
+    ]);
+    let got: BTreeMap<(u64, u64), u64> = rows(&got)
+        .iter()
+        .map(|r| {
+            (
+                (r["funnel"].as_u64().unwrap(), r["level"].as_u64().unwrap()),
+                r["customers"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, wanted);
+    let total: u64 = got.iter().filter(|((f, _), _)| *f == 0).map(|(_, n)| n).sum();
+    assert_eq!(total, expected["users"].as_u64().unwrap());
+}
+
+#[test]
+fn files_register_as_tables_and_scripts_run_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("visits.csv");
+    std::fs::write(&csv, "user,ts,page\nu1,1,home\nu1,5,pricing\nu2,3,home\n").unwrap();
+    let table = format!("visits={}", s(&csv));
+    let got = sql(&[
+        "--table",
+        &table,
+        "SELECT user, window_funnel(10, '', ts, page = 'home', page = 'pricing') AS level \
+         FROM visits GROUP BY user ORDER BY user",
+    ]);
+    assert_eq!(
+        got,
+        serde_json::json!([{"user": "u1", "level": 2}, {"user": "u2", "level": 1}])
+    );
+
+    // Statements from stdin, one result after another.
+    let mut child = bin()
+        .args(["sql", "--format", "csv", "--table", &table])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT count(*) AS n FROM visits;\nSELECT 'a;b' AS s;\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n3\ns\na;b\n");
+}
+
+#[test]
+fn writes_and_bad_tables_are_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out.csv");
+    for query in [
+        "CREATE TABLE t AS VALUES (1)".to_string(),
+        "DROP TABLE events".to_string(),
+        format!("COPY (SELECT 1) TO '{}'", s(&target)),
+        "INSERT INTO events VALUES (1)".to_string(),
+    ] {
+        let out = run(&["sql", "--input", &shop(), &query]);
+        assert!(!out.status.success(), "{query} must be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not supported") || err.contains("not allowed"), "{query}: {err}");
+    }
+    assert!(!target.exists(), "COPY wrote a file");
+
+    let out = run(&["sql", "--table", "nofile", "SELECT 1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=FILE"));
+    let out = run(&["sql", "--table", "t=/no/such.parquet", "SELECT 1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+    let out = run(&["sql", "--input", &shop(), "SELECT * FROM funnel('nope')"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a configured journey"));
+}
