@@ -20,6 +20,9 @@
 //! - [`funnel`]: [`Funnel`], ClickHouse `windowFunnel` levels per journey (every mode), order
 //!   types, exclusions, attempts, time to convert, breakdowns, trends and maturing cohorts.
 //! - [`kpi`]: [`Kpis`], touchpoint-pair SLAs (`quote_sent within 24h of quote_requested`).
+//! - [`sequence`]: [`SequencePattern`] and [`Retention`], ClickHouse `sequenceMatch`,
+//!   `sequenceCount` and `retention` over (time, condition bitmask) events, ClickHouse's
+//!   quirks and tie order included.
 //! - [`report`]: the results with names, sorted and with rates: the JSON the CLI prints.
 //!
 //! [`JourneyLog`]: trailmap_sessionize::JourneyLog
@@ -32,6 +35,7 @@ pub mod hist;
 pub mod kpi;
 pub mod paths;
 pub mod report;
+pub mod sequence;
 pub mod tree;
 
 pub use dropoffs::Dropoffs;
@@ -41,4 +45,5 @@ pub use graph::JourneyGraph;
 pub use hist::DurationHistogram;
 pub use kpi::{KpiSpec, Kpis};
 pub use paths::PathStats;
+pub use sequence::{Retention, SequencePattern};
 pub use tree::{PathTree, TreeSpec};
