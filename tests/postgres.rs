@@ -157,6 +157,11 @@ fn psql_lists_describes_queries_and_is_refused_writes() {
     // Still there.
     assert_eq!(ok(psql(&server, PASSWORD, "SELECT count(*) FROM events")), "15\n");
 
+    // The server's own settings are not the client's to change.
+    let set = psql(&server, PASSWORD, "SET datafusion.runtime.memory_limit = '1TB'");
+    assert!(!set.status.success(), "SET of a server setting must be refused");
+    assert!(String::from_utf8_lossy(&set.stderr).contains("read-only"));
+
     let wrong = psql(&server, "not-the-password", "SELECT 1");
     assert!(!wrong.status.success(), "a wrong password must not log in");
 }

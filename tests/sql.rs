@@ -219,7 +219,7 @@ fn writes_and_bad_tables_are_refused_with_what_to_do() {
         "CREATE TABLE t AS VALUES (1)".to_string(),
         "DROP TABLE events".to_string(),
         format!("COPY (SELECT 1) TO '{}'", s(&target)),
-        "INSERT INTO events VALUES (1)".to_string(),
+        "INSERT INTO events SELECT * FROM events".to_string(),
     ] {
         let out = run(&["sql", "--input", &shop(), &query]);
         assert!(!out.status.success(), "{query} must be refused");

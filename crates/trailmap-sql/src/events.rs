@@ -189,10 +189,25 @@ fn lists(groups: &[Vec<(i64, u32)>]) -> Vec<ArrayRef> {
 }
 
 /// A behavioural function as a DataFusion aggregate.
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug)]
 pub struct EventsUdaf<F> {
     signature: Signature,
     function: std::marker::PhantomData<fn() -> F>,
+}
+
+// By hand: the derives would ask `F` for them, and the function type carries no data.
+impl<F> PartialEq for EventsUdaf<F> {
+    fn eq(&self, other: &Self) -> bool {
+        self.signature == other.signature
+    }
+}
+
+impl<F> Eq for EventsUdaf<F> {}
+
+impl<F> Hash for EventsUdaf<F> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.signature.hash(state);
+    }
 }
 
 impl<F> Default for EventsUdaf<F> {
@@ -284,7 +299,8 @@ impl<F: EventFunction> Accumulator for GroupAccumulator<F> {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        let answer = self.function.evaluate(vec![std::mem::take(&mut self.events)])?;
+        // Window frames call this once per row: the events stay.
+        let answer = self.function.evaluate(vec![self.events.clone()])?;
         ScalarValue::try_from_array(&answer, 0)
     }
 

@@ -7,6 +7,9 @@
 //! - [`window_funnel`]: `window_funnel(window_seconds, 'modes', ts, cond1, …, condN)`, an
 //!   aggregate with a `GroupsAccumulator` fast path and a mergeable state; its level logic
 //!   is `trailmap-mine`'s, shared with `trailmap funnel`.
+//! - [`sequence`]: `sequence_match(pattern, ts, cond…)` and `sequence_count(…)`, ClickHouse's
+//!   pattern language over the same events.
+//! - [`retention`]: `retention(cond1, …)`, ClickHouse's retention array.
 //! - [`tables`]: `events`, `journeys` and `transitions` over a stitched [`JourneyLog`],
 //!   built at scan time for the columns a query reads, names as dictionaries.
 //! - [`results`]: table functions `paths()`, `variants()`, `funnel(…)`, `dropoffs(…)`, the
@@ -17,6 +20,8 @@
 
 pub mod postgres;
 mod results;
+pub mod retention;
+pub mod sequence;
 pub mod events;
 pub mod tables;
 pub mod window_funnel;
@@ -106,6 +111,13 @@ impl Analyst {
         ctx.register_udaf(AggregateUDF::from(
             window_funnel::WindowFunnelUdaf::default(),
         ));
+        ctx.register_udaf(AggregateUDF::from(
+            sequence::SequenceMatchUdaf::default(),
+        ));
+        ctx.register_udaf(AggregateUDF::from(
+            sequence::SequenceCountUdaf::default(),
+        ));
+        ctx.register_udaf(AggregateUDF::from(retention::RetentionUdaf::default()));
         Analyst { ctx, limits }
     }
 
@@ -143,19 +155,28 @@ impl Analyst {
     }
 
     /// Runs one read-only query and collects its result, within the limits.
+    ///
+    /// Planning counts against the timeout too (the mining table functions compute while
+    /// planning), though a mining pass already under way finishes before the timeout fires.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        let state = self.ctx.state();
-        let plan = state.create_logical_plan(sql).await?;
-        // Checked on the plan, before anything runs: `ctx.sql` would execute DDL at once.
-        read_only()
-            .verify_plan(&plan)
-            .map_err(|e| DataFusionError::Plan(format!("{READ_ONLY}: {e}")))?;
-        let frame = DataFrame::new(state, plan);
-        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let run = async {
+            let state = self.ctx.state();
+            let plan = state.create_logical_plan(sql).await?;
+            // Checked on the plan, before anything runs: `ctx.sql` would execute DDL at once.
+            read_only()
+                .verify_plan(&plan)
+                .map_err(|e| DataFusionError::Plan(format!("{READ_ONLY}: {e}")))?;
+            let frame = DataFrame::new(state, plan);
+            let schema = Arc::new(frame.schema().as_arrow().clone());
+            let batches = frame.collect().await?;
+            Ok::<_, DataFusionError>((schema, batches))
+        };
         // Dropping the query's future on timeout stops its streams.
-        match tokio::time::timeout(self.limits.timeout, frame.collect()).await {
-            Ok(Ok(batches)) if batches.is_empty() => Ok(vec![RecordBatch::new_empty(schema)]),
-            Ok(Ok(batches)) => Ok(batches),
+        match tokio::time::timeout(self.limits.timeout, run).await {
+            Ok(Ok((schema, batches))) if batches.is_empty() => {
+                Ok(vec![RecordBatch::new_empty(schema)])
+            }
+            Ok(Ok((_, batches))) => Ok(batches),
             Ok(Err(e)) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) => {
                 Err(DataFusionError::ResourcesExhausted(format!(
                     "{e}\nthe query needs more than the {} memory limit ([sql] memory_limit in \

@@ -68,6 +68,9 @@ pub async fn serve(analyst: Arc<Analyst>, listener: TcpListener, login: Login) -
     setup_pg_catalog(&analyst.ctx, "datafusion", EmptyContextProvider)
         .map_err(|e| std::io::Error::other(format!("cannot set up pg_catalog: {e}")))?;
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
+        // First: the hooks after it would run `SET datafusion.…` and cursors on the shared
+        // session, outside the read-only check.
+        Arc::new(GuardHook),
         Arc::new(CursorStatementHook),
         Arc::new(SetShowHook),
         Arc::new(TransactionStatementHook),
@@ -145,6 +148,89 @@ fn sql_error(e: DataFusionError) -> PgWireError {
         "XX000" // internal_error
     };
     error(code, message)
+}
+
+/// Session settings clients may change: what drivers and psql set on connect. Everything
+/// else (DataFusion's own settings: memory pool, spill directory, …) stays as configured.
+const CLIENT_SETTINGS: [&str; 11] = [
+    "statement_timeout",
+    "datestyle",
+    "application_name",
+    "extra_float_digits",
+    "search_path",
+    "bytea_output",
+    "intervalstyle",
+    "client_encoding",
+    "client_min_messages",
+    "time",
+    "timezone",
+];
+
+/// Why a statement is refused before any other hook sees it, if it is.
+fn guard(statement: &Statement) -> Option<PgWireError> {
+    let text = statement.to_string();
+    let mut words = text
+        .split(|c: char| c.is_whitespace() || c == '=')
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase);
+    match words.next().as_deref() {
+        Some("set") => {
+            let mut name = words.next()?;
+            if matches!(name.as_str(), "session" | "local") {
+                name = words.next()?;
+            }
+            let name = name.trim_matches('"');
+            (!CLIENT_SETTINGS.contains(&name)).then(|| {
+                error(
+                    "25006",
+                    format!(
+                        "{READ_ONLY}: `SET {name}` is not allowed; the server's settings come \
+                         from its config"
+                    ),
+                )
+            })
+        }
+        Some("declare") => Some(error(
+            "25006",
+            format!("{READ_ONLY}: cursors are not supported; run the SELECT itself"),
+        )),
+        _ => None,
+    }
+}
+
+/// Refuses settings and cursors that would escape the analyst's session rules.
+struct GuardHook;
+
+#[async_trait]
+impl QueryHook for GuardHook {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        guard(statement).map(Err)
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        guard(statement).map(Err)
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        _plan: &LogicalPlan,
+        _params: &ParamValues,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        guard(statement).map(Err)
+    }
 }
 
 /// Runs what `psql` sends through the analyst's limits; refuses writes on the extended path.

@@ -175,8 +175,10 @@ fn funnel_spec(journeys: &Journeys, args: &[String]) -> Result<(JourneyConfig, F
     };
     if let Some(w) = args.get(1) {
         // A bare number is seconds, as in window_funnel.
-        let span = match w.parse::<u64>() {
-            Ok(secs) => Span::from_secs(secs),
+        let span = match w.parse::<i64>() {
+            Ok(secs) => secs.checked_mul(1_000_000).map(Span).ok_or_else(|| {
+                DataFusionError::Plan(format!("funnel window {w} seconds is too long"))
+            })?,
             Err(_) => w.parse::<Span>().map_err(|e| {
                 DataFusionError::Plan(format!("funnel window '{w}': {e}; like '1d' or 86400"))
             })?,

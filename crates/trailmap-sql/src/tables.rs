@@ -282,7 +282,7 @@ impl Transitions {
         ]))
     }
 
-    fn from(&self) -> &[u32] {
+    fn from_events(&self) -> &[u32] {
         self.from.get_or_init(|| {
             let s = &self.shared;
             let n = s.journeys.log.num_journeys(s.scope());
@@ -302,13 +302,13 @@ impl Rows for Transitions {
     }
 
     fn num_rows(&self) -> usize {
-        self.from().len()
+        self.from_events().len()
     }
 
     fn column(&self, index: usize, rows: Range<usize>) -> Result<ArrayRef> {
         let s = &self.shared;
         let log = &s.journeys.log;
-        let from = &self.from()[rows];
+        let from = &self.from_events()[rows];
         let at = |shift: usize| from.iter().map(move |&i| i as usize + shift);
         match index {
             0 => dictionary(at(0).map(|i| log.touchpoint[i]).collect(), &s.touchpoint_names),

@@ -87,6 +87,9 @@ fn rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, DataFusionError> {
                         let text = f.value(row).to_string();
                         if !c.is_null(row) && text.is_empty() {
                             "(empty)".to_string()
+                        } else if c.data_type().is_floating() && text.ends_with(".0") {
+                            // Whole floats as integers: `88200`, not `88200.0`.
+                            text[..text.len() - 2].to_string()
                         } else {
                             text
                         }

@@ -8,7 +8,7 @@ use clap::Args;
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::ScalarValue;
-use datafusion::prelude::{CsvReadOptions, NdJsonReadOptions, ParquetReadOptions};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use datafusion::sql::parser::DFParser;
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -97,7 +97,8 @@ impl SqlArgs {
                         .await?
                 }
                 "ndjson" | "jsonl" | "json" => {
-                    let options = NdJsonReadOptions::default().file_extension(&format!(".{ext}"));
+                    let extension = format!(".{ext}");
+                    let options = JsonReadOptions::default().file_extension(&extension);
                     analyst.ctx.register_json(name, &file, options).await?
                 }
                 other => bail!(
