@@ -118,7 +118,10 @@ fn psql_lists_describes_queries_and_is_refused_writes() {
     }
     let columns = ok(psql(&server, PASSWORD, "\\d events"));
     for column in ["customer", "session", "ts", "touchpoint", "stage", "source"] {
-        assert!(columns.contains(column), "\\d events shows {column}:\n{columns}");
+        assert!(
+            columns.contains(column),
+            "\\d events shows {column}:\n{columns}"
+        );
     }
 
     let counts = ok(psql(
@@ -155,11 +158,21 @@ fn psql_lists_describes_queries_and_is_refused_writes() {
     let err = String::from_utf8_lossy(&drop.stderr);
     assert!(err.contains("read-only"), "{err}");
     // Still there.
-    assert_eq!(ok(psql(&server, PASSWORD, "SELECT count(*) FROM events")), "15\n");
+    assert_eq!(
+        ok(psql(&server, PASSWORD, "SELECT count(*) FROM events")),
+        "15\n"
+    );
 
     // The server's own settings are not the client's to change.
-    let set = psql(&server, PASSWORD, "SET datafusion.runtime.memory_limit = '1TB'");
-    assert!(!set.status.success(), "SET of a server setting must be refused");
+    let set = psql(
+        &server,
+        PASSWORD,
+        "SET datafusion.runtime.memory_limit = '1TB'",
+    );
+    assert!(
+        !set.status.success(),
+        "SET of a server setting must be refused"
+    );
     assert!(String::from_utf8_lossy(&set.stderr).contains("read-only"));
 
     let wrong = psql(&server, "not-the-password", "SELECT 1");

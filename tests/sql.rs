@@ -31,27 +31,32 @@ fn paths_function_returns_what_trailmap_paths_returns() {
     let shop = shop();
     let cli = json(&["paths", "--format", "json", "--input", &shop]);
     let table = sql(&["--input", &shop, "SELECT * FROM paths()"]);
-    let from_cli: BTreeMap<(String, String), (u64, Value, Value, Value)> = rows(
-        &cli["transitions"],
-    )
-    .iter()
-    .map(|t| {
-        (
-            (t["from"].as_str().unwrap().into(), t["to"].as_str().unwrap().into()),
-            (
-                t["count"].as_u64().unwrap(),
-                t["mean_seconds"].clone(),
-                t["median_seconds"].clone(),
-                t["p90_seconds"].clone(),
-            ),
-        )
-    })
-    .collect();
+    let from_cli: BTreeMap<(String, String), (u64, Value, Value, Value)> =
+        rows(&cli["transitions"])
+            .iter()
+            .map(|t| {
+                (
+                    (
+                        t["from"].as_str().unwrap().into(),
+                        t["to"].as_str().unwrap().into(),
+                    ),
+                    (
+                        t["count"].as_u64().unwrap(),
+                        t["mean_seconds"].clone(),
+                        t["median_seconds"].clone(),
+                        t["p90_seconds"].clone(),
+                    ),
+                )
+            })
+            .collect();
     let from_sql: BTreeMap<(String, String), (u64, Value, Value, Value)> = rows(&table)
         .iter()
         .map(|t| {
             (
-                (t["from"].as_str().unwrap().into(), t["to"].as_str().unwrap().into()),
+                (
+                    t["from"].as_str().unwrap().into(),
+                    t["to"].as_str().unwrap().into(),
+                ),
                 (
                     t["count"].as_u64().unwrap(),
                     t["mean_seconds"].clone(),
@@ -69,8 +74,17 @@ fn paths_function_returns_what_trailmap_paths_returns() {
 fn funnel_and_dropoffs_functions_return_what_the_commands_return() {
     let shop = shop();
     let cli = json(&[
-        "funnel", "--format", "json", "--input", &shop, "--steps", "home,pricing,signup",
-        "--window", "1h", "--mode", "strict_order",
+        "funnel",
+        "--format",
+        "json",
+        "--input",
+        &shop,
+        "--steps",
+        "home,pricing,signup",
+        "--window",
+        "1h",
+        "--mode",
+        "strict_order",
     ]);
     let table = sql(&[
         "--input",
@@ -93,14 +107,20 @@ fn funnel_and_dropoffs_functions_return_what_the_commands_return() {
     }
     assert_eq!(rows(&table)[0]["reached"], 4);
 
-    let cli = json(&["dropoffs", "--format", "json", "--input", &shop, "--goal", "purchase"]);
+    let cli = json(&[
+        "dropoffs", "--format", "json", "--input", &shop, "--goal", "purchase",
+    ]);
     let table = sql(&["--input", &shop, "SELECT * FROM dropoffs('purchase')"]);
     let by_touchpoint = |rows: &Vec<Value>| -> BTreeMap<String, (Value, Value, Value)> {
         rows.iter()
             .map(|r| {
                 (
                     r["touchpoint"].as_str().unwrap().to_string(),
-                    (r["journeys"].clone(), r["exits"].clone(), r["abandoned"].clone()),
+                    (
+                        r["journeys"].clone(),
+                        r["exits"].clone(),
+                        r["abandoned"].clone(),
+                    ),
                 )
             })
             .collect()
@@ -138,7 +158,10 @@ fn taobao_window_funnel_equals_clickhouse_in_every_mode() {
         ));
         for (level, count) in f["levels"].as_object().unwrap() {
             if count.as_u64().unwrap() > 0 {
-                wanted.insert((i as u64, level.parse::<u64>().unwrap()), count.as_u64().unwrap());
+                wanted.insert(
+                    (i as u64, level.parse::<u64>().unwrap()),
+                    count.as_u64().unwrap(),
+                );
             }
         }
     }
@@ -171,7 +194,11 @@ fn taobao_window_funnel_equals_clickhouse_in_every_mode() {
         })
         .collect();
     assert_eq!(got, wanted);
-    let total: u64 = got.iter().filter(|((f, _), _)| *f == 0).map(|(_, n)| n).sum();
+    let total: u64 = got
+        .iter()
+        .filter(|((f, _), _)| *f == 0)
+        .map(|(_, n)| n)
+        .sum();
     assert_eq!(total, expected["users"].as_u64().unwrap());
 }
 
@@ -207,7 +234,11 @@ fn files_register_as_tables_and_scripts_run_from_stdin() {
         .write_all(b"SELECT count(*) AS n FROM visits;\nSELECT 'a;b' AS s;\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n3\ns\na;b\n");
 }
 
@@ -224,7 +255,10 @@ fn writes_and_bad_tables_are_refused_with_what_to_do() {
         let out = run(&["sql", "--input", &shop(), &query]);
         assert!(!out.status.success(), "{query} must be refused");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("not supported") || err.contains("not allowed"), "{query}: {err}");
+        assert!(
+            err.contains("not supported") || err.contains("not allowed"),
+            "{query}: {err}"
+        );
     }
     assert!(!target.exists(), "COPY wrote a file");
 

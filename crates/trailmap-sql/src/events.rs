@@ -156,7 +156,11 @@ fn state_fields(name: &str) -> Vec<FieldRef> {
 }
 
 /// Events of list states: (state row, time, mask).
-fn state_events(name: &str, states: &[ArrayRef], mut add: impl FnMut(usize, i64, u32)) -> Result<()> {
+fn state_events(
+    name: &str,
+    states: &[ArrayRef],
+    mut add: impl FnMut(usize, i64, u32),
+) -> Result<()> {
     let (ts, masks): (&ListArray, &ListArray) =
         match (states[0].as_list_opt(), states[1].as_list_opt()) {
             (Some(t), Some(m)) => (t, m),

@@ -18,11 +18,11 @@
 //! - [`Analyst`]: a read-only session: DDL, DML and statements that write (`COPY`,
 //!   `CREATE`, `INSERT`, `DROP`, `SET`) are refused with a message that says so.
 
+pub mod events;
 pub mod postgres;
 mod results;
 pub mod retention;
 pub mod sequence;
-pub mod events;
 pub mod tables;
 pub mod window_funnel;
 
@@ -32,11 +32,11 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use std::time::Duration;
-use trailmap_model::config::SqlConfig;
 use datafusion::logical_expr::AggregateUDF;
 use std::sync::Arc;
+use std::time::Duration;
 use trailmap_model::Config;
+use trailmap_model::config::SqlConfig;
 use trailmap_sessionize::JourneyLog;
 
 /// Stitched journeys to query, with the config that says how (scope, named funnels).
@@ -111,12 +111,8 @@ impl Analyst {
         ctx.register_udaf(AggregateUDF::from(
             window_funnel::WindowFunnelUdaf::default(),
         ));
-        ctx.register_udaf(AggregateUDF::from(
-            sequence::SequenceMatchUdaf::default(),
-        ));
-        ctx.register_udaf(AggregateUDF::from(
-            sequence::SequenceCountUdaf::default(),
-        ));
+        ctx.register_udaf(AggregateUDF::from(sequence::SequenceMatchUdaf::default()));
+        ctx.register_udaf(AggregateUDF::from(sequence::SequenceCountUdaf::default()));
         ctx.register_udaf(AggregateUDF::from(retention::RetentionUdaf::default()));
         Analyst { ctx, limits }
     }
@@ -133,10 +129,8 @@ impl Analyst {
             "journeys",
             Arc::new(RowsTable(JourneyRows::new(shared.clone())?)),
         )?;
-        self.ctx.register_table(
-            "transitions",
-            Arc::new(RowsTable(Transitions::new(shared))),
-        )?;
+        self.ctx
+            .register_table("transitions", Arc::new(RowsTable(Transitions::new(shared))))?;
         for (name, kind) in [
             ("paths", MiningResult::Paths),
             ("variants", MiningResult::Variants),
@@ -181,7 +175,9 @@ impl Analyst {
                 Err(DataFusionError::ResourcesExhausted(format!(
                     "{e}\nthe query needs more than the {} memory limit ([sql] memory_limit in \
                      the config); filter or aggregate earlier, or raise the limit",
-                    bytesize::ByteSize::b(self.limits.memory as u64).display().iec()
+                    bytesize::ByteSize::b(self.limits.memory as u64)
+                        .display()
+                        .iec()
                 )))
             }
             Ok(Err(e)) => Err(e),

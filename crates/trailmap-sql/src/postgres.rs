@@ -57,7 +57,11 @@ pub struct Login {
 ///
 /// Refuses a login without password on an address other than loopback: the endpoint would
 /// hand every table to anyone who can reach the port.
-pub async fn serve(analyst: Arc<Analyst>, listener: TcpListener, login: Login) -> std::io::Result<()> {
+pub async fn serve(
+    analyst: Arc<Analyst>,
+    listener: TcpListener,
+    login: Login,
+) -> std::io::Result<()> {
     let address = listener.local_addr()?;
     if login.password.is_none() && !address.ip().is_loopback() {
         return Err(std::io::Error::other(format!(

@@ -57,7 +57,10 @@ fn text_args(name: &str, exprs: &[Expr]) -> Result<Vec<String>> {
 }
 
 fn table(batch: RecordBatch) -> Result<Arc<dyn TableProvider>> {
-    Ok(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))
+    Ok(Arc::new(MemTable::try_new(
+        batch.schema(),
+        vec![vec![batch]],
+    )?))
 }
 
 fn seconds(v: impl Iterator<Item = Option<f64>>) -> ArrayRef {
@@ -120,16 +123,18 @@ impl TableFunctionImpl for MiningFunction {
             MiningResult::Dropoffs => {
                 let args = text_args("dropoffs", args.exprs())?;
                 if args.len() > 1 {
-                    return plan_err!("dropoffs([goal]) takes at most one argument: a goal touchpoint");
+                    return plan_err!(
+                        "dropoffs([goal]) takes at most one argument: a goal touchpoint"
+                    );
                 }
                 let goal = match args.first() {
-                    Some(g) => Some(log.touchpoints.iter().position(|t| t == g).ok_or_else(
-                        || {
+                    Some(g) => {
+                        Some(log.touchpoints.iter().position(|t| t == g).ok_or_else(|| {
                             DataFusionError::Plan(format!(
                                 "dropoffs('{g}'): no event has touchpoint `{g}`"
                             ))
-                        },
-                    )? as u32),
+                        })? as u32)
+                    }
                     None => None,
                 };
                 let dropoffs = fold(log, scope, || Dropoffs::new(goal));
@@ -229,7 +234,9 @@ fn schema(fields: Vec<Field>) -> Arc<Schema> {
 }
 
 fn text(v: impl Iterator<Item = String>) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(v))
+    // `from_iter_values` needs an exact size hint, which flattened
+    // iterators (variant paths) do not give.
+    Arc::new(v.map(Some).collect::<StringArray>())
 }
 
 fn counts(v: impl Iterator<Item = u64>) -> ArrayRef {
@@ -329,7 +336,9 @@ fn dropoffs_batch(r: &DropoffsReport, goal: bool) -> Result<Arc<dyn TableProvide
         text(t.iter().map(|t| t.touchpoint.clone())),
         counts(t.iter().map(|t| t.journeys)),
         counts(t.iter().map(|t| t.exits)),
-        Arc::new(Float64Array::from_iter_values(t.iter().map(|t| t.exit_rate))) as ArrayRef,
+        Arc::new(Float64Array::from_iter_values(
+            t.iter().map(|t| t.exit_rate),
+        )) as ArrayRef,
     ];
     if goal {
         fields.push(Field::new("abandoned", DataType::UInt64, false));

@@ -200,7 +200,10 @@ impl GroupsAccumulator for Many {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        Ok(answers(&self.retention, &emit_to.take_needed(&mut self.met)))
+        Ok(answers(
+            &self.retention,
+            &emit_to.take_needed(&mut self.met),
+        ))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {

@@ -60,7 +60,9 @@ impl EventFunction for SequenceMatchFn {
         let mut out = Vec::with_capacity(groups.len());
         for mut g in groups {
             ordered(&mut g);
-            out.push(Some(self.0.matches(&g).map_err(|e| too_slow(Self::NAME, e))?));
+            out.push(Some(
+                self.0.matches(&g).map_err(|e| too_slow(Self::NAME, e))?,
+            ));
         }
         Ok(Arc::new(BooleanArray::from(out)))
     }

@@ -11,9 +11,7 @@ use datafusion::arrow::array::{
     TimestampMicrosecondArray, UInt32Array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
-use datafusion::arrow::datatypes::{
-    DataType, Field, Schema, SchemaRef, TimeUnit, UInt32Type,
-};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, UInt32Type};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{Result, project_schema};
 use datafusion::datasource::TableType;
@@ -23,8 +21,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
-use trailmap_mine::{Aggregate, Funnel};
 use trailmap_mine::funnel::FunnelSpec;
+use trailmap_mine::{Aggregate, Funnel};
 use trailmap_model::config::Scope;
 
 /// Rows per batch, so a scan splits across both cores.
@@ -311,9 +309,18 @@ impl Rows for Transitions {
         let from = &self.from_events()[rows];
         let at = |shift: usize| from.iter().map(move |&i| i as usize + shift);
         match index {
-            0 => dictionary(at(0).map(|i| log.touchpoint[i]).collect(), &s.touchpoint_names),
-            1 => dictionary(at(1).map(|i| log.touchpoint[i]).collect(), &s.touchpoint_names),
-            2 => dictionary(at(0).map(|i| s.customer_of()[i]).collect(), s.customer_names()),
+            0 => dictionary(
+                at(0).map(|i| log.touchpoint[i]).collect(),
+                &s.touchpoint_names,
+            ),
+            1 => dictionary(
+                at(1).map(|i| log.touchpoint[i]).collect(),
+                &s.touchpoint_names,
+            ),
+            2 => dictionary(
+                at(0).map(|i| s.customer_of()[i]).collect(),
+                s.customer_names(),
+            ),
             3 => Ok(Arc::new(UInt32Array::from_iter_values(
                 at(0).map(|i| s.session_of()[i]),
             ))),
@@ -363,9 +370,15 @@ impl JourneyRows {
         let mut funnels = Vec::new();
         for (name, journey) in &config.journeys {
             // A funnel naming touchpoints this log lacks still resolves; nobody converts.
-            let (spec, _unknown) = FunnelSpec::resolve(journey, &log.touchpoints, as_of)
-                .map_err(|e| datafusion::common::DataFusionError::Plan(format!("journey {name}: {e}")))?;
-            fields.push(Field::new(format!("converted_{name}"), DataType::Boolean, false));
+            let (spec, _unknown) =
+                FunnelSpec::resolve(journey, &log.touchpoints, as_of).map_err(|e| {
+                    datafusion::common::DataFusionError::Plan(format!("journey {name}: {e}"))
+                })?;
+            fields.push(Field::new(
+                format!("converted_{name}"),
+                DataType::Boolean,
+                false,
+            ));
             funnels.push(spec);
         }
         Ok(JourneyRows {
@@ -414,11 +427,13 @@ impl Rows for JourneyRows {
         let s = &self.shared;
         let log = &s.journeys.log;
         let ranges = rows.clone().map(|j| s.journey_range(j));
-        let list_offsets = || {
-            OffsetBuffer::from_lengths(rows.clone().map(|j| s.journey_range(j).len()))
-        };
+        let list_offsets =
+            || OffsetBuffer::from_lengths(rows.clone().map(|j| s.journey_range(j).len()));
         match index {
-            0 => dictionary(ranges.map(|r| s.customer_of()[r.start]).collect(), s.customer_names()),
+            0 => dictionary(
+                ranges.map(|r| s.customer_of()[r.start]).collect(),
+                s.customer_names(),
+            ),
             1 => Ok(Arc::new(match s.scope() {
                 Scope::Session => {
                     UInt32Array::from_iter_values(ranges.map(|r| s.session_of()[r.start]))
@@ -444,14 +459,12 @@ impl Rows for JourneyRows {
                     None,
                 )?))
             }
-            6 => {
-                Ok(Arc::new(ListArray::try_new(
-                    Arc::new(Field::new("item", ts_type(), false)),
-                    list_offsets(),
-                    timestamps(log.ts[s.events_of(&rows)].to_vec()),
-                    None,
-                )?))
-            }
+            6 => Ok(Arc::new(ListArray::try_new(
+                Arc::new(Field::new("item", ts_type(), false)),
+                list_offsets(),
+                timestamps(log.ts[s.events_of(&rows)].to_vec()),
+                None,
+            )?)),
             k => {
                 let flags = &self.converted()[k - JOURNEY_COLUMNS];
                 Ok(Arc::new(BooleanArray::from(flags[rows].to_vec())))

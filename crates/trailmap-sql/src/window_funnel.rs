@@ -36,7 +36,11 @@ impl EventFunction for WindowFunnelFn {
                 );
             }
         };
-        let modes = text_parameter(Self::NAME, "modes ('strict_order,strict_increase' or '')", &parameters[1])?;
+        let modes = text_parameter(
+            Self::NAME,
+            "modes ('strict_order,strict_increase' or '')",
+            &parameters[1],
+        )?;
         let modes = Modes::parse(&modes)
             .map_err(|e| DataFusionError::Plan(format!("window_funnel: {e}")))?;
         WindowFunnel::new(conditions, window.saturating_mul(1_000_000), modes)

@@ -25,7 +25,9 @@ window = "1h"
 
 fn shop(sql_dir: &Path) -> Journeys {
     let mut config = Config::from_toml_str(SHOP_CONFIG).expect("shop config");
-    config.journeys.retain(|name, _| name == "signup_to_purchase");
+    config
+        .journeys
+        .retain(|name, _| name == "signup_to_purchase");
     let input = FileInput::new(
         sql_dir.join("data/shop.csv"),
         SourceConfig::of_kind(SourceKind::Generic),
@@ -36,7 +38,8 @@ fn shop(sql_dir: &Path) -> Journeys {
         batch_size: 1024,
         projection: Projection::minimal(),
     };
-    let dead_path = std::env::temp_dir().join(format!("trailmap-slt-dead-{}.ndjson", std::process::id()));
+    let dead_path =
+        std::env::temp_dir().join(format!("trailmap-slt-dead-{}.ndjson", std::process::id()));
     let mut dead = DeadLetters::new(dead_path, Some(0));
     let mut source = file::open(&input, &options).expect("open shop.csv");
     let mut builder = JourneyBuilder::new();

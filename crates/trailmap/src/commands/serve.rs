@@ -42,12 +42,11 @@ impl ServeArgs {
             password: config.server.postgres_password.clone(),
         };
         let loaded = self.input.load(Projection::minimal())?;
-        let analyst = Analyst::new(Limits::from_config(&loaded.config.sql)).with_journeys(
-            Journeys {
+        let analyst =
+            Analyst::new(Limits::from_config(&loaded.config.sql)).with_journeys(Journeys {
                 log: Arc::new(loaded.log),
                 config: Arc::new(loaded.config),
-            },
-        )?;
+            })?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

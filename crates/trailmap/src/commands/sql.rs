@@ -12,8 +12,8 @@ use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use datafusion::sql::parser::DFParser;
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
-use trailmap_ingest::Projection;
 use std::sync::Arc;
+use trailmap_ingest::Projection;
 use trailmap_sql::{Analyst, Journeys, Limits};
 
 #[derive(Args)]
@@ -127,8 +127,7 @@ fn statements(text: &str) -> anyhow::Result<Vec<String>> {
 /// and the session goes on.
 async fn prompt(analyst: &Analyst, format: Format) -> anyhow::Result<()> {
     let mut editor = rustyline::DefaultEditor::new().context("cannot open the prompt")?;
-    let history = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".trailmap_sql_history"));
+    let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".trailmap_sql_history"));
     if let Some(h) = &history {
         // A first session has no history yet.
         let _ = editor.load_history(h);
