@@ -280,7 +280,8 @@ impl Transitions {
         ]))
     }
 
-    fn from_events(&self) -> &[u32] {
+    /// Index of the first event of every transition: each journey's events but its last.
+    fn transition_starts(&self) -> &[u32] {
         self.from.get_or_init(|| {
             let s = &self.shared;
             let n = s.journeys.log.num_journeys(s.scope());
@@ -300,13 +301,13 @@ impl Rows for Transitions {
     }
 
     fn num_rows(&self) -> usize {
-        self.from_events().len()
+        self.transition_starts().len()
     }
 
     fn column(&self, index: usize, rows: Range<usize>) -> Result<ArrayRef> {
         let s = &self.shared;
         let log = &s.journeys.log;
-        let from = &self.from_events()[rows];
+        let from = &self.transition_starts()[rows];
         let at = |shift: usize| from.iter().map(move |&i| i as usize + shift);
         match index {
             0 => dictionary(
