@@ -240,10 +240,17 @@ fn anonymous_id(rng: &mut ChaCha8Rng) -> String {
     format!("anon-{:016x}", rng.next_u64())
 }
 
-impl JourneyModel {
-    /// The journey of customer `index`: a pure function of `(opts.seed, index)` and the
-    /// model. Customers beyond `opts.customers` are fine to ask for (a live source may run on).
-    pub fn journey(&self, opts: &GenOptions, index: u64) -> CustomerJourney {
+/// The draws that open a customer's journey, before the walk: shared by
+/// [`JourneyModel::journey`] and [`first_touch_micros`], so the two always agree.
+struct Opening {
+    rng: ChaCha8Rng,
+    anonymous_id: String,
+    odd_case_source: Option<SourceKind>,
+    first_touch_ms: i64,
+}
+
+impl Opening {
+    fn of(opts: &GenOptions, index: u64) -> Opening {
         // One ChaCha stream per customer: independent, and addressable without generating the
         // customers before it.
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
@@ -254,7 +261,32 @@ impl JourneyModel {
         });
         let start_ms = opts.start_micros.div_euclid(MS);
         let span_ms = i64::from(opts.days.max(1)) * 86_400_000;
-        let mut ts_ms = start_ms + rng.random_range(0..span_ms);
+        let first_touch_ms = start_ms + rng.random_range(0..span_ms);
+        Opening {
+            rng,
+            anonymous_id,
+            odd_case_source,
+            first_touch_ms,
+        }
+    }
+}
+
+/// When customer `index`'s journey starts (its first event), without generating it: a live
+/// source orders customers by this to emit events in time order.
+pub fn first_touch_micros(opts: &GenOptions, index: u64) -> i64 {
+    Opening::of(opts, index).first_touch_ms * MS
+}
+
+impl JourneyModel {
+    /// The journey of customer `index`: a pure function of `(opts.seed, index)` and the
+    /// model. Customers beyond `opts.customers` are fine to ask for (a live source may run on).
+    pub fn journey(&self, opts: &GenOptions, index: u64) -> CustomerJourney {
+        let Opening {
+            rng,
+            anonymous_id,
+            odd_case_source,
+            first_touch_ms: mut ts_ms,
+        } = Opening::of(opts, index);
 
         let mut walk = Walk {
             index,

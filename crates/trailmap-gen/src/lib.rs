@@ -23,6 +23,7 @@ pub mod write;
 
 pub use journey::{
     CustomerJourney, DEFAULT_START_MICROS, GenEvent, GenOptions, Generator, RecordKind,
+    first_touch_micros,
 };
 pub use model::{JourneyModel, Truth};
 pub use write::{GenSummary, Layout, OutFormat, write};

@@ -247,9 +247,69 @@ impl<'a> DictIds<'a> {
     }
 }
 
+/// Events a [`JourneyBuilder`] read since the last [`drain`](JourneyBuilder::drain), in
+/// arrival order: the live pipeline reads batches with the same code as batch import, then
+/// takes the events away instead of keeping them for [`finish`](JourneyBuilder::finish).
+#[derive(Debug, Default)]
+pub struct Arrived {
+    /// Identity node of each event; its customer is the node's component.
+    pub node: Vec<u32>,
+    pub ts: Vec<i64>,
+    pub touchpoint: Vec<u32>,
+    pub source: Vec<u16>,
+}
+
+impl Arrived {
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+}
+
 impl JourneyBuilder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Takes the events read so far, leaving identities and names in place.
+    pub fn drain(&mut self) -> Arrived {
+        Arrived {
+            node: std::mem::take(&mut self.node),
+            ts: std::mem::take(&mut self.ts),
+            touchpoint: std::mem::take(&mut self.touchpoint),
+            source: std::mem::take(&mut self.source),
+        }
+    }
+
+    /// The identity graph, for the live stitcher to resolve customers and follow merges.
+    pub fn graph_mut(&mut self) -> &mut IdentityGraph {
+        &mut self.graph
+    }
+
+    /// The id of a touchpoint name, interning it if unseen: the live pipeline fixes the ids
+    /// of configured funnel steps before the first event.
+    pub fn touchpoint_id(&mut self, name: &str) -> u32 {
+        let id = self.touchpoints.id(name);
+        self.stages.resize(self.touchpoints.names.len(), None);
+        id
+    }
+
+    /// Touchpoint names by id, and the stage the catalog gave each.
+    pub fn touchpoints(&self) -> (&[String], &[Option<String>]) {
+        (&self.touchpoints.names, &self.stages)
+    }
+
+    /// Source names by id.
+    pub fn sources(&self) -> &[String] {
+        &self.sources.names
+    }
+
+    /// Identity-only records read.
+    pub fn identity_links(&self) -> u64 {
+        self.links
     }
 
     pub fn events(&self) -> usize {
@@ -695,9 +755,27 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// Session boundaries of customer-ordered events: a new session when the gap to the
-/// previous event exceeds `gap`, or the session would last longer than `max_duration`.
-/// Sessions of customers `range` (their starts; the caller closes the last one).
+/// Session starts of one customer's ordered event times, as indexes into `ts` (the first
+/// is 0): a new session when the gap to the previous event exceeds `gap`, or the session
+/// would last longer than `max_duration` (0: no limit), both in µs. Batch and live cut
+/// sessions with this one rule.
+#[inline]
+pub fn session_starts(ts: &[i64], gap: i64, max_duration: i64, mut start: impl FnMut(usize)) {
+    let Some(&first) = ts.first() else {
+        return;
+    };
+    let mut begun = first;
+    start(0);
+    for i in 1..ts.len() {
+        if ts[i] - ts[i - 1] > gap || (max_duration > 0 && ts[i] - begun > max_duration) {
+            begun = ts[i];
+            start(i);
+        }
+    }
+}
+
+/// Session boundaries of customer-ordered events, customers `range` (their starts; the
+/// caller closes the last one).
 fn cut_sessions(
     ts: &[i64],
     offsets: &[usize],
@@ -708,17 +786,11 @@ fn cut_sessions(
     let mut session_offsets = Vec::with_capacity(range.len() + 1);
     let mut session_customer = Vec::with_capacity(range.len());
     for c in range {
-        let (lo, hi) = (offsets[c], offsets[c + 1]);
-        let mut start = ts[lo];
-        session_offsets.push(lo);
-        session_customer.push(c as u32);
-        for i in lo + 1..hi {
-            if ts[i] - ts[i - 1] > gap || (max > 0 && ts[i] - start > max) {
-                start = ts[i];
-                session_offsets.push(i);
-                session_customer.push(c as u32);
-            }
-        }
+        let lo = offsets[c];
+        session_starts(&ts[lo..offsets[c + 1]], gap, max, |i| {
+            session_offsets.push(lo + i);
+            session_customer.push(c as u32);
+        });
     }
     (session_offsets, session_customer)
 }

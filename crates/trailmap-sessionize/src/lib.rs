@@ -18,6 +18,7 @@ pub mod journeys;
 pub mod stitch;
 
 pub use journeys::{
-    Attribute, AttributeColumn, Journey, JourneyBuilder, JourneyLog, NO_VALUE, SessionSummary,
+    Arrived, Attribute, AttributeColumn, Journey, JourneyBuilder, JourneyLog, NO_VALUE,
+    SessionSummary, session_starts,
 };
 pub use stitch::IdentityGraph;

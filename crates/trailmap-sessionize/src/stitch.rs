@@ -21,6 +21,10 @@ pub struct IdentityGraph {
     parent: Vec<u32>,
     /// Union by size keeps trees shallow even when links arrive in the worst order.
     size: Vec<u32>,
+    /// `(absorbed root, surviving root)` of every merge since the last
+    /// [`take_merges`](Self::take_merges), when [`record_merges`](Self::record_merges) asked:
+    /// the live pipeline moves a customer's open state when two customers become one.
+    merges: Option<Vec<(u32, u32)>>,
 }
 
 impl std::fmt::Debug for IdentityGraph {
@@ -41,6 +45,7 @@ impl Default for IdentityGraph {
             kind: Vec::new(),
             parent: Vec::new(),
             size: Vec::new(),
+            merges: None,
         }
     }
 }
@@ -122,7 +127,22 @@ impl IdentityGraph {
         }
         self.parent[rb as usize] = ra;
         self.size[ra as usize] += self.size[rb as usize];
+        if let Some(merges) = &mut self.merges {
+            merges.push((rb, ra));
+        }
         true
+    }
+
+    /// Starts recording merges of customers (off by default: batch stitching only needs the
+    /// final components).
+    pub fn record_merges(&mut self) {
+        self.merges.get_or_insert_with(Vec::new);
+    }
+
+    /// The merges since the last call, in the order they happened: `(absorbed root,
+    /// surviving root)`. A surviving root may itself be absorbed by a later entry.
+    pub fn take_merges(&mut self) -> Vec<(u32, u32)> {
+        self.merges.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Whether two identifiers belong to one customer.

@@ -1,12 +1,16 @@
 //! `trailmap serve`: the journeys read from files, served to analysts over the PostgreSQL
-//! wire protocol (`psql`, BI tools), read-only and bounded like `trailmap sql`.
+//! wire protocol (`psql`, BI tools), read-only and bounded like `trailmap sql`; or, with
+//! `--generate` or `--replay`, the live pipeline running on a stream until it ends.
 
 use crate::input::InputArgs;
 use anyhow::Context;
 use clap::Args;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use trailmap_ingest::Projection;
+use trailmap_gen::GenOptions;
+use trailmap_ingest::{DeadLetters, IngestOptions, Projection};
+use trailmap_live::{FileReplay, GeneratorSource, LiveSource, MapReport, PipelineOptions};
+use trailmap_model::Catalog;
 use trailmap_sql::postgres::{self, Login};
 use trailmap_sql::{Analyst, Journeys, Limits};
 
@@ -22,10 +26,39 @@ pub struct ServeArgs {
     /// PostgreSQL port; 0 picks a free one [default: [server] postgres_port, 5433].
     #[arg(long, value_name = "PORT")]
     postgres_port: Option<u16>,
+
+    /// Run the live pipeline on generated traffic: this many customers of the `gen` model,
+    /// streamed in event-time order. Prints the live map as JSON when the stream ends.
+    #[arg(long, value_name = "CUSTOMERS", conflicts_with = "replay")]
+    generate: Option<u64>,
+
+    /// Days the generated customers' first touches spread over.
+    #[arg(long, default_value_t = 28, value_name = "DAYS")]
+    days: u32,
+
+    /// Seed of the generated traffic.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+
+    /// Generated events per second of wall time [default: as fast as the pipeline takes them].
+    #[arg(long, value_name = "EVENTS_PER_SECOND")]
+    rate: Option<f64>,
+
+    /// Run the live pipeline replaying the input files (each a partition, a batch from each
+    /// in turn). Prints the live map as JSON when the files end.
+    #[arg(long)]
+    replay: bool,
+
+    /// Shards customers are spread over [default: the cores].
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
 }
 
 impl ServeArgs {
     pub fn run(self) -> anyhow::Result<()> {
+        if self.generate.is_some() || self.replay {
+            return self.run_live();
+        }
         let config = self.input.config()?;
         let bind: IpAddr = match self.bind {
             Some(b) => b,
@@ -64,5 +97,86 @@ impl ServeArgs {
             postgres::serve(Arc::new(analyst), listener, login).await?;
             Ok(())
         })
+    }
+}
+
+impl ServeArgs {
+    /// The live pipeline on a finite stream: status on stderr while it runs, the map on
+    /// stdout when it ends.
+    fn run_live(self) -> anyhow::Result<()> {
+        let config = self.input.config()?;
+        let mut pipeline = PipelineOptions::default();
+        if let Some(shards) = self.shards {
+            anyhow::ensure!(shards > 0, "--shards must be at least 1");
+            pipeline.shards = shards;
+        }
+        let source: Box<dyn LiveSource> = match self.generate {
+            Some(customers) => {
+                let opts = GenOptions {
+                    customers,
+                    days: self.days,
+                    seed: self.seed,
+                    ..GenOptions::default()
+                };
+                Box::new(GeneratorSource::new(
+                    opts,
+                    config.ingest.batch_size,
+                    self.rate,
+                ))
+            }
+            None => {
+                let inputs = self.input.file_inputs(&config)?;
+                let options = IngestOptions {
+                    catalog: Arc::new(Catalog::compile(&config.catalog)?),
+                    batch_size: config.ingest.batch_size,
+                    projection: Projection::minimal(),
+                };
+                let dead = DeadLetters::new(&config.ingest.dead_letter, config.ingest.max_errors);
+                Box::new(FileReplay::open(&inputs, &options, dead)?)
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the live runtime")?;
+        let result = runtime.block_on(async {
+            let handle = trailmap_live::start(&config, source, &pipeline)?;
+            let started = std::time::Instant::now();
+            let mut shown = started;
+            while !handle.input_ended() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if shown.elapsed() >= std::time::Duration::from_secs(2) {
+                    shown = std::time::Instant::now();
+                    let s = handle.status().await?;
+                    eprintln!(
+                        "live: {} events, {} customers open ({} events held), watermark {}",
+                        s.stitch.events,
+                        s.open_customers,
+                        s.retained_events,
+                        s.watermark
+                            .and_then(chrono::DateTime::from_timestamp_micros)
+                            .map_or("none yet".to_string(), |t| t.to_rfc3339()),
+                    );
+                }
+            }
+            let result = handle.finish().await?;
+            anyhow::Ok((result, started.elapsed()))
+        })?;
+        let (result, took) = result;
+        let s = &result.status;
+        eprintln!(
+            "live: {} events in {:.1}s ({:.0}/s), {} identity links, {} merges, {} corrected late, {} beyond the horizon",
+            s.stitch.events,
+            took.as_secs_f64(),
+            s.stitch.events as f64 / took.as_secs_f64().max(1e-9),
+            s.stitch.identity_links,
+            s.stitch.merges,
+            s.shards.corrected,
+            s.stitch.late,
+        );
+        let report = MapReport::new(&result.map.total(), &result.names);
+        let out = serde_json::json!({ "status": s, "map": report });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        Ok(())
     }
 }

@@ -1,0 +1,242 @@
+//! Time-bucketed journey counts: what the live map is made of.
+//!
+//! Every number here is a signed count, so a customer's contribution can be taken back
+//! exactly (a late event reorders a session; two customers turn out to be one) by adding it
+//! again with the opposite sign. Counts merge by addition: shards, buckets and windows
+//! combine in any order.
+
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
+use std::hash::Hash;
+
+/// Width of a bucket: one minute, in microseconds.
+pub const BUCKET_MICROS: i64 = 60_000_000;
+
+/// The bucket (minutes since the epoch) an event time falls in.
+#[inline]
+pub fn bucket_of(ts: i64) -> i64 {
+    ts.div_euclid(BUCKET_MICROS)
+}
+
+/// One transition's count and total duration (for the mean).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransitionCount {
+    pub count: i64,
+    /// Sum of the transitions' durations, µs.
+    pub duration_micros: i64,
+}
+
+/// Counts of journeys (sessions) over some span of time: one bucket, or a window summed.
+///
+/// What is counted where: an event in the bucket of its time; a transition `a → b` in the
+/// bucket of `b`; a journey, its start, and its funnel level in the bucket of its first
+/// event; its exit in the bucket of its last event; "journeys through a touchpoint" in the
+/// bucket of the journey's first visit to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveCounts {
+    pub events: i64,
+    pub journeys: i64,
+    /// Touchpoint → events.
+    pub visits: FxHashMap<u32, i64>,
+    /// Touchpoint → journeys that visit it at least once.
+    pub through: FxHashMap<u32, i64>,
+    /// Touchpoint → journeys that start there.
+    pub starts: FxHashMap<u32, i64>,
+    /// Touchpoint → journeys that end there (so far, for open ones).
+    pub exits: FxHashMap<u32, i64>,
+    pub transitions: FxHashMap<(u32, u32), TransitionCount>,
+    /// Per configured journey (funnel), journeys by deepest step: `funnels[j][k]` reached
+    /// exactly `k` steps (as [`StepTallies::levels`](trailmap_mine::funnel::StepTallies)).
+    pub funnels: Vec<Vec<i64>>,
+}
+
+fn bump<K: Hash + Eq + Copy>(map: &mut FxHashMap<K, i64>, key: K, by: i64) {
+    let v = map.entry(key).or_default();
+    *v += by;
+    if *v == 0 {
+        // Retracted to nothing: drop the entry, so equal counts compare equal.
+        map.remove(&key);
+    }
+}
+
+impl LiveCounts {
+    pub(crate) fn visit(&mut self, touchpoint: u32, by: i64) {
+        bump(&mut self.visits, touchpoint, by);
+    }
+
+    pub(crate) fn through(&mut self, touchpoint: u32, by: i64) {
+        bump(&mut self.through, touchpoint, by);
+    }
+
+    pub(crate) fn start(&mut self, touchpoint: u32, by: i64) {
+        bump(&mut self.starts, touchpoint, by);
+    }
+
+    pub(crate) fn exit(&mut self, touchpoint: u32, by: i64) {
+        bump(&mut self.exits, touchpoint, by);
+    }
+
+    pub(crate) fn transition(&mut self, from: u32, to: u32, duration: i64, by: i64) {
+        let t = self.transitions.entry((from, to)).or_default();
+        t.count += by;
+        t.duration_micros += by * duration;
+        if t.count == 0 && t.duration_micros == 0 {
+            self.transitions.remove(&(from, to));
+        }
+    }
+
+    pub(crate) fn funnel_level(&mut self, funnel: usize, level: usize, by: i64) {
+        if self.funnels.len() <= funnel {
+            self.funnels.resize(funnel + 1, Vec::new());
+        }
+        let levels = &mut self.funnels[funnel];
+        if levels.len() <= level {
+            levels.resize(level + 1, 0);
+        }
+        levels[level] += by;
+        if levels.iter().all(|&l| l == 0) {
+            levels.clear();
+        }
+        while self.funnels.last().is_some_and(|l| l.is_empty()) {
+            self.funnels.pop();
+        }
+    }
+
+    /// Adds other counts into these.
+    pub fn merge(&mut self, other: &LiveCounts) {
+        self.events += other.events;
+        self.journeys += other.journeys;
+        for (mine, theirs) in [
+            (&mut self.visits, &other.visits),
+            (&mut self.through, &other.through),
+            (&mut self.starts, &other.starts),
+            (&mut self.exits, &other.exits),
+        ] {
+            for (&k, &v) in theirs {
+                bump(mine, k, v);
+            }
+        }
+        for (&(a, b), t) in &other.transitions {
+            let mine = self.transitions.entry((a, b)).or_default();
+            mine.count += t.count;
+            mine.duration_micros += t.duration_micros;
+            if *mine == TransitionCount::default() {
+                self.transitions.remove(&(a, b));
+            }
+        }
+        for (j, levels) in other.funnels.iter().enumerate() {
+            for (k, &n) in levels.iter().enumerate() {
+                if n != 0 {
+                    self.funnel_level(j, k, n);
+                }
+            }
+        }
+    }
+
+    /// Whether nothing is counted (everything retracted).
+    pub fn is_empty(&self) -> bool {
+        *self == LiveCounts::default()
+    }
+
+    /// Journeys of funnel `j` whose deepest step is at least step `k` (0-based), as
+    /// [`StepTallies::reached`](trailmap_mine::funnel::StepTallies::reached).
+    pub fn reached(&self, j: usize, k: usize) -> i64 {
+        self.funnels
+            .get(j)
+            .map_or(0, |l| l.iter().skip(k + 1).sum())
+    }
+}
+
+/// Counts by minute.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveMap {
+    buckets: BTreeMap<i64, LiveCounts>,
+}
+
+impl LiveMap {
+    /// The bucket of an event time, created if missing.
+    pub(crate) fn at(&mut self, ts: i64) -> &mut LiveCounts {
+        self.buckets.entry(bucket_of(ts)).or_default()
+    }
+
+    /// Drops buckets whose counts were all retracted.
+    pub(crate) fn prune(&mut self) {
+        self.buckets.retain(|_, c| !c.is_empty());
+    }
+
+    /// Counts of events with time in `[from, to)` (µs), summed over their buckets. Buckets
+    /// are whole minutes: a bound inside a minute takes that minute whole.
+    pub fn window(&self, from: i64, to: i64) -> LiveCounts {
+        let mut sum = LiveCounts::default();
+        if from >= to {
+            return sum;
+        }
+        for c in self
+            .buckets
+            .range(bucket_of(from)..=bucket_of(to - 1))
+            .map(|(_, c)| c)
+        {
+            sum.merge(c);
+        }
+        sum
+    }
+
+    /// Everything counted.
+    pub fn total(&self) -> LiveCounts {
+        let mut sum = LiveCounts::default();
+        for c in self.buckets.values() {
+            sum.merge(c);
+        }
+        sum
+    }
+
+    /// Adds another map's buckets into this one.
+    pub fn merge(&mut self, other: &LiveMap) {
+        for (&b, c) in &other.buckets {
+            self.buckets.entry(b).or_default().merge(c);
+        }
+        self.prune();
+    }
+
+    /// Non-empty buckets: `(minute since the epoch, counts)`.
+    pub fn buckets(&self) -> impl Iterator<Item = (i64, &LiveCounts)> {
+        self.buckets.iter().map(|(&b, c)| (b, c))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.values().all(LiveCounts::is_empty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retracted_contribution_leaves_nothing() {
+        let mut m = LiveMap::default();
+        for by in [1, -1] {
+            let c = m.at(90_000_000);
+            c.events += by;
+            c.visit(3, by);
+            c.transition(3, 4, 5_000_000, by);
+            c.funnel_level(1, 2, by);
+        }
+        m.prune();
+        assert!(m.is_empty());
+        assert_eq!(m.total(), LiveCounts::default());
+    }
+
+    #[test]
+    fn windows_take_whole_minutes() {
+        let mut m = LiveMap::default();
+        m.at(0).visit(1, 1);
+        m.at(BUCKET_MICROS).visit(1, 2);
+        m.at(-1).visit(1, 4);
+        assert_eq!(m.window(0, BUCKET_MICROS).visits[&1], 1);
+        assert_eq!(m.window(1, BUCKET_MICROS + 1).visits[&1], 3);
+        assert_eq!(m.window(-BUCKET_MICROS, 0).visits[&1], 4);
+        assert_eq!(m.total().visits[&1], 7);
+        assert!(m.window(5, 5).is_empty());
+    }
+}

@@ -1,0 +1,39 @@
+//! The live pipeline: events in as they happen, the journey map always current.
+//!
+//! Batch and live share the code that decides what a journey is: batches are read by the
+//! same [`JourneyBuilder`](trailmap_sessionize::JourneyBuilder) as batch import, sessions are
+//! cut by the same rule ([`session_starts`](trailmap_sessionize::session_starts)), funnel
+//! levels come from the same [`Funnel`](trailmap_mine::Funnel) aggregate. What differs is
+//! that live input never ends, so every count is kept as a signed, time-bucketed
+//! contribution that a late event or an identity merge can take back and redo; once the
+//! input ends, the live map equals what batch mining counts on the same events.
+//!
+//! Layout:
+//! - [`source`]: [`LiveSource`], partitions of canonical batches; [`FileReplay`] replays
+//!   files, [`GeneratorSource`] streams the `gen` model in time order at a chosen rate.
+//! - [`stitch`]: the [`Stitcher`]: identities, the event-time watermark (per partition,
+//!   the pipeline's is the least), the lateness horizon, routing customers to shards, and
+//!   the hand-off of open state when two customers turn out to be one.
+//! - [`shard`]: a [`Shard`] of customers: their open sessions (events kept until no
+//!   accepted event can change them), retraction and re-emission of what they contributed.
+//! - [`counts`]: [`LiveMap`], counts by minute ([`LiveCounts`]: events, journeys, starts,
+//!   exits, transitions, journeys through each touchpoint, funnel levels), summed into any
+//!   window.
+//! - [`pipeline`]: [`start`] wires a source thread, the stitcher and the shards with
+//!   bounded channels (backpressure) on tokio; [`LiveHandle`] answers windows and status
+//!   while it runs and [`LiveHandle::finish`] returns the final map.
+//! - [`report`]: [`MapReport`], the map with names and rates (nodes, edges, funnels).
+
+pub mod counts;
+pub mod pipeline;
+pub mod report;
+pub mod shard;
+pub mod source;
+pub mod stitch;
+
+pub use counts::{BUCKET_MICROS, LiveCounts, LiveMap, TransitionCount, bucket_of};
+pub use pipeline::{LiveHandle, LiveResult, LiveStatus, Names, PipelineOptions, start};
+pub use report::MapReport;
+pub use shard::{LiveEvent, Shard, ShardConfig, ShardStats};
+pub use source::{Feed, FileReplay, GeneratorSource, LiveSource};
+pub use stitch::{Handoff, LateEvent, Routed, StitchStats, Stitcher};

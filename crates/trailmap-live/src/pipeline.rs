@@ -1,0 +1,420 @@
+//! The running pipeline: a source thread, the stitcher task and one task per shard, joined
+//! by bounded channels.
+//!
+//! ```text
+//!  source thread ──Feed──> stitcher task ──ShardMsg──> shard task × N ──> live map
+//!      (blocking reads)     identity, watermark,         sessions, retractions,
+//!                           lateness, routing            time-bucketed counts
+//! ```
+//!
+//! Every channel is bounded: when the shards fall behind, the stitcher waits on them, the
+//! source waits on the stitcher, and reading pauses, so memory stays bounded whatever the
+//! input rate. Queries are messages too, answered by each shard between two batches, so a
+//! query sees a consistent state per shard and never blocks ingest for long.
+
+use crate::counts::{LiveCounts, LiveMap};
+use crate::shard::{LiveEvent, Shard, ShardConfig, ShardStats};
+use crate::source::{Feed, LiveSource};
+use crate::stitch::{Handoff, LateEvent, StitchStats, Stitcher};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use trailmap_mine::FunnelSpec;
+use trailmap_model::config::{Config, JourneyConfig};
+use trailmap_model::{Error, Result};
+
+/// How the pipeline is laid out.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Shards (tasks) customers are spread over; default: the cores.
+    pub shards: usize,
+    /// Batches in flight on each channel before the sender waits.
+    pub channel_batches: usize,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            channel_batches: 4,
+        }
+    }
+}
+
+enum ShardMsg {
+    Events(Vec<(u32, LiveEvent)>),
+    Merge {
+        from: u32,
+        into: u32,
+    },
+    Evict {
+        customer: u32,
+        reply: oneshot::Sender<Vec<LiveEvent>>,
+    },
+    Adopt {
+        customer: u32,
+        events: Vec<LiveEvent>,
+    },
+    Watermark(i64),
+    Window {
+        from: i64,
+        to: i64,
+        reply: oneshot::Sender<LiveCounts>,
+    },
+    Status {
+        reply: oneshot::Sender<ShardStatus>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ShardStatus {
+    stats: ShardStats,
+    open_customers: usize,
+    retained_events: usize,
+}
+
+/// The pipeline's state, for `/readyz`, metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LiveStatus {
+    pub watermark: Option<i64>,
+    pub stitch: StitchStats,
+    pub shards: ShardStats,
+    /// Customers with sessions that can still change.
+    pub open_customers: usize,
+    /// Events held for those sessions.
+    pub retained_events: usize,
+}
+
+/// Names the live counts refer to by id.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    pub touchpoints: Vec<String>,
+    pub stages: Vec<Option<String>>,
+    /// Configured journeys, in `LiveCounts::funnels` order.
+    pub funnels: Vec<(String, JourneyConfig)>,
+}
+
+/// What a finished run leaves.
+#[derive(Debug, Clone)]
+pub struct LiveResult {
+    pub map: LiveMap,
+    pub names: Names,
+    pub status: LiveStatus,
+    /// Events that arrived beyond the lateness horizon.
+    pub late: Vec<LateEvent>,
+}
+
+/// A running pipeline.
+pub struct LiveHandle {
+    shards: Vec<mpsc::Sender<ShardMsg>>,
+    names: Arc<RwLock<Names>>,
+    stitch: Arc<RwLock<(Option<i64>, StitchStats)>>,
+    stitcher: JoinHandle<Result<Vec<LateEvent>>>,
+    shard_tasks: Vec<JoinHandle<Shard>>,
+}
+
+/// Resolves configured journeys against the pipeline's fixed touchpoint ids.
+fn funnel_specs(config: &Config, touchpoints: &[String]) -> Result<Vec<FunnelSpec>> {
+    config
+        .journeys
+        .iter()
+        .map(|(name, journey)| {
+            FunnelSpec::resolve(journey, touchpoints, i64::MAX)
+                .map(|(spec, _)| spec)
+                .map_err(|e| Error::Other(format!("journey `{name}`: {e}")))
+        })
+        .collect()
+}
+
+/// Starts the pipeline on the current tokio runtime.
+pub fn start(
+    config: &Config,
+    source: Box<dyn LiveSource>,
+    options: &PipelineOptions,
+) -> Result<LiveHandle> {
+    let sessions = &config.sessions;
+    let lateness = sessions.allowed_lateness.micros();
+    let steps: Vec<&str> = config
+        .journeys
+        .values()
+        .flat_map(|j| j.steps.iter().chain(&j.exclusions).map(String::as_str))
+        .collect();
+    let shards = options.shards.max(1);
+    let mut stitcher = Stitcher::new(shards, source.partitions(), lateness, &steps);
+    let shard_config = ShardConfig {
+        gap: sessions.gap.micros(),
+        max_duration: sessions.max_duration.micros(),
+        lateness,
+        funnels: funnel_specs(config, stitcher.touchpoints())?,
+    };
+    let names = Arc::new(RwLock::new(Names {
+        touchpoints: stitcher.touchpoints().to_vec(),
+        stages: stitcher.stages().to_vec(),
+        funnels: config
+            .journeys
+            .iter()
+            .map(|(n, j)| (n.clone(), j.clone()))
+            .collect(),
+    }));
+    let stitch = Arc::new(RwLock::new((None, StitchStats::default())));
+
+    let capacity = options.channel_batches.max(1);
+    let mut senders = Vec::with_capacity(shards);
+    let mut shard_tasks = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let (tx, rx) = mpsc::channel(capacity);
+        senders.push(tx);
+        shard_tasks.push(tokio::spawn(run_shard(
+            Shard::new(shard_config.clone()),
+            rx,
+        )));
+    }
+
+    let (feed_tx, mut feed_rx) = mpsc::channel::<Result<Feed>>(capacity);
+    std::thread::Builder::new()
+        .name("trailmap-source".into())
+        .spawn(move || read_source(source, feed_tx))
+        .map_err(|e| Error::Other(format!("cannot start the source thread: {e}")))?;
+
+    let to_shards = senders.clone();
+    let (names_w, stitch_w) = (names.clone(), stitch.clone());
+    let stitcher_task = tokio::spawn(async move {
+        let mut late = Vec::new();
+        let mut sent_watermark = i64::MIN;
+        while let Some(feed) = feed_rx.recv().await {
+            match feed? {
+                Feed::Batch { partition, batch } => {
+                    let routed = stitcher.push(partition, &batch).map_err(Error::Other)?;
+                    for h in routed.handoffs {
+                        hand_off(&to_shards, h).await?;
+                    }
+                    for (shard, events) in routed.events.into_iter().enumerate() {
+                        if !events.is_empty() {
+                            send(&to_shards[shard], ShardMsg::Events(events)).await?;
+                        }
+                    }
+                    late.extend(routed.late);
+                    let known = names_w.read().map_or(0, |n| n.touchpoints.len());
+                    if stitcher.touchpoints().len() != known
+                        && let Ok(mut n) = names_w.write()
+                    {
+                        n.touchpoints = stitcher.touchpoints().to_vec();
+                        n.stages = stitcher.stages().to_vec();
+                    }
+                }
+                Feed::End { partition } => stitcher.end_partition(partition),
+            }
+            let watermark = stitcher.watermark();
+            if watermark > sent_watermark {
+                sent_watermark = watermark;
+                for tx in &to_shards {
+                    send(tx, ShardMsg::Watermark(watermark)).await?;
+                }
+            }
+            if let Ok(mut s) = stitch_w.write() {
+                *s = ((watermark > i64::MIN).then_some(watermark), stitcher.stats);
+            }
+        }
+        Ok(late)
+    });
+
+    Ok(LiveHandle {
+        shards: senders,
+        names,
+        stitch,
+        stitcher: stitcher_task,
+        shard_tasks,
+    })
+}
+
+fn read_source(mut source: Box<dyn LiveSource>, out: mpsc::Sender<Result<Feed>>) {
+    loop {
+        let next = match source.next() {
+            Ok(Some(feed)) => Ok(feed),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        let failed = next.is_err();
+        // A closed channel means the pipeline stopped: nothing left to read for.
+        if out.blocking_send(next).is_err() || failed {
+            return;
+        }
+    }
+}
+
+async fn send(tx: &mpsc::Sender<ShardMsg>, msg: ShardMsg) -> Result<()> {
+    tx.send(msg)
+        .await
+        .map_err(|_| Error::Other("a shard of the live pipeline stopped".into()))
+}
+
+async fn hand_off(shards: &[mpsc::Sender<ShardMsg>], handoff: Handoff) -> Result<()> {
+    match handoff {
+        Handoff::Merge { shard, from, into } => {
+            send(&shards[shard], ShardMsg::Merge { from, into }).await
+        }
+        Handoff::Move {
+            from_shard,
+            to_shard,
+            from,
+            into,
+        } => {
+            let (reply, events) = oneshot::channel();
+            send(
+                &shards[from_shard],
+                ShardMsg::Evict {
+                    customer: from,
+                    reply,
+                },
+            )
+            .await?;
+            let events = events
+                .await
+                .map_err(|_| Error::Other("a shard of the live pipeline stopped".into()))?;
+            send(
+                &shards[to_shard],
+                ShardMsg::Adopt {
+                    customer: into,
+                    events,
+                },
+            )
+            .await
+        }
+    }
+}
+
+async fn run_shard(mut shard: Shard, mut rx: mpsc::Receiver<ShardMsg>) -> Shard {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            ShardMsg::Events(mut events) => {
+                // One push per customer: a stable sort keeps each one's arrival order.
+                events.sort_by_key(|&(customer, _)| customer);
+                let mut buf = Vec::new();
+                for run in events.chunk_by(|a, b| a.0 == b.0) {
+                    buf.clear();
+                    buf.extend(run.iter().map(|&(_, e)| e));
+                    shard.push(run[0].0, &buf);
+                }
+            }
+            ShardMsg::Merge { from, into } => shard.merge(from, into),
+            ShardMsg::Evict { customer, reply } => {
+                let _ = reply.send(shard.evict(customer));
+            }
+            ShardMsg::Adopt { customer, events } => shard.adopt(customer, &events),
+            ShardMsg::Watermark(w) => shard.advance(w),
+            ShardMsg::Window { from, to, reply } => {
+                let _ = reply.send(shard.window(from, to));
+            }
+            ShardMsg::Status { reply } => {
+                let _ = reply.send(ShardStatus {
+                    stats: shard.stats,
+                    open_customers: shard.open_customers(),
+                    retained_events: shard.retained_events(),
+                });
+            }
+        }
+    }
+    shard
+}
+
+fn stopped() -> Error {
+    Error::Other("the live pipeline has stopped".into())
+}
+
+impl LiveHandle {
+    /// Counts of events with time in `[from, to)` (µs), over all shards.
+    pub async fn window(&self, from: i64, to: i64) -> Result<LiveCounts> {
+        let mut replies = Vec::with_capacity(self.shards.len());
+        for tx in &self.shards {
+            let (reply, rx) = oneshot::channel();
+            send(tx, ShardMsg::Window { from, to, reply }).await?;
+            replies.push(rx);
+        }
+        let mut sum = LiveCounts::default();
+        for rx in replies {
+            sum.merge(&rx.await.map_err(|_| stopped())?);
+        }
+        Ok(sum)
+    }
+
+    pub async fn status(&self) -> Result<LiveStatus> {
+        let mut status = LiveStatus::default();
+        if let Ok(s) = self.stitch.read() {
+            (status.watermark, status.stitch) = *s;
+        }
+        for tx in &self.shards {
+            let (reply, rx) = oneshot::channel();
+            send(tx, ShardMsg::Status { reply }).await?;
+            let s = rx.await.map_err(|_| stopped())?;
+            add_shard(&mut status, &s);
+        }
+        Ok(status)
+    }
+
+    /// Whether the source has ended and the stitcher has routed all of it (or failed):
+    /// [`finish`](Self::finish) then returns without waiting for input.
+    pub fn input_ended(&self) -> bool {
+        self.stitcher.is_finished()
+    }
+
+    /// Names of the ids in the counts, as of now.
+    pub fn names(&self) -> Names {
+        self.names.read().map(|n| n.clone()).unwrap_or_default()
+    }
+
+    /// Waits for the source to end and every event to be counted, then closes the sessions
+    /// still open (the input has ended, so the watermark is past everything).
+    pub async fn finish(self) -> Result<LiveResult> {
+        let LiveHandle {
+            shards,
+            names,
+            stitch,
+            stitcher,
+            shard_tasks,
+        } = self;
+        let late = stitcher
+            .await
+            .map_err(|e| Error::Other(format!("the stitcher failed: {e}")))?;
+        // Even after an error, shards are drained so the tasks end.
+        for tx in &shards {
+            let _ = tx.send(ShardMsg::Watermark(i64::MAX)).await;
+        }
+        drop(shards);
+        let mut status = LiveStatus::default();
+        if let Ok(s) = stitch.read() {
+            (status.watermark, status.stitch) = *s;
+        }
+        let mut map = LiveMap::default();
+        for task in shard_tasks {
+            let shard = task
+                .await
+                .map_err(|e| Error::Other(format!("a shard failed: {e}")))?;
+            add_shard(
+                &mut status,
+                &ShardStatus {
+                    stats: shard.stats,
+                    open_customers: shard.open_customers(),
+                    retained_events: shard.retained_events(),
+                },
+            );
+            map.merge(shard.map());
+        }
+        let late = late?;
+        let names = names.read().map(|n| n.clone()).unwrap_or_default();
+        Ok(LiveResult {
+            map,
+            names,
+            status,
+            late,
+        })
+    }
+}
+
+fn add_shard(status: &mut LiveStatus, s: &ShardStatus) {
+    status.shards.events += s.stats.events;
+    status.shards.corrected += s.stats.corrected;
+    status.shards.merged += s.stats.merged;
+    status.shards.sessions_final += s.stats.sessions_final;
+    status.open_customers += s.open_customers;
+    status.retained_events += s.retained_events;
+}

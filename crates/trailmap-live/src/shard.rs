@@ -1,0 +1,349 @@
+//! A shard of customers: their open sessions, and what those contribute to the live map.
+//!
+//! A customer's retained events are those of sessions that could still change: a session is
+//! final once the watermark, less the allowed lateness, has passed its last event by more
+//! than the session gap, because no event the pipeline still accepts can join it then. Final
+//! sessions' events are dropped; what they contributed stays in the map.
+//!
+//! Every change to a customer (an event in order, a late one, a merge with another
+//! customer) takes back the contribution of the sessions it can affect and adds theirs
+//! again, recomputed from the events: the live map is always exactly the sum over sessions
+//! of what batch mining would count for them.
+
+use crate::counts::{LiveCounts, LiveMap};
+use rustc_hash::FxHashMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use trailmap_mine::fold::Aggregate;
+use trailmap_mine::{Funnel, FunnelSpec};
+use trailmap_sessionize::{Journey, session_starts};
+
+/// An event as a shard keeps it: 24 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveEvent {
+    /// Event time, µs since the epoch.
+    pub ts: i64,
+    /// Arrival order across the pipeline: ties in time keep it, as batch does.
+    pub seq: u64,
+    pub touchpoint: u32,
+}
+
+impl LiveEvent {
+    #[inline]
+    fn order(&self) -> (i64, u64) {
+        (self.ts, self.seq)
+    }
+}
+
+/// Session rules and funnels a shard applies, in µs.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub gap: i64,
+    pub max_duration: i64,
+    pub lateness: i64,
+    /// Configured journeys, resolved against the pipeline's touchpoint ids.
+    pub funnels: Vec<FunnelSpec>,
+}
+
+/// What a shard did, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ShardStats {
+    pub events: u64,
+    /// Events that arrived behind a later event of their customer, inside the lateness
+    /// horizon: they corrected what was counted.
+    pub corrected: u64,
+    /// Customers merged into another (identity links between customers with open state).
+    pub merged: u64,
+    /// Sessions whose contribution became final and whose events were dropped.
+    pub sessions_final: u64,
+}
+
+/// One configured funnel, run through the batch [`Funnel`] aggregate one session at a time;
+/// the change in its tallies is the session's contribution.
+struct FunnelProbe {
+    funnel: Funnel<'static>,
+    levels: Vec<u64>,
+}
+
+pub struct Shard {
+    config: ShardConfig,
+    /// Retained events of each customer with open sessions, ordered by (time, arrival).
+    customers: FxHashMap<u32, Vec<LiveEvent>>,
+    /// `(last event time, customer)` whenever a customer's last time changes; popped
+    /// entries whose time is no longer the customer's last only compact it.
+    expiry: BinaryHeap<Reverse<(i64, u32)>>,
+    watermark: i64,
+    map: LiveMap,
+    probes: Vec<FunnelProbe>,
+    /// Per touchpoint, the stamp of the last session that visited it.
+    seen: Vec<u64>,
+    stamp: u64,
+    ts: Vec<i64>,
+    touchpoint: Vec<u32>,
+    starts: Vec<usize>,
+    pub stats: ShardStats,
+}
+
+impl Shard {
+    pub fn new(config: ShardConfig) -> Shard {
+        let probes = config
+            .funnels
+            .iter()
+            .map(|spec| {
+                let mut spec = spec.clone();
+                // Maturity is a property of the query's "now", decided when reading.
+                spec.as_of = i64::MAX;
+                spec.trend = None;
+                FunnelProbe {
+                    levels: vec![0; spec.num_steps() + 1],
+                    funnel: Funnel::new(spec, None),
+                }
+            })
+            .collect();
+        Shard {
+            config,
+            customers: FxHashMap::default(),
+            expiry: BinaryHeap::new(),
+            watermark: i64::MIN,
+            map: LiveMap::default(),
+            probes,
+            seen: Vec::new(),
+            stamp: 0,
+            ts: Vec::new(),
+            touchpoint: Vec::new(),
+            starts: Vec::new(),
+            stats: ShardStats::default(),
+        }
+    }
+
+    pub fn map(&self) -> &LiveMap {
+        &self.map
+    }
+
+    pub fn into_map(self) -> LiveMap {
+        self.map
+    }
+
+    /// Customers with open sessions.
+    pub fn open_customers(&self) -> usize {
+        self.customers.len()
+    }
+
+    /// Events held for open sessions.
+    pub fn retained_events(&self) -> usize {
+        self.customers.values().map(Vec::len).sum()
+    }
+
+    /// Adds events of one customer (any order; the stitcher has already set aside events
+    /// beyond the lateness horizon).
+    pub fn push(&mut self, customer: u32, events: &[LiveEvent]) {
+        self.stats.events += events.len() as u64;
+        self.insert(customer, events, false);
+    }
+
+    /// Takes a customer's open state away (its open sessions' contributions retracted),
+    /// to be adopted by the customer it merged into, on this shard or another.
+    pub fn evict(&mut self, customer: u32) -> Vec<LiveEvent> {
+        let Some(events) = self.customers.remove(&customer) else {
+            return Vec::new();
+        };
+        self.contribute_from(&events, 0, -1);
+        events
+    }
+
+    /// Takes in the open state of a customer that merged into `customer`.
+    pub fn adopt(&mut self, customer: u32, events: &[LiveEvent]) {
+        if !events.is_empty() {
+            self.stats.merged += 1;
+            self.insert(customer, events, true);
+        }
+    }
+
+    /// Merges customer `from` into `into`, both on this shard.
+    pub fn merge(&mut self, from: u32, into: u32) {
+        let events = self.evict(from);
+        self.adopt(into, &events);
+    }
+
+    /// Moves the watermark: sessions that became final drop their events.
+    pub fn advance(&mut self, watermark: i64) {
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        let horizon = watermark.saturating_sub(self.config.lateness);
+        let gap = self.config.gap;
+        while let Some(&Reverse((last, customer))) = self.expiry.peek() {
+            if last.saturating_add(gap) >= horizon {
+                break;
+            }
+            self.expiry.pop();
+            let Some(events) = self.customers.get_mut(&customer) else {
+                continue;
+            };
+            if events.last().is_some_and(|e| e.ts == last) {
+                self.stats.sessions_final += count_sessions(events, &self.config, &mut self.starts);
+                self.customers.remove(&customer);
+                continue;
+            }
+            // The customer went on after this entry: drop only its sessions that are final.
+            self.starts.clear();
+            let ts: Vec<i64> = events.iter().map(|e| e.ts).collect();
+            let starts = &mut self.starts;
+            session_starts(&ts, gap, self.config.max_duration, |i| starts.push(i));
+            let mut keep_from = 0;
+            for &s in starts.iter().skip(1) {
+                if ts[s - 1].saturating_add(gap) >= horizon {
+                    break;
+                }
+                keep_from = s;
+                self.stats.sessions_final += 1;
+            }
+            events.drain(..keep_from);
+        }
+        self.map.prune();
+    }
+
+    /// Counts of `[from, to)`.
+    pub fn window(&self, from: i64, to: i64) -> LiveCounts {
+        self.map.window(from, to)
+    }
+
+    fn insert(&mut self, customer: u32, new: &[LiveEvent], merging: bool) {
+        let Some(first_new) = new.iter().map(LiveEvent::order).min() else {
+            return;
+        };
+        let mut events = self.customers.remove(&customer).unwrap_or_default();
+        let old_last = events.last().map(|e| e.ts);
+        let pos = events.partition_point(|e| e.order() < first_new);
+        if pos < events.len() && !merging {
+            self.stats.corrected += new.len() as u64;
+        }
+        // Sessions before the one holding the event just before the insertion point keep
+        // their bounds and contributions; from that session on, everything is redone.
+        let from = if pos == 0 {
+            0
+        } else {
+            self.session_start_of(&events, pos - 1)
+        };
+        self.contribute_from(&events, from, -1);
+        if pos == events.len() && new.windows(2).all(|w| w[0].order() <= w[1].order()) {
+            events.extend_from_slice(new);
+        } else {
+            events.extend_from_slice(new);
+            events[from..].sort_unstable_by_key(LiveEvent::order);
+        }
+        self.contribute_from(&events, from, 1);
+        let last = events.last().map(|e| e.ts);
+        if last != old_last
+            && let Some(last) = last
+        {
+            self.expiry.push(Reverse((last, customer)));
+        }
+        self.customers.insert(customer, events);
+    }
+
+    /// Index of the start of the session holding event `i`.
+    fn session_start_of(&mut self, events: &[LiveEvent], i: usize) -> usize {
+        self.session_bounds(events);
+        let k = self.starts.partition_point(|&s| s <= i);
+        self.starts[k - 1]
+    }
+
+    /// Session starts of retained events into `self.starts`.
+    fn session_bounds(&mut self, events: &[LiveEvent]) {
+        self.ts.clear();
+        self.ts.extend(events.iter().map(|e| e.ts));
+        self.starts.clear();
+        let starts = &mut self.starts;
+        session_starts(&self.ts, self.config.gap, self.config.max_duration, |i| {
+            starts.push(i)
+        });
+    }
+
+    /// Adds (`sign` 1) or takes back (-1) the contribution of every session starting at or
+    /// after event `from` (itself a session start).
+    fn contribute_from(&mut self, events: &[LiveEvent], from: usize, sign: i64) {
+        let tail = &events[from..];
+        if tail.is_empty() {
+            return;
+        }
+        self.session_bounds(tail);
+        let starts = std::mem::take(&mut self.starts);
+        for (k, &s) in starts.iter().enumerate() {
+            let end = starts.get(k + 1).copied().unwrap_or(tail.len());
+            self.contribute(&tail[s..end], sign);
+        }
+        self.starts = starts;
+    }
+
+    /// One session's contribution: see [`LiveCounts`] for which bucket counts what.
+    fn contribute(&mut self, session: &[LiveEvent], sign: i64) {
+        let (Some(first), Some(last)) = (session.first(), session.last()) else {
+            return;
+        };
+        {
+            let b = self.map.at(first.ts);
+            b.journeys += sign;
+            b.start(first.touchpoint, sign);
+        }
+        self.map.at(last.ts).exit(last.touchpoint, sign);
+        self.stamp += 1;
+        let mut prev: Option<&LiveEvent> = None;
+        for e in session {
+            let tp = e.touchpoint as usize;
+            if self.seen.len() <= tp {
+                self.seen.resize(tp + 1, 0);
+            }
+            let first_visit = self.seen[tp] != self.stamp;
+            self.seen[tp] = self.stamp;
+            let b = self.map.at(e.ts);
+            b.events += sign;
+            b.visit(e.touchpoint, sign);
+            if first_visit {
+                b.through(e.touchpoint, sign);
+            }
+            if let Some(p) = prev {
+                b.transition(p.touchpoint, e.touchpoint, e.ts - p.ts, sign);
+            }
+            prev = Some(e);
+        }
+        if self.probes.is_empty() {
+            return;
+        }
+        self.ts.clear();
+        self.ts.extend(session.iter().map(|e| e.ts));
+        self.touchpoint.clear();
+        self.touchpoint.extend(session.iter().map(|e| e.touchpoint));
+        let journey = Journey {
+            customer: 0,
+            start: 0,
+            ts: &self.ts,
+            touchpoint: &self.touchpoint,
+        };
+        for (j, probe) in self.probes.iter_mut().enumerate() {
+            probe.funnel.add(&journey);
+            for (k, (now, before)) in probe
+                .funnel
+                .tallies
+                .levels
+                .iter()
+                .zip(probe.levels.iter_mut())
+                .enumerate()
+            {
+                if now != before {
+                    let delta = (now - *before) as i64;
+                    *before = *now;
+                    self.map.at(first.ts).funnel_level(j, k, sign * delta);
+                }
+            }
+        }
+    }
+}
+
+fn count_sessions(events: &[LiveEvent], config: &ShardConfig, scratch: &mut Vec<usize>) -> u64 {
+    scratch.clear();
+    let ts: Vec<i64> = events.iter().map(|e| e.ts).collect();
+    session_starts(&ts, config.gap, config.max_duration, |i| scratch.push(i));
+    scratch.len() as u64
+}

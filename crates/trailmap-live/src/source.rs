@@ -1,0 +1,243 @@
+//! Live sources: what feeds the pipeline canonical batches.
+//!
+//! A source is a set of partitions (a file, a Kafka partition) that each deliver batches in
+//! their own order; each partition holds the watermark back until it has data newer than it,
+//! or ends. Sources are read on their own thread, so a blocking reader is fine.
+
+use arrow::array::RecordBatch;
+use rustc_hash::FxHashMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+use trailmap_gen::{CustomerJourney, GenOptions, JourneyModel, first_touch_micros};
+use trailmap_ingest::DeadLetters;
+use trailmap_ingest::file::{self, BatchSource, FileInput, IngestOptions, IngestStats};
+use trailmap_model::schema::{EventBatchBuilder, EventRow};
+use trailmap_model::{Error, IdentityKind, Result};
+
+/// One step of a source.
+pub enum Feed {
+    Batch {
+        partition: usize,
+        batch: RecordBatch,
+    },
+    /// The partition has no more input.
+    End { partition: usize },
+}
+
+pub trait LiveSource: Send {
+    /// How many partitions feed the watermark.
+    fn partitions(&self) -> usize;
+
+    /// The next step, `None` once every partition has ended. May block.
+    fn next(&mut self) -> Result<Option<Feed>>;
+
+    /// Records read, events and rejections so far.
+    fn stats(&self) -> IngestStats;
+}
+
+/// Replays files, each a partition, a batch from each in turn (so files that cover the same
+/// period advance together, as topics would).
+pub struct FileReplay {
+    files: Vec<Option<Box<dyn BatchSource>>>,
+    next: usize,
+    dead: DeadLetters,
+    ended: IngestStats,
+}
+
+impl FileReplay {
+    pub fn open(inputs: &[FileInput], options: &IngestOptions, dead: DeadLetters) -> Result<Self> {
+        if inputs.is_empty() {
+            return Err(Error::Other(
+                "nothing to replay: give at least one input file".into(),
+            ));
+        }
+        let files = inputs
+            .iter()
+            .map(|i| file::open(i, options).map(Some))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(FileReplay {
+            files,
+            next: 0,
+            dead,
+            ended: IngestStats::default(),
+        })
+    }
+
+    /// Where rejected records went.
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead
+    }
+}
+
+impl LiveSource for FileReplay {
+    fn partitions(&self) -> usize {
+        self.files.len()
+    }
+
+    fn next(&mut self) -> Result<Option<Feed>> {
+        let n = self.files.len();
+        for _ in 0..n {
+            let partition = self.next;
+            self.next = (self.next + 1) % n;
+            let Some(source) = &mut self.files[partition] else {
+                continue;
+            };
+            return match source.next_batch(&mut self.dead)? {
+                Some(batch) => Ok(Some(Feed::Batch { partition, batch })),
+                None => {
+                    self.ended.add(source.stats());
+                    self.files[partition] = None;
+                    self.dead.flush()?;
+                    Ok(Some(Feed::End { partition }))
+                }
+            };
+        }
+        Ok(None)
+    }
+
+    fn stats(&self) -> IngestStats {
+        let mut total = self.ended.clone();
+        for source in self.files.iter().flatten() {
+            total.add(source.stats());
+        }
+        total
+    }
+}
+
+/// Streams the `gen` model's customers in event-time order, as live traffic arrives: each
+/// customer joins at its first touch, and every event (identify calls included, with the
+/// identities each source would carry) is emitted when the stream reaches its time. One
+/// partition. Memory holds the customers whose journeys are under way.
+pub struct GeneratorSource {
+    model: JourneyModel,
+    opts: GenOptions,
+    /// Customers by first touch, then index.
+    order: Vec<(i64, u64)>,
+    next_customer: usize,
+    /// Events due: `(time, customer, index in its journey)`.
+    due: BinaryHeap<Reverse<(i64, u64, usize)>>,
+    /// Journeys under way, with how many of their events are still due.
+    under_way: FxHashMap<u64, (CustomerJourney, usize)>,
+    batch_size: usize,
+    /// Events per second of wall time; `None` as fast as the pipeline takes them.
+    rate: Option<f64>,
+    started: Option<Instant>,
+    builder: EventBatchBuilder,
+    stats: IngestStats,
+    ended: bool,
+}
+
+impl GeneratorSource {
+    pub fn new(opts: GenOptions, batch_size: usize, rate: Option<f64>) -> Self {
+        let mut order: Vec<(i64, u64)> = (0..opts.customers)
+            .map(|i| (first_touch_micros(&opts, i), i))
+            .collect();
+        order.sort_unstable();
+        GeneratorSource {
+            model: JourneyModel::default(),
+            opts,
+            order,
+            next_customer: 0,
+            due: BinaryHeap::new(),
+            under_way: FxHashMap::default(),
+            batch_size: batch_size.max(1),
+            rate: rate.filter(|r| *r > 0.0),
+            started: None,
+            builder: EventBatchBuilder::new(),
+            stats: IngestStats::default(),
+            ended: false,
+        }
+    }
+
+    /// Emits the next due event into the builder; false when the stream is done.
+    fn emit_next(&mut self) -> bool {
+        // Customers join when the stream's time reaches their first touch.
+        loop {
+            let next_due = self.due.peek().map(|Reverse((t, _, _))| *t);
+            match self.order.get(self.next_customer) {
+                Some(&(start, index)) if next_due.is_none_or(|due| start < due) => {
+                    self.next_customer += 1;
+                    let journey = self.model.journey(&self.opts, index);
+                    for (i, e) in journey.events.iter().enumerate() {
+                        self.due.push(Reverse((e.ts_micros, index, i)));
+                    }
+                    let n = journey.events.len();
+                    if n > 0 {
+                        self.under_way.insert(index, (journey, n));
+                    }
+                }
+                _ if next_due.is_some() => break,
+                _ => return false,
+            }
+        }
+        let Some(Reverse((_, customer, i))) = self.due.pop() else {
+            return false;
+        };
+        let Some((journey, left)) = self.under_way.get_mut(&customer) else {
+            return true;
+        };
+        let e = &journey.events[i];
+        let mut identities = [None; IdentityKind::ALL.len()];
+        identities[IdentityKind::UserId.index()] = e.user_id.as_deref();
+        identities[IdentityKind::Email.index()] = e.email.as_deref();
+        identities[IdentityKind::ContactId.index()] = e.contact_id.as_deref();
+        identities[IdentityKind::TicketId.index()] = e.ticket_id.as_deref();
+        identities[IdentityKind::AnonymousId.index()] = e.anonymous_id.as_deref();
+        self.builder.push(&EventRow {
+            event_id: Some(&e.event_id),
+            source: e.source.as_str(),
+            identities,
+            ts: e.ts_micros,
+            received_at: None,
+            touchpoint: e.touchpoint,
+            stage: e.stage,
+            channel: Some(e.channel),
+            properties: None,
+        });
+        self.stats.records += 1;
+        if e.touchpoint.is_some() {
+            self.stats.events += 1;
+        } else {
+            self.stats.links += 1;
+        }
+        *left -= 1;
+        if *left == 0 {
+            self.under_way.remove(&customer);
+        }
+        true
+    }
+}
+
+impl LiveSource for GeneratorSource {
+    fn partitions(&self) -> usize {
+        1
+    }
+
+    fn next(&mut self) -> Result<Option<Feed>> {
+        if self.ended {
+            return Ok(None);
+        }
+        let started = *self.started.get_or_insert_with(Instant::now);
+        while self.builder.len() < self.batch_size && self.emit_next() {}
+        if self.builder.is_empty() {
+            self.ended = true;
+            return Ok(Some(Feed::End { partition: 0 }));
+        }
+        let batch = self.builder.finish();
+        if let Some(rate) = self.rate {
+            let due = Duration::from_secs_f64(self.stats.records as f64 / rate);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(Some(Feed::Batch {
+            partition: 0,
+            batch,
+        }))
+    }
+
+    fn stats(&self) -> IngestStats {
+        self.stats.clone()
+    }
+}

@@ -1,0 +1,217 @@
+//! The front of the pipeline: canonical batches in, events routed to shards by customer.
+//!
+//! Batches are read by the same [`JourneyBuilder`] batch import uses (same columns, same
+//! identity rules), then drained: the stitcher keeps only the identity graph and the names.
+//! It owns the event-time watermark (per partition; the pipeline's is the minimum), sets
+//! aside events beyond the lateness horizon, and says which customers merged, so their open
+//! state can move to the shard of the customer they merged into.
+
+use crate::shard::LiveEvent;
+use arrow::array::RecordBatch;
+use rustc_hash::FxHashMap;
+use trailmap_sessionize::JourneyBuilder;
+
+/// An event that arrived later than the allowed lateness: stored and counted, not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LateEvent {
+    pub customer: u32,
+    pub ts: i64,
+    pub touchpoint: u32,
+    pub source: u16,
+    /// The watermark when it arrived.
+    pub watermark: i64,
+}
+
+/// Customer state to move because two customers turned out to be one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// Both live on `shard`: merge `from` into `into` there.
+    Merge { shard: usize, from: u32, into: u32 },
+    /// `from` lives on `from_shard`, `into` on `to_shard`: evict, then adopt.
+    Move {
+        from_shard: usize,
+        to_shard: usize,
+        from: u32,
+        into: u32,
+    },
+}
+
+/// What one batch turned into.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// To apply, in order, before the events.
+    pub handoffs: Vec<Handoff>,
+    /// Per shard: `(customer, event)` in arrival order.
+    pub events: Vec<Vec<(u32, LiveEvent)>>,
+    pub late: Vec<LateEvent>,
+}
+
+/// Counts the stitcher keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StitchStats {
+    /// Events with a touchpoint, routed or late.
+    pub events: u64,
+    /// Identity-only records.
+    pub identity_links: u64,
+    /// Events beyond the lateness horizon.
+    pub late: u64,
+    /// Merges of customers that both had events.
+    pub merges: u64,
+}
+
+pub struct Stitcher {
+    builder: JourneyBuilder,
+    shards: usize,
+    /// Shard of each customer (by root identity node) that has had events.
+    owner: FxHashMap<u32, usize>,
+    /// Latest event time per partition; `i64::MAX` once a partition has ended.
+    partitions: Vec<i64>,
+    watermark: i64,
+    lateness: i64,
+    seq: u64,
+    pub stats: StitchStats,
+}
+
+/// A customer's home shard until a merge moves it: a multiplicative hash of its root.
+fn home(root: u32, shards: usize) -> usize {
+    ((u64::from(root).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % shards as u64) as usize
+}
+
+impl Stitcher {
+    /// `touchpoints` are interned first, in order, so configured funnels can be resolved
+    /// against fixed ids before any event arrives.
+    pub fn new(shards: usize, partitions: usize, lateness: i64, touchpoints: &[&str]) -> Self {
+        let mut builder = JourneyBuilder::new();
+        builder.graph_mut().record_merges();
+        for name in touchpoints {
+            builder.touchpoint_id(name);
+        }
+        Stitcher {
+            builder,
+            shards: shards.max(1),
+            owner: FxHashMap::default(),
+            partitions: vec![i64::MIN; partitions.max(1)],
+            watermark: i64::MIN,
+            lateness,
+            seq: 0,
+            stats: StitchStats::default(),
+        }
+    }
+
+    /// Touchpoint names by id.
+    pub fn touchpoints(&self) -> &[String] {
+        self.builder.touchpoints().0
+    }
+
+    /// Stage of each touchpoint.
+    pub fn stages(&self) -> &[Option<String>] {
+        self.builder.touchpoints().1
+    }
+
+    /// The pipeline's event-time watermark: the least of the partitions' latest times.
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// Display name of a customer (its root identifier).
+    pub fn customer_name(&mut self, customer: u32) -> String {
+        self.builder.graph_mut().identifier(customer).1.to_string()
+    }
+
+    /// Reads a canonical batch from `partition`.
+    pub fn push(&mut self, partition: usize, batch: &RecordBatch) -> Result<Routed, String> {
+        let horizon = self.watermark.saturating_sub(self.lateness);
+        self.builder.push_batch(batch)?;
+        let arrived = self.builder.drain();
+        self.stats.identity_links = self.builder.identity_links();
+        let mut routed = Routed {
+            events: vec![Vec::new(); self.shards],
+            ..Routed::default()
+        };
+        let graph = self.builder.graph_mut();
+        for (from, into) in graph.take_merges() {
+            let Some(from_shard) = self.owner.remove(&from) else {
+                continue;
+            };
+            self.stats.merges += 1;
+            let handoff = match self.owner.get(&into) {
+                Some(&to_shard) if to_shard != from_shard => Handoff::Move {
+                    from_shard,
+                    to_shard,
+                    from,
+                    into,
+                },
+                Some(_) => Handoff::Merge {
+                    shard: from_shard,
+                    from,
+                    into,
+                },
+                None => {
+                    self.owner.insert(into, from_shard);
+                    Handoff::Merge {
+                        shard: from_shard,
+                        from,
+                        into,
+                    }
+                }
+            };
+            routed.handoffs.push(handoff);
+        }
+        let mut latest = i64::MIN;
+        let mut last: Option<(u32, u32, usize)> = None;
+        for i in 0..arrived.len() {
+            let node = arrived.node[i];
+            let (customer, shard) = match last {
+                Some((n, c, s)) if n == node => (c, s),
+                _ => {
+                    let c = graph.find(node);
+                    let shards = self.shards;
+                    let s = *self.owner.entry(c).or_insert_with(|| home(c, shards));
+                    last = Some((node, c, s));
+                    (c, s)
+                }
+            };
+            let ts = arrived.ts[i];
+            latest = latest.max(ts);
+            self.seq += 1;
+            self.stats.events += 1;
+            if ts < horizon {
+                self.stats.late += 1;
+                routed.late.push(LateEvent {
+                    customer,
+                    ts,
+                    touchpoint: arrived.touchpoint[i],
+                    source: arrived.source[i],
+                    watermark: self.watermark,
+                });
+                continue;
+            }
+            routed.events[shard].push((
+                customer,
+                LiveEvent {
+                    ts,
+                    seq: self.seq,
+                    touchpoint: arrived.touchpoint[i],
+                },
+            ));
+        }
+        if let Some(p) = self.partitions.get_mut(partition) {
+            *p = (*p).max(latest);
+        }
+        self.update_watermark();
+        Ok(routed)
+    }
+
+    /// A partition has no more input: it no longer holds the watermark back.
+    pub fn end_partition(&mut self, partition: usize) {
+        if let Some(p) = self.partitions.get_mut(partition) {
+            *p = i64::MAX;
+        }
+        self.update_watermark();
+    }
+
+    fn update_watermark(&mut self) {
+        let least = self.partitions.iter().copied().min().unwrap_or(i64::MAX);
+        self.watermark = self.watermark.max(least);
+    }
+}

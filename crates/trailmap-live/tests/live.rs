@@ -1,0 +1,405 @@
+//! The live pipeline against batch mining on the same events: once the input has ended, the
+//! live map must hold exactly what `paths`, `dropoffs` and `funnel` count per session,
+//! whatever the arrival order, the shard count, the lateness and the identity merges.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use trailmap_gen::{GenOptions, JourneyModel, Layout, OutFormat};
+use trailmap_ingest::DeadLetters;
+use trailmap_ingest::file::{self, FileInput, IngestOptions};
+use trailmap_live::{FileReplay, LiveResult, PipelineOptions};
+use trailmap_mine::fold::fold;
+use trailmap_mine::paths::PathOptions;
+use trailmap_mine::{Dropoffs, Funnel, FunnelSpec, PathStats};
+use trailmap_model::config::{OneOrMany, Scope, SourceConfig, SourceKind};
+use trailmap_model::time::Span;
+use trailmap_model::{Catalog, Config};
+use trailmap_sessionize::JourneyBuilder;
+
+/// Session counts by touchpoint name, comparable between batch and live.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    events: i64,
+    journeys: i64,
+    transitions: BTreeMap<(String, String), i64>,
+    starts: BTreeMap<String, i64>,
+    exits: BTreeMap<String, i64>,
+    through: BTreeMap<String, i64>,
+    /// Journey name → reached per step.
+    funnels: BTreeMap<String, Vec<i64>>,
+}
+
+fn options(config: &Config, batch_size: usize) -> IngestOptions {
+    IngestOptions {
+        catalog: Arc::new(Catalog::compile(&config.catalog).expect("catalog")),
+        batch_size,
+        ..IngestOptions::default()
+    }
+}
+
+/// What batch mining counts over sessions.
+fn batch(inputs: &[FileInput], config: &Config) -> Counts {
+    let mut builder = JourneyBuilder::new();
+    let mut dead = DeadLetters::new(
+        std::env::temp_dir().join("trailmap-live-batch-dead.ndjson"),
+        None,
+    );
+    file::read_all(inputs, &options(config, 8192), &mut dead, |b| {
+        builder.push_batch(&b).map_err(trailmap_model::Error::Other)
+    })
+    .expect("read");
+    let log = builder.finish(&config.sessions);
+    let names = &log.touchpoints;
+    let paths = fold(&log, Scope::Session, || {
+        PathStats::new(names.len(), PathOptions::default())
+    });
+    let drops = fold(&log, Scope::Session, || Dropoffs::new(None));
+    let mut counts = Counts {
+        events: paths.events as i64,
+        journeys: paths.journeys as i64,
+        ..Counts::default()
+    };
+    for (a, b, t) in paths.transitions() {
+        counts.transitions.insert(
+            (names[a as usize].clone(), names[b as usize].clone()),
+            t.count as i64,
+        );
+    }
+    for (tp, n) in paths.starts() {
+        counts.starts.insert(names[tp as usize].clone(), n as i64);
+    }
+    for (tp, n) in paths.ends() {
+        counts.exits.insert(names[tp as usize].clone(), n as i64);
+    }
+    for row in drops.rows() {
+        counts
+            .through
+            .insert(names[row.touchpoint as usize].clone(), row.journeys as i64);
+    }
+    for (name, journey) in &config.journeys {
+        let (spec, _) = FunnelSpec::resolve(journey, names, i64::MAX).expect("funnel");
+        let steps = spec.num_steps();
+        let funnel = fold(&log, Scope::Session, || Funnel::new(spec.clone(), None));
+        counts.funnels.insert(
+            name.clone(),
+            (0..steps)
+                .map(|k| funnel.tallies.reached(k) as i64)
+                .collect(),
+        );
+    }
+    counts.starts.retain(|_, v| *v != 0);
+    counts.exits.retain(|_, v| *v != 0);
+    counts
+}
+
+/// The live map's totals, by name.
+fn live(result: &LiveResult) -> Counts {
+    let total = result.map.total();
+    let names = &result.names.touchpoints;
+    let name = |id: &u32| names[*id as usize].clone();
+    let by_name = |m: &rustc_hash::FxHashMap<u32, i64>| {
+        m.iter()
+            .map(|(k, &v)| (name(k), v))
+            .collect::<BTreeMap<_, _>>()
+    };
+    Counts {
+        events: total.events,
+        journeys: total.journeys,
+        transitions: total
+            .transitions
+            .iter()
+            .map(|((a, b), t)| ((name(a), name(b)), t.count))
+            .collect(),
+        starts: by_name(&total.starts),
+        exits: by_name(&total.exits),
+        through: by_name(&total.through),
+        funnels: result
+            .names
+            .funnels
+            .iter()
+            .enumerate()
+            .map(|(j, (n, journey))| {
+                (
+                    n.clone(),
+                    (0..journey.steps.len())
+                        .map(|k| total.reached(j, k))
+                        .collect(),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn run_live(inputs: &[FileInput], config: &Config, shards: usize, batch_size: usize) -> LiveResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let dead = DeadLetters::new(std::env::temp_dir().join("trailmap-live-dead.ndjson"), None);
+        let source = FileReplay::open(inputs, &options(config, batch_size), dead).expect("open");
+        let handle = trailmap_live::start(
+            config,
+            Box::new(source),
+            &PipelineOptions {
+                shards,
+                channel_batches: 2,
+            },
+        )
+        .expect("start");
+        handle.finish().await.expect("finish")
+    })
+}
+
+/// Generated journeys in the three sources' native shapes.
+fn generate(dir: &Path, customers: u64) -> Vec<(SourceKind, PathBuf)> {
+    let opts = GenOptions {
+        customers,
+        days: 7,
+        seed: 7,
+        ..GenOptions::default()
+    };
+    trailmap_gen::write(
+        &JourneyModel::default(),
+        &opts,
+        dir,
+        Layout::Sources,
+        OutFormat::Ndjson,
+    )
+    .expect("gen");
+    [SourceKind::Clickstream, SourceKind::Ticket, SourceKind::Crm]
+        .into_iter()
+        .map(|k| (k, dir.join(format!("{}.ndjson", k.as_str()))))
+        .collect()
+}
+
+fn inputs(files: &[(SourceKind, PathBuf)]) -> Vec<FileInput> {
+    files
+        .iter()
+        .map(|(k, p)| FileInput::new(p.clone(), SourceConfig::of_kind(*k)).expect("input"))
+        .collect()
+}
+
+/// The same files with lines sorted by event time, as a live feed would deliver them.
+fn sorted_by_time(files: &[(SourceKind, PathBuf)], dir: &Path) -> Vec<(SourceKind, PathBuf)> {
+    std::fs::create_dir_all(dir).expect("dir");
+    files
+        .iter()
+        .map(|(kind, path)| {
+            let field = match kind {
+                SourceKind::Clickstream => "timestamp",
+                SourceKind::Ticket => "updated_at",
+                _ => "changed_at",
+            };
+            let text = std::fs::read_to_string(path).expect("read");
+            let mut lines: Vec<(String, &str)> = text
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                    (v[field].as_str().expect("time").to_string(), l)
+                })
+                .collect();
+            lines.sort_by(|a, b| a.0.cmp(&b.0));
+            let out = dir.join(path.file_name().expect("name"));
+            let mut f = std::fs::File::create(&out).expect("create");
+            for (_, l) in lines {
+                writeln!(f, "{l}").expect("write");
+            }
+            (*kind, out)
+        })
+        .collect()
+}
+
+#[test]
+fn out_of_order_replay_inside_the_horizon_equals_batch() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // Generated files are grouped by customer, so time goes back and forth all the time: a
+    // horizon longer than the data lets every late event correct the map.
+    let files = generate(dir.path(), 400);
+    let mut config = Config::builtin();
+    config.sessions.allowed_lateness = Span::from_secs(3600 * 24 * 60);
+    let inputs = inputs(&files);
+    let expected = batch(&inputs, &config);
+    assert!(expected.journeys > 400 && expected.transitions.len() > 20);
+    for shards in [1, 2, 3] {
+        let result = run_live(&inputs, &config, shards, 500);
+        assert_eq!(live(&result), expected, "{shards} shards");
+        assert_eq!(result.status.stitch.late, 0);
+        assert!(
+            result.status.shards.corrected > 0,
+            "the replay is out of order"
+        );
+        assert_eq!(
+            result.status.open_customers, 0,
+            "all sessions closed at the end"
+        );
+        assert_eq!(result.status.retained_events, 0);
+    }
+}
+
+#[test]
+fn time_ordered_feed_with_a_short_horizon_equals_batch_and_frees_closed_sessions() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let files = generate(&dir.path().join("gen"), 600);
+    let files = sorted_by_time(&files, &dir.path().join("sorted"));
+    let config = Config::builtin();
+    let inputs = inputs(&files);
+    let expected = batch(&inputs, &config);
+    let result = run_live(&inputs, &config, 2, 256);
+    assert_eq!(result.status.stitch.late, 0, "each file is in time order");
+    assert_eq!(live(&result), expected);
+    assert!(
+        result.status.stitch.merges > 0,
+        "identities merged customers live"
+    );
+    assert_eq!(
+        result.status.shards.sessions_final as i64, expected.journeys,
+        "every session became final and was dropped"
+    );
+}
+
+fn generic_file(dir: &Path, name: &str, lines: &[&str]) -> FileInput {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n")).expect("write");
+    let mut source = SourceConfig::of_kind(SourceKind::Generic);
+    source.name = "web".into();
+    source
+        .fields
+        .insert("anonymous_id".into(), OneOrMany::One("anon".into()));
+    source
+        .fields
+        .insert("user_id".into(), OneOrMany::One("user".into()));
+    FileInput::new(path, source).expect("input")
+}
+
+#[test]
+fn late_events_correct_inside_the_horizon_and_are_set_aside_beyond_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let lines = [
+        r#"{"customer_id":"c","ts":"2026-01-05T10:00:00Z","touchpoint":"home_view"}"#,
+        r#"{"customer_id":"c","ts":"2026-01-05T10:05:00Z","touchpoint":"pricing_view"}"#,
+        r#"{"customer_id":"c","ts":"2026-01-05T12:00:00Z","touchpoint":"signup"}"#,
+        // 30 minutes behind the watermark, inside the hour of lateness: the 12:00 signup now
+        // follows docs in one session.
+        r#"{"customer_id":"c","ts":"2026-01-05T11:30:00Z","touchpoint":"docs_view"}"#,
+        // Three hours behind: beyond the horizon, stored and counted, not applied.
+        r#"{"customer_id":"c","ts":"2026-01-05T09:00:00Z","touchpoint":"ad_click"}"#,
+        r#"{"customer_id":"d","ts":"2026-01-05T12:10:00Z","touchpoint":"home_view"}"#,
+    ];
+    let input = generic_file(dir.path(), "late.ndjson", &lines);
+    let mut config = Config::builtin();
+    config.journeys.clear();
+    let result = run_live(std::slice::from_ref(&input), &config, 2, 1);
+    assert_eq!(result.status.stitch.late, 1);
+    assert_eq!(result.late.len(), 1);
+    assert_eq!(
+        result.names.touchpoints[result.late[0].touchpoint as usize],
+        "ad_click"
+    );
+    assert_eq!(result.status.shards.corrected, 1);
+    let without_late: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.contains("09:00"))
+        .collect();
+    let reference = generic_file(dir.path(), "reference.ndjson", &without_late);
+    let expected = batch(std::slice::from_ref(&reference), &config);
+    let got = live(&result);
+    assert_eq!(got, expected);
+    assert_eq!(got.journeys, 3, "[home, pricing] [docs, signup] [home]");
+    assert_eq!(
+        got.transitions.get(&("docs_view".into(), "signup".into())),
+        Some(&1)
+    );
+}
+
+#[test]
+fn customers_that_merge_mid_session_become_one_journey_on_any_shard() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut lines = Vec::new();
+    // Twenty pairs: an anonymous visitor and a known user, seen apart, then linked by one
+    // event carrying both ids. Spread over shards, some merges move state between them.
+    for i in 0..20 {
+        lines.push(format!(
+            r#"{{"anon":"a{i}","ts":"2026-01-05T10:00:{i:02}Z","touchpoint":"home_view"}}"#
+        ));
+        lines.push(format!(
+            r#"{{"user":"u{i}","ts":"2026-01-05T10:01:{i:02}Z","touchpoint":"pricing_view"}}"#
+        ));
+        lines.push(format!(
+            r#"{{"anon":"a{i}","user":"u{i}","ts":"2026-01-05T10:02:{i:02}Z","touchpoint":"signup"}}"#
+        ));
+    }
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let input = generic_file(dir.path(), "merge.ndjson", &lines);
+    let mut config = Config::builtin();
+    config.journeys.clear();
+    let expected = batch(std::slice::from_ref(&input), &config);
+    assert_eq!(expected.journeys, 20);
+    for shards in [1, 2, 4] {
+        let result = run_live(std::slice::from_ref(&input), &config, shards, 1);
+        assert_eq!(live(&result), expected, "{shards} shards");
+        assert_eq!(result.status.stitch.merges, 20);
+        assert_eq!(result.status.shards.merged, 20);
+    }
+}
+
+#[test]
+fn an_unreadable_input_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("broken.parquet");
+    std::fs::write(&path, b"not parquet at all").expect("write");
+    let config = Config::builtin();
+    let input = FileInput::new(path, SourceConfig::of_kind(SourceKind::Generic)).expect("input");
+    let dead = DeadLetters::new(dir.path().join("dead.ndjson"), None);
+    let err = FileReplay::open(&[input], &options(&config, 10), dead)
+        .err()
+        .expect("a broken parquet file is refused");
+    assert!(err.to_string().contains("broken.parquet"), "{err}");
+}
+
+#[test]
+fn the_generator_streams_in_time_order_and_stitches_to_the_true_customers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let opts = GenOptions {
+        customers: 300,
+        days: 3,
+        seed: 11,
+        ..GenOptions::default()
+    };
+    // The flat layout is the ground truth: events already keyed by the true customer.
+    let summary = trailmap_gen::write(
+        &JourneyModel::default(),
+        &opts,
+        dir.path(),
+        Layout::Flat,
+        OutFormat::Ndjson,
+    )
+    .expect("gen");
+    let truth = FileInput::new(
+        summary.files[0].clone(),
+        SourceConfig::of_kind(SourceKind::Generic),
+    )
+    .expect("input");
+    let config = Config::builtin();
+    let expected = batch(std::slice::from_ref(&truth), &config);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = runtime.block_on(async {
+        let source = trailmap_live::GeneratorSource::new(opts, 512, None);
+        let handle = trailmap_live::start(&config, Box::new(source), &PipelineOptions::default())
+            .expect("start");
+        handle.finish().await.expect("finish")
+    });
+    assert_eq!(result.status.stitch.late, 0, "events come in time order");
+    assert_eq!(result.status.shards.corrected, 0);
+    assert!(result.status.stitch.identity_links > 0);
+    assert_eq!(live(&result), expected);
+}
