@@ -10,7 +10,8 @@
 //!
 //! Layout:
 //! - [`source`]: [`LiveSource`], partitions of canonical batches; [`FileReplay`] replays
-//!   files, [`GeneratorSource`] streams the `gen` model in time order at a chosen rate.
+//!   files, [`GeneratorSource`] streams the `gen` model in time order at a chosen rate,
+//!   [`BatchReplay`] replays batches held in memory.
 //! - [`stitch`]: the [`Stitcher`]: identities, the event-time watermark (per partition,
 //!   the pipeline's is the least), the lateness horizon, routing customers to shards, and
 //!   the hand-off of open state when two customers turn out to be one.
@@ -35,5 +36,5 @@ pub use counts::{BUCKET_MICROS, LiveCounts, LiveMap, TransitionCount, bucket_of}
 pub use pipeline::{LiveHandle, LiveResult, LiveStatus, Names, PipelineOptions, start};
 pub use report::MapReport;
 pub use shard::{LiveEvent, Shard, ShardConfig, ShardStats};
-pub use source::{Feed, FileReplay, GeneratorSource, LiveSource};
+pub use source::{BatchReplay, Feed, FileReplay, GeneratorSource, LiveSource};
 pub use stitch::{Handoff, LateEvent, Routed, StitchStats, Stitcher};

@@ -16,7 +16,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use trailmap_mine::fold::Aggregate;
 use trailmap_mine::{Funnel, FunnelSpec};
-use trailmap_sessionize::{Journey, session_starts};
+use trailmap_sessionize::{Journey, session_starts, starts_session};
 
 /// An event as a shard keeps it: 24 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +63,35 @@ pub struct ShardStats {
 struct FunnelProbe {
     funnel: Funnel<'static>,
     levels: Vec<u64>,
+    /// Touchpoints that can change a journey's level (steps and exclusions); under strict
+    /// order, every event can.
+    matters: Vec<bool>,
+    every_event_matters: bool,
+}
+
+impl FunnelProbe {
+    fn matters(&self, touchpoint: u32) -> bool {
+        self.every_event_matters
+            || self
+                .matters
+                .get(touchpoint as usize)
+                .copied()
+                .unwrap_or(false)
+    }
+}
+
+/// A customer with open sessions.
+#[derive(Debug, Default)]
+struct Customer {
+    /// Retained events, ordered by (time, arrival).
+    events: Vec<LiveEvent>,
+    /// Index of the last session's first event.
+    last_start: usize,
 }
 
 pub struct Shard {
     config: ShardConfig,
-    /// Retained events of each customer with open sessions, ordered by (time, arrival).
-    customers: FxHashMap<u32, Vec<LiveEvent>>,
+    customers: FxHashMap<u32, Customer>,
     /// `(last event time, customer)` whenever a customer's last time changes; popped
     /// entries whose time is no longer the customer's last only compact it.
     expiry: BinaryHeap<Reverse<(i64, u32)>>,
@@ -94,8 +117,19 @@ impl Shard {
                 // Maturity is a property of the query's "now", decided when reading.
                 spec.as_of = i64::MAX;
                 spec.trend = None;
+                let mut matters = Vec::new();
+                for &tp in spec.steps.iter().chain(&spec.exclusions) {
+                    if tp != u32::MAX {
+                        if matters.len() <= tp as usize {
+                            matters.resize(tp as usize + 1, false);
+                        }
+                        matters[tp as usize] = true;
+                    }
+                }
                 FunnelProbe {
                     levels: vec![0; spec.num_steps() + 1],
+                    every_event_matters: spec.modes.strict_order,
+                    matters,
                     funnel: Funnel::new(spec, None),
                 }
             })
@@ -131,31 +165,106 @@ impl Shard {
 
     /// Events held for open sessions.
     pub fn retained_events(&self) -> usize {
-        self.customers.values().map(Vec::len).sum()
+        self.customers.values().map(|c| c.events.len()).sum()
     }
 
     /// Adds events of one customer (any order; the stitcher has already set aside events
     /// beyond the lateness horizon).
     pub fn push(&mut self, customer: u32, events: &[LiveEvent]) {
         self.stats.events += events.len() as u64;
-        self.insert(customer, events, false);
+        let mut state = self.customers.remove(&customer).unwrap_or_default();
+        let old_last = state.events.last().map(|e| e.ts);
+        // The common case, events after the customer's last: each extends the last session
+        // or starts one, and only that changes.
+        let mut last = state.events.last().copied();
+        let split = events
+            .iter()
+            .take_while(|e| {
+                let in_order = last.is_none_or(|l| l.order() <= e.order());
+                last = Some(**e);
+                in_order
+            })
+            .count();
+        for &e in &events[..split] {
+            self.append(&mut state, e);
+        }
+        if split < events.len() {
+            self.insert(&mut state, &events[split..], false);
+        }
+        self.keep(customer, state, old_last);
+    }
+
+    /// Puts a customer back, noting when its last event changed (for expiry).
+    fn keep(&mut self, customer: u32, state: Customer, old_last: Option<i64>) {
+        let last = state.events.last().map(|e| e.ts);
+        if last != old_last
+            && let Some(last) = last
+        {
+            self.expiry.push(Reverse((last, customer)));
+        }
+        self.customers.insert(customer, state);
+    }
+
+    /// Adds one event after all of the customer's: the last session grows by it, or it
+    /// starts a new session; contributions change by exactly that difference.
+    fn append(&mut self, state: &mut Customer, e: LiveEvent) {
+        let Some(&last) = state.events.last() else {
+            state.events.push(e);
+            state.last_start = 0;
+            self.contribute(&[e], 1);
+            return;
+        };
+        let session_start = state.events[state.last_start].ts;
+        let (gap, max) = (self.config.gap, self.config.max_duration);
+        if starts_session(last.ts, e.ts, session_start, gap, max) {
+            state.last_start = state.events.len();
+            state.events.push(e);
+            self.contribute(&[e], 1);
+            return;
+        }
+        let first = state.events[state.last_start];
+        let revisit = state.events[state.last_start..]
+            .iter()
+            .any(|x| x.touchpoint == e.touchpoint);
+        self.map.at(last.ts).exit(last.touchpoint, -1);
+        let b = self.map.at(e.ts);
+        b.exit(e.touchpoint, 1);
+        b.events += 1;
+        b.visit(e.touchpoint, 1);
+        if !revisit {
+            b.through(e.touchpoint, 1);
+        }
+        b.transition(last.touchpoint, e.touchpoint, e.ts - last.ts, 1);
+        let relevant: Vec<usize> = (0..self.probes.len())
+            .filter(|&j| self.probes[j].matters(e.touchpoint))
+            .collect();
+        if !relevant.is_empty() {
+            self.funnel_levels(&state.events[state.last_start..], first.ts, &relevant, -1);
+        }
+        state.events.push(e);
+        if !relevant.is_empty() {
+            self.funnel_levels(&state.events[state.last_start..], first.ts, &relevant, 1);
+        }
     }
 
     /// Takes a customer's open state away (its open sessions' contributions retracted),
     /// to be adopted by the customer it merged into, on this shard or another.
     pub fn evict(&mut self, customer: u32) -> Vec<LiveEvent> {
-        let Some(events) = self.customers.remove(&customer) else {
+        let Some(state) = self.customers.remove(&customer) else {
             return Vec::new();
         };
-        self.contribute_from(&events, 0, -1);
-        events
+        self.contribute_from(&state.events, 0, -1);
+        state.events
     }
 
     /// Takes in the open state of a customer that merged into `customer`.
     pub fn adopt(&mut self, customer: u32, events: &[LiveEvent]) {
         if !events.is_empty() {
             self.stats.merged += 1;
-            self.insert(customer, events, true);
+            let mut state = self.customers.remove(&customer).unwrap_or_default();
+            let old_last = state.events.last().map(|e| e.ts);
+            self.insert(&mut state, events, true);
+            self.keep(customer, state, old_last);
         }
     }
 
@@ -178,9 +287,10 @@ impl Shard {
                 break;
             }
             self.expiry.pop();
-            let Some(events) = self.customers.get_mut(&customer) else {
+            let Some(state) = self.customers.get_mut(&customer) else {
                 continue;
             };
+            let events = &mut state.events;
             if events.last().is_some_and(|e| e.ts == last) {
                 self.stats.sessions_final += count_sessions(events, &self.config, &mut self.starts);
                 self.customers.remove(&customer);
@@ -200,6 +310,7 @@ impl Shard {
                 self.stats.sessions_final += 1;
             }
             events.drain(..keep_from);
+            state.last_start -= keep_from;
         }
         self.map.prune();
     }
@@ -209,12 +320,13 @@ impl Shard {
         self.map.window(from, to)
     }
 
-    fn insert(&mut self, customer: u32, new: &[LiveEvent], merging: bool) {
+    /// Adds events anywhere in the customer's history (late ones, or a merged customer's):
+    /// the sessions from the one before the first new event on are taken back and redone.
+    fn insert(&mut self, state: &mut Customer, new: &[LiveEvent], merging: bool) {
         let Some(first_new) = new.iter().map(LiveEvent::order).min() else {
             return;
         };
-        let mut events = self.customers.remove(&customer).unwrap_or_default();
-        let old_last = events.last().map(|e| e.ts);
+        let mut events = std::mem::take(&mut state.events);
         let pos = events.partition_point(|e| e.order() < first_new);
         if pos < events.len() && !merging {
             self.stats.corrected += new.len() as u64;
@@ -227,20 +339,12 @@ impl Shard {
             self.session_start_of(&events, pos - 1)
         };
         self.contribute_from(&events, from, -1);
-        if pos == events.len() && new.windows(2).all(|w| w[0].order() <= w[1].order()) {
-            events.extend_from_slice(new);
-        } else {
-            events.extend_from_slice(new);
-            events[from..].sort_unstable_by_key(LiveEvent::order);
-        }
+        events.extend_from_slice(new);
+        events[from..].sort_unstable_by_key(LiveEvent::order);
         self.contribute_from(&events, from, 1);
-        let last = events.last().map(|e| e.ts);
-        if last != old_last
-            && let Some(last) = last
-        {
-            self.expiry.push(Reverse((last, customer)));
-        }
-        self.customers.insert(customer, events);
+        // `contribute_from` left the retained events' session starts in `starts`, from `from`.
+        state.last_start = from + self.starts.last().copied().unwrap_or(0);
+        state.events = events;
     }
 
     /// Index of the start of the session holding event `i`.
@@ -279,6 +383,17 @@ impl Shard {
 
     /// One session's contribution: see [`LiveCounts`] for which bucket counts what.
     fn contribute(&mut self, session: &[LiveEvent], sign: i64) {
+        self.contribute_events(session, sign);
+        if let Some(first) = session.first()
+            && !self.probes.is_empty()
+        {
+            let all: Vec<usize> = (0..self.probes.len()).collect();
+            self.funnel_levels(session, first.ts, &all, sign);
+        }
+    }
+
+    /// A session's counts but its funnel levels.
+    fn contribute_events(&mut self, session: &[LiveEvent], sign: i64) {
         let (Some(first), Some(last)) = (session.first(), session.last()) else {
             return;
         };
@@ -308,9 +423,11 @@ impl Shard {
             }
             prev = Some(e);
         }
-        if self.probes.is_empty() {
-            return;
-        }
+    }
+
+    /// Adds (or takes back) a session's level in funnels `which`, in the bucket of the
+    /// session's start.
+    fn funnel_levels(&mut self, session: &[LiveEvent], start: i64, which: &[usize], sign: i64) {
         self.ts.clear();
         self.ts.extend(session.iter().map(|e| e.ts));
         self.touchpoint.clear();
@@ -321,7 +438,8 @@ impl Shard {
             ts: &self.ts,
             touchpoint: &self.touchpoint,
         };
-        for (j, probe) in self.probes.iter_mut().enumerate() {
+        for &j in which {
+            let probe = &mut self.probes[j];
             probe.funnel.add(&journey);
             for (k, (now, before)) in probe
                 .funnel
@@ -334,7 +452,7 @@ impl Shard {
                 if now != before {
                     let delta = (now - *before) as i64;
                     *before = *now;
-                    self.map.at(first.ts).funnel_level(j, k, sign * delta);
+                    self.map.at(start).funnel_level(j, k, sign * delta);
                 }
             }
         }

@@ -105,6 +105,51 @@ impl LiveSource for FileReplay {
     }
 }
 
+/// Batches already in memory, one partition: for benchmarks (the pipeline without reading)
+/// and for replaying what another source produced.
+pub struct BatchReplay {
+    batches: std::vec::IntoIter<RecordBatch>,
+    stats: IngestStats,
+    ended: bool,
+}
+
+impl BatchReplay {
+    pub fn new(batches: Vec<RecordBatch>) -> Self {
+        BatchReplay {
+            batches: batches.into_iter(),
+            stats: IngestStats::default(),
+            ended: false,
+        }
+    }
+}
+
+impl LiveSource for BatchReplay {
+    fn partitions(&self) -> usize {
+        1
+    }
+
+    fn next(&mut self) -> Result<Option<Feed>> {
+        match self.batches.next() {
+            Some(batch) => {
+                self.stats.records += batch.num_rows() as u64;
+                Ok(Some(Feed::Batch {
+                    partition: 0,
+                    batch,
+                }))
+            }
+            None if self.ended => Ok(None),
+            None => {
+                self.ended = true;
+                Ok(Some(Feed::End { partition: 0 }))
+            }
+        }
+    }
+
+    fn stats(&self) -> IngestStats {
+        self.stats.clone()
+    }
+}
+
 /// Streams the `gen` model's customers in event-time order, as live traffic arrives: each
 /// customer joins at its first touch, and every event (identify calls included, with the
 /// identities each source would carry) is emitted when the stream reaches its time. One

@@ -403,3 +403,62 @@ fn the_generator_streams_in_time_order_and_stitches_to_the_true_customers() {
     assert!(result.status.stitch.identity_links > 0);
     assert_eq!(live(&result), expected);
 }
+
+mod random {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One random event: an anonymous id and/or a user id, a time, a touchpoint.
+    fn event() -> impl Strategy<Value = (Option<u8>, Option<u8>, u32, u8)> {
+        (
+            proptest::option::of(0u8..12),
+            proptest::option::of(0u8..6),
+            0u32..(3 * 24 * 60),
+            0u8..6,
+        )
+            .prop_filter("an event needs an identity", |(a, u, _, _)| {
+                a.is_some() || u.is_some()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any arrival order, identity links between customers seen apart, any batch size
+        /// and shard count: with a horizon longer than the data, the live map equals batch.
+        #[test]
+        fn random_streams_equal_batch(
+            events in proptest::collection::vec(event(), 1..160),
+            batch_size in 1usize..40,
+            shards in 1usize..4,
+        ) {
+            let dir = tempfile::tempdir().expect("tmp");
+            let touchpoints = ["home_view", "pricing_view", "signup", "trial_start", "purchase", "docs_view"];
+            let lines: Vec<String> = events
+                .iter()
+                .map(|(a, u, minute, tp)| {
+                    let mut fields = Vec::new();
+                    if let Some(a) = a {
+                        fields.push(format!(r#""anon":"a{a}""#));
+                    }
+                    if let Some(u) = u {
+                        fields.push(format!(r#""user":"u{u}""#));
+                    }
+                    let ts = 1_767_571_200 + i64::from(*minute) * 60;
+                    fields.push(format!(r#""ts":{ts}"#));
+                    fields.push(format!(r#""touchpoint":"{}""#, touchpoints[*tp as usize]));
+                    format!("{{{}}}", fields.join(","))
+                })
+                .collect();
+            let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+            let input = generic_file(dir.path(), "random.ndjson", &lines);
+            let mut config = Config::builtin();
+            config.sessions.allowed_lateness = Span::from_secs(3600 * 24 * 30);
+            config.sessions.max_duration = Span::from_secs(3 * 3600);
+            let expected = batch(std::slice::from_ref(&input), &config);
+            let result = run_live(std::slice::from_ref(&input), &config, shards, batch_size);
+            prop_assert_eq!(result.status.stitch.late, 0);
+            prop_assert_eq!(live(&result), expected);
+        }
+    }
+}

@@ -767,11 +767,24 @@ pub fn session_starts(ts: &[i64], gap: i64, max_duration: i64, mut start: impl F
     let mut begun = first;
     start(0);
     for i in 1..ts.len() {
-        if ts[i] - ts[i - 1] > gap || (max_duration > 0 && ts[i] - begun > max_duration) {
+        if starts_session(ts[i - 1], ts[i], begun, gap, max_duration) {
             begun = ts[i];
             start(i);
         }
     }
+}
+
+/// Whether an event at `ts` starts a new session after one at `previous`, in a session that
+/// began at `session_start`: the rule of [`session_starts`], one event at a time.
+#[inline]
+pub fn starts_session(
+    previous: i64,
+    ts: i64,
+    session_start: i64,
+    gap: i64,
+    max_duration: i64,
+) -> bool {
+    ts - previous > gap || (max_duration > 0 && ts - session_start > max_duration)
 }
 
 /// Session boundaries of customer-ordered events, customers `range` (their starts; the

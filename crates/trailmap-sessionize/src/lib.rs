@@ -19,6 +19,6 @@ pub mod stitch;
 
 pub use journeys::{
     Arrived, Attribute, AttributeColumn, Journey, JourneyBuilder, JourneyLog, NO_VALUE,
-    SessionSummary, session_starts,
+    SessionSummary, session_starts, starts_session,
 };
 pub use stitch::IdentityGraph;

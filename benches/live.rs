@@ -1,0 +1,58 @@
+//! The live pipeline in process: stitch + sessionize + live aggregates, no broker.
+//!
+//! `cargo bench -p trailmap-live --bench live`. Input: the `gen` model's traffic in event-time
+//! order (identify calls included, so stitching merges customers live), held in memory as
+//! canonical batches, so the figure is the pipeline's own rate. Throughput is events per
+//! second through the whole pipeline, final map included.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use trailmap_gen::GenOptions;
+use trailmap_live::{BatchReplay, Feed, GeneratorSource, LiveSource, PipelineOptions};
+use trailmap_model::Config;
+
+/// The generator's stream, collected once.
+fn traffic(customers: u64) -> Vec<arrow::array::RecordBatch> {
+    let opts = GenOptions {
+        customers,
+        days: 7,
+        ..GenOptions::default()
+    };
+    let mut source = GeneratorSource::new(opts, 8192, None);
+    let mut batches = Vec::new();
+    while let Some(feed) = source.next().expect("generate") {
+        if let Feed::Batch { batch, .. } = feed {
+            batches.push(batch);
+        }
+    }
+    batches
+}
+
+fn bench(c: &mut Criterion) {
+    let batches = traffic(50_000);
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let config = Config::builtin();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("live");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(rows as u64));
+    group.bench_function("pipeline_in_process", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let source = BatchReplay::new(batches.clone());
+                let handle =
+                    trailmap_live::start(&config, Box::new(source), &PipelineOptions::default())
+                        .expect("start");
+                let result = handle.finish().await.expect("finish");
+                assert!(result.status.stitch.events > 0);
+                result.status.stitch.events
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
