@@ -135,7 +135,14 @@ impl LiveCounts {
 
     /// Whether nothing is counted (everything retracted).
     pub fn is_empty(&self) -> bool {
-        *self == LiveCounts::default()
+        self.events == 0
+            && self.journeys == 0
+            && self.visits.is_empty()
+            && self.through.is_empty()
+            && self.starts.is_empty()
+            && self.exits.is_empty()
+            && self.transitions.is_empty()
+            && self.funnels.is_empty()
     }
 
     /// Journeys of funnel `j` whose deepest step is at least step `k` (0-based), as

@@ -132,6 +132,12 @@ pub fn start(
     source: Box<dyn LiveSource>,
     options: &PipelineOptions,
 ) -> Result<LiveHandle> {
+    if config.journeys.len() > 64 {
+        return Err(Error::Other(format!(
+            "{} journeys are configured; the live pipeline follows at most 64",
+            config.journeys.len()
+        )));
+    }
     let sessions = &config.sessions;
     let lateness = sessions.allowed_lateness.micros();
     let steps: Vec<&str> = config

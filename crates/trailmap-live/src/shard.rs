@@ -104,6 +104,7 @@ pub struct Shard {
     ts: Vec<i64>,
     touchpoint: Vec<u32>,
     starts: Vec<usize>,
+    advances: u64,
     pub stats: ShardStats,
 }
 
@@ -146,6 +147,7 @@ impl Shard {
             ts: Vec::new(),
             touchpoint: Vec::new(),
             starts: Vec::new(),
+            advances: 0,
             stats: ShardStats::default(),
         }
     }
@@ -235,15 +237,18 @@ impl Shard {
             b.through(e.touchpoint, 1);
         }
         b.transition(last.touchpoint, e.touchpoint, e.ts - last.ts, 1);
-        let relevant: Vec<usize> = (0..self.probes.len())
-            .filter(|&j| self.probes[j].matters(e.touchpoint))
-            .collect();
-        if !relevant.is_empty() {
-            self.funnel_levels(&state.events[state.last_start..], first.ts, &relevant, -1);
+        let relevant = self
+            .probes
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.matters(e.touchpoint))
+            .fold(0u64, |m, (j, _)| m | 1 << j);
+        if relevant != 0 {
+            self.funnel_levels(&state.events[state.last_start..], first.ts, relevant, -1);
         }
         state.events.push(e);
-        if !relevant.is_empty() {
-            self.funnel_levels(&state.events[state.last_start..], first.ts, &relevant, 1);
+        if relevant != 0 {
+            self.funnel_levels(&state.events[state.last_start..], first.ts, relevant, 1);
         }
     }
 
@@ -312,7 +317,11 @@ impl Shard {
             events.drain(..keep_from);
             state.last_start -= keep_from;
         }
-        self.map.prune();
+        // Buckets emptied by retractions cost nothing but a little memory; sweep now and then.
+        self.advances += 1;
+        if self.advances % 256 == 0 || watermark == i64::MAX {
+            self.map.prune();
+        }
     }
 
     /// Counts of `[from, to)`.
@@ -387,8 +396,8 @@ impl Shard {
         if let Some(first) = session.first()
             && !self.probes.is_empty()
         {
-            let all: Vec<usize> = (0..self.probes.len()).collect();
-            self.funnel_levels(session, first.ts, &all, sign);
+            let all = u64::MAX >> (64 - self.probes.len());
+            self.funnel_levels(session, first.ts, all, sign);
         }
     }
 
@@ -425,9 +434,9 @@ impl Shard {
         }
     }
 
-    /// Adds (or takes back) a session's level in funnels `which`, in the bucket of the
-    /// session's start.
-    fn funnel_levels(&mut self, session: &[LiveEvent], start: i64, which: &[usize], sign: i64) {
+    /// Adds (or takes back) a session's level in the funnels whose bit is set in `which`,
+    /// in the bucket of the session's start.
+    fn funnel_levels(&mut self, session: &[LiveEvent], start: i64, which: u64, sign: i64) {
         self.ts.clear();
         self.ts.extend(session.iter().map(|e| e.ts));
         self.touchpoint.clear();
@@ -438,8 +447,10 @@ impl Shard {
             ts: &self.ts,
             touchpoint: &self.touchpoint,
         };
-        for &j in which {
-            let probe = &mut self.probes[j];
+        for (j, probe) in self.probes.iter_mut().enumerate() {
+            if which & (1 << j) == 0 {
+                continue;
+            }
             probe.funnel.add(&journey);
             for (k, (now, before)) in probe
                 .funnel
