@@ -319,7 +319,7 @@ impl Shard {
         }
         // Buckets emptied by retractions cost nothing but a little memory; sweep now and then.
         self.advances += 1;
-        if self.advances % 256 == 0 || watermark == i64::MAX {
+        if self.advances.is_multiple_of(256) || watermark == i64::MAX {
             self.map.prune();
         }
     }
