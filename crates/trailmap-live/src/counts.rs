@@ -7,7 +7,6 @@
 
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
-use std::hash::Hash;
 
 /// Width of a bucket: one minute, in microseconds.
 pub const BUCKET_MICROS: i64 = 60_000_000;
@@ -26,6 +25,59 @@ pub struct TransitionCount {
     pub duration_micros: i64,
 }
 
+/// Signed counts by touchpoint id, dense: a handful to a few thousand touchpoints, touched
+/// for nearly every event, so an index beats a hash.
+#[derive(Debug, Clone, Default)]
+pub struct ByTouchpoint(Vec<i64>);
+
+impl ByTouchpoint {
+    #[inline]
+    fn add(&mut self, touchpoint: u32, by: i64) {
+        let i = touchpoint as usize;
+        if i >= self.0.len() {
+            self.0.resize(i + 1, 0);
+        }
+        self.0[i] += by;
+    }
+
+    /// The count of a touchpoint (0 if never counted).
+    pub fn get(&self, touchpoint: u32) -> i64 {
+        self.0.get(touchpoint as usize).copied().unwrap_or(0)
+    }
+
+    /// Touchpoints with a count other than 0.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, i64)> + '_ {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v != 0)
+            .map(|(i, &v)| (i as u32, v))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&v| v == 0)
+    }
+
+    fn merge(&mut self, other: &ByTouchpoint) {
+        if other.0.len() > self.0.len() {
+            self.0.resize(other.0.len(), 0);
+        }
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a += b;
+        }
+    }
+}
+
+impl PartialEq for ByTouchpoint {
+    /// Equal counts, however many trailing touchpoints were never (or no longer) counted.
+    fn eq(&self, other: &Self) -> bool {
+        let n = self.0.len().max(other.0.len());
+        (0..n as u32).all(|t| self.get(t) == other.get(t))
+    }
+}
+
+impl Eq for ByTouchpoint {}
+
 /// Counts of journeys (sessions) over some span of time: one bucket, or a window summed.
 ///
 /// What is counted where: an event in the bucket of its time; a transition `a → b` in the
@@ -36,44 +88,39 @@ pub struct TransitionCount {
 pub struct LiveCounts {
     pub events: i64,
     pub journeys: i64,
-    /// Touchpoint → events.
-    pub visits: FxHashMap<u32, i64>,
-    /// Touchpoint → journeys that visit it at least once.
-    pub through: FxHashMap<u32, i64>,
-    /// Touchpoint → journeys that start there.
-    pub starts: FxHashMap<u32, i64>,
-    /// Touchpoint → journeys that end there (so far, for open ones).
-    pub exits: FxHashMap<u32, i64>,
+    /// Events per touchpoint.
+    pub visits: ByTouchpoint,
+    /// Journeys that visit a touchpoint at least once.
+    pub through: ByTouchpoint,
+    /// Journeys that start at a touchpoint.
+    pub starts: ByTouchpoint,
+    /// Journeys that end at a touchpoint (so far, for open ones).
+    pub exits: ByTouchpoint,
     pub transitions: FxHashMap<(u32, u32), TransitionCount>,
     /// Per configured journey (funnel), journeys by deepest step: `funnels[j][k]` reached
     /// exactly `k` steps (as [`StepTallies::levels`](trailmap_mine::funnel::StepTallies)).
     pub funnels: Vec<Vec<i64>>,
 }
 
-fn bump<K: Hash + Eq + Copy>(map: &mut FxHashMap<K, i64>, key: K, by: i64) {
-    let v = map.entry(key).or_default();
-    *v += by;
-    if *v == 0 {
-        // Retracted to nothing: drop the entry, so equal counts compare equal.
-        map.remove(&key);
-    }
-}
-
 impl LiveCounts {
+    #[inline]
     pub(crate) fn visit(&mut self, touchpoint: u32, by: i64) {
-        bump(&mut self.visits, touchpoint, by);
+        self.visits.add(touchpoint, by);
     }
 
+    #[inline]
     pub(crate) fn through(&mut self, touchpoint: u32, by: i64) {
-        bump(&mut self.through, touchpoint, by);
+        self.through.add(touchpoint, by);
     }
 
+    #[inline]
     pub(crate) fn start(&mut self, touchpoint: u32, by: i64) {
-        bump(&mut self.starts, touchpoint, by);
+        self.starts.add(touchpoint, by);
     }
 
+    #[inline]
     pub(crate) fn exit(&mut self, touchpoint: u32, by: i64) {
-        bump(&mut self.exits, touchpoint, by);
+        self.exits.add(touchpoint, by);
     }
 
     pub(crate) fn transition(&mut self, from: u32, to: u32, duration: i64, by: i64) {
@@ -106,16 +153,10 @@ impl LiveCounts {
     pub fn merge(&mut self, other: &LiveCounts) {
         self.events += other.events;
         self.journeys += other.journeys;
-        for (mine, theirs) in [
-            (&mut self.visits, &other.visits),
-            (&mut self.through, &other.through),
-            (&mut self.starts, &other.starts),
-            (&mut self.exits, &other.exits),
-        ] {
-            for (&k, &v) in theirs {
-                bump(mine, k, v);
-            }
-        }
+        self.visits.merge(&other.visits);
+        self.through.merge(&other.through);
+        self.starts.merge(&other.starts);
+        self.exits.merge(&other.exits);
         for (&(a, b), t) in &other.transitions {
             let mine = self.transitions.entry((a, b)).or_default();
             mine.count += t.count;
@@ -231,6 +272,7 @@ mod tests {
         }
         m.prune();
         assert!(m.is_empty());
+        assert!(m.total().is_empty());
         assert_eq!(m.total(), LiveCounts::default());
     }
 
@@ -240,10 +282,10 @@ mod tests {
         m.at(0).visit(1, 1);
         m.at(BUCKET_MICROS).visit(1, 2);
         m.at(-1).visit(1, 4);
-        assert_eq!(m.window(0, BUCKET_MICROS).visits[&1], 1);
-        assert_eq!(m.window(1, BUCKET_MICROS + 1).visits[&1], 3);
-        assert_eq!(m.window(-BUCKET_MICROS, 0).visits[&1], 4);
-        assert_eq!(m.total().visits[&1], 7);
+        assert_eq!(m.window(0, BUCKET_MICROS).visits.get(1), 1);
+        assert_eq!(m.window(1, BUCKET_MICROS + 1).visits.get(1), 3);
+        assert_eq!(m.window(-BUCKET_MICROS, 0).visits.get(1), 4);
+        assert_eq!(m.total().visits.get(1), 7);
         assert!(m.window(5, 5).is_empty());
     }
 }

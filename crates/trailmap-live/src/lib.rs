@@ -32,7 +32,7 @@ pub mod shard;
 pub mod source;
 pub mod stitch;
 
-pub use counts::{BUCKET_MICROS, LiveCounts, LiveMap, TransitionCount, bucket_of};
+pub use counts::{BUCKET_MICROS, ByTouchpoint, LiveCounts, LiveMap, TransitionCount, bucket_of};
 pub use pipeline::{LiveHandle, LiveResult, LiveStatus, Names, PipelineOptions, start};
 pub use report::MapReport;
 pub use shard::{LiveEvent, Shard, ShardConfig, ShardStats};

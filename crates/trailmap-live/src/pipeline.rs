@@ -71,6 +71,7 @@ struct ShardStatus {
     stats: ShardStats,
     open_customers: usize,
     retained_events: usize,
+    state_bytes: usize,
 }
 
 /// The pipeline's state, for `/readyz`, metrics and tests.
@@ -83,6 +84,8 @@ pub struct LiveStatus {
     pub open_customers: usize,
     /// Events held for those sessions.
     pub retained_events: usize,
+    /// Bytes held for open sessions (customer table, events, expiry queue).
+    pub state_bytes: usize,
 }
 
 /// Names the live counts refer to by id.
@@ -316,6 +319,7 @@ async fn run_shard(mut shard: Shard, mut rx: mpsc::Receiver<ShardMsg>) -> Shard 
                     stats: shard.stats,
                     open_customers: shard.open_customers(),
                     retained_events: shard.retained_events(),
+                    state_bytes: shard.state_bytes(),
                 });
             }
         }
@@ -401,6 +405,7 @@ impl LiveHandle {
                     stats: shard.stats,
                     open_customers: shard.open_customers(),
                     retained_events: shard.retained_events(),
+                    state_bytes: shard.state_bytes(),
                 },
             );
             map.merge(shard.map());
@@ -423,4 +428,5 @@ fn add_shard(status: &mut LiveStatus, s: &ShardStatus) {
     status.shards.sessions_final += s.stats.sessions_final;
     status.open_customers += s.open_customers;
     status.retained_events += s.retained_events;
+    status.state_bytes += s.state_bytes;
 }

@@ -71,19 +71,18 @@ impl MapReport {
                 .cloned()
                 .unwrap_or_else(|| format!("#{id}"))
         };
-        let get = |m: &rustc_hash::FxHashMap<u32, i64>, id: u32| m.get(&id).copied().unwrap_or(0);
         let mut nodes: Vec<MapNode> = counts
             .visits
             .iter()
-            .map(|(&id, &events)| {
-                let (journeys, exits) = (get(&counts.through, id), get(&counts.exits, id));
+            .map(|(id, events)| {
+                let (journeys, exits) = (counts.through.get(id), counts.exits.get(id));
                 MapNode {
                     id: name(id),
                     touchpoint: name(id),
                     stage: names.stages.get(id as usize).cloned().flatten(),
                     events,
                     journeys,
-                    starts: get(&counts.starts, id),
+                    starts: counts.starts.get(id),
                     exits,
                     exit_rate: share(exits, journeys),
                 }

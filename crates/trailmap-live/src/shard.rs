@@ -165,6 +165,18 @@ impl Shard {
         self.customers.len()
     }
 
+    /// Memory held for open sessions, in bytes: the customer table, their events and the
+    /// expiry queue (the live map's buckets are counted apart).
+    pub fn state_bytes(&self) -> usize {
+        let table = self.customers.capacity() * (std::mem::size_of::<(u32, Customer)>() + 1);
+        let events: usize = self
+            .customers
+            .values()
+            .map(|c| c.events.capacity() * std::mem::size_of::<LiveEvent>())
+            .sum();
+        table + events + self.expiry.capacity() * std::mem::size_of::<Reverse<(i64, u32)>>()
+    }
+
     /// Events held for open sessions.
     pub fn retained_events(&self) -> usize {
         self.customers.values().map(|c| c.events.len()).sum()

@@ -99,9 +99,9 @@ fn live(result: &LiveResult) -> Counts {
     let total = result.map.total();
     let names = &result.names.touchpoints;
     let name = |id: &u32| names[*id as usize].clone();
-    let by_name = |m: &rustc_hash::FxHashMap<u32, i64>| {
+    let by_name = |m: &trailmap_live::ByTouchpoint| {
         m.iter()
-            .map(|(k, &v)| (name(k), v))
+            .map(|(k, v)| (name(&k), v))
             .collect::<BTreeMap<_, _>>()
     };
     Counts {

@@ -149,13 +149,17 @@ impl ServeArgs {
                     shown = std::time::Instant::now();
                     let s = handle.status().await?;
                     eprintln!(
-                        "live: {} events, {} customers open ({} events held), watermark {}",
+                        "live: {} events, {} customers open ({} events held, {} bytes each), watermark {}",
                         s.stitch.events,
                         s.open_customers,
                         s.retained_events,
-                        s.watermark
-                            .and_then(chrono::DateTime::from_timestamp_micros)
-                            .map_or("none yet".to_string(), |t| t.to_rfc3339()),
+                        s.state_bytes / s.open_customers.max(1),
+                        match s.watermark {
+                            None => "none yet".to_string(),
+                            Some(i64::MAX) => "past the end of input".to_string(),
+                            Some(w) => chrono::DateTime::from_timestamp_micros(w)
+                                .map_or(w.to_string(), |t| t.to_rfc3339()),
+                        },
                     );
                 }
             }
