@@ -51,6 +51,18 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+    // The stitcher alone (one task in the pipeline): decode, stitch, route.
+    group.bench_function("stitcher_only", |b| {
+        b.iter(|| {
+            let mut stitcher = trailmap_live::Stitcher::new(2, 1, 3_600_000_000, &[]);
+            let mut routed = 0;
+            for batch in &batches {
+                let r = stitcher.push(0, batch).expect("push");
+                routed += r.events.iter().map(Vec::len).sum::<usize>();
+            }
+            routed
+        })
+    });
     group.finish();
 }
 
