@@ -624,6 +624,21 @@ pub struct JourneyConfig {
 }
 
 impl JourneyConfig {
+    /// An ad-hoc funnel of `steps` with the defaults `--steps` and `funnel('a,b')` use:
+    /// a 14-day window, the default mode, ordered, counting customers.
+    pub fn of_steps(steps: Vec<String>) -> JourneyConfig {
+        JourneyConfig {
+            steps,
+            window: Span::from_secs(14 * 86_400),
+            mode: Vec::new(),
+            order: StepOrder::Ordered,
+            exclusions: Vec::new(),
+            count: CountBy::Customers,
+            min_gap: Vec::new(),
+            max_gap: Vec::new(),
+        }
+    }
+
     /// What the types cannot check: step count, window, gap lists; `(field, message)`.
     pub fn validate(&self) -> std::result::Result<(), (String, String)> {
         let n = self.steps.len();

@@ -17,7 +17,7 @@ use trailmap_mine::funnel::{FunnelSpec, Modes};
 use trailmap_mine::paths::PathOptions;
 use trailmap_mine::report::{DropoffsReport, FunnelReport, Names, PathsReport};
 use trailmap_mine::{Dropoffs, Funnel, PathStats, fold};
-use trailmap_model::config::{CountBy, FunnelMode, JourneyConfig, StepOrder};
+use trailmap_model::config::{FunnelMode, JourneyConfig, StepOrder};
 use trailmap_model::time::Span;
 
 /// Which result a table function computes.
@@ -159,16 +159,7 @@ fn funnel_spec(journeys: &Journeys, args: &[String]) -> Result<(JourneyConfig, F
     let mut journey = match config.journeys.get(first) {
         Some(j) => j.clone(),
         None if first.contains(',') || journeys.log.touchpoints.iter().any(|t| t == first) => {
-            JourneyConfig {
-                steps: first.split(',').map(|s| s.trim().to_string()).collect(),
-                window: Span::from_secs(14 * 86_400),
-                mode: Vec::new(),
-                order: StepOrder::Ordered,
-                exclusions: Vec::new(),
-                count: CountBy::Customers,
-                min_gap: Vec::new(),
-                max_gap: Vec::new(),
-            }
+            JourneyConfig::of_steps(first.split(',').map(|st| st.trim().to_string()).collect())
         }
         None => {
             let names: Vec<&str> = config.journeys.keys().map(String::as_str).collect();

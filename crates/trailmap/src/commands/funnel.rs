@@ -87,16 +87,7 @@ impl FunnelFlags {
             }
             None if !self.steps.is_empty() => (
                 self.steps.join(" → "),
-                JourneyConfig {
-                    steps: self.steps.clone(),
-                    window: Span::from_secs(14 * 86_400),
-                    mode: Vec::new(),
-                    order: StepOrder::Ordered,
-                    exclusions: Vec::new(),
-                    count: CountBy::Customers,
-                    min_gap: Vec::new(),
-                    max_gap: Vec::new(),
-                },
+                JourneyConfig::of_steps(self.steps.clone()),
             ),
             None => {
                 let names: Vec<&str> = config.journeys.keys().map(String::as_str).collect();
