@@ -18,6 +18,8 @@ pub enum Location {
     Row(u64),
     /// Byte offset into the (decompressed) input.
     Offset(u64),
+    /// A Kafka message (the "file" is its topic).
+    Message { partition: i32, offset: i64 },
 }
 
 impl std::fmt::Display for Location {
@@ -26,6 +28,9 @@ impl std::fmt::Display for Location {
             Location::Line(n) => write!(f, "line {n}"),
             Location::Row(n) => write!(f, "row {n}"),
             Location::Offset(n) => write!(f, "byte {n}"),
+            Location::Message { partition, offset } => {
+                write!(f, "partition {partition} offset {offset}")
+            }
         }
     }
 }

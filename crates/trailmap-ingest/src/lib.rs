@@ -11,7 +11,9 @@
 //!   config; [`file::open`] returns a [`BatchSource`] that streams batches with bounded
 //!   memory. One module per format: `csv`, `ndjson`, `parquet`, `xes`.
 //! - [`mapper`]: field mapping, validation and catalog classification, shared by all formats
-//!   (and by the Kafka source to come).
+//!   and by the Kafka source.
+//! - [`json`]: [`JsonDecoder`], one JSON record (an NDJSON line, a Kafka message) through
+//!   the mapper.
 //! - [`time`]: event-time parsing (strftime, ISO-8601 with offset, epoch numbers).
 //! - [`dead_letter`]: where rejected records go, with their location and reason, and the
 //!   `--max-errors` budget.
@@ -19,11 +21,13 @@
 
 pub mod dead_letter;
 pub mod file;
+pub mod json;
 pub mod mapper;
 pub mod time;
 pub mod value;
 
 pub use dead_letter::{DeadLetters, Location};
 pub use file::{BatchSource, FileInput, IngestOptions, IngestStats, Projection};
-pub use mapper::RowMapper;
+pub use json::JsonDecoder;
+pub use mapper::{Outcome, RowMapper};
 pub use value::Value;

@@ -16,9 +16,11 @@ use crate::counts::{LiveCounts, LiveMap};
 use crate::shard::{LiveEvent, Shard, ShardConfig, ShardStats};
 use crate::source::{Feed, LiveSource};
 use crate::stitch::{Handoff, LateEvent, StitchStats, Stitcher};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use trailmap_ingest::IngestStats;
 use trailmap_mine::FunnelSpec;
 use trailmap_model::config::{Config, JourneyConfig};
 use trailmap_model::{Error, Result};
@@ -78,6 +80,8 @@ struct ShardStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LiveStatus {
     pub watermark: Option<i64>,
+    /// What the source read: records, events, identity links, rejections.
+    pub ingest: IngestStats,
     pub stitch: StitchStats,
     pub shards: ShardStats,
     /// Customers with sessions that can still change.
@@ -114,6 +118,8 @@ pub struct LiveHandle {
     stitch: Arc<RwLock<(Option<i64>, StitchStats)>>,
     stitcher: JoinHandle<Result<Vec<LateEvent>>>,
     shard_tasks: Vec<JoinHandle<Shard>>,
+    ingest: Arc<Mutex<IngestStats>>,
+    stop: Arc<AtomicBool>,
 }
 
 /// Resolves configured journeys against the pipeline's fixed touchpoint ids.
@@ -180,9 +186,12 @@ pub fn start(
     }
 
     let (feed_tx, mut feed_rx) = mpsc::channel::<Result<Feed>>(capacity);
+    let ingest = Arc::new(Mutex::new(IngestStats::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ingest_w, stop_r) = (ingest.clone(), stop.clone());
     std::thread::Builder::new()
         .name("trailmap-source".into())
-        .spawn(move || read_source(source, feed_tx))
+        .spawn(move || read_source(source, feed_tx, &ingest_w, &stop_r))
         .map_err(|e| Error::Other(format!("cannot start the source thread: {e}")))?;
 
     let to_shards = senders.clone();
@@ -211,7 +220,9 @@ pub fn start(
                         n.stages = stitcher.stages().to_vec();
                     }
                 }
+                Feed::Idle { partition } => stitcher.idle_partition(partition),
                 Feed::End { partition } => stitcher.end_partition(partition),
+                Feed::Quiet => {}
             }
             let watermark = stitcher.watermark();
             if watermark > sent_watermark {
@@ -233,16 +244,30 @@ pub fn start(
         stitch,
         stitcher: stitcher_task,
         shard_tasks,
+        ingest,
+        stop,
     })
 }
 
-fn read_source(mut source: Box<dyn LiveSource>, out: mpsc::Sender<Result<Feed>>) {
+fn read_source(
+    mut source: Box<dyn LiveSource>,
+    out: mpsc::Sender<Result<Feed>>,
+    ingest: &Mutex<IngestStats>,
+    stop: &AtomicBool,
+) {
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         let next = match source.next() {
+            Ok(Some(Feed::Quiet)) => continue,
             Ok(Some(feed)) => Ok(feed),
             Ok(None) => return,
             Err(e) => Err(e),
         };
+        if let Ok(mut s) = ingest.lock() {
+            *s = source.stats();
+        }
         let failed = next.is_err();
         // A closed channel means the pipeline stopped: nothing left to read for.
         if out.blocking_send(next).is_err() || failed {
@@ -352,6 +377,9 @@ impl LiveHandle {
         if let Ok(s) = self.stitch.read() {
             (status.watermark, status.stitch) = *s;
         }
+        if let Ok(s) = self.ingest.lock() {
+            status.ingest = s.clone();
+        }
         for tx in &self.shards {
             let (reply, rx) = oneshot::channel();
             send(tx, ShardMsg::Status { reply }).await?;
@@ -365,6 +393,12 @@ impl LiveHandle {
     /// [`finish`](Self::finish) then returns without waiting for input.
     pub fn input_ended(&self) -> bool {
         self.stitcher.is_finished()
+    }
+
+    /// Stops reading: the source is dropped at its next step, and [`finish`](Self::finish)
+    /// then counts what was read (for a source that never ends, like Kafka).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     /// Names of the ids in the counts, as of now.
@@ -381,6 +415,8 @@ impl LiveHandle {
             stitch,
             stitcher,
             shard_tasks,
+            ingest,
+            stop: _,
         } = self;
         let late = stitcher
             .await
@@ -393,6 +429,9 @@ impl LiveHandle {
         let mut status = LiveStatus::default();
         if let Ok(s) = stitch.read() {
             (status.watermark, status.stitch) = *s;
+        }
+        if let Ok(s) = ingest.lock() {
+            status.ingest = s.clone();
         }
         let mut map = LiveMap::default();
         for task in shard_tasks {

@@ -21,15 +21,22 @@ pub enum Feed {
         partition: usize,
         batch: RecordBatch,
     },
+    /// The partition has caught up with its input for now (a Kafka partition at its end);
+    /// it no longer holds the watermark back until it delivers again.
+    Idle { partition: usize },
     /// The partition has no more input.
     End { partition: usize },
+    /// Nothing arrived for a moment. A source that can wait long for input returns this
+    /// now and then, so the pipeline can stop it.
+    Quiet,
 }
 
 pub trait LiveSource: Send {
     /// How many partitions feed the watermark.
     fn partitions(&self) -> usize;
 
-    /// The next step, `None` once every partition has ended. May block.
+    /// The next step, `None` once every partition has ended. May block, but a source
+    /// whose input may pause returns [`Feed::Quiet`] at least every 100 ms meanwhile.
     fn next(&mut self) -> Result<Option<Feed>>;
 
     /// Records read, events and rejections so far.

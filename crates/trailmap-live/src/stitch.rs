@@ -59,13 +59,30 @@ pub struct StitchStats {
     pub merges: u64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// May deliver more: holds the watermark back at its latest event.
+    Active,
+    /// Caught up with its input for now (a Kafka partition at its end): does not hold the
+    /// watermark back until it delivers again.
+    Idle,
+    /// No more input, ever.
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Partition {
+    latest: i64,
+    progress: Progress,
+}
+
 pub struct Stitcher {
     builder: JourneyBuilder,
     shards: usize,
     /// Shard of each customer (by root identity node) that has had events.
     owner: FxHashMap<u32, usize>,
-    /// Latest event time per partition; `i64::MAX` once a partition has ended.
-    partitions: Vec<i64>,
+    /// Latest event time and state of each partition.
+    partitions: Vec<Partition>,
     watermark: i64,
     lateness: i64,
     seq: u64,
@@ -90,7 +107,13 @@ impl Stitcher {
             builder,
             shards: shards.max(1),
             owner: FxHashMap::default(),
-            partitions: vec![i64::MIN; partitions.max(1)],
+            partitions: vec![
+                Partition {
+                    latest: i64::MIN,
+                    progress: Progress::Active,
+                };
+                partitions.max(1)
+            ],
             watermark: i64::MIN,
             lateness,
             seq: 0,
@@ -195,8 +218,10 @@ impl Stitcher {
                 },
             ));
         }
-        if let Some(p) = self.partitions.get_mut(partition) {
-            *p = (*p).max(latest);
+        let p = self.partition(partition);
+        p.latest = p.latest.max(latest);
+        if p.progress == Progress::Idle {
+            p.progress = Progress::Active;
         }
         self.update_watermark();
         Ok(routed)
@@ -204,14 +229,113 @@ impl Stitcher {
 
     /// A partition has no more input: it no longer holds the watermark back.
     pub fn end_partition(&mut self, partition: usize) {
-        if let Some(p) = self.partitions.get_mut(partition) {
-            *p = i64::MAX;
+        self.partition(partition).progress = Progress::Ended;
+        self.update_watermark();
+    }
+
+    /// A partition has caught up with its input: it stops holding the watermark back until
+    /// it delivers again (a quiet topic must not stall the map).
+    pub fn idle_partition(&mut self, partition: usize) {
+        let p = self.partition(partition);
+        if p.progress == Progress::Active {
+            p.progress = Progress::Idle;
         }
         self.update_watermark();
     }
 
+    /// A partition's mark; a partition first seen now (a topic that gained partitions)
+    /// joins the watermark from here on.
+    fn partition(&mut self, partition: usize) -> &mut Partition {
+        if partition >= self.partitions.len() {
+            self.partitions.resize(
+                partition + 1,
+                Partition {
+                    latest: i64::MIN,
+                    progress: Progress::Active,
+                },
+            );
+        }
+        &mut self.partitions[partition]
+    }
+
+    /// The least latest time of the partitions that may deliver; when every one is caught
+    /// up, the newest time seen (all input so far is in); past the end once all have ended.
     fn update_watermark(&mut self) {
-        let least = self.partitions.iter().copied().min().unwrap_or(i64::MAX);
-        self.watermark = self.watermark.max(least);
+        let parts = &self.partitions;
+        let active = parts.iter().filter(|p| p.progress == Progress::Active);
+        let mark = match active.map(|p| p.latest).min() {
+            Some(least) => least,
+            None => parts
+                .iter()
+                .filter(|p| p.progress == Progress::Idle)
+                .map(|p| p.latest)
+                .max()
+                .unwrap_or(i64::MAX),
+        };
+        self.watermark = self.watermark.max(mark);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trailmap_model::IdentityKind;
+    use trailmap_model::schema::{EventBatchBuilder, EventRow};
+
+    const S: i64 = 1_000_000;
+
+    /// One event of customer `c` at `secs`.
+    fn event(c: &str, secs: i64) -> RecordBatch {
+        let mut b = EventBatchBuilder::new();
+        let mut identities: [Option<&str>; IdentityKind::ALL.len()] = Default::default();
+        identities[IdentityKind::CustomerId as usize] = Some(c);
+        b.push(&EventRow {
+            event_id: None,
+            source: "test",
+            identities,
+            ts: secs * S,
+            received_at: None,
+            touchpoint: Some("home_view"),
+            stage: None,
+            channel: None,
+            properties: None,
+        });
+        b.finish()
+    }
+
+    #[test]
+    fn idle_partitions_stop_holding_the_watermark_until_they_deliver() {
+        let mut s = Stitcher::new(1, 2, 0, &[]);
+        s.push(0, &event("a", 100)).unwrap();
+        assert_eq!(s.watermark(), i64::MIN, "partition 1 has not delivered");
+        s.idle_partition(1);
+        assert_eq!(s.watermark(), 100 * S);
+        // Partition 1 delivers again, behind: it holds the watermark (which never goes back).
+        s.push(1, &event("b", 50)).unwrap();
+        s.push(0, &event("a", 200)).unwrap();
+        assert_eq!(s.watermark(), 100 * S);
+        s.push(1, &event("b", 300)).unwrap();
+        assert_eq!(s.watermark(), 200 * S);
+        // Every partition caught up: all input so far is in.
+        s.idle_partition(0);
+        s.idle_partition(1);
+        assert_eq!(s.watermark(), 300 * S);
+        s.end_partition(0);
+        assert_eq!(s.watermark(), 300 * S);
+        s.end_partition(1);
+        assert_eq!(s.watermark(), i64::MAX);
+    }
+
+    #[test]
+    fn partitions_first_seen_later_join_the_watermark() {
+        let mut s = Stitcher::new(1, 1, 0, &[]);
+        s.push(0, &event("a", 100)).unwrap();
+        assert_eq!(s.watermark(), 100 * S);
+        // Partition 2 appears; partition 1, known to exist but silent, holds the mark.
+        s.push(2, &event("b", 400)).unwrap();
+        s.push(0, &event("a", 500)).unwrap();
+        assert_eq!(s.watermark(), 100 * S);
+        s.idle_partition(1);
+        assert_eq!(s.watermark(), 400 * S);
     }
 }

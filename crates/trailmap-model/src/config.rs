@@ -43,6 +43,9 @@ pub struct Config {
     /// Network endpoints of `serve` and `demo`.
     #[serde(default)]
     pub server: ServerConfig,
+    /// The Kafka cluster the live pipeline consumes sources' topics from.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
 }
 
 impl Config {
@@ -749,6 +752,57 @@ impl Default for ServerConfig {
     }
 }
 
+/// Where a consumer group with no committed offsets starts reading a partition.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// The oldest message the topic keeps: the map includes history.
+    #[default]
+    Earliest,
+    /// Only messages produced from now on.
+    Latest,
+}
+
+impl StartFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Consumer group every instance of the live pipeline joins.
+    pub group_id: String,
+    /// Rejected messages are produced here, with the reason in the `trailmap-reason` header.
+    pub dead_letter_topic: String,
+    /// A micro-batch is handed on once it is this old, even when it holds fewer than
+    /// `[ingest] batch_size` rows (bounds the delay a quiet topic adds).
+    pub linger: Span,
+    /// Where a partition without a committed offset is read from.
+    pub start_from: StartFrom,
+    /// Any other librdkafka setting, e.g. `{ "security.protocol" = "SASL_SSL" }`.
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "trailmap".into(),
+            dead_letter_topic: "trailmap-dead-letters".into(),
+            linger: Span(100_000),
+            start_from: StartFrom::Earliest,
+            options: BTreeMap::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,6 +815,7 @@ mod tests {
         assert_eq!(c.storage, StorageConfig::default());
         assert_eq!(c.sql, SqlConfig::default());
         assert_eq!(c.server, ServerConfig::default());
+        assert_eq!(c.kafka, KafkaConfig::default());
         assert!(!c.catalog.rules.is_empty());
         assert!(c.journeys.contains_key("trial_to_purchase"));
     }

@@ -134,6 +134,16 @@ pub struct IngestStats {
 }
 
 impl IngestStats {
+    /// Books one record read and not rejected.
+    pub fn count(&mut self, outcome: Outcome) {
+        self.records += 1;
+        match outcome {
+            Outcome::Event => self.events += 1,
+            Outcome::Link => self.links += 1,
+            Outcome::Dropped => self.dropped += 1,
+        }
+    }
+
     pub fn add(&mut self, other: &IngestStats) {
         self.records += other.records;
         self.events += other.events;
@@ -267,14 +277,7 @@ pub(crate) fn book<K, R: Record<K>>(
     raw: impl FnOnce() -> Option<Vec<u8>>,
 ) -> Result<()> {
     match mapper.map(record) {
-        Ok(outcome) => {
-            stats.records += 1;
-            match outcome {
-                Outcome::Event => stats.events += 1,
-                Outcome::Link => stats.links += 1,
-                Outcome::Dropped => stats.dropped += 1,
-            }
-        }
+        Ok(outcome) => stats.count(outcome),
         Err(reason) => reject(stats, dead, path, location, &reason, raw().as_deref())?,
     }
     Ok(())

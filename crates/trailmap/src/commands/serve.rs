@@ -1,6 +1,7 @@
 //! `trailmap serve`: the journeys read from files, served to analysts over the PostgreSQL
 //! wire protocol (`psql`, BI tools), read-only and bounded like `trailmap sql`; or, with
-//! `--generate` or `--replay`, the live pipeline running on a stream until it ends.
+//! `--generate`, `--replay` or `--kafka`, the live pipeline running on a stream until it
+//! ends (or, for Kafka, until interrupted).
 
 use crate::input::InputArgs;
 use anyhow::Context;
@@ -9,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use trailmap_gen::GenOptions;
 use trailmap_ingest::{DeadLetters, IngestOptions, Projection};
+use trailmap_kafka::{KafkaHealth, KafkaSource, ReadUntil};
 use trailmap_live::{FileReplay, GeneratorSource, LiveSource, MapReport, PipelineOptions};
 use trailmap_model::Catalog;
 use trailmap_sql::postgres::{self, Login};
@@ -29,7 +31,7 @@ pub struct ServeArgs {
 
     /// Run the live pipeline on generated traffic: this many customers of the `gen` model,
     /// streamed in event-time order. Prints the live map as JSON when the stream ends.
-    #[arg(long, value_name = "CUSTOMERS", conflicts_with = "replay")]
+    #[arg(long, value_name = "CUSTOMERS", conflicts_with_all = ["replay", "kafka"])]
     generate: Option<u64>,
 
     /// Days the generated customers' first touches spread over.
@@ -46,8 +48,23 @@ pub struct ServeArgs {
 
     /// Run the live pipeline replaying the input files (each a partition, a batch from each
     /// in turn). Prints the live map as JSON when the files end.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kafka")]
     replay: bool,
+
+    /// Run the live pipeline on the Kafka topics of the config's sources (`topic = …`),
+    /// as a member of the consumer group ([kafka] in the config). Ctrl-C stops it and prints
+    /// the live map as JSON.
+    #[arg(long)]
+    kafka: bool,
+
+    /// Kafka bootstrap brokers [default: [kafka] brokers].
+    #[arg(long, value_name = "HOST:PORT", requires = "kafka")]
+    brokers: Option<String>,
+
+    /// With --kafka: read every partition up to the end it has now, then stop and print
+    /// the live map (like `kcat -e`).
+    #[arg(long, requires = "kafka")]
+    until_end: bool,
 
     /// Shards customers are spread over [default: the cores].
     #[arg(long, value_name = "N")]
@@ -56,7 +73,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        if self.generate.is_some() || self.replay {
+        if self.generate.is_some() || self.replay || self.kafka {
             return self.run_live();
         }
         let config = self.input.config()?;
@@ -104,36 +121,48 @@ impl ServeArgs {
     /// The live pipeline on a finite stream: status on stderr while it runs, the map on
     /// stdout when it ends.
     fn run_live(self) -> anyhow::Result<()> {
-        let config = self.input.config()?;
+        let mut config = self.input.config()?;
+        if let Some(brokers) = &self.brokers {
+            config.kafka.brokers = brokers.clone();
+        }
+        let mut kafka_health: Option<Arc<KafkaHealth>> = None;
         let mut pipeline = PipelineOptions::default();
         if let Some(shards) = self.shards {
             anyhow::ensure!(shards > 0, "--shards must be at least 1");
             pipeline.shards = shards;
         }
-        let source: Box<dyn LiveSource> = match self.generate {
-            Some(customers) => {
-                let opts = GenOptions {
-                    customers,
-                    days: self.days,
-                    seed: self.seed,
-                    ..GenOptions::default()
-                };
-                Box::new(GeneratorSource::new(
-                    opts,
-                    config.ingest.batch_size,
-                    self.rate,
-                ))
-            }
-            None => {
-                let inputs = self.input.file_inputs(&config)?;
-                let options = IngestOptions {
-                    catalog: Arc::new(Catalog::compile(&config.catalog)?),
-                    batch_size: config.ingest.batch_size,
-                    projection: Projection::minimal(),
-                };
-                let dead = DeadLetters::new(&config.ingest.dead_letter, config.ingest.max_errors);
-                Box::new(FileReplay::open(&inputs, &options, dead)?)
-            }
+        let ingest_options = || -> anyhow::Result<IngestOptions> {
+            Ok(IngestOptions {
+                catalog: Arc::new(Catalog::compile(&config.catalog)?),
+                batch_size: config.ingest.batch_size,
+                projection: Projection::minimal(),
+            })
+        };
+        let dead = DeadLetters::new(&config.ingest.dead_letter, config.ingest.max_errors);
+        let source: Box<dyn LiveSource> = if let Some(customers) = self.generate {
+            let opts = GenOptions {
+                customers,
+                days: self.days,
+                seed: self.seed,
+                ..GenOptions::default()
+            };
+            Box::new(GeneratorSource::new(
+                opts,
+                config.ingest.batch_size,
+                self.rate,
+            ))
+        } else if self.kafka {
+            let until = if self.until_end {
+                ReadUntil::End
+            } else {
+                ReadUntil::Forever
+            };
+            let source = KafkaSource::connect(&config, ingest_options()?, dead, until)?;
+            kafka_health = Some(source.health());
+            Box::new(source)
+        } else {
+            let inputs = self.input.file_inputs(&config)?;
+            Box::new(FileReplay::open(&inputs, &ingest_options()?, dead)?)
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -143,13 +172,29 @@ impl ServeArgs {
             let handle = trailmap_live::start(&config, source, &pipeline)?;
             let started = std::time::Instant::now();
             let mut shown = started;
+            let interrupted = tokio::signal::ctrl_c();
+            tokio::pin!(interrupted);
             while !handle.input_ended() {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                    _ = &mut interrupted => {
+                        eprintln!("live: interrupted; counting what was read");
+                        handle.stop();
+                        break;
+                    }
+                }
                 if shown.elapsed() >= std::time::Duration::from_secs(2) {
                     shown = std::time::Instant::now();
                     let s = handle.status().await?;
+                    let cluster = match &kafka_health {
+                        Some(h) if !h.is_ready() => format!(
+                            ", NOT READY: kafka unreachable ({})",
+                            h.last_error().unwrap_or_default()
+                        ),
+                        _ => String::new(),
+                    };
                     eprintln!(
-                        "live: {} events, {} customers open ({} events held, {} bytes each), watermark {}",
+                        "live: {} events, {} customers open ({} events held, {} bytes each), watermark {}{cluster}",
                         s.stitch.events,
                         s.open_customers,
                         s.retained_events,
@@ -169,7 +214,9 @@ impl ServeArgs {
         let (result, took) = result;
         let s = &result.status;
         eprintln!(
-            "live: {} events in {:.1}s ({:.0}/s), {} identity links, {} merges, {} corrected late, {} beyond the horizon",
+            "live: {} records ({} rejected), {} events in {:.1}s ({:.0}/s), {} identity links, {} merges, {} corrected late, {} beyond the horizon",
+            s.ingest.records,
+            s.ingest.rejected,
             s.stitch.events,
             took.as_secs_f64(),
             s.stitch.events as f64 / took.as_secs_f64().max(1e-9),

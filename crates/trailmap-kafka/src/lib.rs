@@ -1,0 +1,27 @@
+//! Kafka ingest for the live pipeline.
+//!
+//! Every source with a `topic` in config is consumed by one consumer (one consumer group,
+//! `[kafka] group_id`); each message is one JSON object, decoded by the same
+//! [`JsonDecoder`](trailmap_ingest::JsonDecoder) and field mapping as the source's NDJSON
+//! files, into Arrow micro-batches per partition (bounded by `[ingest] batch_size` rows and
+//! `[kafka] linger`). Each Kafka partition is a partition of the pipeline: it holds the
+//! event-time watermark back until it catches up with its topic.
+//!
+//! Offsets are not committed here: the pipeline restarts from its last durable checkpoint
+//! (or, without one, from the start of the topics), so nothing is counted twice or lost.
+//!
+//! Layout:
+//! - [`source`]: [`KafkaSource`], the consumer as a [`LiveSource`](trailmap_live::LiveSource).
+//! - [`dead_letter`]: [`DeadLetterTopic`], where rejected messages go, unchanged, with the
+//!   reason in a header; a file when the topic cannot take them.
+//! - [`health`]: [`KafkaHealth`], whether the cluster is reachable, for status and `/readyz`.
+//! - [`client`]: the librdkafka settings built from `[kafka]`.
+
+pub mod client;
+pub mod dead_letter;
+pub mod health;
+pub mod source;
+
+pub use dead_letter::DeadLetterTopic;
+pub use health::KafkaHealth;
+pub use source::{KafkaSource, ReadUntil};

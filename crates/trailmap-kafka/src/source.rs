@@ -1,0 +1,546 @@
+//! The consumer: Kafka partitions as partitions of the live pipeline.
+//!
+//! One thread (the pipeline's source thread) polls one consumer. Messages are decoded into
+//! a micro-batch per partition, handed on when it holds `batch_size` rows or is `linger`
+//! old, so batches stay in partition order and each partition's event time can hold the
+//! watermark. A partition that reaches the end of its topic reports itself idle: a quiet
+//! topic must not stop sessions from closing.
+//!
+//! The pipeline's channel is bounded, so while it is full the thread does not poll and
+//! consumption pauses (librdkafka's prefetch queue is bounded too).
+
+use crate::client;
+use crate::dead_letter::{DeadLetterTopic, Rejected};
+use crate::health::KafkaHealth;
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::util::Timeout;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use trailmap_ingest::{DeadLetters, IngestOptions, IngestStats, JsonDecoder};
+use trailmap_live::{Feed, LiveSource};
+use trailmap_model::config::{Config, FieldMapping, KafkaConfig, SourceConfig, StartFrom};
+use trailmap_model::{Error, Result};
+
+/// How long a [`KafkaSource`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadUntil {
+    /// As long as the pipeline runs, as a member of the consumer group.
+    Forever,
+    /// Until every partition reaches the end it had when the source started (like
+    /// `kcat -e`): a run over what the topics hold now. Reads every partition itself, outside
+    /// the group's assignment, so nothing is left to another member.
+    End,
+}
+
+/// Longest a poll blocks, so lingering batches and health probes are served.
+const POLL: Duration = Duration::from_millis(50);
+/// Broker calls made while starting or probing.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reports assignments and cluster errors from librdkafka's callbacks.
+struct Context {
+    health: Arc<KafkaHealth>,
+    /// The assignment after the last rebalance, until the source has taken it.
+    assigned: Mutex<Option<Vec<(String, i32)>>>,
+}
+
+impl ClientContext for Context {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if self.health.fail(format!("{error}: {reason}")) {
+            eprintln!("kafka: {reason}; retrying (the live map keeps its state)");
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let assigned = match rebalance {
+            Rebalance::Assign(list) => list
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect(),
+            Rebalance::Revoke(_) => Vec::new(),
+            Rebalance::Error(_) => return,
+        };
+        if let Ok(mut a) = self.assigned.lock() {
+            *a = Some(assigned);
+        }
+    }
+}
+
+/// A configured source read from a topic.
+struct Topic {
+    name: String,
+    source: SourceConfig,
+    mapping: FieldMapping,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Active,
+    Idle,
+    Ended,
+}
+
+/// One Kafka partition: its micro-batch in the making.
+struct Slot {
+    topic: usize,
+    partition: i32,
+    decoder: JsonDecoder,
+    /// When the oldest row of the pending batch arrived.
+    since: Option<Instant>,
+    /// With [`ReadUntil::End`]: the offset this run stops before.
+    end: Option<i64>,
+    progress: Progress,
+}
+
+/// Everything but the consumer, so a borrowed message and the state can be used together.
+struct Reader {
+    topics: Vec<Topic>,
+    options: IngestOptions,
+    slots: Vec<Slot>,
+    ready: VecDeque<Feed>,
+    linger: Duration,
+    dead: DeadLetterTopic,
+    stats: IngestStats,
+}
+
+pub struct KafkaSource {
+    consumer: BaseConsumer<Context>,
+    reader: Reader,
+    until: ReadUntil,
+    initial_partitions: usize,
+    health: Arc<KafkaHealth>,
+    last_probe: Instant,
+}
+
+impl KafkaSource {
+    /// Connects to `[kafka] brokers` and subscribes to the topic of every source that has
+    /// one. Fails, saying what to fix, when no source has a topic, a topic does not exist,
+    /// or the cluster does not answer.
+    pub fn connect(
+        config: &Config,
+        options: IngestOptions,
+        dead_letter_file: DeadLetters,
+        until: ReadUntil,
+    ) -> Result<Self> {
+        let kafka = &config.kafka;
+        let topics = config
+            .sources
+            .iter()
+            .filter_map(|s| {
+                let name = s.topic.clone()?;
+                Some(s.mapping().map(|mapping| Topic {
+                    name,
+                    source: s.clone(),
+                    mapping,
+                }))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|(field, message)| {
+                Error::config(format!("a source's fields.{field}"), message)
+            })?;
+        if topics.is_empty() {
+            return Err(Error::Other(
+                "no source has a Kafka topic: add `topic = \"…\"` to a [[sources]] entry of the \
+                 config"
+                    .into(),
+            ));
+        }
+        let health = Arc::new(KafkaHealth::default());
+        let consumer: BaseConsumer<Context> = client::consumer(kafka)
+            .create_with_context(Context {
+                health: health.clone(),
+                assigned: Mutex::new(None),
+            })
+            .map_err(|e| Error::Other(format!("cannot create the Kafka consumer: {e}")))?;
+        let dead = DeadLetterTopic::new(kafka, dead_letter_file)?;
+
+        let mut reader = Reader {
+            topics,
+            linger: Duration::from_micros(kafka.linger.micros().max(0) as u64),
+            options,
+            slots: Vec::new(),
+            ready: VecDeque::new(),
+            dead,
+            stats: IngestStats::default(),
+        };
+        for t in 0..reader.topics.len() {
+            let count = partition_count(&consumer, kafka, &reader.topics[t])?;
+            for p in 0..count {
+                reader.slot(t, p)?;
+            }
+        }
+        match until {
+            ReadUntil::Forever => {
+                let names: Vec<&str> = reader.topics.iter().map(|t| t.name.as_str()).collect();
+                consumer.subscribe(&names).map_err(|e| {
+                    Error::Other(format!("cannot subscribe to {}: {e}", names.join(", ")))
+                })?;
+            }
+            ReadUntil::End => reader.assign_to_end(&consumer, kafka)?,
+        }
+        let initial_partitions = reader.slots.len();
+        Ok(KafkaSource {
+            consumer,
+            reader,
+            until,
+            initial_partitions,
+            health,
+            last_probe: Instant::now(),
+        })
+    }
+
+    /// Whether the cluster answers; shared, so status can be read while the pipeline runs.
+    pub fn health(&self) -> Arc<KafkaHealth> {
+        self.health.clone()
+    }
+
+    /// A sign of life from the cluster.
+    fn alive(&self) {
+        if self.health.recover() {
+            eprintln!("kafka: the cluster answers again; catching up");
+        }
+    }
+
+    /// While the cluster is down, asks it now and then whether it is back (a quiet topic
+    /// would otherwise give no sign of life).
+    fn probe(&mut self) {
+        if self.health.is_ready() || self.last_probe.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last_probe = Instant::now();
+        let topic = self.reader.topics[0].name.as_str();
+        if self
+            .consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(1))
+            .is_ok()
+        {
+            self.alive();
+        }
+    }
+
+    /// Applies a new group assignment: partitions another member (or nobody) reads stop
+    /// holding the watermark back; partitions new to us get a slot.
+    fn reassigned(&mut self) -> Result<()> {
+        let taken = self
+            .consumer
+            .context()
+            .assigned
+            .lock()
+            .ok()
+            .and_then(|mut a| a.take());
+        let Some(assigned) = taken else {
+            return Ok(());
+        };
+        let mut ours = vec![false; self.reader.slots.len()];
+        for (topic, partition) in &assigned {
+            if let Some(t) = self.reader.topics.iter().position(|x| &x.name == topic) {
+                let ix = self.reader.slot(t, *partition)?;
+                ours.resize(self.reader.slots.len(), false);
+                ours[ix] = true;
+            }
+        }
+        for (ix, slot) in self.reader.slots.iter_mut().enumerate() {
+            if !ours[ix] && slot.progress == Progress::Active {
+                slot.progress = Progress::Idle;
+                self.reader.ready.push_back(Feed::Idle { partition: ix });
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of partition `partition` of some topic was reached (librdkafka does not say
+    /// which topic, so each candidate's position is compared with its end).
+    fn caught_up(&mut self, partition: i32) -> Result<()> {
+        let candidates: Vec<usize> = (0..self.reader.slots.len())
+            .filter(|&i| {
+                let s = &self.reader.slots[i];
+                s.partition == partition && s.progress == Progress::Active
+            })
+            .collect();
+        let positions = match candidates.len() {
+            0 => return Ok(()),
+            1 => None,
+            _ => self.consumer.position().ok(),
+        };
+        for ix in candidates {
+            let slot = &self.reader.slots[ix];
+            if let Some(positions) = &positions {
+                let topic = &self.reader.topics[slot.topic].name;
+                let position = positions
+                    .find_partition(topic, partition)
+                    .and_then(|e| e.offset().to_raw());
+                let end = self
+                    .consumer
+                    .fetch_watermarks(topic, partition, Duration::from_secs(1))
+                    .ok()
+                    .map(|(_, high)| high);
+                match (position, end) {
+                    (Some(at), Some(end)) if at >= end => {}
+                    _ => continue,
+                }
+            }
+            self.reader.flush(ix);
+            let slot = &mut self.reader.slots[ix];
+            if self.until == ReadUntil::Forever {
+                slot.progress = Progress::Idle;
+                self.reader.ready.push_back(Feed::Idle { partition: ix });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Partitions of a topic, or an error that says the topic is missing.
+fn partition_count(
+    consumer: &BaseConsumer<Context>,
+    kafka: &KafkaConfig,
+    topic: &Topic,
+) -> Result<i32> {
+    let metadata = consumer
+        .fetch_metadata(Some(&topic.name), CALL_TIMEOUT)
+        .map_err(|e| {
+            Error::Other(format!(
+                "cannot reach Kafka at [kafka] brokers = {:?} (for topic `{}` of source `{}`): \
+                 {e}; is the broker running?",
+                kafka.brokers, topic.name, topic.source.name
+            ))
+        })?;
+    let found = metadata.topics().iter().find(|t| t.name() == topic.name);
+    match found {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            Ok(t.partitions().len() as i32)
+        }
+        _ => Err(Error::Other(format!(
+            "Kafka topic `{}` (source `{}`) does not exist on {}: create it, or fix the \
+             source's `topic`",
+            topic.name, topic.source.name, kafka.brokers
+        ))),
+    }
+}
+
+impl Reader {
+    /// The slot of a topic's partition, made on first sight (topics can gain partitions).
+    fn slot(&mut self, topic: usize, partition: i32) -> Result<usize> {
+        if let Some(ix) = self
+            .slots
+            .iter()
+            .position(|s| s.topic == topic && s.partition == partition)
+        {
+            return Ok(ix);
+        }
+        let t = &self.topics[topic];
+        let decoder = JsonDecoder::new(
+            &t.source,
+            &t.mapping,
+            self.options.catalog.clone(),
+            self.options.projection,
+        )
+        .map_err(|m| Error::config(format!("source `{}`", t.source.name), m))?;
+        self.slots.push(Slot {
+            topic,
+            partition,
+            decoder,
+            since: None,
+            end: None,
+            progress: Progress::Active,
+        });
+        Ok(self.slots.len() - 1)
+    }
+
+    /// Assigns every partition, from the group's committed offset (or `start_from`) to the
+    /// end it has now; partitions with nothing to read end at once.
+    fn assign_to_end(
+        &mut self,
+        consumer: &BaseConsumer<Context>,
+        kafka: &KafkaConfig,
+    ) -> Result<()> {
+        let mut list = TopicPartitionList::new();
+        for slot in &self.slots {
+            list.add_partition_offset(
+                &self.topics[slot.topic].name,
+                slot.partition,
+                Offset::Stored,
+            )
+            .map_err(|e| Error::Other(format!("cannot assign partitions: {e}")))?;
+        }
+        let committed = consumer.committed_offsets(list.clone(), CALL_TIMEOUT).ok();
+        consumer
+            .assign(&list)
+            .map_err(|e| Error::Other(format!("cannot assign partitions: {e}")))?;
+        for ix in 0..self.slots.len() {
+            let (name, partition) = (
+                &self.topics[self.slots[ix].topic].name,
+                self.slots[ix].partition,
+            );
+            let (low, high) = consumer
+                .fetch_watermarks(name, partition, CALL_TIMEOUT)
+                .map_err(|e| {
+                    Error::Other(format!(
+                        "cannot read the end of `{name}` partition {partition}: {e}"
+                    ))
+                })?;
+            let stored = committed
+                .as_ref()
+                .and_then(|c| c.find_partition(name, partition))
+                .and_then(|e| e.offset().to_raw())
+                .filter(|&o| o >= 0);
+            let start = stored.unwrap_or(match kafka.start_from {
+                StartFrom::Earliest => low,
+                StartFrom::Latest => high,
+            });
+            self.slots[ix].end = Some(high);
+            if start >= high {
+                self.slots[ix].progress = Progress::Ended;
+                self.ready.push_back(Feed::End { partition: ix });
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes one message into its partition's batch; a rejected one goes to the
+    /// dead-letter topic.
+    fn take(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
+        let Some(topic) = self.topics.iter().position(|t| t.name == message.topic()) else {
+            return Ok(());
+        };
+        let ix = self.slot(topic, message.partition())?;
+        let offset = message.offset();
+        let slot = &mut self.slots[ix];
+        if slot.progress == Progress::Ended || slot.end.is_some_and(|end| offset >= end) {
+            // Produced after this run started: the next run reads it.
+            return Ok(());
+        }
+        let decoded = match message.payload() {
+            Some(payload) => slot.decoder.decode(payload),
+            None => Err("empty message: no payload".to_string()),
+        };
+        match decoded {
+            Ok(outcome) => self.stats.count(outcome),
+            Err(reason) => {
+                self.stats.records += 1;
+                self.stats.rejected += 1;
+                self.dead.send(&Rejected {
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset,
+                    key: message.key(),
+                    payload: message.payload(),
+                    reason: &reason,
+                })?;
+            }
+        }
+        let slot = &mut self.slots[ix];
+        if slot.progress == Progress::Idle {
+            slot.progress = Progress::Active;
+        }
+        if slot.since.is_none() && slot.decoder.pending() > 0 {
+            slot.since = Some(Instant::now());
+        }
+        if slot.decoder.pending() >= self.options.batch_size {
+            self.flush(ix);
+        }
+        let slot = &mut self.slots[ix];
+        if slot.end.is_some_and(|end| offset + 1 >= end) {
+            slot.progress = Progress::Ended;
+            self.flush(ix);
+            self.ready.push_back(Feed::End { partition: ix });
+        }
+        Ok(())
+    }
+
+    /// Hands on the partition's pending batch.
+    fn flush(&mut self, ix: usize) {
+        let slot = &mut self.slots[ix];
+        slot.since = None;
+        if let Some(batch) = slot.decoder.take_batch() {
+            self.ready.push_back(Feed::Batch {
+                partition: ix,
+                batch,
+            });
+        }
+    }
+
+    /// Hands on batches that have waited `linger`; returns how long until the next is due.
+    fn flush_lingering(&mut self) -> Option<Duration> {
+        let mut next: Option<Duration> = None;
+        for ix in 0..self.slots.len() {
+            let Some(since) = self.slots[ix].since else {
+                continue;
+            };
+            let waited = since.elapsed();
+            if waited >= self.linger {
+                self.flush(ix);
+            } else {
+                let left = self.linger - waited;
+                next = Some(next.map_or(left, |n| n.min(left)));
+            }
+        }
+        next
+    }
+}
+
+impl LiveSource for KafkaSource {
+    fn partitions(&self) -> usize {
+        self.initial_partitions
+    }
+
+    fn next(&mut self) -> Result<Option<Feed>> {
+        loop {
+            if let Some(feed) = self.reader.ready.pop_front() {
+                return Ok(Some(feed));
+            }
+            if self.until == ReadUntil::End
+                && self
+                    .reader
+                    .slots
+                    .iter()
+                    .all(|s| s.progress == Progress::Ended)
+            {
+                self.reader.dead.flush(CALL_TIMEOUT)?;
+                return Ok(None);
+            }
+            self.reassigned()?;
+            let wait = self
+                .reader
+                .flush_lingering()
+                .map_or(POLL, |left| left.min(POLL));
+            let mut quiet = false;
+            match self.consumer.poll(Timeout::After(wait)) {
+                None => quiet = true,
+                Some(Ok(message)) => {
+                    if self.health.recover() {
+                        eprintln!("kafka: the cluster answers again; catching up");
+                    }
+                    self.reader.take(&message)?;
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    self.alive();
+                    self.caught_up(partition)?;
+                }
+                Some(Err(e)) => {
+                    if self.health.fail(e.to_string()) {
+                        eprintln!("kafka: {e}; retrying (the live map keeps its state)");
+                    }
+                }
+            }
+            self.reader.flush_lingering();
+            self.reader.dead.settle()?;
+            self.probe();
+            if quiet && self.reader.ready.is_empty() {
+                return Ok(Some(Feed::Quiet));
+            }
+        }
+    }
+
+    fn stats(&self) -> IngestStats {
+        self.reader.stats.clone()
+    }
+}

@@ -1,0 +1,188 @@
+//! The Kafka source in the live pipeline against a real broker (nisshi): quiet partitions,
+//! stopping a source that never ends, and a broker that goes away and comes back.
+
+#[path = "../../../tests/common/nisshi.rs"]
+mod nisshi;
+
+use nisshi::Nisshi;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use trailmap_ingest::{DeadLetters, IngestOptions};
+use trailmap_kafka::{KafkaSource, ReadUntil};
+use trailmap_live::{LiveHandle, LiveStatus, PipelineOptions};
+use trailmap_model::config::{Config, SourceConfig, SourceKind};
+
+const T0: i64 = 1_700_000_000;
+
+/// `n` events of `customers` customers, a minute apart per customer, from `start` seconds.
+fn events(n: usize, customers: usize, start: i64) -> Vec<Vec<u8>> {
+    let touchpoints = [
+        "home_view",
+        "pricing_view",
+        "signup",
+        "trial_start",
+        "purchase",
+    ];
+    (0..n)
+        .map(|i| {
+            let c = i % customers;
+            let step = i / customers;
+            format!(
+                r#"{{"customer_id":"c{c}","ts":{},"touchpoint":"{}"}}"#,
+                start + 60 * step as i64,
+                touchpoints[(c + step) % touchpoints.len()]
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+fn config(broker: &Nisshi, topic: &str, dir: &std::path::Path) -> Config {
+    let mut config = Config::builtin();
+    let mut source = SourceConfig::of_kind(SourceKind::Generic);
+    source.name = "events".into();
+    source.topic = Some(topic.into());
+    config.sources.push(source);
+    config.kafka.brokers = broker.brokers();
+    config.ingest.dead_letter = dir.join("dead.ndjson");
+    config
+}
+
+fn start(config: &Config, until: ReadUntil) -> (LiveHandle, Arc<trailmap_kafka::KafkaHealth>) {
+    let options = IngestOptions {
+        batch_size: 64,
+        ..IngestOptions::default()
+    };
+    let dead = DeadLetters::new(&config.ingest.dead_letter, None);
+    let source = KafkaSource::connect(config, options, dead, until).expect("connect");
+    let health = source.health();
+    let pipeline = PipelineOptions {
+        shards: 2,
+        channel_batches: 4,
+    };
+    let handle = trailmap_live::start(config, Box::new(source), &pipeline).expect("start");
+    (handle, health)
+}
+
+/// Polls the pipeline's status until `done` holds (at most a minute).
+async fn wait_for(
+    handle: &LiveHandle,
+    what: &str,
+    done: impl Fn(&LiveStatus) -> bool,
+) -> LiveStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = handle.status().await.expect("status");
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited a minute for {what}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn payloads(events: &[Vec<u8>]) -> impl Iterator<Item = (Option<&[u8]>, &[u8])> {
+    events.iter().map(|e| (None, e.as_slice()))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn quiet_partitions_do_not_hold_the_watermark_back() {
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let broker = Nisshi::start();
+    broker.create_topic("events", 4);
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = config(&broker, "events", dir.path());
+    let first = events(200, 20, T0);
+    broker.produce_to("events", Some(0), payloads(&first[..100]));
+    broker.produce_to("events", Some(1), payloads(&first[100..]));
+
+    let (handle, health) = start(&config, ReadUntil::Forever);
+    // Partitions 2 and 3 never deliver; once 0 and 1 are caught up, everything read is in.
+    let last = T0 + 60 * 9;
+    rt.block_on(wait_for(&handle, "the first 200 events", |s| {
+        s.ingest.events == 200 && s.watermark == Some(last * 1_000_000)
+    }));
+    assert!(health.is_ready());
+
+    // A quiet partition that speaks up again moves the watermark on.
+    let later = events(40, 20, T0 + 3600);
+    broker.produce_to("events", Some(3), payloads(&later));
+    let last = T0 + 3600 + 60;
+    rt.block_on(wait_for(&handle, "40 more on partition 3", |s| {
+        s.ingest.events == 240 && s.watermark == Some(last * 1_000_000)
+    }));
+
+    // A source that never ends stops on request, and what it read is counted.
+    handle.stop();
+    let result = rt.block_on(handle.finish()).expect("finish");
+    let total = result.map.total();
+    assert_eq!(total.events, 240);
+    // 20 customers, each a session of 10 events and a session of 2 an hour later.
+    assert_eq!(total.journeys, 40);
+    assert_eq!(result.status.open_customers, 0);
+}
+
+#[test]
+fn the_pipeline_rides_out_a_broker_restart() {
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let mut broker = Nisshi::start_durable();
+    broker.create_topic("events", 2);
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = config(&broker, "events", dir.path());
+    let first = events(100, 10, T0);
+    broker.produce("events", payloads(&first));
+
+    let (handle, health) = start(&config, ReadUntil::Forever);
+    rt.block_on(wait_for(&handle, "the first 100 events", |s| {
+        s.ingest.events == 100
+    }));
+    assert!(health.is_ready());
+
+    broker.stop();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while health.is_ready() {
+        assert!(
+            Instant::now() < deadline,
+            "the source never noticed the broker was gone"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(health.last_error().is_some());
+    // The pipeline keeps running and answering while the broker is away.
+    let status = rt
+        .block_on(handle.status())
+        .expect("status while the broker is down");
+    assert_eq!(status.ingest.events, 100);
+
+    broker.restart();
+    let more = events(100, 10, T0 + 600);
+    broker.produce("events", payloads(&more));
+    rt.block_on(wait_for(&handle, "catching up after the restart", |s| {
+        s.ingest.events == 200
+    }));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !health.is_ready() {
+        assert!(
+            Instant::now() < deadline,
+            "the source never saw the broker come back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    handle.stop();
+    let result = rt.block_on(handle.finish()).expect("finish");
+    assert_eq!(result.map.total().events, 200);
+    assert_eq!(result.status.ingest.rejected, 0);
+}

@@ -1,0 +1,127 @@
+//! The live map against batch mining: what `serve` prints, compared with what `paths`,
+//! `dropoffs` and `funnel` say per session on the same events.
+
+use super::{json, root, s};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The built-in config with a lateness horizon longer than the data: generated files are
+/// grouped by customer, so a replay goes back in time at every customer.
+pub fn long_horizon(dir: &Path) -> String {
+    let text = std::fs::read_to_string(root().join("config/trailmap.toml")).expect("config");
+    assert!(text.contains("allowed_lateness = \"1h\""));
+    let path = dir.join("trailmap.toml");
+    std::fs::write(
+        &path,
+        text.replace("allowed_lateness = \"1h\"", "allowed_lateness = \"400d\""),
+    )
+    .expect("write config");
+    s(&path).to_string()
+}
+
+fn edges(map: &Value) -> BTreeMap<(String, String), u64> {
+    map["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .map(|e| {
+            (
+                (
+                    e["from"].as_str().expect("from").into(),
+                    e["to"].as_str().expect("to").into(),
+                ),
+                e["count"].as_u64().expect("count"),
+            )
+        })
+        .collect()
+}
+
+fn transitions(paths: &Value) -> BTreeMap<(String, String), u64> {
+    paths["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .map(|t| {
+            (
+                (
+                    t["from"].as_str().expect("from").into(),
+                    t["to"].as_str().expect("to").into(),
+                ),
+                t["count"].as_u64().expect("count"),
+            )
+        })
+        .collect()
+}
+
+/// `(journeys, exits)` per touchpoint.
+fn node_dropoffs(map: &Value) -> BTreeMap<String, (u64, u64)> {
+    map["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["touchpoint"].as_str().expect("touchpoint").into(),
+                (
+                    n["journeys"].as_u64().expect("journeys"),
+                    n["exits"].as_u64().expect("exits"),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn dropoffs(v: &Value) -> BTreeMap<String, (u64, u64)> {
+    v["touchpoints"]
+        .as_array()
+        .expect("touchpoints")
+        .iter()
+        .map(|t| {
+            (
+                t["touchpoint"].as_str().expect("touchpoint").into(),
+                (
+                    t["journeys"].as_u64().expect("journeys"),
+                    t["exits"].as_u64().expect("exits"),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn reached(steps: &Value) -> Vec<u64> {
+    steps
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["reached"].as_u64().expect("reached"))
+        .collect()
+}
+
+/// The batch commands' answers on `inputs`, per session, against the live map.
+pub fn assert_live_equals_batch(live: &Value, inputs: &[String], config: &str) {
+    let mut args: Vec<&str> = vec!["--scope", "session", "--format", "json", "--config", config];
+    for i in inputs {
+        args.extend(["--input", i.as_str()]);
+    }
+    let with = |cmd: &[&str]| {
+        let mut all = cmd.to_vec();
+        all.extend_from_slice(&args);
+        json(&all)
+    };
+    let map = &live["map"];
+    let paths = with(&["paths"]);
+    assert_eq!(edges(map), transitions(&paths));
+    assert_eq!(map["journeys"], paths["journeys"]);
+    assert_eq!(map["events"], paths["events"]);
+    assert_eq!(node_dropoffs(map), dropoffs(&with(&["dropoffs"])));
+    for funnel in map["funnels"].as_array().expect("funnels") {
+        let name = funnel["name"].as_str().expect("name");
+        let batch = with(&["funnel", "--journey", name]);
+        assert_eq!(
+            reached(&funnel["steps"]),
+            reached(&batch["steps"]),
+            "{name}"
+        );
+    }
+}
