@@ -2,6 +2,8 @@
 //! and CRM events produced to three topics, with identities that must be stitched across
 //! them and a poisoned message on each; the live map equals batch mining on the same events
 //! from files, and every poisoned message is in the dead-letter topic with its reason.
+//! Killed with SIGKILL three times while it consumes a million events and restarted, it
+//! ends with the map and the stored events of a clean run.
 
 mod common;
 #[path = "common/nisshi.rs"]
@@ -11,6 +13,8 @@ use common::live::*;
 use common::*;
 use nisshi::Nisshi;
 use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 /// Source kind, topic, partitions, and a message it cannot decode.
 const TOPICS: [(&str, &str, i32, &[u8]); 3] = [
@@ -33,6 +37,11 @@ fn kafka_config(dir: &Path) -> String {
         "dead_letter = \"trailmap-dead-letters.ndjson\"",
         &format!("dead_letter = {:?}", s(&dead)),
     );
+    let data = dir.join("data");
+    text = text.replace(
+        "data_dir = \"./data\"",
+        &format!("data_dir = {:?}", s(&data)),
+    );
     for (kind, topic, _, _) in TOPICS {
         text.push_str(&format!(
             "\n[[sources]]\nname = \"{kind}\"\nkind = \"{kind}\"\ntopic = \"{topic}\"\n"
@@ -40,6 +49,39 @@ fn kafka_config(dir: &Path) -> String {
     }
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+/// Generates `customers` with `seed` into `dir/gen`, creates the three topics and produces
+/// each file's lines to its topic; returns the files as input specs.
+fn produce_generated(broker: &Nisshi, dir: &Path, customers: &str, seed: &str) -> Vec<String> {
+    let out = dir.join("gen");
+    let _ = json(&[
+        "gen",
+        "--customers",
+        customers,
+        "--days",
+        "3",
+        "--seed",
+        seed,
+        "-o",
+        s(&out),
+        "--format",
+        "json",
+    ]);
+    let mut inputs = Vec::new();
+    for (kind, topic, partitions, _) in TOPICS {
+        broker.create_topic(topic, partitions);
+        let file = out.join(format!("{kind}.ndjson"));
+        let text = std::fs::read(&file).expect("generated file");
+        broker.produce(
+            topic,
+            text.split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| (None, l)),
+        );
+        inputs.push(input(kind, &file));
+    }
+    inputs
 }
 
 #[test]
@@ -164,4 +206,150 @@ fn serve_says_what_to_fix_when_kafka_is_not_there() {
         err.contains("topic `ticket-updates`") && err.contains("does not exist"),
         "{err}"
     );
+}
+
+/// Rows stored in the data dir's checkpointed segments, and their event ids.
+fn stored_event_ids(data: &Path) -> Vec<String> {
+    use arrow::array::{Array, AsArray};
+    let text = std::fs::read_to_string(data.join("checkpoint.json")).expect("a checkpoint");
+    let body: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("body")).expect("checkpoint JSON");
+    let mut ids = Vec::new();
+    for segment in body["segments"].as_array().expect("segments") {
+        let seq = segment["seq"].as_u64().expect("seq");
+        let file = std::fs::File::open(data.join(format!("segments/{seq:020}.parquet")))
+            .expect("a segment the checkpoint names");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .expect("parquet");
+        let mut rows = 0;
+        for batch in reader {
+            let batch = batch.expect("batch");
+            rows += batch.num_rows();
+            let col = batch.column_by_name("event_id").expect("event_id");
+            let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8).expect("utf8");
+            let col = col.as_string::<i32>();
+            assert_eq!(col.null_count(), 0);
+            ids.extend(col.iter().flatten().map(str::to_string));
+        }
+        assert_eq!(rows as u64, segment["rows"].as_u64().expect("rows"));
+    }
+    ids
+}
+
+/// Rows the checkpoint says are stored (0 before the first).
+fn stored_rows(data: &Path) -> u64 {
+    let Ok(text) = std::fs::read_to_string(data.join("checkpoint.json")) else {
+        return 0;
+    };
+    let Ok(body) = serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap_or(""))
+    else {
+        return 0;
+    };
+    body["segments"]
+        .as_array()
+        .map_or(0, |s| s.iter().filter_map(|x| x["rows"].as_u64()).sum())
+}
+
+fn serve_forever(broker: &Nisshi, config: &str, log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log");
+    bin()
+        .args([
+            "serve",
+            "--kafka",
+            "--brokers",
+            &broker.brokers(),
+            "--config",
+            config,
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start serve")
+}
+
+#[test]
+fn kill_9_three_times_while_consuming_a_million_events_loses_and_doubles_nothing() {
+    let broker = Nisshi::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let inputs = produce_generated(&broker, dir.path(), "61000", "21");
+    let config = kafka_config(dir.path());
+    // Checkpoints often, so kills land between them; a killed member leaves the group soon.
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text
+        .replace("checkpoint_every = \"5s\"", "checkpoint_every = \"300ms\"")
+        .replace(
+            "options = {}",
+            "options = { \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }",
+        );
+    std::fs::write(&config, text).expect("config");
+    let data = dir.path().join("data");
+
+    // Random moments, reported so a failure can be replayed.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.as_nanos() as u64);
+    let mut state = seed | 1;
+    let mut random_ms = |max: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % max
+    };
+    for round in 0..3 {
+        let log = dir.path().join(format!("serve-{round}.log"));
+        let mut child = serve_forever(&broker, &config, &log);
+        // Kill it once it has stored more than before, at a random moment after that.
+        let before = stored_rows(&data);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while stored_rows(&data) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: nothing stored in 2 minutes: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            assert!(
+                child.try_wait().expect("wait").is_none(),
+                "serve exited: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pause = random_ms(2500);
+        std::thread::sleep(Duration::from_millis(pause));
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+        eprintln!(
+            "round {round} (seed {seed}): killed {pause} ms after {} events were stored",
+            stored_rows(&data)
+        );
+    }
+
+    let live = json(&[
+        "serve",
+        "--kafka",
+        "--until-end",
+        "--brokers",
+        &broker.brokers(),
+        "--config",
+        &config,
+        "--shards",
+        "2",
+    ]);
+    assert_live_equals_batch(&live, &inputs, &config);
+
+    // Every record produced is stored exactly once.
+    let produced: usize = inputs
+        .iter()
+        .map(|i| {
+            let path = i.split_once('=').expect("KIND=FILE").1;
+            std::fs::read_to_string(path).expect("file").lines().count()
+        })
+        .sum();
+    let mut ids = stored_event_ids(&data);
+    assert_eq!(ids.len(), produced, "stored events");
+    assert!(produced > 1_000_000, "a million events: {produced}");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), produced, "no event stored twice");
 }

@@ -13,16 +13,17 @@ use crate::client;
 use crate::dead_letter::{DeadLetterTopic, Rejected};
 use crate::health::KafkaHealth;
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::bindings::rd_kafka_resp_err_t as RespErr;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use trailmap_ingest::{DeadLetters, IngestOptions, IngestStats, JsonDecoder};
-use trailmap_live::{Feed, LiveSource};
+use trailmap_live::{Feed, LiveSource, Position};
 use trailmap_model::config::{Config, FieldMapping, KafkaConfig, SourceConfig, StartFrom};
 use trailmap_model::{Error, Result};
 
@@ -42,11 +43,15 @@ const POLL: Duration = Duration::from_millis(50);
 /// Broker calls made while starting or probing.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reports assignments and cluster errors from librdkafka's callbacks.
+/// Reports assignments and cluster errors from librdkafka's callbacks, and starts assigned
+/// partitions where the last checkpoint left them.
 struct Context {
     health: Arc<KafkaHealth>,
     /// The assignment after the last rebalance, until the source has taken it.
     assigned: Mutex<Option<Vec<(String, i32)>>>,
+    /// Where each partition resumes after a rebalance: the checkpoint's positions, then
+    /// past what this run has read (which is in memory and in the next segment).
+    resume: Arc<Mutex<HashMap<(String, i32), i64>>>,
 }
 
 impl ClientContext for Context {
@@ -58,6 +63,49 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
+    /// As rdkafka's default (eager protocol), except that assigned partitions start at the
+    /// checkpoint's positions rather than the group's committed offsets: the checkpoint is
+    /// the truth, a commit may lag it.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RespErr,
+        list: &mut TopicPartitionList,
+    ) {
+        match err {
+            RespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Ok(resume) = self.resume.lock() {
+                    let known: Vec<(String, i32, i64)> = list
+                        .elements()
+                        .iter()
+                        .filter_map(|e| {
+                            let key = (e.topic().to_string(), e.partition());
+                            resume.get(&key).map(|&o| (key.0, key.1, o))
+                        })
+                        .collect();
+                    for (topic, partition, offset) in known {
+                        let _ =
+                            list.set_partition_offset(&topic, partition, Offset::Offset(offset));
+                    }
+                }
+                if let Err(e) = consumer.assign(list) {
+                    self.error(e, "assigning partitions after a rebalance");
+                }
+                self.post_rebalance(consumer, &Rebalance::Assign(list));
+            }
+            RespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if let Err(e) = consumer.unassign() {
+                    self.error(e, "revoking partitions in a rebalance");
+                }
+                self.post_rebalance(consumer, &Rebalance::Revoke(list));
+            }
+            other => self.error(
+                KafkaError::Rebalance(other.into()),
+                "the consumer group could not rebalance",
+            ),
+        }
+    }
+
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let assigned = match rebalance {
             Rebalance::Assign(list) => list
@@ -97,6 +145,8 @@ struct Slot {
     since: Option<Instant>,
     /// With [`ReadUntil::End`]: the offset this run stops before.
     end: Option<i64>,
+    /// The offset after the last message read; negative before the first.
+    next: i64,
     progress: Progress,
 }
 
@@ -109,6 +159,8 @@ struct Reader {
     linger: Duration,
     dead: DeadLetterTopic,
     stats: IngestStats,
+    /// Shared with the consumer's context.
+    resume: Arc<Mutex<HashMap<(String, i32), i64>>>,
 }
 
 pub struct KafkaSource {
@@ -124,11 +176,15 @@ impl KafkaSource {
     /// Connects to `[kafka] brokers` and subscribes to the topic of every source that has
     /// one. Fails, saying what to fix, when no source has a topic, a topic does not exist,
     /// or the cluster does not answer.
+    ///
+    /// Partitions start at `resume` (a checkpoint's positions) where it names them, else at
+    /// the group's committed offset, else at `[kafka] start_from`.
     pub fn connect(
         config: &Config,
         options: IngestOptions,
         dead_letter_file: DeadLetters,
         until: ReadUntil,
+        resume: &[Position],
     ) -> Result<Self> {
         let kafka = &config.kafka;
         let topics = config
@@ -154,10 +210,17 @@ impl KafkaSource {
             ));
         }
         let health = Arc::new(KafkaHealth::default());
+        let resume_at = Arc::new(Mutex::new(
+            resume
+                .iter()
+                .map(|p| ((p.topic.clone(), p.partition), p.next_offset))
+                .collect(),
+        ));
         let consumer: BaseConsumer<Context> = client::consumer(kafka)
             .create_with_context(Context {
                 health: health.clone(),
                 assigned: Mutex::new(None),
+                resume: resume_at.clone(),
             })
             .map_err(|e| Error::Other(format!("cannot create the Kafka consumer: {e}")))?;
         let dead = DeadLetterTopic::new(kafka, dead_letter_file)?;
@@ -170,6 +233,7 @@ impl KafkaSource {
             ready: VecDeque::new(),
             dead,
             stats: IngestStats::default(),
+            resume: resume_at,
         };
         for t in 0..reader.topics.len() {
             let count = partition_count(&consumer, kafka, &reader.topics[t])?;
@@ -184,7 +248,7 @@ impl KafkaSource {
                     Error::Other(format!("cannot subscribe to {}: {e}", names.join(", ")))
                 })?;
             }
-            ReadUntil::End => reader.assign_to_end(&consumer, kafka)?,
+            ReadUntil::End => reader.assign_to_end(&consumer, kafka, resume)?,
         }
         let initial_partitions = reader.slots.len();
         Ok(KafkaSource {
@@ -350,6 +414,7 @@ impl Reader {
             decoder,
             since: None,
             end: None,
+            next: -1,
             progress: Progress::Active,
         });
         Ok(self.slots.len() - 1)
@@ -361,15 +426,20 @@ impl Reader {
         &mut self,
         consumer: &BaseConsumer<Context>,
         kafka: &KafkaConfig,
+        resume: &[Position],
     ) -> Result<()> {
+        let resumed = |topic: &str, partition: i32| {
+            resume
+                .iter()
+                .find(|p| p.topic == topic && p.partition == partition)
+                .map(|p| p.next_offset)
+        };
         let mut list = TopicPartitionList::new();
         for slot in &self.slots {
-            list.add_partition_offset(
-                &self.topics[slot.topic].name,
-                slot.partition,
-                Offset::Stored,
-            )
-            .map_err(|e| Error::Other(format!("cannot assign partitions: {e}")))?;
+            let topic = &self.topics[slot.topic].name;
+            let offset = resumed(topic, slot.partition).map_or(Offset::Stored, Offset::Offset);
+            list.add_partition_offset(topic, slot.partition, offset)
+                .map_err(|e| Error::Other(format!("cannot assign partitions: {e}")))?;
         }
         let committed = consumer.committed_offsets(list.clone(), CALL_TIMEOUT).ok();
         consumer
@@ -392,10 +462,12 @@ impl Reader {
                 .and_then(|c| c.find_partition(name, partition))
                 .and_then(|e| e.offset().to_raw())
                 .filter(|&o| o >= 0);
-            let start = stored.unwrap_or(match kafka.start_from {
-                StartFrom::Earliest => low,
-                StartFrom::Latest => high,
-            });
+            let start = resumed(name, partition)
+                .or(stored)
+                .unwrap_or(match kafka.start_from {
+                    StartFrom::Earliest => low,
+                    StartFrom::Latest => high,
+                });
             self.slots[ix].end = Some(high);
             if start >= high {
                 self.slots[ix].progress = Progress::Ended;
@@ -417,6 +489,10 @@ impl Reader {
         if slot.progress == Progress::Ended || slot.end.is_some_and(|end| offset >= end) {
             // Produced after this run started: the next run reads it.
             return Ok(());
+        }
+        slot.next = offset + 1;
+        if let Ok(mut resume) = self.resume.lock() {
+            resume.insert((message.topic().to_string(), slot.partition), slot.next);
         }
         let decoded = match message.payload() {
             Some(payload) => slot.decoder.decode(payload),
@@ -461,9 +537,15 @@ impl Reader {
         let slot = &mut self.slots[ix];
         slot.since = None;
         if let Some(batch) = slot.decoder.take_batch() {
+            let position = (slot.next >= 0).then(|| Position {
+                topic: self.topics[slot.topic].name.clone(),
+                partition: slot.partition,
+                next_offset: slot.next,
+            });
             self.ready.push_back(Feed::Batch {
                 partition: ix,
                 batch,
+                position,
             });
         }
     }
@@ -542,5 +624,24 @@ impl LiveSource for KafkaSource {
 
     fn stats(&self) -> IngestStats {
         self.reader.stats.clone()
+    }
+
+    /// Dead letters of the messages the checkpoint covers must be delivered first.
+    fn before_checkpoint(&mut self) -> Result<()> {
+        self.reader.dead.flush(CALL_TIMEOUT)
+    }
+
+    /// Commits the checkpoint's positions to the group, for lag monitoring (a restart
+    /// resumes from the checkpoint, which a commit may lag).
+    fn after_checkpoint(&mut self, positions: &[Position]) {
+        let mut list = TopicPartitionList::new();
+        for p in positions {
+            let _ = list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset));
+        }
+        if self.until == ReadUntil::Forever
+            && let Err(e) = self.consumer.commit(&list, CommitMode::Async)
+        {
+            eprintln!("kafka: committing offsets failed ({e}); the checkpoint has them");
+        }
     }
 }

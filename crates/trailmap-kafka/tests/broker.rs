@@ -54,7 +54,7 @@ fn start(config: &Config, until: ReadUntil) -> (LiveHandle, Arc<trailmap_kafka::
         ..IngestOptions::default()
     };
     let dead = DeadLetters::new(&config.ingest.dead_letter, None);
-    let source = KafkaSource::connect(config, options, dead, until).expect("connect");
+    let source = KafkaSource::connect(config, options, dead, until, &[]).expect("connect");
     let health = source.health();
     let pipeline = PipelineOptions {
         shards: 2,

@@ -20,12 +20,16 @@
 //! - [`counts`]: [`LiveMap`], counts by minute ([`LiveCounts`]: events, journeys, starts,
 //!   exits, transitions, journeys through each touchpoint, funnel levels), summed into any
 //!   window.
+//! - [`durable`]: [`DurableSource`] stores every batch taken in as Parquet segments
+//!   (`trailmap-store`) and checkpoints them with the source's positions; on start it
+//!   replays them, so a restart after a crash resumes exactly where the last checkpoint was.
 //! - [`pipeline`]: [`start`] wires a source thread, the stitcher and the shards with
 //!   bounded channels (backpressure) on tokio; [`LiveHandle`] answers windows and status
 //!   while it runs and [`LiveHandle::finish`] returns the final map.
 //! - [`report`]: [`MapReport`], the map with names and rates (nodes, edges, funnels).
 
 pub mod counts;
+pub mod durable;
 pub mod pipeline;
 pub mod report;
 pub mod shard;
@@ -33,8 +37,9 @@ pub mod source;
 pub mod stitch;
 
 pub use counts::{BUCKET_MICROS, ByTouchpoint, LiveCounts, LiveMap, TransitionCount, bucket_of};
+pub use durable::DurableSource;
 pub use pipeline::{LiveHandle, LiveResult, LiveStatus, Names, PipelineOptions, start};
 pub use report::MapReport;
 pub use shard::{LiveEvent, Shard, ShardConfig, ShardStats};
-pub use source::{BatchReplay, Feed, FileReplay, GeneratorSource, LiveSource};
+pub use source::{BatchReplay, Feed, FileReplay, GeneratorSource, LiveSource, Position};
 pub use stitch::{Handoff, LateEvent, Routed, StitchStats, Stitcher};

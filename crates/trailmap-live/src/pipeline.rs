@@ -201,7 +201,9 @@ pub fn start(
         let mut sent_watermark = i64::MIN;
         while let Some(feed) = feed_rx.recv().await {
             match feed? {
-                Feed::Batch { partition, batch } => {
+                Feed::Batch {
+                    partition, batch, ..
+                } => {
                     let routed = stitcher.push(partition, &batch).map_err(Error::Other)?;
                     for h in routed.handoffs {
                         hand_off(&to_shards, h).await?;

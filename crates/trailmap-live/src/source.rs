@@ -14,12 +14,16 @@ use trailmap_ingest::DeadLetters;
 use trailmap_ingest::file::{self, BatchSource, FileInput, IngestOptions, IngestStats};
 use trailmap_model::schema::{EventBatchBuilder, EventRow};
 use trailmap_model::{Error, IdentityKind, Result};
+pub use trailmap_store::Position;
 
 /// One step of a source.
 pub enum Feed {
     Batch {
         partition: usize,
         batch: RecordBatch,
+        /// Where the source resumes after this batch (Kafka: the partition's next offset);
+        /// what a checkpoint records.
+        position: Option<Position>,
     },
     /// The partition has caught up with its input for now (a Kafka partition at its end);
     /// it no longer holds the watermark back until it delivers again.
@@ -41,6 +45,16 @@ pub trait LiveSource: Send {
 
     /// Records read, events and rejections so far.
     fn stats(&self) -> IngestStats;
+
+    /// A checkpoint is about to record the positions read so far: make what the source
+    /// wrote on the side durable (dead letters).
+    fn before_checkpoint(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// A checkpoint recorded these positions (Kafka commits them, for lag monitoring; the
+    /// checkpoint, not the commit, is where a restart resumes).
+    fn after_checkpoint(&mut self, _positions: &[Position]) {}
 }
 
 /// Replays files, each a partition, a batch from each in turn (so files that cover the same
@@ -91,7 +105,11 @@ impl LiveSource for FileReplay {
                 continue;
             };
             return match source.next_batch(&mut self.dead)? {
-                Some(batch) => Ok(Some(Feed::Batch { partition, batch })),
+                Some(batch) => Ok(Some(Feed::Batch {
+                    partition,
+                    batch,
+                    position: None,
+                })),
                 None => {
                     self.ended.add(source.stats());
                     self.files[partition] = None;
@@ -142,6 +160,7 @@ impl LiveSource for BatchReplay {
                 Ok(Some(Feed::Batch {
                     partition: 0,
                     batch,
+                    position: None,
                 }))
             }
             None if self.ended => Ok(None),
@@ -286,6 +305,7 @@ impl LiveSource for GeneratorSource {
         Ok(Some(Feed::Batch {
             partition: 0,
             batch,
+            position: None,
         }))
     }
 

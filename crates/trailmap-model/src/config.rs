@@ -699,12 +699,16 @@ impl Default for IngestConfig {
 pub struct StorageConfig {
     /// Data directory (or object store URL) for Parquet segments and checkpoints.
     pub data_dir: String,
+    /// How often the live pipeline writes a segment and a checkpoint: the most a crash
+    /// makes it read again.
+    pub checkpoint_every: Span,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: "./data".into(),
+            checkpoint_every: Span::from_secs(5),
         }
     }
 }

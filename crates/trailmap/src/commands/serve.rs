@@ -11,7 +11,9 @@ use std::sync::Arc;
 use trailmap_gen::GenOptions;
 use trailmap_ingest::{DeadLetters, IngestOptions, Projection};
 use trailmap_kafka::{KafkaHealth, KafkaSource, ReadUntil};
-use trailmap_live::{FileReplay, GeneratorSource, LiveSource, MapReport, PipelineOptions};
+use trailmap_live::{
+    DurableSource, FileReplay, GeneratorSource, LiveSource, MapReport, PipelineOptions,
+};
 use trailmap_model::Catalog;
 use trailmap_sql::postgres::{self, Login};
 use trailmap_sql::{Analyst, Journeys, Limits};
@@ -65,6 +67,11 @@ pub struct ServeArgs {
     /// the live map (like `kcat -e`).
     #[arg(long, requires = "kafka")]
     until_end: bool,
+
+    /// With --kafka: where events and checkpoints are stored [default: [storage] data_dir].
+    /// A restart replays what is stored and resumes after it.
+    #[arg(long, value_name = "DIR", requires = "kafka")]
+    data_dir: Option<String>,
 
     /// Shards customers are spread over [default: the cores].
     #[arg(long, value_name = "N")]
@@ -131,11 +138,13 @@ impl ServeArgs {
             anyhow::ensure!(shards > 0, "--shards must be at least 1");
             pipeline.shards = shards;
         }
-        let ingest_options = || -> anyhow::Result<IngestOptions> {
+        // Kafka events are stored, so they keep their ids and properties; replayed and
+        // generated ones only feed the map.
+        let ingest_options = |projection| -> anyhow::Result<IngestOptions> {
             Ok(IngestOptions {
                 catalog: Arc::new(Catalog::compile(&config.catalog)?),
                 batch_size: config.ingest.batch_size,
-                projection: Projection::minimal(),
+                projection,
             })
         };
         let dead = DeadLetters::new(&config.ingest.dead_letter, config.ingest.max_errors);
@@ -157,12 +166,39 @@ impl ServeArgs {
             } else {
                 ReadUntil::Forever
             };
-            let source = KafkaSource::connect(&config, ingest_options()?, dead, until)?;
+            let data_dir = self.data_dir.as_deref().unwrap_or(&config.storage.data_dir);
+            let store = trailmap_store::Store::open(data_dir)?;
+            let checkpoint = trailmap_live::durable::resume(&store)?;
+            if !checkpoint.segments.is_empty() {
+                eprintln!(
+                    "store: replaying {} stored events from {data_dir}, then resuming Kafka",
+                    checkpoint.rows()
+                );
+            }
+            let source = KafkaSource::connect(
+                &config,
+                ingest_options(Projection::default())?,
+                dead,
+                until,
+                &checkpoint.positions,
+            )?;
             kafka_health = Some(source.health());
-            Box::new(source)
+            let every = std::time::Duration::from_micros(
+                config.storage.checkpoint_every.micros().max(0) as u64,
+            );
+            Box::new(DurableSource::new(
+                store,
+                checkpoint,
+                Box::new(source),
+                every,
+            ))
         } else {
             let inputs = self.input.file_inputs(&config)?;
-            Box::new(FileReplay::open(&inputs, &ingest_options()?, dead)?)
+            Box::new(FileReplay::open(
+                &inputs,
+                &ingest_options(Projection::minimal())?,
+                dead,
+            )?)
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

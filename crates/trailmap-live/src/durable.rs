@@ -1,0 +1,169 @@
+//! Durability: every batch the pipeline takes in is stored, and checkpoints tie the stored
+//! segments to the source positions they cover.
+//!
+//! [`DurableSource`] wraps a live source. On start it replays the stored segments, batch
+//! by batch in the order the pipeline first took them, so the live state is rebuilt by the
+//! same code that built it; then it reads the wrapped source, which resumes from the
+//! checkpoint's positions. Meanwhile each batch is kept for the next segment; every
+//! `checkpoint_every` the segment is written, the source makes its side effects durable
+//! (dead letters), and the checkpoint is replaced. A crash at any moment leaves the last
+//! checkpoint: its segments are replayed and everything after its positions is read
+//! again, so nothing is lost and nothing is counted twice.
+
+use crate::source::{Feed, LiveSource, Position};
+use arrow::array::RecordBatch;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+use trailmap_ingest::IngestStats;
+use trailmap_model::Result;
+use trailmap_store::{Checkpoint, Segment, Store};
+
+pub struct DurableSource {
+    store: Store,
+    checkpoint: Checkpoint,
+    /// Stored segments not replayed yet, and the batches of the one being replayed.
+    to_replay: VecDeque<Segment>,
+    replaying: VecDeque<(u32, RecordBatch)>,
+    replayed_rows: u64,
+    inner: Box<dyn LiveSource>,
+    /// Batches taken since the last checkpoint, and where the source is after them.
+    pending: Vec<(u32, RecordBatch)>,
+    positions: BTreeMap<(String, i32), i64>,
+    every: Duration,
+    last: Instant,
+    ended: bool,
+}
+
+/// Reads the store's checkpoint (a new store: an empty one) and removes what a crash left
+/// after it. Its positions are where the wrapped source must resume.
+pub fn resume(store: &Store) -> Result<Checkpoint> {
+    let checkpoint = store.read_checkpoint()?.unwrap_or_default();
+    store.remove_orphans(&checkpoint)?;
+    Ok(checkpoint)
+}
+
+impl DurableSource {
+    /// `inner` must already resume from `checkpoint.positions` (see [`resume`]).
+    pub fn new(
+        store: Store,
+        checkpoint: Checkpoint,
+        inner: Box<dyn LiveSource>,
+        every: Duration,
+    ) -> Self {
+        let positions = checkpoint
+            .positions
+            .iter()
+            .map(|p| ((p.topic.clone(), p.partition), p.next_offset))
+            .collect();
+        DurableSource {
+            to_replay: checkpoint.segments.iter().cloned().collect(),
+            store,
+            checkpoint,
+            replaying: VecDeque::new(),
+            replayed_rows: 0,
+            inner,
+            pending: Vec::new(),
+            positions,
+            every,
+            last: Instant::now(),
+            ended: false,
+        }
+    }
+
+    /// Events replayed from the store so far.
+    pub fn replayed(&self) -> u64 {
+        self.replayed_rows
+    }
+
+    /// Writes the pending batches as a segment and replaces the checkpoint.
+    fn checkpoint(&mut self) -> Result<()> {
+        self.last = Instant::now();
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let segment = self
+            .store
+            .write_segment(self.checkpoint.next_seq(), &self.pending)?;
+        self.inner.before_checkpoint()?;
+        let mut next = self.checkpoint.clone();
+        next.segments.push(segment);
+        next.positions = self
+            .positions
+            .iter()
+            .map(|((topic, partition), &next_offset)| Position {
+                topic: topic.clone(),
+                partition: *partition,
+                next_offset,
+            })
+            .collect();
+        self.store.write_checkpoint(&next)?;
+        self.checkpoint = next;
+        self.pending.clear();
+        self.inner.after_checkpoint(&self.checkpoint.positions);
+        Ok(())
+    }
+}
+
+impl LiveSource for DurableSource {
+    fn partitions(&self) -> usize {
+        self.inner.partitions()
+    }
+
+    fn next(&mut self) -> Result<Option<Feed>> {
+        loop {
+            if let Some((partition, batch)) = self.replaying.pop_front() {
+                self.replayed_rows += batch.num_rows() as u64;
+                return Ok(Some(Feed::Batch {
+                    partition: partition as usize,
+                    batch,
+                    position: None,
+                }));
+            }
+            if let Some(segment) = self.to_replay.pop_front() {
+                self.replaying = self.store.read_segment(&segment)?.into();
+                continue;
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            if self.last.elapsed() >= self.every {
+                self.checkpoint()?;
+            }
+            let feed = self.inner.next()?;
+            match &feed {
+                Some(Feed::Batch {
+                    partition,
+                    batch,
+                    position,
+                }) => {
+                    self.pending.push((*partition as u32, batch.clone()));
+                    if let Some(p) = position {
+                        self.positions
+                            .insert((p.topic.clone(), p.partition), p.next_offset);
+                    }
+                }
+                None => {
+                    self.ended = true;
+                    self.checkpoint()?;
+                }
+                _ => {}
+            }
+            return Ok(feed);
+        }
+    }
+
+    fn stats(&self) -> IngestStats {
+        self.inner.stats()
+    }
+}
+
+impl Drop for DurableSource {
+    /// A pipeline stopped on request keeps what it read.
+    fn drop(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            eprintln!(
+                "store: the last checkpoint could not be written ({e}); a restart reads those events again"
+            );
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The event store: every event the live pipeline takes in, as Parquet segments, and
+//! checkpoints that say which segments and which source positions form one consistent cut.
+//!
+//! ```text
+//! DATA_DIR/segments/00000000000000000001.parquet   canonical events, in arrival order
+//! DATA_DIR/segments/00000000000000000002.parquet
+//! DATA_DIR/checkpoint.json                          segments + source positions + checksum
+//! ```
+//!
+//! The checkpoint is the only truth: a segment not named in it (written just before a crash)
+//! is an orphan and is removed on open, and the source resumes from the checkpoint's
+//! positions, so its events are read again. A checkpoint is written to a temporary name and
+//! renamed over the old one, with a CRC-32 of its body, so a crash leaves the old or the new
+//! one, and a damaged file is refused rather than half-read.
+//!
+//! Storage goes through `object_store`: a directory path, or a `file://` / `memory://` URL.
+//! Segments are plain Parquet in the canonical schema, readable by any engine.
+//!
+//! Layout: [`Store`] (open, segments, checkpoints), [`Checkpoint`], [`Segment`],
+//! [`Position`].
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use trailmap_model::{Error, Result};
+
+/// Where a source resumes: the next offset of one partition of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+}
+
+/// One stored segment: its rows are the concatenation of `feeds`, each a batch the
+/// pipeline took from one of its partitions, in the order it took them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub seq: u64,
+    pub rows: u64,
+    /// `(pipeline partition, rows)` of each batch, in arrival order.
+    pub feeds: Vec<(u32, u32)>,
+}
+
+impl Segment {
+    fn path(&self) -> Path {
+        Path::from(format!("segments/{:020}.parquet", self.seq))
+    }
+}
+
+/// A consistent cut: these segments hold everything read before these positions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub segments: Vec<Segment>,
+    pub positions: Vec<Position>,
+}
+
+impl Checkpoint {
+    /// Events stored.
+    pub fn rows(&self) -> u64 {
+        self.segments.iter().map(|s| s.rows).sum()
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.segments.last().map_or(1, |s| s.seq + 1)
+    }
+}
+
+const CHECKPOINT: &str = "checkpoint.json";
+const CHECKPOINT_TMP: &str = "checkpoint.json.tmp";
+
+/// A data directory or object store. Its calls block (each runs on a private runtime), so
+/// call them from a thread that is not running async code, like the pipeline's source
+/// thread.
+pub struct Store {
+    objects: Arc<dyn ObjectStore>,
+    prefix: Path,
+    location: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Store {
+    /// Opens `[storage] data_dir`: a directory (created if missing) or a URL.
+    pub fn open(data_dir: &str) -> Result<Store> {
+        let (objects, prefix): (Arc<dyn ObjectStore>, Path) = if data_dir.contains("://") {
+            let url = url::Url::parse(data_dir).map_err(|e| {
+                Error::config(
+                    "[storage] data_dir",
+                    format!("{data_dir:?} is not a URL: {e}"),
+                )
+            })?;
+            if url.scheme() == "memory" {
+                (Arc::new(InMemory::new()), Path::from(url.path()))
+            } else {
+                let (store, path) = object_store::parse_url(&url).map_err(|e| {
+                    Error::config(
+                        "[storage] data_dir",
+                        format!(
+                            "cannot open {data_dir}: {e} (this build stores to directories, \
+                             file:// and memory:// URLs)"
+                        ),
+                    )
+                })?;
+                (Arc::from(store), path)
+            }
+        } else {
+            std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
+            let local = LocalFileSystem::new_with_prefix(data_dir).map_err(|e| {
+                Error::config("[storage] data_dir", format!("cannot open {data_dir}: {e}"))
+            })?;
+            (Arc::new(local), Path::default())
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Other(format!("cannot start the store's runtime: {e}")))?;
+        Ok(Store {
+            objects,
+            prefix,
+            location: data_dir.to_string(),
+            runtime,
+        })
+    }
+
+    fn at(&self, relative: &Path) -> Path {
+        self.prefix.parts().chain(relative.parts()).collect()
+    }
+
+    fn failed(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::Other(format!("store {}: {what}: {e}", self.location))
+    }
+
+    /// Writes a segment of `feeds` (pipeline partition, batch). Durable when this returns
+    /// (as durable as the object store's put).
+    pub fn write_segment(&self, seq: u64, feeds: &[(u32, RecordBatch)]) -> Result<Segment> {
+        let schema = match feeds.first() {
+            Some((_, b)) => b.schema(),
+            None => trailmap_model::schema::event_schema(),
+        };
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let mut buf = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(props))
+            .map_err(|e| self.failed("encoding a segment", e))?;
+        for (_, batch) in feeds {
+            writer
+                .write(batch)
+                .map_err(|e| self.failed("encoding a segment", e))?;
+        }
+        writer
+            .close()
+            .map_err(|e| self.failed("encoding a segment", e))?;
+        let segment = Segment {
+            seq,
+            rows: feeds.iter().map(|(_, b)| b.num_rows() as u64).sum(),
+            feeds: feeds
+                .iter()
+                .map(|(p, b)| (*p, b.num_rows() as u32))
+                .collect(),
+        };
+        let path = self.at(&segment.path());
+        self.runtime
+            .block_on(self.objects.put(&path, PutPayload::from(buf)))
+            .map_err(|e| self.failed(&format!("writing {path}"), e))?;
+        Ok(segment)
+    }
+
+    /// A segment's batches, as the pipeline took them: `(pipeline partition, batch)`.
+    pub fn read_segment(&self, segment: &Segment) -> Result<Vec<(u32, RecordBatch)>> {
+        let path = self.at(&segment.path());
+        let bytes: Bytes = self
+            .runtime
+            .block_on(async { self.objects.get(&path).await?.bytes().await })
+            .map_err(|e| self.failed(&format!("reading {path}"), e))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.with_batch_size(usize::MAX >> 1).build())
+            .map_err(|e| self.failed(&format!("reading {path}"), e))?;
+        let mut rows = Vec::new();
+        for batch in reader {
+            rows.push(batch.map_err(|e| self.failed(&format!("reading {path}"), e))?);
+        }
+        let all = arrow::compute::concat_batches(
+            &rows
+                .first()
+                .map_or_else(trailmap_model::schema::event_schema, |b| b.schema()),
+            &rows,
+        )
+        .map_err(|e| self.failed(&format!("reading {path}"), e))?;
+        if all.num_rows() as u64 != segment.rows {
+            return Err(self.failed(
+                &format!("reading {path}"),
+                format!(
+                    "it holds {} rows where the checkpoint says {}",
+                    all.num_rows(),
+                    segment.rows
+                ),
+            ));
+        }
+        let mut offset = 0;
+        Ok(segment
+            .feeds
+            .iter()
+            .map(|&(partition, n)| {
+                let batch = all.slice(offset, n as usize);
+                offset += n as usize;
+                (partition, batch)
+            })
+            .collect())
+    }
+
+    /// Replaces the checkpoint: written aside, then renamed over the old one.
+    pub fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()> {
+        let body = serde_json::to_string(checkpoint)
+            .map_err(|e| self.failed("encoding the checkpoint", e))?;
+        let text = format!("{body}\ncrc32:{:08x}\n", crc32fast::hash(body.as_bytes()));
+        let (tmp, path) = (
+            self.at(&Path::from(CHECKPOINT_TMP)),
+            self.at(&Path::from(CHECKPOINT)),
+        );
+        self.runtime
+            .block_on(async {
+                self.objects.put(&tmp, PutPayload::from(text)).await?;
+                self.objects.rename(&tmp, &path).await
+            })
+            .map_err(|e| self.failed("writing the checkpoint", e))
+    }
+
+    /// The last checkpoint, `None` for a new store. A damaged checkpoint is an error: the
+    /// store is not silently started afresh.
+    pub fn read_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        let path = self.at(&Path::from(CHECKPOINT));
+        let got = self
+            .runtime
+            .block_on(async { self.objects.get(&path).await?.bytes().await });
+        let bytes = match got {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.failed("reading the checkpoint", e)),
+        };
+        let damaged = |why: &str| {
+            self.failed(
+                "reading the checkpoint",
+                format!("{path} is damaged ({why}); restore it from a backup, or move the data dir aside to start afresh"),
+            )
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|_| damaged("not UTF-8"))?;
+        let (body, sum) = text
+            .trim_end()
+            .rsplit_once('\n')
+            .ok_or_else(|| damaged("no checksum line"))?;
+        let expected = sum
+            .strip_prefix("crc32:")
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .ok_or_else(|| damaged("no checksum line"))?;
+        if crc32fast::hash(body.as_bytes()) != expected {
+            return Err(damaged("checksum mismatch"));
+        }
+        serde_json::from_str(body)
+            .map(Some)
+            .map_err(|e| damaged(&e.to_string()))
+    }
+
+    /// Removes segments the checkpoint does not name (written after it, before a crash);
+    /// returns how many.
+    pub fn remove_orphans(&self, checkpoint: &Checkpoint) -> Result<usize> {
+        let named: std::collections::HashSet<Path> = checkpoint
+            .segments
+            .iter()
+            .map(|s| self.at(&s.path()))
+            .collect();
+        let dir = self.at(&Path::from("segments"));
+        self.runtime
+            .block_on(async {
+                let listed: Vec<_> = self.objects.list(Some(&dir)).try_collect().await?;
+                let mut removed = 0;
+                for meta in listed {
+                    if !named.contains(&meta.location) {
+                        self.objects.delete(&meta.location).await?;
+                        removed += 1;
+                    }
+                }
+                Ok::<_, object_store::Error>(removed)
+            })
+            .map_err(|e| self.failed("removing segments left by a crash", e))
+    }
+}

@@ -1,0 +1,110 @@
+//! Segments and checkpoints round-trip; a damaged checkpoint is refused; segments written
+//! after the last checkpoint are removed as orphans.
+
+use arrow::array::RecordBatch;
+use trailmap_model::IdentityKind;
+use trailmap_model::schema::{EventBatchBuilder, EventRow};
+use trailmap_store::{Checkpoint, Position, Store};
+
+fn batch(customer: &str, n: usize) -> RecordBatch {
+    let mut b = EventBatchBuilder::new();
+    for i in 0..n {
+        let mut identities: [Option<&str>; IdentityKind::ALL.len()] = Default::default();
+        identities[IdentityKind::CustomerId as usize] = Some(customer);
+        let id = format!("{customer}-{i}");
+        b.push(&EventRow {
+            event_id: Some(&id),
+            source: "web",
+            identities,
+            ts: 1_700_000_000_000_000 + i as i64,
+            received_at: None,
+            touchpoint: Some("home_view"),
+            stage: None,
+            channel: None,
+            properties: None,
+        });
+    }
+    b.finish()
+}
+
+#[test]
+fn segments_and_checkpoints_round_trip_in_a_directory() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let store = Store::open(data.to_str().expect("utf-8")).expect("open");
+    assert_eq!(store.read_checkpoint().expect("read"), None, "a new store");
+
+    let feeds = vec![(0, batch("a", 3)), (2, batch("b", 5)), (0, batch("c", 1))];
+    let segment = store.write_segment(1, &feeds).expect("segment");
+    assert_eq!(segment.rows, 9);
+    assert_eq!(segment.feeds, vec![(0, 3), (2, 5), (0, 1)]);
+    let checkpoint = Checkpoint {
+        segments: vec![segment.clone()],
+        positions: vec![Position {
+            topic: "web".into(),
+            partition: 0,
+            next_offset: 9,
+        }],
+    };
+    store.write_checkpoint(&checkpoint).expect("checkpoint");
+
+    // Reopened, as after a restart.
+    let store = Store::open(data.to_str().expect("utf-8")).expect("reopen");
+    let read = store
+        .read_checkpoint()
+        .expect("read")
+        .expect("a checkpoint");
+    assert_eq!(read, checkpoint);
+    assert_eq!(read.next_seq(), 2);
+    let back = store.read_segment(&segment).expect("segment back");
+    assert_eq!(back.len(), 3);
+    for ((p, b), (q, c)) in back.iter().zip(&feeds) {
+        assert_eq!(p, q);
+        assert_eq!(b, c, "the same rows, in the same order");
+    }
+    // A segment written after the checkpoint, then a crash: an orphan.
+    store.write_segment(2, &feeds).expect("segment 2");
+    assert_eq!(store.remove_orphans(&read).expect("orphans"), 1);
+    assert_eq!(store.remove_orphans(&read).expect("orphans"), 0);
+    assert!(store.read_segment(&segment).is_ok());
+}
+
+#[test]
+fn a_damaged_checkpoint_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(dir.path().to_str().expect("utf-8")).expect("open");
+    store
+        .write_checkpoint(&Checkpoint::default())
+        .expect("checkpoint");
+    let path = dir.path().join("checkpoint.json");
+    let text = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(&path, text.replace("\"segments\":[]", "\"segments\":[ ]")).expect("write");
+    let e = store.read_checkpoint().unwrap_err().to_string();
+    assert!(
+        e.contains("checksum mismatch") && e.contains("data dir"),
+        "{e}"
+    );
+    std::fs::write(&path, "{\"segments\":[]}").expect("write");
+    let e = store.read_checkpoint().unwrap_err().to_string();
+    assert!(e.contains("no checksum"), "{e}");
+}
+
+#[test]
+fn memory_urls_work_and_unknown_schemes_say_why() {
+    let store = Store::open("memory://test/").expect("memory store");
+    let segment = store
+        .write_segment(1, &[(0, batch("a", 2))])
+        .expect("segment");
+    assert_eq!(
+        store.read_segment(&segment).expect("read")[0].1.num_rows(),
+        2
+    );
+    let e = Store::open("s3://bucket/prefix")
+        .err()
+        .expect("no S3 in this build")
+        .to_string();
+    assert!(
+        e.contains("data_dir") && e.contains("s3://bucket/prefix"),
+        "{e}"
+    );
+}
