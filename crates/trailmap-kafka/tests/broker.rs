@@ -1,5 +1,6 @@
 //! The Kafka source in the live pipeline against a real broker (nisshi): quiet partitions,
-//! stopping a source that never ends, and a broker that goes away and comes back.
+//! stopping a source that never ends, a broker that goes away and comes back, and events
+//! arriving late inside and beyond the lateness horizon.
 
 #[path = "../../../tests/common/nisshi.rs"]
 mod nisshi;
@@ -49,8 +50,16 @@ fn config(broker: &Nisshi, topic: &str, dir: &std::path::Path) -> Config {
 }
 
 fn start(config: &Config, until: ReadUntil) -> (LiveHandle, Arc<trailmap_kafka::KafkaHealth>) {
+    start_with(config, until, 64)
+}
+
+fn start_with(
+    config: &Config,
+    until: ReadUntil,
+    batch_size: usize,
+) -> (LiveHandle, Arc<trailmap_kafka::KafkaHealth>) {
     let options = IngestOptions {
-        batch_size: 64,
+        batch_size,
         ..IngestOptions::default()
     };
     let dead = DeadLetters::new(&config.ingest.dead_letter, None);
@@ -185,4 +194,68 @@ fn the_pipeline_rides_out_a_broker_restart() {
     let result = rt.block_on(handle.finish()).expect("finish");
     assert_eq!(result.map.total().events, 200);
     assert_eq!(result.status.ingest.rejected, 0);
+}
+
+#[test]
+fn late_messages_inside_the_horizon_correct_the_map_and_beyond_it_are_set_aside() {
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let broker = Nisshi::start();
+    broker.create_topic("events", 1);
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = config(&broker, "events", dir.path());
+    assert_eq!(config.sessions.allowed_lateness.micros(), 3_600_000_000);
+    let event = |c: &str, secs: i64, tp: &str| {
+        format!(
+            r#"{{"customer_id":"{c}","ts":{},"touchpoint":"{tp}"}}"#,
+            T0 + secs
+        )
+        .into_bytes()
+    };
+    let stream = [
+        event("a", 0, "home_view"),
+        event("a", 60, "pricing_view"),
+        event("b", 7200, "home_view"),
+        event("b", 7300, "purchase"),
+        // Inside the horizon (watermark T0+7300, horizon T0+3700): b's path is redone.
+        event("b", 7250, "pricing_view"),
+        // Beyond it: set aside and counted, the map keeps a's journey as it was.
+        event("a", 120, "signup"),
+    ];
+    broker.produce_to("events", Some(0), payloads(&stream));
+    // One message per batch, so each arrives after the watermark of the ones before.
+    let (handle, _) = start_with(&config, ReadUntil::End, 1);
+    let result = rt.block_on(handle.finish()).expect("finish");
+    assert_eq!(result.status.ingest.events, 6);
+    assert_eq!(result.status.stitch.late, 1, "{:?}", result.status);
+    assert_eq!(result.late.len(), 1);
+    assert!(result.status.shards.corrected >= 1, "{:?}", result.status);
+    let total = result.map.total();
+    assert_eq!(total.events, 5);
+    assert_eq!(total.journeys, 2);
+    let names = &result.names.touchpoints;
+    let edge = |from: &str, to: &str| {
+        total
+            .transitions
+            .iter()
+            .filter(|((f, t), _)| names[*f as usize] == from && names[*t as usize] == to)
+            .map(|(_, c)| c.count)
+            .sum::<i64>()
+    };
+    assert_eq!(
+        edge("home_view", "pricing_view"),
+        2,
+        "a's, and b's corrected path"
+    );
+    assert_eq!(edge("pricing_view", "purchase"), 1);
+    assert_eq!(
+        edge("home_view", "purchase"),
+        0,
+        "taken back when b's late event came"
+    );
+    assert_eq!(
+        edge("pricing_view", "signup"),
+        0,
+        "the event beyond the horizon is not counted"
+    );
 }

@@ -1,0 +1,160 @@
+//! Kafka consumption through nisshi: a bare rdkafka consumer against trailmap's Kafka
+//! source (decoding into canonical batches) and the whole live pipeline, on the same topic.
+//!
+//!     cargo bench -p trailmap-kafka --bench consume            # 1M messages, best of 3
+//!     EVENTS=200000 REPEAT=1 cargo bench -p trailmap-kafka --bench consume
+//!
+//! Needs `nisshi` (as the tests do). Prints messages/s of each and the ratio to bare.
+
+#[path = "../../../tests/common/nisshi.rs"]
+mod nisshi;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::time::{Duration, Instant};
+use trailmap_ingest::{DeadLetters, IngestOptions};
+use trailmap_kafka::{KafkaSource, ReadUntil};
+use trailmap_live::{LiveSource, PipelineOptions};
+use trailmap_model::config::{Config, SourceConfig, SourceKind};
+
+const TOPIC: &str = "clicks";
+const PARTITIONS: i32 = 3;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Segment-style track calls: 50k customers, a page every 30 s each.
+fn messages(n: usize) -> Vec<Vec<u8>> {
+    let pages = [
+        "/",
+        "/pricing",
+        "/docs",
+        "/signup",
+        "/blog/why",
+        "/product/42",
+    ];
+    (0..n)
+        .map(|i| {
+            let c = i % 50_000;
+            let step = i / 50_000;
+            format!(
+                r#"{{"type":"page","messageId":"m{i}","anonymousId":"a{c}","timestamp":"2024-03-01T{:02}:{:02}:{:02}Z","properties":{{"path":"{}"}},"context":{{"channel":"web"}}}}"#,
+                (step * 30 / 3600) % 24,
+                (step * 30 / 60) % 60,
+                (step * 30) % 60,
+                pages[(c + step) % pages.len()]
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+fn bare(brokers: &str, n: usize) -> Duration {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-bare")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut list = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        list.add_partition_offset(TOPIC, p, Offset::Beginning)
+            .expect("partition");
+    }
+    let started = Instant::now();
+    consumer.assign(&list).expect("assign");
+    let (mut read, mut bytes) = (0, 0usize);
+    while read < n {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            bytes += m.expect("message").payload().map_or(0, <[u8]>::len);
+            read += 1;
+        }
+    }
+    assert!(bytes > 0);
+    started.elapsed()
+}
+
+fn config(brokers: &str) -> Config {
+    let mut config = Config::builtin();
+    let mut source = SourceConfig::of_kind(SourceKind::Clickstream);
+    source.topic = Some(TOPIC.into());
+    config.sources.push(source);
+    config.kafka.brokers = brokers.into();
+    config.ingest.dead_letter = std::env::temp_dir().join("trailmap-bench-dead.ndjson");
+    config
+}
+
+fn source(config: &Config) -> KafkaSource {
+    let options = IngestOptions {
+        catalog: std::sync::Arc::new(
+            trailmap_model::Catalog::compile(&config.catalog).expect("catalog"),
+        ),
+        batch_size: config.ingest.batch_size,
+        projection: trailmap_ingest::Projection::default(),
+    };
+    let dead = DeadLetters::new(&config.ingest.dead_letter, None);
+    KafkaSource::connect(config, options, dead, ReadUntil::End, &[]).expect("connect")
+}
+
+fn source_only(config: &Config, n: usize) -> Duration {
+    let started = Instant::now();
+    let mut source = source(config);
+    while source.next().expect("next").is_some() {}
+    assert_eq!(source.stats().records, n as u64);
+    started.elapsed()
+}
+
+fn pipeline(config: &Config, n: usize) -> Duration {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let started = Instant::now();
+    let source = source(config);
+    let result = runtime.block_on(async {
+        let handle = trailmap_live::start(config, Box::new(source), &PipelineOptions::default())
+            .expect("start");
+        handle.finish().await.expect("finish")
+    });
+    assert_eq!(result.status.ingest.records, n as u64);
+    started.elapsed()
+}
+
+fn main() {
+    let n = env("EVENTS", 1_000_000);
+    let repeat = env("REPEAT", 3).max(1);
+    let broker = nisshi::Nisshi::start();
+    broker.create_topic(TOPIC, PARTITIONS);
+    let all = messages(n);
+    let produced = Instant::now();
+    broker.produce(TOPIC, all.iter().map(|m| (None, m.as_slice())));
+    println!(
+        "produced {n} messages to nisshi ({PARTITIONS} partitions) in {:.1}s",
+        produced.elapsed().as_secs_f64()
+    );
+    let config = config(&broker.brokers());
+    let best = |f: &dyn Fn() -> Duration| (0..repeat).map(|_| f()).min().expect("a run");
+    let bare_t = best(&|| bare(&broker.brokers(), n));
+    let source_t = best(&|| source_only(&config, n));
+    let pipeline_t = best(&|| pipeline(&config, n));
+    let rate = |t: Duration| n as f64 / t.as_secs_f64();
+    println!(
+        "{:<48} {:>10} {:>14} {:>8}",
+        "consumer", "seconds", "messages/s", "of bare"
+    );
+    for (name, t) in [
+        ("bare rdkafka BaseConsumer (payload untouched)", bare_t),
+        ("trailmap Kafka source (decoded to Arrow)", source_t),
+        ("trailmap live pipeline (source+stitch+shards)", pipeline_t),
+    ] {
+        println!(
+            "{name:<48} {:>10.2} {:>14.0} {:>7.0}%",
+            t.as_secs_f64(),
+            rate(t),
+            100.0 * bare_t.as_secs_f64() / t.as_secs_f64()
+        );
+    }
+}
