@@ -52,8 +52,15 @@ fn kafka_config(dir: &Path) -> String {
 }
 
 /// Generates `customers` with `seed` into `dir/gen`, creates the three topics and produces
-/// each file's lines to its topic; returns the files as input specs.
-fn produce_generated(broker: &Nisshi, dir: &Path, customers: &str, seed: &str) -> Vec<String> {
+/// each file's lines to its topic (with the topic's poisoned message in the middle if
+/// `poisoned`); returns the files as input specs.
+fn produce_generated(
+    broker: &Nisshi,
+    dir: &Path,
+    customers: &str,
+    seed: &str,
+    poisoned: bool,
+) -> Vec<String> {
     let out = dir.join("gen");
     let _ = json(&[
         "gen",
@@ -69,41 +76,6 @@ fn produce_generated(broker: &Nisshi, dir: &Path, customers: &str, seed: &str) -
         "json",
     ]);
     let mut inputs = Vec::new();
-    for (kind, topic, partitions, _) in TOPICS {
-        broker.create_topic(topic, partitions);
-        let file = out.join(format!("{kind}.ndjson"));
-        let text = std::fs::read(&file).expect("generated file");
-        broker.produce(
-            topic,
-            text.split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(|l| (None, l)),
-        );
-        inputs.push(input(kind, &file));
-    }
-    inputs
-}
-
-#[test]
-fn serve_consumes_three_topics_into_the_map_batch_mining_gives() {
-    let broker = Nisshi::start();
-    let dir = tempfile::tempdir().expect("tmp");
-    let out = dir.path().join("gen");
-    let _ = json(&[
-        "gen",
-        "--customers",
-        "300",
-        "--days",
-        "3",
-        "--seed",
-        "11",
-        "-o",
-        s(&out),
-        "--format",
-        "json",
-    ]);
-    broker.create_topic("trailmap-dead-letters", 1);
-    let mut inputs = Vec::new();
     for (kind, topic, partitions, poison) in TOPICS {
         broker.create_topic(topic, partitions);
         let file = out.join(format!("{kind}.ndjson"));
@@ -113,24 +85,39 @@ fn serve_consumes_three_topics_into_the_map_batch_mining_gives() {
             .filter(|l| !l.is_empty())
             .map(|l| (None, l))
             .collect();
-        // The poisoned message lands in the middle of the stream.
-        records.insert(records.len() / 2, (Some(b"poison".as_slice()), poison));
+        if poisoned {
+            records.insert(records.len() / 2, (Some(b"poison".as_slice()), poison));
+        }
         broker.produce(topic, records);
         inputs.push(input(kind, &file));
     }
-    let config = kafka_config(dir.path());
+    inputs
+}
 
-    let live = json(&[
+/// `serve --kafka --until-end` on two shards, its JSON.
+fn serve_until_end(broker: &Nisshi, config: &str) -> serde_json::Value {
+    json(&[
         "serve",
         "--kafka",
         "--until-end",
         "--brokers",
         &broker.brokers(),
         "--config",
-        &config,
+        config,
         "--shards",
         "2",
-    ]);
+    ])
+}
+
+#[test]
+fn serve_consumes_three_topics_into_the_map_batch_mining_gives() {
+    let broker = Nisshi::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    broker.create_topic("trailmap-dead-letters", 1);
+    let inputs = produce_generated(&broker, dir.path(), "300", "11", true);
+    let config = kafka_config(dir.path());
+
+    let live = serve_until_end(&broker, &config);
     let status = &live["status"];
     assert_eq!(status["ingest"]["rejected"], 3, "{status}");
     assert_eq!(status["stitch"]["late"], 0, "{status}");
@@ -272,7 +259,7 @@ fn serve_forever(broker: &Nisshi, config: &str, log: &Path) -> Child {
 fn kill_9_three_times_while_consuming_a_million_events_loses_and_doubles_nothing() {
     let broker = Nisshi::start();
     let dir = tempfile::tempdir().expect("tmp");
-    let inputs = produce_generated(&broker, dir.path(), "61000", "21");
+    let inputs = produce_generated(&broker, dir.path(), "61000", "21", false);
     let config = kafka_config(dir.path());
     // Checkpoints often, so kills land between them; a killed member leaves the group soon.
     let text = std::fs::read_to_string(&config).expect("config");
@@ -325,17 +312,7 @@ fn kill_9_three_times_while_consuming_a_million_events_loses_and_doubles_nothing
         );
     }
 
-    let live = json(&[
-        "serve",
-        "--kafka",
-        "--until-end",
-        "--brokers",
-        &broker.brokers(),
-        "--config",
-        &config,
-        "--shards",
-        "2",
-    ]);
+    let live = serve_until_end(&broker, &config);
     assert_live_equals_batch(&live, &inputs, &config);
 
     // Every record produced is stored exactly once.

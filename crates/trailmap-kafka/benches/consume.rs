@@ -105,8 +105,17 @@ fn source(config: &Config) -> KafkaSource {
 fn source_only(config: &Config, n: usize) -> Duration {
     let started = Instant::now();
     let mut source = source(config);
+    let connected = started.elapsed();
     while source.next().expect("next").is_some() {}
     assert_eq!(source.stats().records, n as u64);
+    let read = started.elapsed();
+    drop(source);
+    eprintln!(
+        "source: connected in {:.2}s, read in {:.2}s, closed in {:.2}s",
+        connected.as_secs_f64(),
+        (read - connected).as_secs_f64(),
+        (started.elapsed() - read).as_secs_f64()
+    );
     started.elapsed()
 }
 

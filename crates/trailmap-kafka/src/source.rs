@@ -18,6 +18,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -56,6 +57,11 @@ struct Context {
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
+        // Reaching the end of a partition is news, not trouble (it comes this way with
+        // assigned partitions).
+        if is_end_of_partition(&error) {
+            return;
+        }
         if self.health.fail(format!("{error}: {reason}")) {
             eprintln!("kafka: {reason}; retrying (the live map keeps its state)");
         }
@@ -362,6 +368,11 @@ impl KafkaSource {
     }
 }
 
+fn is_end_of_partition(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::PartitionEOF(_))
+        || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+}
+
 /// Partitions of a topic, or an error that says the topic is missing.
 fn partition_count(
     consumer: &BaseConsumer<Context>,
@@ -491,9 +502,6 @@ impl Reader {
             return Ok(());
         }
         slot.next = offset + 1;
-        if let Ok(mut resume) = self.resume.lock() {
-            resume.insert((message.topic().to_string(), slot.partition), slot.next);
-        }
         let decoded = match message.payload() {
             Some(payload) => slot.decoder.decode(payload),
             None => Err("empty message: no payload".to_string()),
@@ -542,6 +550,9 @@ impl Reader {
                 partition: slot.partition,
                 next_offset: slot.next,
             });
+            if let (Some(p), Ok(mut resume)) = (&position, self.resume.lock()) {
+                resume.insert((p.topic.clone(), p.partition), p.next_offset);
+            }
             self.ready.push_back(Feed::Batch {
                 partition: ix,
                 batch,
@@ -553,11 +564,12 @@ impl Reader {
     /// Hands on batches that have waited `linger`; returns how long until the next is due.
     fn flush_lingering(&mut self) -> Option<Duration> {
         let mut next: Option<Duration> = None;
+        let mut now = None;
         for ix in 0..self.slots.len() {
             let Some(since) = self.slots[ix].since else {
                 continue;
             };
-            let waited = since.elapsed();
+            let waited = now.get_or_insert_with(Instant::now).duration_since(since);
             if waited >= self.linger {
                 self.flush(ix);
             } else {
@@ -607,17 +619,20 @@ impl LiveSource for KafkaSource {
                     self.alive();
                     self.caught_up(partition)?;
                 }
+                Some(Err(e)) if is_end_of_partition(&e) => self.alive(),
                 Some(Err(e)) => {
                     if self.health.fail(e.to_string()) {
                         eprintln!("kafka: {e}; retrying (the live map keeps its state)");
                     }
                 }
             }
-            self.reader.flush_lingering();
-            self.reader.dead.settle()?;
-            self.probe();
-            if quiet && self.reader.ready.is_empty() {
-                return Ok(Some(Feed::Quiet));
+            if quiet {
+                // Between messages these wait: letters that failed, a cluster that is down.
+                self.reader.dead.settle()?;
+                self.probe();
+                if self.reader.ready.is_empty() {
+                    return Ok(Some(Feed::Quiet));
+                }
             }
         }
     }
