@@ -7,8 +7,10 @@
 //! `[kafka] linger`). Each Kafka partition is a partition of the pipeline: it holds the
 //! event-time watermark back until it catches up with its topic.
 //!
-//! Offsets are not committed here: the pipeline restarts from its last durable checkpoint
-//! (or, without one, from the start of the topics), so nothing is counted twice or lost.
+//! Where to resume is the pipeline's checkpoint, not the group's committed offsets: a
+//! [`DurableSource`](trailmap_live::DurableSource) stores every batch and checkpoints each
+//! partition's next offset; the source starts assigned partitions there, and commits the
+//! checkpoint's offsets to the group only afterwards, for lag monitoring.
 //!
 //! Layout:
 //! - [`source`]: [`KafkaSource`], the consumer as a [`LiveSource`](trailmap_live::LiveSource).

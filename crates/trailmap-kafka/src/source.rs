@@ -610,9 +610,7 @@ impl LiveSource for KafkaSource {
             match self.consumer.poll(Timeout::After(wait)) {
                 None => quiet = true,
                 Some(Ok(message)) => {
-                    if self.health.recover() {
-                        eprintln!("kafka: the cluster answers again; catching up");
-                    }
+                    self.alive();
                     self.reader.take(&message)?;
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
@@ -621,6 +619,7 @@ impl LiveSource for KafkaSource {
                 }
                 Some(Err(e)) if is_end_of_partition(&e) => self.alive(),
                 Some(Err(e)) => {
+                    quiet = true;
                     if self.health.fail(e.to_string()) {
                         eprintln!("kafka: {e}; retrying (the live map keeps its state)");
                     }
