@@ -102,7 +102,27 @@ fn source(config: &Config) -> KafkaSource {
     KafkaSource::connect(config, options, dead, ReadUntil::End, &[]).expect("connect")
 }
 
+/// CPU seconds of the process so far (user + system), from /proc (ticks of 1/100 s, as
+/// Linux reports them).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn source_only(config: &Config, n: usize) -> Duration {
+    let cpu = cpu_seconds();
     let started = Instant::now();
     let mut source = source(config);
     let connected = started.elapsed();
@@ -111,10 +131,11 @@ fn source_only(config: &Config, n: usize) -> Duration {
     let read = started.elapsed();
     drop(source);
     eprintln!(
-        "source: connected in {:.2}s, read in {:.2}s, closed in {:.2}s",
+        "source: connected in {:.2}s, read in {:.2}s, closed in {:.2}s, {:.2} CPU-seconds",
         connected.as_secs_f64(),
         (read - connected).as_secs_f64(),
-        (started.elapsed() - read).as_secs_f64()
+        (started.elapsed() - read).as_secs_f64(),
+        cpu_seconds() - cpu
     );
     started.elapsed()
 }

@@ -13,6 +13,10 @@ pub fn consumer(config: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", config.start_from.as_str())
+        // When decoding is slower than fetching, the prefetch queue fills and librdkafka
+        // pauses fetching for this long (default 1 s): long enough to drain the queue and
+        // sit idle. A short pause keeps it filled.
+        .set("fetch.queue.backoff.ms", "10")
         .set("client.id", "trailmap");
     user_options(&mut c, config);
     c
