@@ -159,18 +159,21 @@ fn serve_consumes_three_topics_into_the_map_batch_mining_gives() {
 fn serve_says_what_to_fix_when_kafka_is_not_there() {
     let dir = tempfile::tempdir().expect("tmp");
     let config = kafka_config(dir.path());
+    let refused = |brokers: &str| {
+        let out = run(&[
+            "serve",
+            "--kafka",
+            "--until-end",
+            "--brokers",
+            brokers,
+            "--config",
+            &config,
+        ]);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     // Nothing listens on port 9 (discard) of loopback here.
-    let out = run(&[
-        "serve",
-        "--kafka",
-        "--until-end",
-        "--brokers",
-        "127.0.0.1:9",
-        "--config",
-        &config,
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused("127.0.0.1:9");
     assert!(
         err.contains("cannot reach Kafka") && err.contains("127.0.0.1:9"),
         "{err}"
@@ -178,17 +181,7 @@ fn serve_says_what_to_fix_when_kafka_is_not_there() {
 
     let broker = Nisshi::start();
     broker.create_topic("web-events", 1);
-    let out = run(&[
-        "serve",
-        "--kafka",
-        "--until-end",
-        "--brokers",
-        &broker.brokers(),
-        "--config",
-        &config,
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&broker.brokers());
     assert!(
         err.contains("topic `ticket-updates`") && err.contains("does not exist"),
         "{err}"

@@ -184,7 +184,7 @@ impl Store {
             .block_on(async { self.objects.get(&path).await?.bytes().await })
             .map_err(|e| self.failed(&format!("reading {path}"), e))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .and_then(|b| b.with_batch_size(usize::MAX >> 1).build())
+            .and_then(|b| b.with_batch_size((segment.rows as usize).max(1)).build())
             .map_err(|e| self.failed(&format!("reading {path}"), e))?;
         let mut rows = Vec::new();
         for batch in reader {
