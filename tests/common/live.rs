@@ -20,10 +20,10 @@ pub fn long_horizon(dir: &Path) -> String {
     s(&path).to_string()
 }
 
-fn edges(map: &Value) -> BTreeMap<(String, String), u64> {
-    map["edges"]
-        .as_array()
-        .expect("edges")
+/// `count` per `(from, to)` of a list: the map's `edges`, `paths`' `transitions`.
+fn pair_counts(list: &Value) -> BTreeMap<(String, String), u64> {
+    list.as_array()
+        .expect("a list of transitions")
         .iter()
         .map(|e| {
             (
@@ -37,28 +37,11 @@ fn edges(map: &Value) -> BTreeMap<(String, String), u64> {
         .collect()
 }
 
-fn transitions(paths: &Value) -> BTreeMap<(String, String), u64> {
-    paths["transitions"]
-        .as_array()
-        .expect("transitions")
-        .iter()
-        .map(|t| {
-            (
-                (
-                    t["from"].as_str().expect("from").into(),
-                    t["to"].as_str().expect("to").into(),
-                ),
-                t["count"].as_u64().expect("count"),
-            )
-        })
-        .collect()
-}
-
-/// `(journeys, exits)` per touchpoint.
-fn node_dropoffs(map: &Value) -> BTreeMap<String, (u64, u64)> {
-    map["nodes"]
-        .as_array()
-        .expect("nodes")
+/// `(journeys, exits)` per touchpoint of a list: the map's `nodes`, `dropoffs`'
+/// `touchpoints`.
+fn journeys_and_exits(list: &Value) -> BTreeMap<String, (u64, u64)> {
+    list.as_array()
+        .expect("a list of touchpoints")
         .iter()
         .map(|n| {
             (
@@ -66,23 +49,6 @@ fn node_dropoffs(map: &Value) -> BTreeMap<String, (u64, u64)> {
                 (
                     n["journeys"].as_u64().expect("journeys"),
                     n["exits"].as_u64().expect("exits"),
-                ),
-            )
-        })
-        .collect()
-}
-
-fn dropoffs(v: &Value) -> BTreeMap<String, (u64, u64)> {
-    v["touchpoints"]
-        .as_array()
-        .expect("touchpoints")
-        .iter()
-        .map(|t| {
-            (
-                t["touchpoint"].as_str().expect("touchpoint").into(),
-                (
-                    t["journeys"].as_u64().expect("journeys"),
-                    t["exits"].as_u64().expect("exits"),
                 ),
             )
         })
@@ -111,10 +77,16 @@ pub fn assert_live_equals_batch(live: &Value, inputs: &[String], config: &str) {
     };
     let map = &live["map"];
     let paths = with(&["paths"]);
-    assert_eq!(edges(map), transitions(&paths));
+    assert_eq!(
+        pair_counts(&map["edges"]),
+        pair_counts(&paths["transitions"])
+    );
     assert_eq!(map["journeys"], paths["journeys"]);
     assert_eq!(map["events"], paths["events"]);
-    assert_eq!(node_dropoffs(map), dropoffs(&with(&["dropoffs"])));
+    assert_eq!(
+        journeys_and_exits(&map["nodes"]),
+        journeys_and_exits(&with(&["dropoffs"])["touchpoints"])
+    );
     for funnel in map["funnels"].as_array().expect("funnels") {
         let name = funnel["name"].as_str().expect("name");
         let batch = with(&["funnel", "--journey", name]);

@@ -23,12 +23,38 @@ pub const TOPIC_HEADER: &str = "trailmap-topic";
 pub const PARTITION_HEADER: &str = "trailmap-partition";
 pub const OFFSET_HEADER: &str = "trailmap-offset";
 
-/// A letter the topic did not take.
+/// A letter the topic did not take: it goes to the file, saying why.
 struct Undelivered {
     topic: String,
     location: Location,
     reason: String,
     payload: Option<Vec<u8>>,
+}
+
+impl Undelivered {
+    fn new(
+        topic: &str,
+        (partition, offset): (i32, i64),
+        reason: &str,
+        error: &KafkaError,
+        payload: Option<&[u8]>,
+    ) -> Self {
+        Undelivered {
+            topic: topic.to_string(),
+            location: Location::Message { partition, offset },
+            reason: format!("{reason} (the dead-letter topic did not take it: {error})"),
+            payload: payload.map(<[u8]>::to_vec),
+        }
+    }
+
+    fn to_file(&self, file: &mut DeadLetters) -> Result<()> {
+        file.reject(
+            Path::new(&self.topic),
+            self.location,
+            &self.reason,
+            self.payload.as_deref(),
+        )
+    }
 }
 
 #[derive(Default)]
@@ -54,22 +80,20 @@ impl ProducerContext for Delivery {
                     .map(|v| String::from_utf8_lossy(v).into_owned())
             })
         };
-        let letter = Undelivered {
-            topic: header(TOPIC_HEADER).unwrap_or_default(),
-            location: Location::Message {
-                partition: header(PARTITION_HEADER)
+        let letter = Undelivered::new(
+            &header(TOPIC_HEADER).unwrap_or_default(),
+            (
+                header(PARTITION_HEADER)
                     .and_then(|p| p.parse().ok())
                     .unwrap_or(-1),
-                offset: header(OFFSET_HEADER)
+                header(OFFSET_HEADER)
                     .and_then(|o| o.parse().ok())
                     .unwrap_or(-1),
-            },
-            reason: format!(
-                "{} (the dead-letter topic did not take it: {error})",
-                header(REASON_HEADER).unwrap_or_default()
             ),
-            payload: message.payload().map(<[u8]>::to_vec),
-        };
+            &header(REASON_HEADER).unwrap_or_default(),
+            error,
+            message.payload(),
+        );
         if let Ok(mut u) = self.undelivered.lock() {
             u.push(letter);
         }
@@ -160,19 +184,14 @@ impl DeadLetterTopic {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err((e, _)) => {
-                    let reason = format!(
-                        "{} (the dead-letter topic did not take it: {e})",
-                        rejected.reason
-                    );
-                    return self.file.reject(
-                        Path::new(rejected.topic),
-                        Location::Message {
-                            partition: rejected.partition,
-                            offset: rejected.offset,
-                        },
-                        &reason,
+                    let letter = Undelivered::new(
+                        rejected.topic,
+                        (rejected.partition, rejected.offset),
+                        rejected.reason,
+                        &e,
                         rejected.payload,
                     );
+                    return letter.to_file(&mut self.file);
                 }
             }
         }
@@ -185,12 +204,7 @@ impl DeadLetterTopic {
             Err(_) => Vec::new(),
         };
         for letter in undelivered {
-            self.file.reject(
-                Path::new(&letter.topic),
-                letter.location,
-                &letter.reason,
-                letter.payload.as_deref(),
-            )?;
+            letter.to_file(&mut self.file)?;
         }
         self.file.flush()
     }

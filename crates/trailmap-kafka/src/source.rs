@@ -233,7 +233,7 @@ impl KafkaSource {
 
         let mut reader = Reader {
             topics,
-            linger: Duration::from_micros(kafka.linger.micros().max(0) as u64),
+            linger: kafka.linger.duration(),
             options,
             slots: Vec::new(),
             ready: VecDeque::new(),
@@ -254,7 +254,7 @@ impl KafkaSource {
                     Error::Other(format!("cannot subscribe to {}: {e}", names.join(", ")))
                 })?;
             }
-            ReadUntil::End => reader.assign_to_end(&consumer, kafka, resume)?,
+            ReadUntil::End => reader.assign_to_end(&consumer, kafka)?,
         }
         let initial_partitions = reader.slots.len();
         Ok(KafkaSource {
@@ -431,20 +431,17 @@ impl Reader {
         Ok(self.slots.len() - 1)
     }
 
-    /// Assigns every partition, from the group's committed offset (or `start_from`) to the
-    /// end it has now; partitions with nothing to read end at once.
+    /// Assigns every partition, from its resume position (else the group's committed
+    /// offset, else `start_from`) to the end it has now; partitions with nothing to read
+    /// end at once.
     fn assign_to_end(
         &mut self,
         consumer: &BaseConsumer<Context>,
         kafka: &KafkaConfig,
-        resume: &[Position],
     ) -> Result<()> {
-        let resumed = |topic: &str, partition: i32| {
-            resume
-                .iter()
-                .find(|p| p.topic == topic && p.partition == partition)
-                .map(|p| p.next_offset)
-        };
+        let resume = self.resume.lock().map(|r| r.clone()).unwrap_or_default();
+        let resumed =
+            |topic: &str, partition: i32| resume.get(&(topic.to_string(), partition)).copied();
         let mut list = TopicPartitionList::new();
         for slot in &self.slots {
             let topic = &self.topics[slot.topic].name;
@@ -509,8 +506,7 @@ impl Reader {
         match decoded {
             Ok(outcome) => self.stats.count(outcome),
             Err(reason) => {
-                self.stats.records += 1;
-                self.stats.rejected += 1;
+                self.stats.count_rejected();
                 self.dead.send(&Rejected {
                     topic: message.topic(),
                     partition: message.partition(),

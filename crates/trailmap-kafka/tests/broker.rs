@@ -93,6 +93,15 @@ async fn wait_for(
     }
 }
 
+/// Waits (at most a minute) until the source's readiness is `ready`.
+fn wait_for_health(health: &trailmap_kafka::KafkaHealth, ready: bool, failure: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while health.is_ready() != ready {
+        assert!(Instant::now() < deadline, "{failure}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn payloads(events: &[Vec<u8>]) -> impl Iterator<Item = (Option<&[u8]>, &[u8])> {
     events.iter().map(|e| (None, e.as_slice()))
 }
@@ -161,14 +170,11 @@ fn the_pipeline_rides_out_a_broker_restart() {
     assert!(health.is_ready());
 
     broker.stop();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while health.is_ready() {
-        assert!(
-            Instant::now() < deadline,
-            "the source never noticed the broker was gone"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_health(
+        &health,
+        false,
+        "the source never noticed the broker was gone",
+    );
     assert!(health.last_error().is_some());
     // The pipeline keeps running and answering while the broker is away.
     let status = rt
@@ -182,14 +188,7 @@ fn the_pipeline_rides_out_a_broker_restart() {
     rt.block_on(wait_for(&handle, "catching up after the restart", |s| {
         s.ingest.events == 200
     }));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !health.is_ready() {
-        assert!(
-            Instant::now() < deadline,
-            "the source never saw the broker come back"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_health(&health, true, "the source never saw the broker come back");
     handle.stop();
     let result = rt.block_on(handle.finish()).expect("finish");
     assert_eq!(result.map.total().events, 200);

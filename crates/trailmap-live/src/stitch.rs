@@ -286,20 +286,15 @@ mod tests {
 
     /// One event of customer `c` at `secs`.
     fn event(c: &str, secs: i64) -> RecordBatch {
-        let mut b = EventBatchBuilder::new();
-        let mut identities: [Option<&str>; IdentityKind::ALL.len()] = Default::default();
-        identities[IdentityKind::CustomerId as usize] = Some(c);
-        b.push(&EventRow {
-            event_id: None,
+        let mut row = EventRow {
             source: "test",
-            identities,
             ts: secs * S,
-            received_at: None,
             touchpoint: Some("home_view"),
-            stage: None,
-            channel: None,
-            properties: None,
-        });
+            ..Default::default()
+        };
+        row.identities[IdentityKind::CustomerId.index()] = Some(c);
+        let mut b = EventBatchBuilder::new();
+        b.push(&row);
         b.finish()
     }
 

@@ -21,6 +21,11 @@ impl Span {
         self.0
     }
 
+    /// As a std duration (a negative span, which parsing never gives, is zero).
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.0.max(0) as u64)
+    }
+
     pub fn is_zero(self) -> bool {
         self.0 == 0
     }
@@ -45,8 +50,7 @@ impl FromStr for Span {
 
 impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = std::time::Duration::from_micros(self.0.max(0) as u64);
-        write!(f, "{}", humantime::format_duration(d))
+        write!(f, "{}", humantime::format_duration(self.duration()))
     }
 }
 

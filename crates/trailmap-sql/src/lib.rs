@@ -66,7 +66,7 @@ pub struct Limits {
 impl Limits {
     pub fn from_config(sql: &SqlConfig) -> Limits {
         Limits {
-            timeout: Duration::from_micros(sql.timeout.micros().max(1) as u64),
+            timeout: sql.timeout.duration().max(Duration::from_micros(1)),
             memory: usize::try_from(sql.memory_limit.as_u64()).unwrap_or(usize::MAX),
         }
     }

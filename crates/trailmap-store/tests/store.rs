@@ -9,20 +9,16 @@ use trailmap_store::{Checkpoint, Position, Store};
 fn batch(customer: &str, n: usize) -> RecordBatch {
     let mut b = EventBatchBuilder::new();
     for i in 0..n {
-        let mut identities: [Option<&str>; IdentityKind::ALL.len()] = Default::default();
-        identities[IdentityKind::CustomerId as usize] = Some(customer);
         let id = format!("{customer}-{i}");
-        b.push(&EventRow {
+        let mut row = EventRow {
             event_id: Some(&id),
             source: "web",
-            identities,
             ts: 1_700_000_000_000_000 + i as i64,
-            received_at: None,
             touchpoint: Some("home_view"),
-            stage: None,
-            channel: None,
-            properties: None,
-        });
+            ..Default::default()
+        };
+        row.identities[IdentityKind::CustomerId.index()] = Some(customer);
+        b.push(&row);
     }
     b.finish()
 }

@@ -134,6 +134,12 @@ pub struct IngestStats {
 }
 
 impl IngestStats {
+    /// Books one record read and rejected.
+    pub fn count_rejected(&mut self) {
+        self.records += 1;
+        self.rejected += 1;
+    }
+
     /// Books one record read and not rejected.
     pub fn count(&mut self, outcome: Outcome) {
         self.records += 1;
@@ -292,7 +298,6 @@ pub(crate) fn reject(
     reason: &str,
     raw: Option<&[u8]>,
 ) -> Result<()> {
-    stats.records += 1;
-    stats.rejected += 1;
+    stats.count_rejected();
     dead.reject(path, location, reason, raw)
 }

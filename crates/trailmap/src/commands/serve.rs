@@ -183,14 +183,11 @@ impl ServeArgs {
                 &checkpoint.positions,
             )?;
             kafka_health = Some(source.health());
-            let every = std::time::Duration::from_micros(
-                config.storage.checkpoint_every.micros().max(0) as u64,
-            );
             Box::new(DurableSource::new(
                 store,
                 checkpoint,
                 Box::new(source),
-                every,
+                config.storage.checkpoint_every.duration(),
             ))
         } else {
             let inputs = self.input.file_inputs(&config)?;
