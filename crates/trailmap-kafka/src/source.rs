@@ -636,6 +636,14 @@ impl LiveSource for KafkaSource {
         self.reader.stats.clone()
     }
 
+    /// Every partition's lingering batch, handed on now.
+    fn drain(&mut self) -> Result<Vec<Feed>> {
+        for ix in 0..self.reader.slots.len() {
+            self.reader.flush(ix);
+        }
+        Ok(self.reader.ready.drain(..).collect())
+    }
+
     /// Dead letters of the messages the checkpoint covers must be delivered first.
     fn before_checkpoint(&mut self) -> Result<()> {
         self.reader.dead.flush(CALL_TIMEOUT)

@@ -153,6 +153,37 @@ fn quiet_partitions_do_not_hold_the_watermark_back() {
 }
 
 #[test]
+fn stopping_hands_on_the_batches_still_lingering() {
+    let rt = runtime();
+    let _in_runtime = rt.enter();
+    let broker = Nisshi::start();
+    broker.create_topic("events", 2);
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut config = config(&broker, "events", dir.path());
+    // Nothing is handed on by time or at the partition's end: only a full batch or the
+    // stop moves rows on.
+    config.kafka.linger = "1h".parse().expect("duration");
+    config
+        .kafka
+        .options
+        .insert("enable.partition.eof".into(), "false".into());
+    let sent = events(30, 10, T0);
+    broker.produce("events", payloads(&sent));
+
+    let (handle, _health) = start_with(&config, ReadUntil::Forever, 1000);
+    rt.block_on(wait_for(&handle, "30 events read", |s| {
+        s.ingest.events == 30
+    }));
+    let status = rt.block_on(handle.status()).expect("status");
+    assert_eq!(status.retained_events, 0, "a batch was handed on early");
+
+    handle.stop();
+    let result = rt.block_on(handle.finish()).expect("finish");
+    assert_eq!(result.map.total().events, 30);
+    assert_eq!(result.status.ingest.events, 30);
+}
+
+#[test]
 fn the_pipeline_rides_out_a_broker_restart() {
     let rt = runtime();
     let _in_runtime = rt.enter();

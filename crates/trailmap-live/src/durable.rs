@@ -104,6 +104,24 @@ impl DurableSource {
     }
 }
 
+impl DurableSource {
+    /// Keeps a delivered batch for the next segment and advances its partition's position.
+    fn record(&mut self, feed: &Feed) {
+        if let Feed::Batch {
+            partition,
+            batch,
+            position,
+        } = feed
+        {
+            self.pending.push((*partition as u32, batch.clone()));
+            if let Some(p) = position {
+                self.positions
+                    .insert((p.topic.clone(), p.partition), p.next_offset);
+            }
+        }
+    }
+}
+
 impl LiveSource for DurableSource {
     fn partitions(&self) -> usize {
         self.inner.partitions()
@@ -131,22 +149,11 @@ impl LiveSource for DurableSource {
             }
             let feed = self.inner.next()?;
             match &feed {
-                Some(Feed::Batch {
-                    partition,
-                    batch,
-                    position,
-                }) => {
-                    self.pending.push((*partition as u32, batch.clone()));
-                    if let Some(p) = position {
-                        self.positions
-                            .insert((p.topic.clone(), p.partition), p.next_offset);
-                    }
-                }
+                Some(feed) => self.record(feed),
                 None => {
                     self.ended = true;
                     self.checkpoint()?;
                 }
-                _ => {}
             }
             return Ok(feed);
         }
@@ -154,6 +161,16 @@ impl LiveSource for DurableSource {
 
     fn stats(&self) -> IngestStats {
         self.inner.stats()
+    }
+
+    /// What the inner source held back is recorded like any batch, so the checkpoint
+    /// written on drop covers it.
+    fn drain(&mut self) -> Result<Vec<Feed>> {
+        let feeds = self.inner.drain()?;
+        for feed in &feeds {
+            self.record(feed);
+        }
+        Ok(feeds)
     }
 }
 

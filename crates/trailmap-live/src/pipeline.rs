@@ -259,17 +259,35 @@ fn read_source(
 ) {
     loop {
         if stop.load(Ordering::Relaxed) {
+            // What was read is counted; what the source still holds back goes in too.
+            let held = source.drain();
+            if let Ok(mut s) = ingest.lock() {
+                *s = source.stats();
+            }
+            match held {
+                Ok(feeds) => {
+                    for feed in feeds {
+                        if out.blocking_send(Ok(feed)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = out.blocking_send(Err(e));
+                }
+            }
             return;
         }
-        let next = match source.next() {
+        let next = source.next();
+        if let Ok(mut s) = ingest.lock() {
+            *s = source.stats();
+        }
+        let next = match next {
             Ok(Some(Feed::Quiet)) => continue,
             Ok(Some(feed)) => Ok(feed),
             Ok(None) => return,
             Err(e) => Err(e),
         };
-        if let Ok(mut s) = ingest.lock() {
-            *s = source.stats();
-        }
         let failed = next.is_err();
         // A closed channel means the pipeline stopped: nothing left to read for.
         if out.blocking_send(next).is_err() || failed {

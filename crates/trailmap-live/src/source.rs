@@ -46,6 +46,13 @@ pub trait LiveSource: Send {
     /// Records read, events and rejections so far.
     fn stats(&self) -> IngestStats;
 
+    /// The pipeline is stopping: hand on what was read but is still held back (a
+    /// micro-batch lingering for more rows), so what [`stats`](Self::stats) counted is in
+    /// the map.
+    fn drain(&mut self) -> Result<Vec<Feed>> {
+        Ok(Vec::new())
+    }
+
     /// A checkpoint is about to record the positions read so far: make what the source
     /// wrote on the side durable (dead letters).
     fn before_checkpoint(&mut self) -> Result<()> {
