@@ -100,6 +100,17 @@ pub struct LiveCounts {
     /// Per configured journey (funnel), journeys by deepest step: `funnels[j][k]` reached
     /// exactly `k` steps (as [`StepTallies::levels`](trailmap_mine::funnel::StepTallies)).
     pub funnels: Vec<Vec<i64>>,
+    /// Of those short of the last step, the ones that can still go on, by when: `(funnel j,
+    /// minute m)` → by level, journeys whose window ends by the start of minute `m` (and
+    /// after the start of `m - 1`). They are maturing until then; see
+    /// [`maturing`](Self::maturing).
+    pub open_windows: FxHashMap<(u32, i64), Vec<i64>>,
+}
+
+/// The minute by whose start a window ending at `end` (µs) has elapsed.
+#[inline]
+pub fn window_elapsed_by(end: i64) -> i64 {
+    bucket_of(end.saturating_sub(1)) + 1
 }
 
 impl LiveCounts {
@@ -149,6 +160,38 @@ impl LiveCounts {
         }
     }
 
+    /// A journey of funnel `funnel` stopped at `level` with its window ending at `end` (µs).
+    pub(crate) fn open_window(&mut self, funnel: usize, end: i64, level: usize, by: i64) {
+        let key = (funnel as u32, window_elapsed_by(end));
+        let levels = self.open_windows.entry(key).or_default();
+        if levels.len() <= level {
+            levels.resize(level + 1, 0);
+        }
+        levels[level] += by;
+        if levels.iter().all(|&l| l == 0) {
+            self.open_windows.remove(&key);
+        }
+    }
+
+    /// Journeys of funnel `j` still maturing as of minute `as_of` (minutes since the epoch),
+    /// by the level they stopped at: short of the last step, with a window that has not
+    /// elapsed by the start of that minute. Maturity is decided at whole minutes, so this
+    /// is what batch mining says with `as_of` at the start of the minute.
+    pub fn maturing(&self, j: usize, as_of: i64) -> Vec<i64> {
+        let mut levels = Vec::new();
+        for (&(funnel, by), counts) in &self.open_windows {
+            if funnel as usize == j && by > as_of {
+                if levels.len() < counts.len() {
+                    levels.resize(counts.len(), 0);
+                }
+                for (a, b) in levels.iter_mut().zip(counts) {
+                    *a += b;
+                }
+            }
+        }
+        levels
+    }
+
     /// Adds other counts into these.
     pub fn merge(&mut self, other: &LiveCounts) {
         self.events += other.events;
@@ -172,6 +215,18 @@ impl LiveCounts {
                 }
             }
         }
+        for (&key, theirs) in &other.open_windows {
+            let mine = self.open_windows.entry(key).or_default();
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), 0);
+            }
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
+            }
+            if mine.iter().all(|&l| l == 0) {
+                self.open_windows.remove(&key);
+            }
+        }
     }
 
     /// Whether nothing is counted (everything retracted).
@@ -184,6 +239,7 @@ impl LiveCounts {
             && self.exits.is_empty()
             && self.transitions.is_empty()
             && self.funnels.is_empty()
+            && self.open_windows.is_empty()
     }
 
     /// Journeys of funnel `j` whose deepest step is at least step `k` (0-based), as
@@ -274,6 +330,26 @@ mod tests {
         assert!(m.is_empty());
         assert!(m.total().is_empty());
         assert_eq!(m.total(), LiveCounts::default());
+    }
+
+    #[test]
+    fn a_journey_matures_at_the_first_minute_its_window_has_elapsed_by() {
+        let m = BUCKET_MICROS;
+        assert_eq!(window_elapsed_by(10 * m), 10);
+        assert_eq!(window_elapsed_by(10 * m + 1), 11);
+        assert_eq!(window_elapsed_by(11 * m - 1), 11);
+        let mut c = LiveCounts::default();
+        // Stopped at level 1, window ends 10 minutes in; at level 2, ends half a minute later.
+        c.open_window(0, 10 * m, 1, 1);
+        c.open_window(0, 10 * m + m / 2, 2, 1);
+        c.open_window(1, 100 * m, 1, 1);
+        assert_eq!(c.maturing(0, 9), vec![0, 1, 1]);
+        // As of the start of minute 10 the first window has ended (end = now is not open).
+        assert_eq!(c.maturing(0, 10), vec![0, 0, 1]);
+        assert_eq!(c.maturing(0, 11), Vec::<i64>::new());
+        assert_eq!(c.maturing(1, 11), vec![0, 1]);
+        c.open_window(0, 10 * m, 1, -1);
+        assert_eq!(c.maturing(0, 9), vec![0, 0, 1]);
     }
 
     #[test]

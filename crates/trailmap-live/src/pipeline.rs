@@ -80,6 +80,9 @@ struct ShardStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LiveStatus {
     pub watermark: Option<i64>,
+    /// The newest event time seen: the data's "now", as of which funnel journeys are
+    /// maturing (the watermark runs past it once the input has ended).
+    pub newest: Option<i64>,
     /// What the source read: records, events, identity links, rejections.
     pub ingest: IngestStats,
     pub stitch: StitchStats,
@@ -115,7 +118,7 @@ pub struct LiveResult {
 pub struct LiveHandle {
     shards: Vec<mpsc::Sender<ShardMsg>>,
     names: Arc<RwLock<Names>>,
-    stitch: Arc<RwLock<(Option<i64>, StitchStats)>>,
+    stitch: Arc<RwLock<(Option<i64>, Option<i64>, StitchStats)>>,
     stitcher: JoinHandle<Result<Vec<LateEvent>>>,
     shard_tasks: Vec<JoinHandle<Shard>>,
     ingest: Arc<Mutex<IngestStats>>,
@@ -171,7 +174,7 @@ pub fn start(
             .map(|(n, j)| (n.clone(), j.clone()))
             .collect(),
     }));
-    let stitch = Arc::new(RwLock::new((None, StitchStats::default())));
+    let stitch = Arc::new(RwLock::new((None, None, StitchStats::default())));
 
     let capacity = options.channel_batches.max(1);
     let mut senders = Vec::with_capacity(shards);
@@ -234,7 +237,8 @@ pub fn start(
                 }
             }
             if let Ok(mut s) = stitch_w.write() {
-                *s = ((watermark > i64::MIN).then_some(watermark), stitcher.stats);
+                let watermark = (watermark > i64::MIN).then_some(watermark);
+                *s = (watermark, stitcher.newest(), stitcher.stats);
             }
         }
         Ok(late)
@@ -395,7 +399,7 @@ impl LiveHandle {
     pub async fn status(&self) -> Result<LiveStatus> {
         let mut status = LiveStatus::default();
         if let Ok(s) = self.stitch.read() {
-            (status.watermark, status.stitch) = *s;
+            (status.watermark, status.newest, status.stitch) = *s;
         }
         if let Ok(s) = self.ingest.lock() {
             status.ingest = s.clone();
@@ -448,7 +452,7 @@ impl LiveHandle {
         drop(shards);
         let mut status = LiveStatus::default();
         if let Ok(s) = stitch.read() {
-            (status.watermark, status.stitch) = *s;
+            (status.watermark, status.newest, status.stitch) = *s;
         }
         if let Ok(s) = ingest.lock() {
             status.ingest = s.clone();

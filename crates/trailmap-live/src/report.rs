@@ -1,10 +1,11 @@
 //! The live map with names: what `trailmap serve --exit-at-end` prints and the HTTP API will
 //! return (`/api/map`).
 
-use crate::counts::LiveCounts;
+use crate::counts::{BUCKET_MICROS, LiveCounts, bucket_of};
 use crate::pipeline::Names;
 use serde::Serialize;
 use trailmap_mine::dropoffs::ratio;
+use trailmap_mine::report::micros_string;
 
 /// One touchpoint of the map.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -38,17 +39,34 @@ pub struct FunnelStep {
     pub reached: i64,
     pub conversion_from_previous: f64,
     pub conversion_from_first: f64,
+    /// Reached the previous step, not this one, and their window has elapsed.
+    pub dropped: i64,
+    /// Reached the previous step, not this one, and their window has not elapsed yet.
+    pub maturing: i64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FunnelReport {
     pub name: String,
+    /// Journeys that reached the first step.
+    pub entered: i64,
+    /// Journeys that reached the last step.
+    pub converted: i64,
+    /// Entered journeys short of the last step whose window has not elapsed.
+    pub maturing: i64,
+    /// `converted / (entered - maturing)`: conversion of the journeys whose outcome is
+    /// known (what an alert on conversion compares).
+    pub settled_conversion: f64,
     pub steps: Vec<FunnelStep>,
 }
 
 /// The journey map over some window.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MapReport {
+    /// The "now" funnel maturity was decided at (RFC 3339; the start of the watermark's
+    /// minute), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<String>,
     pub events: i64,
     pub journeys: i64,
     /// By events, most first.
@@ -63,7 +81,10 @@ fn share(part: i64, whole: i64) -> f64 {
 }
 
 impl MapReport {
-    pub fn new(counts: &LiveCounts, names: &Names) -> MapReport {
+    /// The map of `counts`; funnel journeys are maturing as of the minute holding `as_of`
+    /// (µs; the pipeline's watermark), or none are without one.
+    pub fn new(counts: &LiveCounts, names: &Names, as_of: Option<i64>) -> MapReport {
+        let as_of_minute = as_of.map(bucket_of);
         let name = |id: u32| {
             names
                 .touchpoints
@@ -113,30 +134,44 @@ impl MapReport {
             .iter()
             .enumerate()
             .map(|(j, (funnel, journey))| {
-                let reached: Vec<i64> = (0..journey.steps.len())
-                    .map(|k| counts.reached(j, k))
-                    .collect();
+                let n = journey.steps.len();
+                let reached: Vec<i64> = (0..n).map(|k| counts.reached(j, k)).collect();
+                let maturing = as_of_minute.map_or_else(Vec::new, |m| counts.maturing(j, m));
+                // Stopped at step k (0-based) = level k + 1.
+                let maturing_at = |k: usize| maturing.get(k + 1).copied().unwrap_or(0);
+                let (entered, converted) = (reached[0], reached[n - 1]);
+                let maturing_total: i64 = maturing.iter().sum();
                 FunnelReport {
                     name: funnel.clone(),
+                    entered,
+                    converted,
+                    maturing: maturing_total,
+                    settled_conversion: share(converted, entered - maturing_total),
                     steps: journey
                         .steps
                         .iter()
                         .enumerate()
-                        .map(|(k, step)| FunnelStep {
-                            name: step.clone(),
-                            reached: reached[k],
-                            conversion_from_previous: if k == 0 {
-                                1.0
+                        .map(|(k, step)| {
+                            let (previous, maturing) = if k == 0 {
+                                (reached[0], 0)
                             } else {
-                                share(reached[k], reached[k - 1])
-                            },
-                            conversion_from_first: share(reached[k], reached[0]),
+                                (reached[k - 1], maturing_at(k - 1))
+                            };
+                            FunnelStep {
+                                name: step.clone(),
+                                reached: reached[k],
+                                conversion_from_previous: share(reached[k], previous),
+                                conversion_from_first: share(reached[k], reached[0]),
+                                dropped: previous - reached[k] - maturing,
+                                maturing,
+                            }
                         })
                         .collect(),
                 }
             })
             .collect();
         MapReport {
+            as_of: as_of_minute.map(|m| micros_string(m * BUCKET_MICROS)),
             events: counts.events,
             journeys: counts.journeys,
             nodes,

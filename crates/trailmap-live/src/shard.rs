@@ -127,11 +127,13 @@ impl Shard {
                         matters[tp as usize] = true;
                     }
                 }
+                let mut funnel = Funnel::new(spec, None);
+                funnel.record_window_ends();
                 FunnelProbe {
-                    levels: vec![0; spec.num_steps() + 1],
-                    every_event_matters: spec.modes.strict_order,
+                    levels: vec![0; funnel.spec().num_steps() + 1],
+                    every_event_matters: funnel.spec().modes.strict_order,
                     matters,
-                    funnel: Funnel::new(spec, None),
+                    funnel,
                 }
             })
             .collect();
@@ -447,7 +449,7 @@ impl Shard {
     }
 
     /// Adds (or takes back) a session's level in the funnels whose bit is set in `which`,
-    /// in the bucket of the session's start.
+    /// and when its window ends if it can still go on, in the bucket of the session's start.
     fn funnel_levels(&mut self, session: &[LiveEvent], start: i64, which: u64, sign: i64) {
         self.ts.clear();
         self.ts.extend(session.iter().map(|e| e.ts));
@@ -476,6 +478,11 @@ impl Shard {
                     let delta = (now - *before) as i64;
                     *before = *now;
                     self.map.at(start).funnel_level(j, k, sign * delta);
+                }
+            }
+            if let Some(ends) = &mut probe.funnel.window_ends {
+                for (end, level) in ends.drain(..) {
+                    self.map.at(start).open_window(j, end, level, sign);
                 }
             }
         }

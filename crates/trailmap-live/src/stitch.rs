@@ -131,6 +131,15 @@ impl Stitcher {
         self.builder.touchpoints().1
     }
 
+    /// The newest event time any partition has delivered.
+    pub fn newest(&self) -> Option<i64> {
+        self.partitions
+            .iter()
+            .map(|p| p.latest)
+            .max()
+            .filter(|&t| t > i64::MIN)
+    }
+
     /// The pipeline's event-time watermark: the least of the partitions' latest times.
     pub fn watermark(&self) -> i64 {
         self.watermark

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use trailmap_gen::{GenOptions, JourneyModel, Layout, OutFormat};
 use trailmap_ingest::DeadLetters;
 use trailmap_ingest::file::{self, FileInput, IngestOptions};
-use trailmap_live::{FileReplay, LiveResult, PipelineOptions};
+use trailmap_live::{BUCKET_MICROS, FileReplay, LiveResult, PipelineOptions, bucket_of};
 use trailmap_mine::fold::fold;
 use trailmap_mine::paths::PathOptions;
 use trailmap_mine::{Dropoffs, Funnel, FunnelSpec, PathStats};
@@ -29,6 +29,14 @@ struct Counts {
     through: BTreeMap<String, i64>,
     /// Journey name → reached per step.
     funnels: BTreeMap<String, Vec<i64>>,
+    /// `(journey, as of minute)` → maturing journeys by level, at minutes spread over the
+    /// data (its first and last minute, one between, one after).
+    maturing: BTreeMap<(String, i64), Vec<i64>>,
+}
+
+/// Minutes to judge maturity at, from the first and last minute holding events.
+fn as_of_minutes(first: i64, last: i64) -> [i64; 4] {
+    [first, first + (last - first) / 2, last, last + 1]
 }
 
 fn options(config: &Config, batch_size: usize) -> IngestOptions {
@@ -78,6 +86,8 @@ fn batch(inputs: &[FileInput], config: &Config) -> Counts {
             .through
             .insert(names[row.touchpoint as usize].clone(), row.journeys as i64);
     }
+    let first = log.ts.iter().min().map_or(0, |&t| bucket_of(t));
+    let last = log.ts.iter().max().map_or(0, |&t| bucket_of(t));
     for (name, journey) in &config.journeys {
         let (spec, _) = FunnelSpec::resolve(journey, names, i64::MAX).expect("funnel");
         let steps = spec.num_steps();
@@ -88,6 +98,15 @@ fn batch(inputs: &[FileInput], config: &Config) -> Counts {
                 .map(|k| funnel.tallies.reached(k) as i64)
                 .collect(),
         );
+        for m in as_of_minutes(first, last) {
+            let spec = FunnelSpec {
+                as_of: m * BUCKET_MICROS,
+                ..spec.clone()
+            };
+            let funnel = fold(&log, Scope::Session, || Funnel::new(spec.clone(), None));
+            let maturing = funnel.tallies.maturing.iter().map(|&n| n as i64).collect();
+            counts.maturing.insert((name.clone(), m), maturing);
+        }
     }
     counts.starts.retain(|_, v| *v != 0);
     counts.exits.retain(|_, v| *v != 0);
@@ -104,7 +123,21 @@ fn live(result: &LiveResult) -> Counts {
             .map(|(k, v)| (name(&k), v))
             .collect::<BTreeMap<_, _>>()
     };
+    let minutes: Vec<i64> = result.map.buckets().map(|(m, _)| m).collect();
+    let (first, last) = (
+        minutes.first().copied().unwrap_or(0),
+        minutes.last().copied().unwrap_or(0),
+    );
+    let mut maturing = BTreeMap::new();
+    for (j, (n, journey)) in result.names.funnels.iter().enumerate() {
+        for m in as_of_minutes(first, last) {
+            let mut levels = total.maturing(j, m);
+            levels.resize(journey.steps.len() + 1, 0);
+            maturing.insert((n.clone(), m), levels);
+        }
+    }
     Counts {
+        maturing,
         events: total.events,
         journeys: total.journeys,
         transitions: total

@@ -386,6 +386,11 @@ pub struct Funnel<'a> {
     pub breakdown: FxHashMap<u32, StepTallies>,
     /// Period start (days since the epoch) → tallies of journeys that entered in it.
     pub trend: FxHashMap<i64, StepTallies>,
+    /// When recording (see [`record_window_ends`](Self::record_window_ends)): for each
+    /// counted journey short of the last step that could still go on, `(window end, level)`.
+    /// It is maturing while "now" is before that end, so whoever keeps the tallies can
+    /// decide maturity when reading, for any "now" (the live map does).
+    pub window_ends: Option<Vec<(i64, usize)>>,
 }
 
 impl<'a> Funnel<'a> {
@@ -406,7 +411,14 @@ impl<'a> Funnel<'a> {
             next_after: FxHashMap::default(),
             breakdown: FxHashMap::default(),
             trend: FxHashMap::default(),
+            window_ends: None,
         }
+    }
+
+    /// Records, from now on, when each journey's window ends into
+    /// [`window_ends`](Self::window_ends).
+    pub fn record_window_ends(&mut self) {
+        self.window_ends.get_or_insert_with(Vec::new);
     }
 
     pub fn spec(&self) -> &FunnelSpec {
@@ -463,10 +475,14 @@ impl<'a> Funnel<'a> {
         }
         self.attempts += 1;
         let start = ts[first];
-        let maturing = out.level < n
-            && out
-                .latest_start
-                .is_some_and(|t| t.saturating_add(self.spec.window) > self.spec.as_of);
+        let window_end = out
+            .latest_start
+            .filter(|_| out.level < n)
+            .map(|t| t.saturating_add(self.spec.window));
+        if let (Some(ends), Some(end)) = (&mut self.window_ends, window_end) {
+            ends.push((end, out.level));
+        }
+        let maturing = window_end.is_some_and(|end| end > self.spec.as_of);
         let tally = |t: &mut StepTallies| {
             t.levels[out.level] += 1;
             if maturing {
@@ -1062,6 +1078,9 @@ impl Aggregate for Funnel<'_> {
                 .entry(k)
                 .or_insert_with(|| StepTallies::new(n))
                 .add(&v);
+        }
+        if let Some(theirs) = other.window_ends {
+            self.window_ends.get_or_insert_with(Vec::new).extend(theirs);
         }
     }
 }

@@ -258,7 +258,7 @@ impl ServeArgs {
             s.shards.corrected,
             s.stitch.late,
         );
-        let report = MapReport::new(&result.map.total(), &result.names);
+        let report = MapReport::new(&result.map.total(), &result.names, s.newest);
         let out = serde_json::json!({ "status": s, "map": report });
         println!("{}", serde_json::to_string_pretty(&out)?);
         Ok(())
