@@ -17,7 +17,7 @@ fn traffic(customers: u64) -> Vec<arrow::array::RecordBatch> {
         days: 7,
         ..GenOptions::default()
     };
-    let mut source = GeneratorSource::new(opts, 8192, None);
+    let mut source = GeneratorSource::new(opts, 8192);
     let mut batches = Vec::new();
     while let Some(feed) = source.next().expect("generate") {
         if let Feed::Batch { batch, .. } = feed {

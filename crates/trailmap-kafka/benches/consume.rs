@@ -4,7 +4,10 @@
 //!     cargo bench -p trailmap-kafka --bench consume            # 1M messages, best of 3
 //!     EVENTS=200000 REPEAT=1 cargo bench -p trailmap-kafka --bench consume
 //!
-//! Needs `nisshi` (as the tests do). Prints messages/s of each and the ratio to bare.
+//! Needs `nisshi` (as the tests do). Prints messages/s of each and the ratio to bare; then
+//! event-to-aggregate freshness: messages produced at a steady rate (RATE, default 20000/s,
+//! for SECONDS, default 8) while the pipeline consumes, each timed from its Kafka timestamp
+//! to being counted in the live map.
 
 #[path = "../../../tests/common/nisshi.rs"]
 mod nisshi;
@@ -12,6 +15,7 @@ mod nisshi;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
 use trailmap_ingest::{DeadLetters, IngestOptions};
@@ -91,6 +95,10 @@ fn config(brokers: &str) -> Config {
 }
 
 fn source(config: &Config) -> KafkaSource {
+    source_until(config, ReadUntil::End)
+}
+
+fn source_until(config: &Config, until: ReadUntil) -> KafkaSource {
     let options = IngestOptions {
         catalog: std::sync::Arc::new(
             trailmap_model::Catalog::compile(&config.catalog).expect("catalog"),
@@ -99,7 +107,7 @@ fn source(config: &Config) -> KafkaSource {
         projection: trailmap_ingest::Projection::default(),
     };
     let dead = DeadLetters::new(&config.ingest.dead_letter, None);
-    KafkaSource::connect(config, options, dead, ReadUntil::End, &[]).expect("connect")
+    KafkaSource::connect(config, options, dead, until, &[]).expect("connect")
 }
 
 /// CPU seconds of the process so far (user + system), from /proc (ticks of 1/100 s, as
@@ -153,6 +161,60 @@ fn pipeline(config: &Config, n: usize) -> Duration {
     started.elapsed()
 }
 
+/// Produces `rate` messages a second for `seconds` while the pipeline consumes them; returns
+/// the pipeline's freshness.
+fn freshness(broker: &nisshi::Nisshi, rate: usize, seconds: usize) -> trailmap_live::Freshness {
+    const LIVE: &str = "clicks-live";
+    broker.create_topic(LIVE, PARTITIONS);
+    let mut config = config(&broker.brokers());
+    config.sources[0].topic = Some(LIVE.into());
+    config.kafka.group_id = "bench-freshness".into();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _in_runtime = runtime.enter();
+    let handle = trailmap_live::start(
+        &config,
+        Box::new(source_until(&config, ReadUntil::Forever)),
+        &PipelineOptions::default(),
+    )
+    .expect("start");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let all = messages(rate * seconds);
+    let tick = (rate / 100).max(1);
+    let started = Instant::now();
+    for (i, chunk) in all.chunks(tick).enumerate() {
+        let due = started + Duration::from_secs_f64((i * tick) as f64 / rate as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        for m in chunk {
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(LIVE).payload(m);
+            while let Err((_, back)) = producer.send(record) {
+                record = back;
+                producer.poll(Duration::from_millis(1));
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).expect("produced");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    runtime.block_on(async {
+        while handle.status().await.expect("status").ingest.records < all.len() as u64 {
+            assert!(
+                Instant::now() < deadline,
+                "the pipeline never read everything"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    handle.stop();
+    let result = runtime.block_on(handle.finish()).expect("finish");
+    result.status.freshness
+}
+
 fn main() {
     let n = env("EVENTS", 1_000_000);
     let repeat = env("REPEAT", 3).max(1);
@@ -187,4 +249,14 @@ fn main() {
             100.0 * bare_t.as_secs_f64() / t.as_secs_f64()
         );
     }
+    let (rate, seconds) = (env("RATE", 20_000), env("SECONDS", 8));
+    let f = freshness(&broker, rate, seconds);
+    let ms = |us: Option<i64>| us.map_or("-".into(), |us| format!("{:.1} ms", us as f64 / 1e3));
+    println!(
+        "freshness at {rate} messages/s for {seconds}s ({} events): p50 {}, p99 {}, max {}",
+        f.events,
+        ms(f.p50_micros),
+        ms(f.p99_micros),
+        ms(f.max_micros)
+    );
 }

@@ -17,6 +17,10 @@ pub fn consumer(config: &KafkaConfig) -> ClientConfig {
         // pauses fetching for this long (default 1 s): long enough to drain the queue and
         // sit idle. A short pause keeps it filled.
         .set("fetch.queue.backoff.ms", "10")
+        // A fetch the broker has nothing new for waits this long (default 500 ms) before an
+        // empty answer; with several partitions on one broker, data arriving meanwhile for
+        // one of them can wait that long too. Bounds what Kafka adds to freshness.
+        .set("fetch.wait.max.ms", "50")
         .set("client.id", "trailmap");
     user_options(&mut c, config);
     c

@@ -4,7 +4,7 @@
 //! `[kafka] group_id`); each message is one JSON object, decoded by the same
 //! [`JsonDecoder`](trailmap_ingest::JsonDecoder) and field mapping as the source's NDJSON
 //! files, into Arrow micro-batches per partition (bounded by `[ingest] batch_size` rows and
-//! `[kafka] linger`). Each Kafka partition is a partition of the pipeline: it holds the
+//! `[ingest] linger`). Each Kafka partition is a partition of the pipeline: it holds the
 //! event-time watermark back until it catches up with its topic.
 //!
 //! Where to resume is the pipeline's checkpoint, not the group's committed offsets: a

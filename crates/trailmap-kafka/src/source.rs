@@ -147,8 +147,10 @@ struct Slot {
     topic: usize,
     partition: i32,
     decoder: JsonDecoder,
-    /// When the oldest row of the pending batch arrived.
+    /// When the oldest row of the pending batch was read (it lingers from then).
     since: Option<Instant>,
+    /// When that row reached Kafka (see [`produced_at`]): freshness counts from here.
+    produced: Option<Instant>,
     /// With [`ReadUntil::End`]: the offset this run stops before.
     end: Option<i64>,
     /// The offset after the last message read; negative before the first.
@@ -233,7 +235,7 @@ impl KafkaSource {
 
         let mut reader = Reader {
             topics,
-            linger: kafka.linger.duration(),
+            linger: config.ingest.linger.duration(),
             options,
             slots: Vec::new(),
             ready: VecDeque::new(),
@@ -368,6 +370,21 @@ impl KafkaSource {
     }
 }
 
+/// When a message reached Kafka (its timestamp: create or log-append time), as an instant
+/// of this process's clock, so freshness counts the time it spent in the broker; now when
+/// it has no timestamp, or one ahead of this clock.
+fn produced_at(message: &BorrowedMessage<'_>) -> Instant {
+    let now = Instant::now();
+    let Some(ms) = message.timestamp().to_millis() else {
+        return now;
+    };
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let age = Duration::from_millis(wall.saturating_sub(ms).max(0) as u64);
+    now.checked_sub(age).unwrap_or(now)
+}
+
 fn is_end_of_partition(error: &KafkaError) -> bool {
     matches!(error, KafkaError::PartitionEOF(_))
         || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
@@ -424,6 +441,7 @@ impl Reader {
             partition,
             decoder,
             since: None,
+            produced: None,
             end: None,
             next: -1,
             progress: Progress::Active,
@@ -523,6 +541,7 @@ impl Reader {
         }
         if slot.since.is_none() && slot.decoder.pending() > 0 {
             slot.since = Some(Instant::now());
+            slot.produced = Some(produced_at(message));
         }
         if slot.decoder.pending() >= self.options.batch_size {
             self.flush(ix);
@@ -540,6 +559,7 @@ impl Reader {
     fn flush(&mut self, ix: usize) {
         let slot = &mut self.slots[ix];
         slot.since = None;
+        let arrived = slot.produced.take().unwrap_or_else(Instant::now);
         if let Some(batch) = slot.decoder.take_batch() {
             let position = (slot.next >= 0).then(|| Position {
                 topic: self.topics[slot.topic].name.clone(),
@@ -553,6 +573,7 @@ impl Reader {
                 partition: ix,
                 batch,
                 position,
+                arrived,
             });
         }
     }

@@ -162,7 +162,7 @@ fn stopping_hands_on_the_batches_still_lingering() {
     let mut config = config(&broker, "events", dir.path());
     // Nothing is handed on by time or at the partition's end: only a full batch or the
     // stop moves rows on.
-    config.kafka.linger = "1h".parse().expect("duration");
+    config.ingest.linger = "1h".parse().expect("duration");
     config
         .kafka
         .options

@@ -111,6 +111,7 @@ impl DurableSource {
             partition,
             batch,
             position,
+            ..
         } = feed
         {
             self.pending.push((*partition as u32, batch.clone()));
@@ -135,6 +136,7 @@ impl LiveSource for DurableSource {
                     partition: partition as usize,
                     batch,
                     position: None,
+                    arrived: std::time::Instant::now(),
                 }));
             }
             if let Some(segment) = self.to_replay.pop_front() {

@@ -38,8 +38,8 @@ pub mod stitch;
 
 pub use counts::{BUCKET_MICROS, ByTouchpoint, LiveCounts, LiveMap, TransitionCount, bucket_of};
 pub use durable::DurableSource;
-pub use pipeline::{LiveHandle, LiveResult, LiveStatus, Names, PipelineOptions, start};
+pub use pipeline::{Freshness, LiveHandle, LiveResult, LiveStatus, Names, PipelineOptions, start};
 pub use report::MapReport;
 pub use shard::{LiveEvent, Shard, ShardConfig, ShardStats};
-pub use source::{BatchReplay, Feed, FileReplay, GeneratorSource, LiveSource, Position};
+pub use source::{BatchReplay, Feed, FileReplay, GeneratorSource, LiveSource, Paced, Position};
 pub use stitch::{Handoff, LateEvent, Routed, StitchStats, Stitcher};

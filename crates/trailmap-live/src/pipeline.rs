@@ -18,10 +18,11 @@ use crate::source::{Feed, LiveSource};
 use crate::stitch::{Handoff, LateEvent, StitchStats, Stitcher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use trailmap_ingest::IngestStats;
-use trailmap_mine::FunnelSpec;
+use trailmap_mine::{DurationHistogram, FunnelSpec};
 use trailmap_model::config::{Config, JourneyConfig};
 use trailmap_model::{Error, Result};
 
@@ -44,7 +45,11 @@ impl Default for PipelineOptions {
 }
 
 enum ShardMsg {
-    Events(Vec<(u32, LiveEvent)>),
+    Events {
+        events: Vec<(u32, LiveEvent)>,
+        /// When the oldest record of their batch reached the source.
+        arrived: Instant,
+    },
     Merge {
         from: u32,
         into: u32,
@@ -68,12 +73,47 @@ enum ShardMsg {
     },
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 struct ShardStatus {
     stats: ShardStats,
     open_customers: usize,
     retained_events: usize,
     state_bytes: usize,
+    freshness: DurationHistogram,
+}
+
+impl ShardStatus {
+    fn of(shard: &Shard, freshness: &DurationHistogram) -> ShardStatus {
+        ShardStatus {
+            stats: shard.stats,
+            open_customers: shard.open_customers(),
+            retained_events: shard.retained_events(),
+            state_bytes: shard.state_bytes(),
+            freshness: freshness.clone(),
+        }
+    }
+}
+
+/// How long events took from reaching the source (the oldest record of their batch) to
+/// being counted in the live map, over every event so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Freshness {
+    pub events: u64,
+    pub p50_micros: Option<i64>,
+    pub p99_micros: Option<i64>,
+    pub max_micros: Option<i64>,
+}
+
+impl Freshness {
+    fn of(h: &DurationHistogram) -> Freshness {
+        let q = |q: f64| h.quantile(q).map(|us| us.round() as i64);
+        Freshness {
+            events: h.count(),
+            p50_micros: q(0.5),
+            p99_micros: q(0.99),
+            max_micros: q(1.0),
+        }
+    }
 }
 
 /// The pipeline's state, for `/readyz`, metrics and tests.
@@ -93,6 +133,10 @@ pub struct LiveStatus {
     pub retained_events: usize,
     /// Bytes held for open sessions (customer table, events, expiry queue).
     pub state_bytes: usize,
+    pub freshness: Freshness,
+    /// What `freshness` summarizes (µs), for metrics.
+    #[serde(skip)]
+    pub freshness_histogram: DurationHistogram,
 }
 
 /// Names the live counts refer to by id.
@@ -120,7 +164,7 @@ pub struct LiveHandle {
     names: Arc<RwLock<Names>>,
     stitch: Arc<RwLock<(Option<i64>, Option<i64>, StitchStats)>>,
     stitcher: JoinHandle<Result<Vec<LateEvent>>>,
-    shard_tasks: Vec<JoinHandle<Shard>>,
+    shard_tasks: Vec<JoinHandle<(Shard, DurationHistogram)>>,
     ingest: Arc<Mutex<IngestStats>>,
     stop: Arc<AtomicBool>,
 }
@@ -205,7 +249,10 @@ pub fn start(
         while let Some(feed) = feed_rx.recv().await {
             match feed? {
                 Feed::Batch {
-                    partition, batch, ..
+                    partition,
+                    batch,
+                    arrived,
+                    ..
                 } => {
                     let routed = stitcher.push(partition, &batch).map_err(Error::Other)?;
                     for h in routed.handoffs {
@@ -213,7 +260,7 @@ pub fn start(
                     }
                     for (shard, events) in routed.events.into_iter().enumerate() {
                         if !events.is_empty() {
-                            send(&to_shards[shard], ShardMsg::Events(events)).await?;
+                            send(&to_shards[shard], ShardMsg::Events { events, arrived }).await?;
                         }
                     }
                     late.extend(routed.late);
@@ -341,10 +388,17 @@ async fn hand_off(shards: &[mpsc::Sender<ShardMsg>], handoff: Handoff) -> Result
     }
 }
 
-async fn run_shard(mut shard: Shard, mut rx: mpsc::Receiver<ShardMsg>) -> Shard {
+async fn run_shard(
+    mut shard: Shard,
+    mut rx: mpsc::Receiver<ShardMsg>,
+) -> (Shard, DurationHistogram) {
+    let mut freshness = DurationHistogram::new();
     while let Some(msg) = rx.recv().await {
         match msg {
-            ShardMsg::Events(mut events) => {
+            ShardMsg::Events {
+                mut events,
+                arrived,
+            } => {
                 // One push per customer: a stable sort keeps each one's arrival order.
                 events.sort_by_key(|&(customer, _)| customer);
                 let mut buf = Vec::new();
@@ -353,6 +407,11 @@ async fn run_shard(mut shard: Shard, mut rx: mpsc::Receiver<ShardMsg>) -> Shard 
                     buf.extend(run.iter().map(|&(_, e)| e));
                     shard.push(run[0].0, &buf);
                 }
+                let took = Instant::now().saturating_duration_since(arrived);
+                freshness.record_n(
+                    i64::try_from(took.as_micros()).unwrap_or(i64::MAX),
+                    events.len() as u64,
+                );
             }
             ShardMsg::Merge { from, into } => shard.merge(from, into),
             ShardMsg::Evict { customer, reply } => {
@@ -364,16 +423,11 @@ async fn run_shard(mut shard: Shard, mut rx: mpsc::Receiver<ShardMsg>) -> Shard 
                 let _ = reply.send(shard.window(from, to));
             }
             ShardMsg::Status { reply } => {
-                let _ = reply.send(ShardStatus {
-                    stats: shard.stats,
-                    open_customers: shard.open_customers(),
-                    retained_events: shard.retained_events(),
-                    state_bytes: shard.state_bytes(),
-                });
+                let _ = reply.send(ShardStatus::of(&shard, &freshness));
             }
         }
     }
-    shard
+    (shard, freshness)
 }
 
 fn stopped() -> Error {
@@ -459,18 +513,10 @@ impl LiveHandle {
         }
         let mut map = LiveMap::default();
         for task in shard_tasks {
-            let shard = task
+            let (shard, freshness) = task
                 .await
                 .map_err(|e| Error::Other(format!("a shard failed: {e}")))?;
-            add_shard(
-                &mut status,
-                &ShardStatus {
-                    stats: shard.stats,
-                    open_customers: shard.open_customers(),
-                    retained_events: shard.retained_events(),
-                    state_bytes: shard.state_bytes(),
-                },
-            );
+            add_shard(&mut status, &ShardStatus::of(&shard, &freshness));
             map.merge(shard.map());
         }
         let late = late?;
@@ -484,7 +530,10 @@ impl LiveHandle {
     }
 }
 
+/// Adds a shard's status in.
 fn add_shard(status: &mut LiveStatus, s: &ShardStatus) {
+    status.freshness_histogram.merge(&s.freshness);
+    status.freshness = Freshness::of(&status.freshness_histogram);
     status.shards.events += s.stats.events;
     status.shards.corrected += s.stats.corrected;
     status.shards.merged += s.stats.merged;

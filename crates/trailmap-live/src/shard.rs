@@ -92,8 +92,10 @@ struct Customer {
 pub struct Shard {
     config: ShardConfig,
     customers: FxHashMap<u32, Customer>,
-    /// `(last event time, customer)` whenever a customer's last time changes; popped
-    /// entries whose time is no longer the customer's last only compact it.
+    /// One `(time, customer)` per customer with open sessions, the time at most its last
+    /// event's: when the watermark passes it, the customer is looked at and, if it went on
+    /// since, queued again at its last event. (Queuing at every new event would hold one
+    /// entry per event instead of one per customer.)
     expiry: BinaryHeap<Reverse<(i64, u32)>>,
     watermark: i64,
     map: LiveMap,
@@ -210,13 +212,12 @@ impl Shard {
         self.keep(customer, state, old_last);
     }
 
-    /// Puts a customer back, noting when its last event changed (for expiry).
+    /// Puts a customer back, queued for expiry if it had no open sessions before.
     fn keep(&mut self, customer: u32, state: Customer, old_last: Option<i64>) {
-        let last = state.events.last().map(|e| e.ts);
-        if last != old_last
-            && let Some(last) = last
+        if old_last.is_none()
+            && let Some(last) = state.events.last()
         {
-            self.expiry.push(Reverse((last, customer)));
+            self.expiry.push(Reverse((last.ts, customer)));
         }
         self.customers.insert(customer, state);
     }
@@ -310,11 +311,16 @@ impl Shard {
                 continue;
             };
             let events = &mut state.events;
-            if events.last().is_some_and(|e| e.ts == last) {
+            let Some(now_last) = events.last().map(|e| e.ts) else {
+                self.customers.remove(&customer);
+                continue;
+            };
+            if now_last.saturating_add(gap) < horizon {
                 self.stats.sessions_final += count_sessions(events, &self.config, &mut self.starts);
                 self.customers.remove(&customer);
                 continue;
             }
+            self.expiry.push(Reverse((now_last, customer)));
             // The customer went on after this entry: drop only its sessions that are final.
             self.starts.clear();
             let ts: Vec<i64> = events.iter().map(|e| e.ts).collect();
@@ -331,10 +337,17 @@ impl Shard {
             events.drain(..keep_from);
             state.last_start -= keep_from;
         }
-        // Buckets emptied by retractions cost nothing but a little memory; sweep now and then.
+        // Buckets emptied by retractions cost nothing but a little memory; sweep now and then,
+        // and give back table space a burst of customers left behind.
         self.advances += 1;
         if self.advances.is_multiple_of(256) || watermark == i64::MAX {
             self.map.prune();
+            if self.customers.len() * 4 < self.customers.capacity() {
+                self.customers.shrink_to(self.customers.len() * 2);
+            }
+            if self.expiry.len() * 4 < self.expiry.capacity() {
+                self.expiry.shrink_to(self.expiry.len() * 2);
+            }
         }
     }
 

@@ -24,6 +24,9 @@ pub enum Feed {
         /// Where the source resumes after this batch (Kafka: the partition's next offset);
         /// what a checkpoint records.
         position: Option<Position>,
+        /// When the batch's oldest record reached trailmap: the pipeline measures freshness
+        /// (how long until an event is in the live map) from here.
+        arrived: Instant,
     },
     /// The partition has caught up with its input for now (a Kafka partition at its end);
     /// it no longer holds the watermark back until it delivers again.
@@ -116,6 +119,7 @@ impl LiveSource for FileReplay {
                     partition,
                     batch,
                     position: None,
+                    arrived: Instant::now(),
                 })),
                 None => {
                     self.ended.add(source.stats());
@@ -168,6 +172,7 @@ impl LiveSource for BatchReplay {
                     partition: 0,
                     batch,
                     position: None,
+                    arrived: Instant::now(),
                 }))
             }
             None if self.ended => Ok(None),
@@ -198,16 +203,15 @@ pub struct GeneratorSource {
     /// Journeys under way, with how many of their events are still due.
     under_way: FxHashMap<u64, (CustomerJourney, usize)>,
     batch_size: usize,
-    /// Events per second of wall time; `None` as fast as the pipeline takes them.
-    rate: Option<f64>,
-    started: Option<Instant>,
     builder: EventBatchBuilder,
     stats: IngestStats,
     ended: bool,
 }
 
 impl GeneratorSource {
-    pub fn new(opts: GenOptions, batch_size: usize, rate: Option<f64>) -> Self {
+    /// Streams `opts`' customers in batches of `batch_size` records, as fast as they are
+    /// taken ([`Paced`] plays them at a rate).
+    pub fn new(opts: GenOptions, batch_size: usize) -> Self {
         let mut order: Vec<(i64, u64)> = (0..opts.customers)
             .map(|i| (first_touch_micros(&opts, i), i))
             .collect();
@@ -220,8 +224,6 @@ impl GeneratorSource {
             due: BinaryHeap::new(),
             under_way: FxHashMap::default(),
             batch_size: batch_size.max(1),
-            rate: rate.filter(|r| *r > 0.0),
-            started: None,
             builder: EventBatchBuilder::new(),
             stats: IngestStats::default(),
             ended: false,
@@ -296,27 +298,201 @@ impl LiveSource for GeneratorSource {
         if self.ended {
             return Ok(None);
         }
-        let started = *self.started.get_or_insert_with(Instant::now);
         while self.builder.len() < self.batch_size && self.emit_next() {}
         if self.builder.is_empty() {
             self.ended = true;
             return Ok(Some(Feed::End { partition: 0 }));
         }
-        let batch = self.builder.finish();
-        if let Some(rate) = self.rate {
-            let due = Duration::from_secs_f64(self.stats.records as f64 / rate);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
         Ok(Some(Feed::Batch {
             partition: 0,
-            batch,
+            batch: self.builder.finish(),
             position: None,
+            arrived: Instant::now(),
         }))
     }
 
     fn stats(&self) -> IngestStats {
         self.stats.clone()
+    }
+}
+
+/// Plays another source's records at a fixed rate, as live traffic arrives: record `i`
+/// arrives `i / rate` after the first is asked for. Batches are cut so that each holds at
+/// most `linger` worth of records and is handed on once its last record has arrived, so no
+/// record waits longer than `linger` for its batch (as with a Kafka micro-batch).
+pub struct Paced {
+    inner: Box<dyn LiveSource>,
+    rate: f64,
+    /// Records per batch handed on.
+    chunk: usize,
+    started: Option<Instant>,
+    /// Records handed on so far.
+    played: u64,
+    /// The rest of the inner source's batch being played: partition, rows from `offset`,
+    /// and its position, given with its last slice.
+    playing: Option<(usize, RecordBatch, usize, Option<Position>)>,
+}
+
+impl Paced {
+    /// `rate` records per second (at least one batch of one record per `linger`).
+    pub fn new(inner: Box<dyn LiveSource>, rate: f64, linger: Duration) -> Result<Self> {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(Error::Other(format!(
+                "a rate is a positive number of records per second, not {rate}"
+            )));
+        }
+        Ok(Paced {
+            inner,
+            rate,
+            chunk: ((rate * linger.as_secs_f64()) as usize).max(1),
+            started: None,
+            played: 0,
+            playing: None,
+        })
+    }
+
+    /// When record `i` of the stream arrives.
+    fn due(&self, started: Instant, i: u64) -> Instant {
+        started + Duration::from_secs_f64(i as f64 / self.rate)
+    }
+}
+
+impl LiveSource for Paced {
+    fn partitions(&self) -> usize {
+        self.inner.partitions()
+    }
+
+    fn next(&mut self) -> Result<Option<Feed>> {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let Some((partition, batch, offset, position)) = self.playing.take() else {
+            return match self.inner.next()? {
+                Some(Feed::Batch {
+                    partition,
+                    batch,
+                    position,
+                    ..
+                }) => {
+                    self.playing = Some((partition, batch, 0, position));
+                    self.next()
+                }
+                other => Ok(other),
+            };
+        };
+        let len = self.chunk.min(batch.num_rows() - offset);
+        let slice = batch.slice(offset, len);
+        let arrived = self.due(started, self.played);
+        self.played += len as u64;
+        let last = self.due(started, self.played - 1);
+        if let Some(wait) = last.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let position = if offset + len < batch.num_rows() {
+            self.playing = Some((partition, batch, offset + len, position));
+            None
+        } else {
+            position
+        };
+        Ok(Some(Feed::Batch {
+            partition,
+            batch: slice,
+            position,
+            arrived,
+        }))
+    }
+
+    fn stats(&self) -> IngestStats {
+        self.inner.stats()
+    }
+
+    fn drain(&mut self) -> Result<Vec<Feed>> {
+        let mut feeds = Vec::new();
+        if let Some((partition, batch, offset, position)) = self.playing.take() {
+            feeds.push(Feed::Batch {
+                partition,
+                batch: batch.slice(offset, batch.num_rows() - offset),
+                position,
+                arrived: Instant::now(),
+            });
+        }
+        feeds.extend(self.inner.drain()?);
+        Ok(feeds)
+    }
+
+    fn before_checkpoint(&mut self) -> Result<()> {
+        self.inner.before_checkpoint()
+    }
+
+    fn after_checkpoint(&mut self, positions: &[Position]) {
+        self.inner.after_checkpoint(positions);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, TimestampMicrosecondArray};
+    use trailmap_model::IdentityKind;
+    use trailmap_model::schema::TS;
+
+    /// A batch of `n` events at seconds `from..from + n`.
+    fn batch(from: i64, n: i64) -> RecordBatch {
+        let mut b = EventBatchBuilder::new();
+        for s in from..from + n {
+            let mut row = EventRow {
+                source: "test",
+                ts: s * 1_000_000,
+                touchpoint: Some("home_view"),
+                ..Default::default()
+            };
+            row.identities[IdentityKind::CustomerId.index()] = Some("c");
+            b.push(&row);
+        }
+        b.finish()
+    }
+
+    fn seconds(batch: &RecordBatch) -> Vec<i64> {
+        let ts = batch
+            .column_by_name(TS)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+            .expect("ts column");
+        (0..ts.len()).map(|i| ts.value(i) / 1_000_000).collect()
+    }
+
+    #[test]
+    fn paced_input_comes_in_linger_sized_slices_in_order() {
+        let inner = BatchReplay::new(vec![batch(0, 25), batch(25, 10)]);
+        // 1000 records/s, 10 ms linger: 10 records a batch.
+        let mut paced =
+            Paced::new(Box::new(inner), 1000.0, Duration::from_millis(10)).expect("rate");
+        let mut sizes = Vec::new();
+        let mut all = Vec::new();
+        let mut arrivals = Vec::new();
+        while let Some(feed) = paced.next().expect("next") {
+            match feed {
+                Feed::Batch { batch, arrived, .. } => {
+                    sizes.push(batch.num_rows());
+                    all.extend(seconds(&batch));
+                    arrivals.push(arrived);
+                }
+                Feed::End { .. } => {}
+                _ => panic!("unexpected feed"),
+            }
+        }
+        assert_eq!(sizes, [10, 10, 5, 10]);
+        assert_eq!(all, (0..35).collect::<Vec<_>>());
+        // Each batch arrives when its first record is due: 10 ms apart, then 5 ms.
+        let gaps: Vec<u128> = arrivals
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_micros())
+            .collect();
+        assert_eq!(gaps, [10_000, 10_000, 5_000]);
+    }
+
+    #[test]
+    fn a_rate_must_be_positive() {
+        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let inner = BatchReplay::new(Vec::new());
+            assert!(Paced::new(Box::new(inner), rate, Duration::from_millis(100)).is_err());
+        }
     }
 }

@@ -426,7 +426,7 @@ fn the_generator_streams_in_time_order_and_stitches_to_the_true_customers() {
         .build()
         .expect("runtime");
     let result = runtime.block_on(async {
-        let source = trailmap_live::GeneratorSource::new(opts, 512, None);
+        let source = trailmap_live::GeneratorSource::new(opts, 512);
         let handle = trailmap_live::start(&config, Box::new(source), &PipelineOptions::default())
             .expect("start");
         handle.finish().await.expect("finish")

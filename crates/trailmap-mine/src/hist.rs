@@ -53,6 +53,15 @@ impl DurationHistogram {
     /// Records one duration; negative ones (which ordered journeys never produce) count as 0.
     #[inline]
     pub fn record(&mut self, micros: i64) {
+        self.record_n(micros, 1);
+    }
+
+    /// Records `n` equal durations.
+    #[inline]
+    pub fn record_n(&mut self, micros: i64, n: u64) {
+        if n == 0 {
+            return;
+        }
         let v = micros.max(0) as u64;
         let b = bucket(v);
         if self.counts.is_empty() {
@@ -68,9 +77,9 @@ impl DurationHistogram {
         } else if (b - self.first) as usize >= self.counts.len() {
             self.counts.resize((b - self.first) as usize + 1, 0);
         }
-        self.counts[(b - self.first) as usize] += 1;
-        self.count += 1;
-        self.sum += u128::from(v);
+        self.counts[(b - self.first) as usize] += n;
+        self.count += n;
+        self.sum += u128::from(v) * u128::from(n);
         self.min = self.min.min(v);
         self.max = self.max.max(v);
     }

@@ -678,6 +678,10 @@ impl JourneyConfig {
 pub struct IngestConfig {
     /// Rows per Arrow batch.
     pub batch_size: usize,
+    /// Live input (Kafka, paced replay) hands a micro-batch on once its first record is
+    /// this old, even when it holds fewer than `batch_size` rows: the most batching adds to
+    /// an event's delay.
+    pub linger: Span,
     /// More rejected records than this fails the run (absent = never).
     pub max_errors: Option<u64>,
     /// Where rejected records go, one JSON object per line with the reason.
@@ -688,6 +692,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             batch_size: 8192,
+            linger: Span(100_000),
             max_errors: None,
             dead_letter: PathBuf::from("trailmap-dead-letters.ndjson"),
         }
@@ -785,9 +790,6 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Rejected messages are produced here, with the reason in the `trailmap-reason` header.
     pub dead_letter_topic: String,
-    /// A micro-batch is handed on once it is this old, even when it holds fewer than
-    /// `[ingest] batch_size` rows (bounds the delay a quiet topic adds).
-    pub linger: Span,
     /// Where a partition without a committed offset is read from.
     pub start_from: StartFrom,
     /// Any other librdkafka setting, e.g. `{ "security.protocol" = "SASL_SSL" }`.
@@ -800,7 +802,6 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             group_id: "trailmap".into(),
             dead_letter_topic: "trailmap-dead-letters".into(),
-            linger: Span(100_000),
             start_from: StartFrom::Earliest,
             options: BTreeMap::new(),
         }

@@ -12,7 +12,7 @@ use trailmap_gen::GenOptions;
 use trailmap_ingest::{DeadLetters, IngestOptions, Projection};
 use trailmap_kafka::{KafkaHealth, KafkaSource, ReadUntil};
 use trailmap_live::{
-    DurableSource, FileReplay, GeneratorSource, LiveSource, MapReport, PipelineOptions,
+    DurableSource, FileReplay, GeneratorSource, LiveSource, MapReport, Paced, PipelineOptions,
 };
 use trailmap_model::Catalog;
 use trailmap_sql::postgres::{self, Login};
@@ -44,8 +44,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
 
-    /// Generated events per second of wall time [default: as fast as the pipeline takes them].
-    #[arg(long, value_name = "EVENTS_PER_SECOND")]
+    /// Records per second of wall time, generated or replayed, each batch handed on within
+    /// `[ingest] linger` of its first record [default: as fast as the pipeline takes them].
+    #[arg(long, value_name = "RECORDS_PER_SECOND")]
     rate: Option<f64>,
 
     /// Run the live pipeline replaying the input files (each a partition, a batch from each
@@ -155,11 +156,7 @@ impl ServeArgs {
                 seed: self.seed,
                 ..GenOptions::default()
             };
-            Box::new(GeneratorSource::new(
-                opts,
-                config.ingest.batch_size,
-                self.rate,
-            ))
+            Box::new(GeneratorSource::new(opts, config.ingest.batch_size))
         } else if self.kafka {
             let until = if self.until_end {
                 ReadUntil::End
@@ -196,6 +193,13 @@ impl ServeArgs {
                 &ingest_options(Projection::minimal())?,
                 dead,
             )?)
+        };
+        let source: Box<dyn LiveSource> = match self.rate {
+            Some(rate) if !self.kafka => {
+                Box::new(Paced::new(source, rate, config.ingest.linger.duration())?)
+            }
+            Some(_) => anyhow::bail!("--rate paces generated or replayed input, not Kafka"),
+            None => source,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
