@@ -94,6 +94,22 @@ impl ShardStatus {
     }
 }
 
+/// What the stitcher last said, for status queries.
+#[derive(Debug, Clone, Copy, Default)]
+struct StitchView {
+    watermark: Option<i64>,
+    newest: Option<i64>,
+    stats: StitchStats,
+}
+
+impl StitchView {
+    fn into_status(self, status: &mut LiveStatus) {
+        status.watermark = self.watermark;
+        status.newest = self.newest;
+        status.stitch = self.stats;
+    }
+}
+
 /// How long events took from reaching the source (the oldest record of their batch) to
 /// being counted in the live map, over every event so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -162,7 +178,7 @@ pub struct LiveResult {
 pub struct LiveHandle {
     shards: Vec<mpsc::Sender<ShardMsg>>,
     names: Arc<RwLock<Names>>,
-    stitch: Arc<RwLock<(Option<i64>, Option<i64>, StitchStats)>>,
+    stitch: Arc<RwLock<StitchView>>,
     stitcher: JoinHandle<Result<Vec<LateEvent>>>,
     shard_tasks: Vec<JoinHandle<(Shard, DurationHistogram)>>,
     ingest: Arc<Mutex<IngestStats>>,
@@ -218,7 +234,7 @@ pub fn start(
             .map(|(n, j)| (n.clone(), j.clone()))
             .collect(),
     }));
-    let stitch = Arc::new(RwLock::new((None, None, StitchStats::default())));
+    let stitch = Arc::new(RwLock::new(StitchView::default()));
 
     let capacity = options.channel_batches.max(1);
     let mut senders = Vec::with_capacity(shards);
@@ -284,8 +300,11 @@ pub fn start(
                 }
             }
             if let Ok(mut s) = stitch_w.write() {
-                let watermark = (watermark > i64::MIN).then_some(watermark);
-                *s = (watermark, stitcher.newest(), stitcher.stats);
+                *s = StitchView {
+                    watermark: (watermark > i64::MIN).then_some(watermark),
+                    newest: stitcher.newest(),
+                    stats: stitcher.stats,
+                };
             }
         }
         Ok(late)
@@ -453,7 +472,7 @@ impl LiveHandle {
     pub async fn status(&self) -> Result<LiveStatus> {
         let mut status = LiveStatus::default();
         if let Ok(s) = self.stitch.read() {
-            (status.watermark, status.newest, status.stitch) = *s;
+            s.into_status(&mut status);
         }
         if let Ok(s) = self.ingest.lock() {
             status.ingest = s.clone();
@@ -506,7 +525,7 @@ impl LiveHandle {
         drop(shards);
         let mut status = LiveStatus::default();
         if let Ok(s) = stitch.read() {
-            (status.watermark, status.newest, status.stitch) = *s;
+            s.into_status(&mut status);
         }
         if let Ok(s) = ingest.lock() {
             status.ingest = s.clone();

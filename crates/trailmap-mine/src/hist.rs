@@ -114,6 +114,26 @@ impl DurationHistogram {
         self.count
     }
 
+    /// Sum of the durations, µs (exact).
+    pub fn sum(&self) -> u128 {
+        self.sum
+    }
+
+    /// How many durations are at most `micros`: exact at bucket edges, else counting the
+    /// bucket holding `micros` whole (so within the buckets' 1.6%), as Prometheus
+    /// histogram buckets (`le`) are read.
+    pub fn count_at_most(&self, micros: i64) -> u64 {
+        if micros < 0 || self.count == 0 {
+            return 0;
+        }
+        let b = bucket(micros as u64);
+        if b < self.first {
+            return 0;
+        }
+        let upto = ((b - self.first) as usize + 1).min(self.counts.len());
+        self.counts[..upto].iter().sum()
+    }
+
     /// Exact mean, in microseconds.
     pub fn mean(&self) -> Option<f64> {
         (self.count > 0).then(|| self.sum as f64 / self.count as f64)
@@ -202,6 +222,24 @@ mod tests {
             expected_lo = lo.wrapping_add(width);
         }
         assert_eq!(bucket(u64::MAX), 1919);
+    }
+
+    #[test]
+    fn counts_at_most_a_bound_by_bucket() {
+        let mut h = DurationHistogram::new();
+        for v in [5, 10, 10, 1_000, 1_000_000] {
+            h.record(v);
+        }
+        h.record_n(2_000_000, 3);
+        assert_eq!(h.count(), 8);
+        assert_eq!(h.sum(), 1_001_025 + 6_000_000);
+        assert_eq!(h.count_at_most(-1), 0);
+        assert_eq!(h.count_at_most(4), 0);
+        assert_eq!(h.count_at_most(10), 3);
+        assert_eq!(h.count_at_most(900), 3);
+        assert_eq!(h.count_at_most(1_000), 4);
+        assert_eq!(h.count_at_most(1_500_000), 5);
+        assert_eq!(h.count_at_most(i64::MAX), 8);
     }
 
     proptest! {
