@@ -102,4 +102,11 @@ fn serve_refuses_a_replay_without_input_and_zero_shards() {
     let out = run(&["serve", "--replay", "--input", s(&missing)]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+    // The HTTP API serves a live pipeline; over files, `serve` speaks PostgreSQL only.
+    let out = run(&["serve", "--http-port", "0", "--input", s(&missing)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add --generate, --replay or --kafka"));
+    let out = run(&["serve", "--kafka", "--rate", "10"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }

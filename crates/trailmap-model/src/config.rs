@@ -742,6 +742,8 @@ impl Default for SqlConfig {
 pub struct ServerConfig {
     /// Address the HTTP and PostgreSQL endpoints listen on.
     pub bind: String,
+    /// HTTP port: the JSON API, `/metrics`, `/healthz`, `/readyz`.
+    pub http_port: u16,
     /// PostgreSQL wire protocol port (psql, BI tools).
     pub postgres_port: u16,
     /// The PostgreSQL user to log in as.
@@ -754,6 +756,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             bind: "127.0.0.1".into(),
+            http_port: 8080,
             postgres_port: 5433,
             postgres_user: "trailmap".into(),
             postgres_password: None,

@@ -1,10 +1,12 @@
 //! One module per command.
 
 mod common;
+mod demo;
 mod dropoffs;
 mod funnel;
 mod gen_cmd;
 mod kpis;
+mod live;
 mod paths;
 mod serve;
 mod sessions;
@@ -14,6 +16,9 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// The main job on an embedded default: generated traffic through the live pipeline,
+    /// the journey map served over HTTP while it fills (no Kafka or other service).
+    Demo(Box<demo::DemoArgs>),
     /// Generate synthetic omnichannel journeys with a known ground truth.
     Gen(gen_cmd::GenArgs),
     /// Summarise what was read and stitched: events, customers, sessions, rejects.
@@ -28,13 +33,15 @@ pub enum Command {
     Kpis(Box<kpis::KpisArgs>),
     /// Read-only SQL over journeys (events, journeys, transitions, paths(), funnel(), …) and files.
     Sql(Box<sql::SqlArgs>),
-    /// Serve the journeys to analysts over the PostgreSQL wire protocol (psql, BI tools).
+    /// Serve journeys: files to analysts over the PostgreSQL wire protocol (psql, BI tools),
+    /// or a live pipeline (--generate, --replay, --kafka) with its HTTP API (--http-port).
     Serve(Box<serve::ServeArgs>),
 }
 
 impl Command {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
+            Command::Demo(args) => args.run(),
             Command::Gen(args) => args.run(),
             Command::Sessions(args) => args.run(),
             Command::Paths(args) => args.run(),

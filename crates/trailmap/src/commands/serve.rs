@@ -15,8 +15,11 @@ use trailmap_live::{
     DurableSource, FileReplay, GeneratorSource, LiveSource, MapReport, Paced, PipelineOptions,
 };
 use trailmap_model::Catalog;
+use trailmap_server::Readiness;
 use trailmap_sql::postgres::{self, Login};
 use trailmap_sql::{Analyst, Journeys, Limits};
+
+use super::live::LiveRun;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -46,7 +49,7 @@ pub struct ServeArgs {
 
     /// Records per second of wall time, generated or replayed, each batch handed on within
     /// `[ingest] linger` of its first record [default: as fast as the pipeline takes them].
-    #[arg(long, value_name = "RECORDS_PER_SECOND")]
+    #[arg(long, value_name = "RECORDS_PER_SECOND", conflicts_with = "kafka")]
     rate: Option<f64>,
 
     /// Run the live pipeline replaying the input files (each a partition, a batch from each
@@ -77,6 +80,11 @@ pub struct ServeArgs {
     /// Shards customers are spread over [default: the cores].
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
+
+    /// With a live pipeline: serve the HTTP API (/api/map, /metrics, /readyz, ...) on this
+    /// port while it runs; 0 picks a free one.
+    #[arg(long, value_name = "PORT")]
+    http_port: Option<u16>,
 }
 
 impl ServeArgs {
@@ -85,15 +93,11 @@ impl ServeArgs {
             return self.run_live();
         }
         let config = self.input.config()?;
-        let bind: IpAddr = match self.bind {
-            Some(b) => b,
-            None => config.server.bind.parse().with_context(|| {
-                format!(
-                    "[server] bind = {:?} is not an IP address, like 127.0.0.1",
-                    config.server.bind
-                )
-            })?,
-        };
+        anyhow::ensure!(
+            self.http_port.is_none(),
+            "--http-port serves a live pipeline: add --generate, --replay or --kafka"
+        );
+        let bind = self.bind_address(&config)?;
         let port = self.postgres_port.unwrap_or(config.server.postgres_port);
         let login = Login {
             user: config.server.postgres_user.clone(),
@@ -126,6 +130,10 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
+    fn bind_address(&self, config: &trailmap_model::Config) -> anyhow::Result<IpAddr> {
+        bind_address(self.bind, config)
+    }
+
     /// The live pipeline on a finite stream: status on stderr while it runs, the map on
     /// stdout when it ends.
     fn run_live(self) -> anyhow::Result<()> {
@@ -195,59 +203,33 @@ impl ServeArgs {
             )?)
         };
         let source: Box<dyn LiveSource> = match self.rate {
-            Some(rate) if !self.kafka => {
-                Box::new(Paced::new(source, rate, config.ingest.linger.duration())?)
-            }
-            Some(_) => anyhow::bail!("--rate paces generated or replayed input, not Kafka"),
+            Some(rate) => Box::new(Paced::new(source, rate, config.ingest.linger.duration())?),
             None => source,
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the live runtime")?;
-        let result = runtime.block_on(async {
-            let handle = trailmap_live::start(&config, source, &pipeline)?;
-            let started = std::time::Instant::now();
-            let mut shown = started;
-            let interrupted = tokio::signal::ctrl_c();
-            tokio::pin!(interrupted);
-            while !handle.input_ended() {
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
-                    _ = &mut interrupted => {
-                        eprintln!("live: interrupted; counting what was read");
-                        handle.stop();
-                        break;
-                    }
+        let readiness: Option<Readiness> = kafka_health.map(|h| -> Readiness {
+            Arc::new(move || {
+                if h.is_ready() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "kafka unreachable ({})",
+                        h.last_error().unwrap_or_default()
+                    ))
                 }
-                if shown.elapsed() >= std::time::Duration::from_secs(2) {
-                    shown = std::time::Instant::now();
-                    let s = handle.status().await?;
-                    let cluster = match &kafka_health {
-                        Some(h) if !h.is_ready() => format!(
-                            ", NOT READY: kafka unreachable ({})",
-                            h.last_error().unwrap_or_default()
-                        ),
-                        _ => String::new(),
-                    };
-                    eprintln!(
-                        "live: {} events, {} customers open ({} events held, {} bytes each), watermark {}{cluster}",
-                        s.stitch.events,
-                        s.open_customers,
-                        s.retained_events,
-                        s.state_bytes / s.open_customers.max(1),
-                        match s.watermark {
-                            None => "none yet".to_string(),
-                            Some(i64::MAX) => "past the end of input".to_string(),
-                            Some(w) => chrono::DateTime::from_timestamp_micros(w)
-                                .map_or(w.to_string(), |t| t.to_rfc3339()),
-                        },
-                    );
-                }
-            }
-            let result = handle.finish().await?;
-            anyhow::Ok((result, started.elapsed()))
-        })?;
+            })
+        });
+        let http = match self.http_port {
+            Some(port) => Some(SocketAddr::new(self.bind_address(&config)?, port)),
+            None => None,
+        };
+        let result = LiveRun {
+            config: &config,
+            pipeline,
+            http,
+            readiness,
+            keep_serving: false,
+        }
+        .run(source)?;
         let (result, took) = result;
         let s = &result.status;
         eprintln!(
@@ -266,5 +248,21 @@ impl ServeArgs {
         let out = serde_json::json!({ "status": s, "map": report });
         println!("{}", serde_json::to_string_pretty(&out)?);
         Ok(())
+    }
+}
+
+/// `--bind`, or `[server] bind`.
+pub fn bind_address(
+    flag: Option<IpAddr>,
+    config: &trailmap_model::Config,
+) -> anyhow::Result<IpAddr> {
+    match flag {
+        Some(b) => Ok(b),
+        None => config.server.bind.parse().with_context(|| {
+            format!(
+                "[server] bind = {:?} is not an IP address, like 127.0.0.1",
+                config.server.bind
+            )
+        }),
     }
 }

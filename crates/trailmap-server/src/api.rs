@@ -1,0 +1,357 @@
+//! The JSON API over the live pipeline.
+//!
+//! Every journey endpoint takes the same query parameters:
+//! - `window`: how much event time to count, ending at the newest event seen: `all`
+//!   (the default), or a duration such as `5m`, `1h`, `24h`, `7d`. Windows are whole
+//!   minutes, as the live map is kept.
+//! - `scope`: `session` (the default). Live counts are kept per session; `customer` is
+//!   refused with what to use instead.
+//!
+//! Unknown parameters are refused rather than ignored, so a typo never silently widens a
+//! query.
+
+use crate::error::ApiError;
+use crate::metrics;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use trailmap_live::report::FunnelReport;
+use trailmap_live::{LiveHandle, LiveStatus, MapReport};
+use trailmap_model::time::Span;
+
+/// Whether the pipeline's source can read (for Kafka: the cluster answers); `Err` says why
+/// not.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// What the handlers answer from.
+#[derive(Clone)]
+pub struct AppState {
+    live: Arc<LiveHandle>,
+    ready: Option<Readiness>,
+}
+
+impl AppState {
+    pub fn new(live: Arc<LiveHandle>, ready: Option<Readiness>) -> Self {
+        AppState { live, ready }
+    }
+
+    pub(crate) async fn status(&self) -> Result<LiveStatus, ApiError> {
+        self.live
+            .status()
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))
+    }
+
+    /// The map over `window`, as of the status given.
+    pub(crate) async fn map(
+        &self,
+        status: &LiveStatus,
+        window: Window,
+    ) -> Result<MapReport, ApiError> {
+        let (from, to) = match (window, status.newest) {
+            (_, None) => (0, 0),
+            (Window::All, Some(_)) => (i64::MIN, i64::MAX),
+            (Window::Last(span), Some(newest)) => (
+                newest.saturating_sub(span.micros()),
+                newest.saturating_add(1),
+            ),
+        };
+        let counts = self
+            .live
+            .window(from, to)
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        Ok(MapReport::new(&counts, &self.live.names(), status.newest))
+    }
+
+    pub(crate) fn readiness(&self) -> Result<(), String> {
+        match &self.ready {
+            Some(ready) => ready(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Every route, on `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::scrape))
+        .route("/api/status", get(status))
+        .route("/api/map", get(map))
+        .route("/api/paths", get(paths))
+        .route("/api/dropoffs", get(dropoffs))
+        .route("/api/funnels", get(funnels))
+        .route("/api/funnels/{name}", get(funnel))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// How much event time a query counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    All,
+    /// This long, ending at the newest event.
+    Last(Span),
+}
+
+/// The parameters every journey endpoint takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Params {
+    pub window: Window,
+}
+
+impl Params {
+    pub fn parse(query: &HashMap<String, String>) -> Result<Params, ApiError> {
+        let mut params = Params {
+            window: Window::All,
+        };
+        for (key, value) in query {
+            match key.as_str() {
+                "window" => {
+                    params.window = match value.as_str() {
+                        "all" => Window::All,
+                        text => match text.parse::<Span>() {
+                            Ok(span) if span.micros() > 0 => Window::Last(span),
+                            Ok(_) => {
+                                return Err(ApiError::bad_request(
+                                    "window must be longer than 0; use e.g. window=1h, or window=all",
+                                ));
+                            }
+                            Err(e) => {
+                                return Err(ApiError::bad_request(format!(
+                                    "window: {e}, or `all`"
+                                )));
+                            }
+                        },
+                    }
+                }
+                "scope" => match value.as_str() {
+                    "session" => {}
+                    "customer" => {
+                        return Err(ApiError::bad_request(
+                            "scope=customer is not kept live (live counts are per session); \
+                             use scope=session, or `trailmap paths --scope customer` on the stored events",
+                        ));
+                    }
+                    other => {
+                        return Err(ApiError::bad_request(format!(
+                            "scope must be `session` (or `customer` in batch), not `{other}`"
+                        )));
+                    }
+                },
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown parameter `{other}`; the journey endpoints take `window` and `scope`"
+                    )));
+                }
+            }
+        }
+        Ok(params)
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// 200 when the source can read and the pipeline answers; 503 with the reason otherwise.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let answer = match state.readiness() {
+        Ok(()) => state.status().await.map(|_| ()).map_err(|e| e.message),
+        Err(reason) => Err(reason),
+    };
+    match answer {
+        Ok(()) => Json(serde_json::json!({ "ready": true })).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "ready": false, "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+async fn status(State(state): State<AppState>) -> Result<Json<LiveStatus>, ApiError> {
+    Ok(Json(state.status().await?))
+}
+
+/// The journey map: `{"nodes":[{"id","touchpoint","stage",...}],"edges":[{"from","to","count",...}],...}`.
+async fn map(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<MapReport>, ApiError> {
+    let params = Params::parse(&query)?;
+    let status = state.status().await?;
+    Ok(Json(state.map(&status, params.window).await?))
+}
+
+#[derive(Debug, Serialize)]
+struct Count {
+    touchpoint: String,
+    count: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct Transition {
+    from: String,
+    to: String,
+    count: i64,
+    mean_seconds: f64,
+}
+
+/// `trailmap paths`' shape, for what the live map keeps (variants and path trees need
+/// whole journeys: ask the batch command).
+#[derive(Debug, Serialize)]
+struct PathsReport {
+    events: i64,
+    journeys: i64,
+    transitions: Vec<Transition>,
+    starts: Vec<Count>,
+    ends: Vec<Count>,
+}
+
+async fn paths(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<PathsReport>, ApiError> {
+    let params = Params::parse(&query)?;
+    let status = state.status().await?;
+    let map = state.map(&status, params.window).await?;
+    let counts = |f: fn(&trailmap_live::report::MapNode) -> i64| {
+        let mut list: Vec<Count> = map
+            .nodes
+            .iter()
+            .filter(|n| f(n) != 0)
+            .map(|n| Count {
+                touchpoint: n.touchpoint.clone(),
+                count: f(n),
+            })
+            .collect();
+        list.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.touchpoint.cmp(&b.touchpoint))
+        });
+        list
+    };
+    Ok(Json(PathsReport {
+        events: map.events,
+        journeys: map.journeys,
+        starts: counts(|n| n.starts),
+        ends: counts(|n| n.exits),
+        transitions: map
+            .edges
+            .iter()
+            .map(|e| Transition {
+                from: e.from.clone(),
+                to: e.to.clone(),
+                count: e.count,
+                mean_seconds: e.mean_seconds,
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Serialize)]
+struct DropoffRow {
+    touchpoint: String,
+    stage: Option<String>,
+    journeys: i64,
+    exits: i64,
+    exit_rate: f64,
+}
+
+/// `trailmap dropoffs`' shape: per touchpoint, journeys through it, exits and exit rate,
+/// most exits first.
+#[derive(Debug, Serialize)]
+struct DropoffsReport {
+    journeys: i64,
+    touchpoints: Vec<DropoffRow>,
+}
+
+async fn dropoffs(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<DropoffsReport>, ApiError> {
+    let params = Params::parse(&query)?;
+    let status = state.status().await?;
+    let map = state.map(&status, params.window).await?;
+    let mut touchpoints: Vec<DropoffRow> = map
+        .nodes
+        .into_iter()
+        .map(|n| DropoffRow {
+            touchpoint: n.touchpoint,
+            stage: n.stage,
+            journeys: n.journeys,
+            exits: n.exits,
+            exit_rate: n.exit_rate,
+        })
+        .collect();
+    touchpoints.sort_by(|a, b| {
+        b.exits
+            .cmp(&a.exits)
+            .then_with(|| a.touchpoint.cmp(&b.touchpoint))
+    });
+    Ok(Json(DropoffsReport {
+        journeys: map.journeys,
+        touchpoints,
+    }))
+}
+
+/// Every configured journey's funnel.
+async fn funnels(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<FunnelReport>>, ApiError> {
+    let params = Params::parse(&query)?;
+    let status = state.status().await?;
+    Ok(Json(state.map(&status, params.window).await?.funnels))
+}
+
+/// One configured journey's funnel: entered, converted, maturing, and per step reached,
+/// conversion, dropped and maturing.
+async fn funnel(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<FunnelReport>, ApiError> {
+    let params = Params::parse(&query)?;
+    let names: Vec<String> = state
+        .live
+        .names()
+        .funnels
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    if !names.contains(&name) {
+        return Err(ApiError::not_found(format!(
+            "no journey `{name}` is configured; configured: {}",
+            if names.is_empty() {
+                "none (add [journeys.NAME] to the config)".to_string()
+            } else {
+                names.join(", ")
+            }
+        )));
+    }
+    let status = state.status().await?;
+    let map = state.map(&status, params.window).await?;
+    map.funnels
+        .into_iter()
+        .find(|f| f.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no journey `{name}`")))
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no such endpoint: {}; see /api/map, /api/paths, /api/dropoffs, /api/funnels/NAME, \
+         /api/status, /healthz, /readyz, /metrics",
+        uri.path()
+    ))
+}

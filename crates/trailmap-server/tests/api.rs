@@ -1,0 +1,327 @@
+//! The HTTP API over a real live pipeline: every endpoint answers from the pipeline's map,
+//! the numbers agree with it, and a client's mistakes get a clear 4xx in JSON, never a 5xx.
+
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use trailmap_gen::GenOptions;
+use trailmap_live::{GeneratorSource, LiveHandle, PipelineOptions};
+use trailmap_model::Config;
+use trailmap_server::{AppState, Readiness};
+
+struct Server {
+    runtime: tokio::runtime::Runtime,
+    live: Arc<LiveHandle>,
+    base: String,
+    ready: Arc<AtomicBool>,
+    agent: ureq::Agent,
+}
+
+impl Server {
+    /// A pipeline on `customers` generated customers, run to the end of its input, and
+    /// the HTTP server on a free port.
+    fn start(customers: u64) -> Server {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let config = Config::builtin();
+        let opts = GenOptions {
+            customers,
+            days: 7,
+            ..GenOptions::default()
+        };
+        let source = GeneratorSource::new(opts, 1024);
+        let live = runtime.block_on(async {
+            let options = PipelineOptions {
+                shards: 2,
+                channel_batches: 4,
+            };
+            trailmap_live::start(&config, Box::new(source), &options).expect("start")
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !live.input_ended() {
+            assert!(Instant::now() < deadline, "the generated input never ended");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let live = Arc::new(live);
+        let ready = Arc::new(AtomicBool::new(true));
+        let flag = ready.clone();
+        let readiness: Readiness = Arc::new(move || {
+            if flag.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("kafka: 1/1 brokers are down".into())
+            }
+        });
+        let router = trailmap_server::router(AppState::new(live.clone(), Some(readiness)));
+        let address: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let listener = runtime
+            .block_on(trailmap_server::bind(address))
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        runtime.spawn(trailmap_server::serve(
+            listener,
+            router,
+            std::future::pending(),
+        ));
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Server {
+            runtime,
+            live,
+            base,
+            ready,
+            agent,
+        }
+    }
+
+    /// Status and JSON body of a GET.
+    fn get(&self, path: &str) -> (u16, Value) {
+        let (status, text) = self.get_text(path);
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {text}"));
+        (status, body)
+    }
+
+    fn get_text(&self, path: &str) -> (u16, String) {
+        let mut response = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("GET {path}: body: {e}"));
+        (status, text)
+    }
+
+    fn ok(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    fn status(&self) -> trailmap_live::LiveStatus {
+        self.runtime.block_on(self.live.status()).expect("status")
+    }
+}
+
+fn sum(list: &Value, field: &str) -> i64 {
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(|x| x[field].as_i64().expect("a count"))
+        .sum()
+}
+
+#[test]
+fn the_map_and_its_views_are_the_pipelines_counts() {
+    let server = Server::start(2_000);
+    let status = server.status();
+    let all = server
+        .runtime
+        .block_on(server.live.window(i64::MIN, i64::MAX))
+        .expect("window");
+    assert!(
+        all.events > 1_000,
+        "too little traffic to say much: {}",
+        all.events
+    );
+
+    let map = server.ok("/api/map");
+    assert_eq!(map["events"], all.events);
+    assert_eq!(map["journeys"], all.journeys);
+    let nodes = map["nodes"].as_array().expect("nodes");
+    let edges = map["edges"].as_array().expect("edges");
+    assert!(nodes.len() > 5 && edges.len() > 5);
+    for n in nodes {
+        for field in [
+            "id",
+            "touchpoint",
+            "stage",
+            "events",
+            "journeys",
+            "exits",
+            "exit_rate",
+        ] {
+            assert!(n.get(field).is_some(), "node without {field}: {n}");
+        }
+    }
+    let transitions: i64 = all.transitions.values().map(|t| t.count).sum();
+    assert_eq!(sum(&map["edges"], "count"), transitions);
+    assert_eq!(sum(&map["nodes"], "events"), all.events);
+
+    // A window of the last hour of event time counts what the pipeline counts there.
+    let newest = status.newest.expect("events were seen");
+    let hour = server
+        .runtime
+        .block_on(server.live.window(newest - 3_600_000_000, newest + 1))
+        .expect("window");
+    let last_hour = server.ok("/api/map?window=1h");
+    assert_eq!(last_hour["events"], hour.events);
+    assert!(hour.events < all.events);
+
+    let paths = server.ok("/api/paths?window=all&scope=session");
+    assert_eq!(paths["events"], all.events);
+    assert_eq!(sum(&paths["transitions"], "count"), transitions);
+    assert_eq!(sum(&paths["starts"], "count"), all.journeys);
+    assert_eq!(sum(&paths["ends"], "count"), all.journeys);
+
+    let dropoffs = server.ok("/api/dropoffs");
+    let rows = dropoffs["touchpoints"].as_array().expect("touchpoints");
+    assert_eq!(sum(&dropoffs["touchpoints"], "exits"), all.journeys);
+    assert!(
+        rows.windows(2)
+            .all(|w| w[0]["exits"].as_i64() >= w[1]["exits"].as_i64())
+    );
+
+    // Funnels: one by name equals its entry in the map; maturing is as of the newest event.
+    let funnels = server.ok("/api/funnels");
+    assert_eq!(funnels, map["funnels"]);
+    for f in funnels.as_array().expect("funnels") {
+        let name = f["name"].as_str().expect("name");
+        let one = server.ok(&format!("/api/funnels/{name}"));
+        assert_eq!(&one, f);
+        let steps = one["steps"].as_array().expect("steps");
+        assert_eq!(one["entered"], steps[0]["reached"]);
+        assert_eq!(one["converted"], steps[steps.len() - 1]["reached"]);
+    }
+    let trial = server.ok("/api/funnels/trial_to_purchase");
+    assert!(trial["entered"].as_i64() > Some(0));
+}
+
+#[test]
+fn mistakes_get_a_clear_4xx_in_json() {
+    let server = Server::start(200);
+    for (path, status, says) in [
+        ("/api/map?window=soon", 400, "not a duration"),
+        ("/api/map?window=0", 400, "longer than 0"),
+        ("/api/map?scope=customer", 400, "scope=session"),
+        ("/api/map?scope=visit", 400, "scope must be"),
+        ("/api/map?windw=1h", 400, "unknown parameter `windw`"),
+        ("/api/dropoffs?window=-1h", 400, "window"),
+        ("/api/funnels/no_such_journey", 404, "trial_to_purchase"),
+        (
+            "/api/funnels/trial_to_purchase?window=x",
+            400,
+            "not a duration",
+        ),
+        ("/api/nothing", 404, "no such endpoint"),
+    ] {
+        let (got, body) = server.get(path);
+        assert_eq!(got, status, "GET {path}: {body}");
+        let message = body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("GET {path}: {body}"));
+        assert!(message.contains(says), "GET {path}: {message}");
+    }
+}
+
+#[test]
+fn health_and_readiness() {
+    let server = Server::start(200);
+    assert_eq!(server.ok("/healthz")["status"], "ok");
+    assert_eq!(server.ok("/readyz")["ready"], true);
+    server.ready.store(false, Ordering::Relaxed);
+    let (status, body) = server.get("/readyz");
+    assert_eq!(status, 503);
+    assert_eq!(body["ready"], false);
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("brokers are down"))
+    );
+    // Still alive: it answers, it only cannot read.
+    assert_eq!(server.ok("/healthz")["status"], "ok");
+    assert!(server.ok("/api/map")["events"].as_i64() > Some(0));
+}
+
+/// `name{labels} value` lines of a Prometheus text exposition.
+fn samples(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("a sample: {l}"));
+            let value = value.parse().unwrap_or_else(|e| panic!("{l}: {e}"));
+            (name.to_string(), value)
+        })
+        .collect()
+}
+
+fn sample(all: &[(String, f64)], name: &str) -> f64 {
+    all.iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no sample {name}"))
+        .1
+}
+
+#[test]
+fn metrics_are_the_pipelines_numbers() {
+    let server = Server::start(1_000);
+    let status = server.status();
+    let (code, text) = server.get_text("/metrics");
+    assert_eq!(code, 200);
+    let all = samples(&text);
+    assert_eq!(
+        sample(&all, "trailmap_events_total"),
+        status.ingest.events as f64
+    );
+    assert_eq!(
+        sample(&all, "trailmap_records_total"),
+        status.ingest.records as f64
+    );
+    assert_eq!(sample(&all, "trailmap_rejected_total"), 0.0);
+    assert_eq!(sample(&all, "trailmap_ready"), 1.0);
+    assert_eq!(
+        sample(&all, "trailmap_freshness_seconds_count"),
+        status.freshness.events as f64
+    );
+    assert_eq!(
+        sample(&all, "trailmap_freshness_seconds_bucket{le=\"+Inf\"}"),
+        status.freshness.events as f64
+    );
+    // Journey KPIs: the last 24 hours' funnel, as the API gives it.
+    let day = server.ok("/api/funnels/trial_to_purchase?window=24h");
+    for step in day["steps"].as_array().expect("steps") {
+        let name = format!(
+            "trailmap_stage_conversion{{journey=\"trial_to_purchase\",step=\"{}\"}}",
+            step["name"].as_str().expect("name")
+        );
+        let value = sample(&all, &name);
+        let expected = step["conversion_from_previous"]
+            .as_f64()
+            .expect("conversion");
+        assert!(
+            (value - expected).abs() < 1e-9,
+            "{name}: {value} vs {expected}"
+        );
+    }
+    let settled = sample(
+        &all,
+        "trailmap_funnel_conversion{journey=\"trial_to_purchase\"}",
+    );
+    assert!((settled - day["settled_conversion"].as_f64().expect("settled")).abs() < 1e-9);
+    let day_map = server.ok("/api/map?window=24h");
+    for n in day_map["nodes"].as_array().expect("nodes") {
+        let name = format!(
+            "trailmap_touchpoint_exit_rate{{stage=\"{}\",touchpoint=\"{}\"}}",
+            n["stage"].as_str().unwrap_or(""),
+            n["touchpoint"].as_str().expect("touchpoint")
+        );
+        let value = sample(&all, &name);
+        assert!(
+            (value - n["exit_rate"].as_f64().expect("rate")).abs() < 1e-9,
+            "{name}"
+        );
+    }
+}

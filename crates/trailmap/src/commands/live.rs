@@ -1,0 +1,126 @@
+//! Running the live pipeline from the command line, shared by `serve` and `demo`: the HTTP
+//! API when asked, a status line on stderr every two seconds, Ctrl-C to stop.
+
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use trailmap_live::{LiveHandle, LiveResult, LiveSource, LiveStatus, PipelineOptions};
+use trailmap_model::Config;
+use trailmap_server::{AppState, Readiness};
+
+pub struct LiveRun<'a> {
+    pub config: &'a Config,
+    pub pipeline: PipelineOptions,
+    /// Serve the HTTP API here (port 0: a free one).
+    pub http: Option<SocketAddr>,
+    /// Whether the source can read, for `/readyz` and the status line.
+    pub readiness: Option<Readiness>,
+    /// After the input ends, keep serving until Ctrl-C (otherwise return at once).
+    pub keep_serving: bool,
+}
+
+impl LiveRun<'_> {
+    /// Runs the pipeline on `source` until its input ends (or Ctrl-C); returns the final
+    /// result and how long it ran.
+    pub fn run(self, source: Box<dyn LiveSource>) -> anyhow::Result<(LiveResult, Duration)> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the live runtime")?;
+        runtime.block_on(async {
+            let handle = Arc::new(trailmap_live::start(self.config, source, &self.pipeline)?);
+            let started = Instant::now();
+            let (stop_http, http) = match self.http {
+                Some(address) => {
+                    let listener = trailmap_server::bind(address).await?;
+                    let address = listener.local_addr()?;
+                    // One line a script (or a test) can wait for.
+                    println!(
+                        "http listening on http://{address}/ (journey map: /api/map, funnels: /api/funnels, metrics: /metrics)"
+                    );
+                    let router = trailmap_server::router(AppState::new(
+                        handle.clone(),
+                        self.readiness.clone(),
+                    ));
+                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                    let task = tokio::spawn(trailmap_server::serve(listener, router, async {
+                        let _ = stopped.await;
+                    }));
+                    (Some(stop), Some(task))
+                }
+                None => (None, None),
+            };
+            self.watch(&handle).await?;
+            if let (Some(stop), Some(task)) = (stop_http, http) {
+                let _ = stop.send(());
+                task.await.context("the HTTP server failed")??;
+            }
+            let handle = Arc::try_unwrap(handle).map_err(|_| {
+                anyhow::anyhow!("the HTTP server still holds the pipeline after stopping")
+            })?;
+            let result = handle.finish().await?;
+            anyhow::Ok((result, started.elapsed()))
+        })
+    }
+
+    /// Prints the status every two seconds until the input ends (or, when serving on, until
+    /// Ctrl-C); Ctrl-C stops reading.
+    async fn watch(&self, handle: &LiveHandle) -> anyhow::Result<()> {
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        let mut shown = Instant::now();
+        let mut said_ended = false;
+        loop {
+            if handle.input_ended() {
+                if !self.keep_serving {
+                    return Ok(());
+                }
+                if !said_ended {
+                    said_ended = true;
+                    let s = handle.status().await?;
+                    eprintln!(
+                        "live: the input has ended ({} events); still serving the map, Ctrl-C to stop",
+                        s.stitch.events
+                    );
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = &mut interrupted => {
+                    eprintln!("live: interrupted; counting what was read");
+                    handle.stop();
+                    return Ok(());
+                }
+            }
+            if !said_ended && shown.elapsed() >= Duration::from_secs(2) {
+                shown = Instant::now();
+                let s = handle.status().await?;
+                eprintln!("{}", self.status_line(&s));
+            }
+        }
+    }
+
+    fn status_line(&self, s: &LiveStatus) -> String {
+        let ready = match self.readiness.as_ref().map(|r| r()) {
+            Some(Err(reason)) => format!(", NOT READY: {reason}"),
+            _ => String::new(),
+        };
+        format!(
+            "live: {} events, {} customers open ({} events held, {} bytes each), watermark {}, freshness p99 {}{ready}",
+            s.stitch.events,
+            s.open_customers,
+            s.retained_events,
+            s.state_bytes / s.open_customers.max(1),
+            match s.watermark {
+                None => "none yet".to_string(),
+                Some(i64::MAX) => "past the end of input".to_string(),
+                Some(w) => chrono::DateTime::from_timestamp_micros(w)
+                    .map_or(w.to_string(), |t| t.to_rfc3339()),
+            },
+            s.freshness
+                .p99_micros
+                .map_or("-".to_string(), |us| format!("{:.0} ms", us as f64 / 1e3)),
+        )
+    }
+}

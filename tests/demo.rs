@@ -1,0 +1,171 @@
+//! `trailmap demo` as a user runs it: the binary starts, says where it listens, the map
+//! fills while generated traffic streams in, every endpoint answers, and Ctrl-C stops it
+//! cleanly.
+
+mod common;
+
+use common::bin;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+struct Demo {
+    child: Child,
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Demo {
+    fn start(args: &[&str]) -> Demo {
+        let mut child = bin()
+            .arg("demo")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start trailmap demo");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the first line");
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in the first line: {line:?}"))
+            .trim_end_matches('/')
+            .to_string();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Demo { child, base, agent }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut response = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().expect("body"))
+    }
+
+    fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+}
+
+#[test]
+fn the_demo_fills_the_map_live_and_stops_on_ctrl_c() {
+    let demo = Demo::start(&[
+        "--port",
+        "0",
+        "--customers",
+        "400",
+        "--days",
+        "3",
+        "--rate",
+        "4000",
+    ]);
+    assert_eq!(demo.json("/healthz")["status"], "ok");
+    assert_eq!(demo.json("/readyz")["ready"], true);
+
+    // The map grows while traffic streams in, then stays once the input has ended.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen = Vec::new();
+    loop {
+        let status = demo.json("/api/status");
+        let map = demo.json("/api/map");
+        seen.push(map["events"].as_i64().expect("events"));
+        // Input ended: every session is closed, the map is final.
+        if status["watermark"].as_i64() == Some(i64::MAX) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo's input never ended: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "the map went back: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|&n| n > 0 && n < *seen.last().expect("a sample")),
+        "never saw the map part-filled: {seen:?}"
+    );
+
+    let map = demo.json("/api/map");
+    let events = map["events"].as_i64().expect("events");
+    assert!(events > 1_000, "{events}");
+    assert!(!map["nodes"].as_array().expect("nodes").is_empty());
+    assert!(!map["edges"].as_array().expect("edges").is_empty());
+    let funnel = demo.json("/api/funnels/trial_to_purchase");
+    assert!(funnel["entered"].as_i64() > Some(0));
+    assert_eq!(demo.json("/api/paths")["events"], events);
+    let (status, metrics) = demo.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("trailmap_events_total {events}")),
+        "{metrics}"
+    );
+    let (status, body) = demo.get("/api/map?window=yesterday");
+    assert_eq!(status, 400, "{body}");
+
+    // Ctrl-C: a clean stop with a summary.
+    let mut demo = demo;
+    let pid = demo.child.id().to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill -INT");
+    assert!(signalled.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = demo.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the demo did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(demo.child.stderr.as_mut().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        stderr.contains(&format!("demo: {events} events")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_port_in_use_is_refused_with_what_to_do() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port().to_string();
+    let out = bin()
+        .args(["demo", "--port", &port, "--customers", "10"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot listen for HTTP") && stderr.contains("--port"),
+        "{stderr}"
+    );
+}
