@@ -8,18 +8,22 @@
 //!   refused with what to use instead.
 //!
 //! Unknown parameters are refused rather than ignored, so a typo never silently widens a
-//! query.
+//! query. `/api/stream` pushes the map as server-sent events whenever it changes.
 
 use crate::error::ApiError;
 use crate::metrics;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures_util::Stream;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 use trailmap_live::report::FunnelReport;
 use trailmap_live::{LiveHandle, LiveStatus, MapReport};
 use trailmap_model::time::Span;
@@ -89,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/dropoffs", get(dropoffs))
         .route("/api/funnels", get(funnels))
         .route("/api/funnels/{name}", get(funnel))
+        .route("/api/stream", get(stream))
         .fallback(not_found)
         .with_state(state)
 }
@@ -348,10 +353,56 @@ async fn funnel(
         .ok_or_else(|| ApiError::not_found(format!("no journey `{name}`")))
 }
 
+/// How often `/api/stream` looks for a change.
+const STREAM_EVERY: Duration = Duration::from_secs(1);
+
+/// Server-sent events: a `map` event with `/api/map`'s answer (for the same parameters)
+/// now, then again about once a second whenever it changed; comments keep the connection
+/// alive meanwhile. A pipeline that stops ends the stream with an `error` event.
+async fn stream(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let params = Params::parse(&query)?;
+    let updates = futures_util::stream::unfold(
+        (state, String::new(), true),
+        move |(state, last, first)| async move {
+            if !first {
+                tokio::time::sleep(STREAM_EVERY).await;
+            }
+            let mut last = last;
+            loop {
+                let answer = match state.status().await {
+                    Ok(status) => state.map(&status, params.window).await,
+                    Err(e) => Err(e),
+                };
+                let map = match answer {
+                    Ok(map) => map,
+                    Err(e) => {
+                        if last == "stopped" {
+                            return None;
+                        }
+                        let event = Event::default().event("error").data(e.message);
+                        return Some((Ok(event), (state, "stopped".to_string(), false)));
+                    }
+                };
+                let json = serde_json::to_string(&map).unwrap_or_default();
+                if json != last {
+                    last = json.clone();
+                    let event = Event::default().event("map").data(json);
+                    return Some((Ok(event), (state, last, false)));
+                }
+                tokio::time::sleep(STREAM_EVERY).await;
+            }
+        },
+    );
+    Ok(Sse::new(updates).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!(
         "no such endpoint: {}; see /api/map, /api/paths, /api/dropoffs, /api/funnels/NAME, \
-         /api/status, /healthz, /readyz, /metrics",
+         /api/stream, /api/status, /healthz, /readyz, /metrics",
         uri.path()
     ))
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use trailmap_gen::GenOptions;
-use trailmap_live::{GeneratorSource, LiveHandle, PipelineOptions};
+use trailmap_live::{GeneratorSource, LiveHandle, LiveSource, Paced, PipelineOptions};
 use trailmap_model::Config;
 use trailmap_server::{AppState, Readiness};
 
@@ -23,6 +23,17 @@ impl Server {
     /// A pipeline on `customers` generated customers, run to the end of its input, and
     /// the HTTP server on a free port.
     fn start(customers: u64) -> Server {
+        let server = Server::streaming(customers, None);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !server.live.input_ended() {
+            assert!(Instant::now() < deadline, "the generated input never ended");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// The same, with the input played at `rate` records a second, returning at once.
+    fn streaming(customers: u64, rate: Option<f64>) -> Server {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -34,19 +45,20 @@ impl Server {
             days: 7,
             ..GenOptions::default()
         };
-        let source = GeneratorSource::new(opts, 1024);
+        let generated = GeneratorSource::new(opts, 1024);
+        let source: Box<dyn LiveSource> = match rate {
+            Some(rate) => Box::new(
+                Paced::new(Box::new(generated), rate, Duration::from_millis(100)).expect("rate"),
+            ),
+            None => Box::new(generated),
+        };
         let live = runtime.block_on(async {
             let options = PipelineOptions {
                 shards: 2,
                 channel_batches: 4,
             };
-            trailmap_live::start(&config, Box::new(source), &options).expect("start")
+            trailmap_live::start(&config, source, &options).expect("start")
         });
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !live.input_ended() {
-            assert!(Instant::now() < deadline, "the generated input never ended");
-            std::thread::sleep(Duration::from_millis(20));
-        }
         let live = Arc::new(live);
         let ready = Arc::new(AtomicBool::new(true));
         let flag = ready.clone();
@@ -324,4 +336,49 @@ fn metrics_are_the_pipelines_numbers() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn the_stream_pushes_the_map_as_it_changes() {
+    // About four seconds of traffic, so the stream sees the map grow.
+    let server = Server::streaming(1_000, Some(4_000.0));
+    let mut response = server
+        .agent
+        .get(format!("{}/api/stream?window=all", server.base))
+        .call()
+        .expect("GET /api/stream");
+    assert_eq!(response.status().as_u16(), 200);
+    let kind = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(kind.starts_with("text/event-stream"), "{kind}");
+    let reader = std::io::BufReader::new(response.body_mut().as_reader());
+    let mut events = Vec::new();
+    let mut kind = String::new();
+    for line in std::io::BufRead::lines(reader) {
+        let line = line.expect("a line of the stream");
+        if let Some(k) = line.strip_prefix("event: ") {
+            kind = k.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            assert_eq!(kind, "map");
+            let map: Value = serde_json::from_str(data).expect("a map as JSON");
+            assert!(map["nodes"].is_array() && map["edges"].is_array());
+            events.push(map["events"].as_i64().expect("events"));
+            if events.len() == 3 {
+                break;
+            }
+        }
+    }
+    // Sent only on change, and the map only grows here.
+    assert!(events.windows(2).all(|w| w[0] < w[1]), "{events:?}");
+    // Once the input ends the map stops changing; the stream's last word is the final map.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !server.live.input_ended() {
+        assert!(Instant::now() < deadline, "the input never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server.ok("/api/map")["events"].as_i64() >= events.last().copied());
 }
