@@ -5,67 +5,8 @@
 mod common;
 
 use common::bin;
-use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use common::demo::Demo;
 use std::time::{Duration, Instant};
-
-struct Demo {
-    child: Child,
-    base: String,
-    agent: ureq::Agent,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Demo {
-    fn start(args: &[&str]) -> Demo {
-        let mut child = bin()
-            .arg("demo")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start trailmap demo");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the first line");
-        let base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in the first line: {line:?}"))
-            .trim_end_matches('/')
-            .to_string();
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Demo { child, base, agent }
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let mut response = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .call()
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let status = response.status().as_u16();
-        (status, response.body_mut().read_to_string().expect("body"))
-    }
-
-    fn json(&self, path: &str) -> Value {
-        let (status, body) = self.get(path);
-        assert_eq!(status, 200, "GET {path}: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-    }
-}
 
 #[test]
 fn the_demo_fills_the_map_live_and_stops_on_ctrl_c() {

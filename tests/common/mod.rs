@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod demo;
 pub mod live;
 
 use std::path::{Path, PathBuf};

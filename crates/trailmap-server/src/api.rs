@@ -84,6 +84,7 @@ impl AppState {
 /// Every route, on `state`.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::scrape))
@@ -160,6 +161,12 @@ impl Params {
         }
         Ok(params)
     }
+}
+
+/// The dashboard: one page, embedded in the binary (no CDN, works offline), fed by
+/// `/api/stream`.
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../assets/index.html"))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -6,7 +6,9 @@
 //!
 //! Layout:
 //! - [`api`]: the routes, `/api/map`, `/api/funnels/{name}`, `/api/dropoffs`, `/api/paths`,
-//!   `/api/status`, `/healthz`, `/readyz`, and the query parameters they share.
+//!   `/api/stream`, `/api/status`, `/healthz`, `/readyz`, and the query parameters they
+//!   share; `/` serves the dashboard (`assets/index.html`, embedded in the binary, fed by
+//!   `/api/stream`).
 //! - [`metrics`]: `/metrics`, built from the pipeline's status and map at each scrape, so
 //!   the numbers Prometheus sees are the numbers the API returns.
 //! - [`error`]: [`ApiError`], every failure as JSON with a message that says what to fix

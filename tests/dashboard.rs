@@ -1,0 +1,220 @@
+//! The dashboard in a real headless Chromium, driven over WebDriver (chromedriver): `trailmap
+//! demo` serves it, the map shows touchpoints and transitions, a live update changes the
+//! numbers on the page, and once the input has ended the page's numbers are the API's.
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); fails, with
+//! what to install, when they are missing. The screenshot is kept as a test artifact.
+
+mod common;
+
+use base64::Engine;
+use common::demo::Demo;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A chromedriver process and one headless Chromium session on it.
+struct Browser {
+    driver: Child,
+    url: String,
+    agent: ureq::Agent,
+}
+
+fn found(program: &str) -> Option<String> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .and_then(|p| p.to_str().map(String::from))
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let missing = "install Debian's chromium and chromium-driver (apt-get install chromium \
+                       chromium-driver; .ci/run does it when they are missing)";
+        let driver = found("chromedriver").unwrap_or_else(|| panic!("no chromedriver: {missing}"));
+        let chromium = found("chromium").unwrap_or_else(|| panic!("no chromium: {missing}"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(&driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while agent.get(format!("{base}/status")).call().is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver never answered on {base}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut browser = Browser {
+            driver: child,
+            url: base,
+            agent,
+        };
+        let session = browser.call(
+            "POST",
+            "/session",
+            json!({"capabilities": {"alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": chromium,
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                             "--disable-dev-shm-usage", "--window-size=1400,1100"]
+                }
+            }}}),
+        );
+        let id = session["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {session}"));
+        browser.url = format!("{}/session/{id}", browser.url);
+        browser
+    }
+
+    /// A WebDriver command; its `value`.
+    fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let url = format!("{}{path}", self.url);
+        let response = match method {
+            "GET" => self.agent.get(&url).call(),
+            "DELETE" => self.agent.delete(&url).call(),
+            _ => self.agent.post(&url).send_json(&body),
+        };
+        let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().expect("body");
+        let value: Value = serde_json::from_str(&text).expect("WebDriver answers JSON");
+        assert_eq!(status, 200, "{method} {path}: {text}");
+        value["value"].clone()
+    }
+
+    fn open(&self, url: &str) {
+        self.call("POST", "/url", json!({ "url": url }));
+    }
+
+    /// Runs `script` (a function body) in the page; what it returns.
+    fn eval(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            json!({ "script": script, "args": [] }),
+        )
+    }
+
+    fn screenshot(&self) -> Vec<u8> {
+        let png = self.call("GET", "/screenshot", Value::Null);
+        base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().expect("base64 PNG"))
+            .expect("a PNG")
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.agent.delete(&self.url).call();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// What the page shows: header totals, per-node events, per-funnel-step reached.
+const READ_PAGE: &str = r##"
+const number = id => Number(document.getElementById(id).dataset.value);
+const nodes = {};
+for (const g of document.querySelectorAll("g.node")) nodes[g.dataset.touchpoint] = Number(g.dataset.events);
+const funnels = {};
+for (const f of document.querySelectorAll("[data-funnel]")) {
+  funnels[f.dataset.funnel] = [...f.querySelectorAll("tr[data-step]")].map(r => Number(r.dataset.reached));
+}
+return { events: number("events"), journeys: number("journeys"), nodes, funnels,
+         edges: document.querySelectorAll("path.edge").length,
+         exits: [...document.querySelectorAll("#dropoff-rows tr")].length,
+         connection: document.getElementById("connection").textContent };
+"##;
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited 90 s for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_dashboard_shows_the_live_map_and_follows_it() {
+    // About ten seconds of traffic: long enough to see the page follow it.
+    let demo = Demo::start(&[
+        "--port",
+        "0",
+        "--customers",
+        "600",
+        "--days",
+        "3",
+        "--rate",
+        "1000",
+    ]);
+    let browser = Browser::start();
+    browser.open(&format!("{}/", demo.base));
+
+    let mut page = Value::Null;
+    wait_for("the map to show touchpoints and transitions", || {
+        page = browser.eval(READ_PAGE);
+        page["nodes"].as_object().is_some_and(|n| !n.is_empty()) && page["edges"].as_u64() > Some(0)
+    });
+    assert_eq!(page["connection"], "live");
+    let first = page["events"].as_i64().expect("events");
+    wait_for("a live update to change the numbers", || {
+        browser.eval(READ_PAGE)["events"].as_i64() != Some(first)
+    });
+
+    // Once the input has ended, the page settles on the API's final numbers.
+    wait_for("the demo's input to end", || {
+        demo.json("/api/status")["watermark"].as_i64() == Some(i64::MAX)
+    });
+    let map = demo.json("/api/map");
+    wait_for("the page to show the final map", || {
+        page = browser.eval(READ_PAGE);
+        page["events"] == map["events"]
+    });
+    assert_eq!(page["journeys"], map["journeys"]);
+    let expected: BTreeMap<String, i64> = map["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["touchpoint"].as_str().expect("touchpoint").to_string(),
+                n["events"].as_i64().expect("events"),
+            )
+        })
+        .collect();
+    let shown: BTreeMap<String, i64> =
+        serde_json::from_value(page["nodes"].clone()).expect("touchpoint -> events");
+    assert_eq!(shown, expected);
+    assert_eq!(page["exits"].as_u64(), Some(expected.len() as u64));
+    for f in demo.json("/api/funnels").as_array().expect("funnels") {
+        let name = f["name"].as_str().expect("name");
+        let reached: Vec<i64> = f["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .map(|s| s["reached"].as_i64().expect("reached"))
+            .collect();
+        assert_eq!(page["funnels"][name], json!(reached), "{name}");
+    }
+
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let artifact = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&artifact, &png).expect("save the screenshot");
+    eprintln!("dashboard screenshot: {}", artifact.display());
+}
