@@ -217,4 +217,10 @@ fn the_dashboard_shows_the_live_map_and_follows_it() {
     let artifact = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     std::fs::write(&artifact, &png).expect("save the screenshot");
     eprintln!("dashboard screenshot: {}", artifact.display());
+
+    // Ctrl-C with the page still following the stream: the server ends the stream and
+    // stops cleanly.
+    let mut demo = demo;
+    let (status, stderr) = demo.interrupt();
+    assert!(status.success(), "{status}: {stderr}");
 }

@@ -71,23 +71,7 @@ fn the_demo_fills_the_map_live_and_stops_on_ctrl_c() {
 
     // Ctrl-C: a clean stop with a summary.
     let mut demo = demo;
-    let pid = demo.child.id().to_string();
-    let signalled = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .expect("kill -INT");
-    assert!(signalled.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = demo.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the demo did not stop on Ctrl-C");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(demo.child.stderr.as_mut().expect("stderr"), &mut stderr)
-        .expect("stderr");
+    let (status, stderr) = demo.interrupt();
     assert!(status.success(), "{status}: {stderr}");
     assert!(
         stderr.contains(&format!("demo: {events} events")),

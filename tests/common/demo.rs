@@ -62,4 +62,29 @@ impl Demo {
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
     }
+
+    /// Ctrl-C (SIGINT); waits (at most 30 s) for it to exit. Its exit status and stderr.
+    pub fn interrupt(&mut self) -> (std::process::ExitStatus, String) {
+        let signalled = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill -INT");
+        assert!(signalled.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the demo did not stop within 30 s of Ctrl-C"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        if let Some(err) = self.child.stderr.as_mut() {
+            std::io::Read::read_to_string(err, &mut stderr).expect("stderr");
+        }
+        (status, stderr)
+    }
 }

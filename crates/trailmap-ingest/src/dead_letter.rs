@@ -20,6 +20,8 @@ pub enum Location {
     Offset(u64),
     /// A Kafka message (the "file" is its topic).
     Message { partition: i32, offset: i64 },
+    /// The n-th (1-based) record taken in by HTTP capture since the server started.
+    Captured(u64),
 }
 
 impl std::fmt::Display for Location {
@@ -31,6 +33,7 @@ impl std::fmt::Display for Location {
             Location::Message { partition, offset } => {
                 write!(f, "partition {partition} offset {offset}")
             }
+            Location::Captured(n) => write!(f, "captured record {n}"),
         }
     }
 }

@@ -20,6 +20,8 @@
 //! - [`counts`]: [`LiveMap`], counts by minute ([`LiveCounts`]: events, journeys, starts,
 //!   exits, transitions, journeys through each touchpoint, funnel levels), summed into any
 //!   window.
+//! - [`capture`]: [`CaptureSource`], records pushed in over HTTP through a bounded
+//!   [`CaptureInlet`] (refused when full, so clients retry rather than memory grow).
 //! - [`durable`]: [`DurableSource`] stores every batch taken in as Parquet segments
 //!   (`trailmap-store`) and checkpoints them with the source's positions; on start it
 //!   replays them, so a restart after a crash resumes exactly where the last checkpoint was.
@@ -28,6 +30,7 @@
 //!   while it runs and [`LiveHandle::finish`] returns the final map.
 //! - [`report`]: [`MapReport`], the map with names and rates (nodes, edges, funnels).
 
+pub mod capture;
 pub mod counts;
 pub mod durable;
 pub mod pipeline;
@@ -36,6 +39,7 @@ pub mod shard;
 pub mod source;
 pub mod stitch;
 
+pub use capture::{CaptureInlet, CaptureSource, Refused, capture};
 pub use counts::{BUCKET_MICROS, ByTouchpoint, LiveCounts, LiveMap, TransitionCount, bucket_of};
 pub use durable::DurableSource;
 pub use pipeline::{Freshness, LiveHandle, LiveResult, LiveStatus, Names, PipelineOptions, start};

@@ -744,6 +744,8 @@ pub struct ServerConfig {
     pub bind: String,
     /// HTTP port: the JSON API, `/metrics`, `/healthz`, `/readyz`.
     pub http_port: u16,
+    /// Write keys Segment-compatible capture (`/v1/track`, `/v1/batch`, …) accepts.
+    pub write_keys: Vec<String>,
     /// PostgreSQL wire protocol port (psql, BI tools).
     pub postgres_port: u16,
     /// The PostgreSQL user to log in as.
@@ -757,6 +759,7 @@ impl Default for ServerConfig {
         ServerConfig {
             bind: "127.0.0.1".into(),
             http_port: 8080,
+            write_keys: Vec::new(),
             postgres_port: 5433,
             postgres_user: "trailmap".into(),
             postgres_password: None,

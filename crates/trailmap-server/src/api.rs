@@ -10,19 +10,21 @@
 //! Unknown parameters are refused rather than ignored, so a typo never silently widens a
 //! query. `/api/stream` pushes the map as server-sent events whenever it changes.
 
+use crate::capture::{self, Capture};
 use crate::error::ApiError;
 use crate::metrics;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use trailmap_live::report::FunnelReport;
 use trailmap_live::{LiveHandle, LiveStatus, MapReport};
@@ -37,11 +39,39 @@ pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 pub struct AppState {
     live: Arc<LiveHandle>,
     ready: Option<Readiness>,
+    capture: Option<Capture>,
+    /// Set when the server is stopping: open streams end, so a graceful stop does not wait
+    /// on them forever.
+    closing: Arc<AtomicBool>,
 }
 
 impl AppState {
     pub fn new(live: Arc<LiveHandle>, ready: Option<Readiness>) -> Self {
-        AppState { live, ready }
+        AppState {
+            live,
+            ready,
+            capture: None,
+            closing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Ends open event streams (within a second): call before a graceful shutdown.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
+    /// Takes Segment calls on `/v1/*` into the pipeline through `capture`.
+    pub fn with_capture(mut self, capture: Capture) -> Self {
+        self.capture = Some(capture);
+        self
+    }
+
+    pub(crate) fn capture(&self) -> Option<&Capture> {
+        self.capture.as_ref()
     }
 
     pub(crate) async fn status(&self) -> Result<LiveStatus, ApiError> {
@@ -95,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/funnels", get(funnels))
         .route("/api/funnels/{name}", get(funnel))
         .route("/api/stream", get(stream))
+        .route("/v1/{call}", post(capture::call))
         .fallback(not_found)
         .with_state(state)
 }
@@ -379,6 +410,9 @@ async fn stream(
             }
             let mut last = last;
             loop {
+                if state.is_closing() {
+                    return None;
+                }
                 let answer = match state.status().await {
                     Ok(status) => state.map(&status, params.window).await,
                     Err(e) => Err(e),

@@ -9,16 +9,20 @@
 //!   `/api/stream`, `/api/status`, `/healthz`, `/readyz`, and the query parameters they
 //!   share; `/` serves the dashboard (`assets/index.html`, embedded in the binary, fed by
 //!   `/api/stream`).
+//! - [`capture`]: Segment-compatible `POST /v1/track|page|identify|…|batch` into the
+//!   pipeline's capture source, with write keys.
 //! - [`metrics`]: `/metrics`, built from the pipeline's status and map at each scrape, so
 //!   the numbers Prometheus sees are the numbers the API returns.
 //! - [`error`]: [`ApiError`], every failure as JSON with a message that says what to fix
 //!   (a client's mistake is a 4xx, never a 5xx).
 
 pub mod api;
+pub mod capture;
 pub mod error;
 pub mod metrics;
 
 pub use api::{AppState, Readiness, router};
+pub use capture::Capture;
 pub use error::ApiError;
 
 use std::future::Future;

@@ -74,6 +74,7 @@ impl DemoArgs {
             http: Some(address),
             readiness: None,
             keep_serving: true,
+            capture: None,
         }
         .run(Box::new(source))?;
         let s = &result.status;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trailmap_live::{LiveHandle, LiveResult, LiveSource, LiveStatus, PipelineOptions};
 use trailmap_model::Config;
-use trailmap_server::{AppState, Readiness};
+use trailmap_server::{AppState, Capture, Readiness};
 
 pub struct LiveRun<'a> {
     pub config: &'a Config,
@@ -18,12 +18,14 @@ pub struct LiveRun<'a> {
     pub readiness: Option<Readiness>,
     /// After the input ends, keep serving until Ctrl-C (otherwise return at once).
     pub keep_serving: bool,
+    /// Segment-compatible capture on the HTTP server, into the pipeline's capture source.
+    pub capture: Option<Capture>,
 }
 
 impl LiveRun<'_> {
     /// Runs the pipeline on `source` until its input ends (or Ctrl-C); returns the final
     /// result and how long it ran.
-    pub fn run(self, source: Box<dyn LiveSource>) -> anyhow::Result<(LiveResult, Duration)> {
+    pub fn run(mut self, source: Box<dyn LiveSource>) -> anyhow::Result<(LiveResult, Duration)> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -31,7 +33,7 @@ impl LiveRun<'_> {
         runtime.block_on(async {
             let handle = Arc::new(trailmap_live::start(self.config, source, &self.pipeline)?);
             let started = Instant::now();
-            let (stop_http, http) = match self.http {
+            let (stop_http, http, served) = match self.http {
                 Some(address) => {
                     let listener = trailmap_server::bind(address).await?;
                     let address = listener.local_addr()?;
@@ -39,20 +41,28 @@ impl LiveRun<'_> {
                     println!(
                         "http listening on http://{address}/ (journey map: /api/map, funnels: /api/funnels, metrics: /metrics)"
                     );
-                    let router = trailmap_server::router(AppState::new(
-                        handle.clone(),
-                        self.readiness.clone(),
-                    ));
+                    let mut state = AppState::new(handle.clone(), self.readiness.clone());
+                    if let Some(capture) = &self.capture {
+                        state = state.with_capture(capture.clone());
+                    }
+                    let served = state.clone();
+                    let router = trailmap_server::router(state);
                     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                     let task = tokio::spawn(trailmap_server::serve(listener, router, async {
                         let _ = stopped.await;
                     }));
-                    (Some(stop), Some(task))
+                    (Some(stop), Some(task), Some(served))
                 }
-                None => (None, None),
+                None => (None, None, None),
             };
+            // The server's copy of the inlet is the only one left: once it stops, the
+            // capture source ends.
+            let capture = self.capture.take();
+            drop(capture);
             self.watch(&handle).await?;
-            if let (Some(stop), Some(task)) = (stop_http, http) {
+            if let (Some(stop), Some(task), Some(served)) = (stop_http, http, served) {
+                served.close();
+                drop(served);
                 let _ = stop.send(());
                 task.await.context("the HTTP server failed")??;
             }

@@ -15,7 +15,8 @@ use trailmap_live::{
     DurableSource, FileReplay, GeneratorSource, LiveSource, MapReport, Paced, PipelineOptions,
 };
 use trailmap_model::Catalog;
-use trailmap_server::Readiness;
+use trailmap_model::config::{SourceConfig, SourceKind};
+use trailmap_server::{Capture, Readiness};
 use trailmap_sql::postgres::{self, Login};
 use trailmap_sql::{Analyst, Journeys, Limits};
 
@@ -51,6 +52,13 @@ pub struct ServeArgs {
     /// `[ingest] linger` of its first record [default: as fast as the pipeline takes them].
     #[arg(long, value_name = "RECORDS_PER_SECOND", conflicts_with = "kafka")]
     rate: Option<f64>,
+
+    /// Run the live pipeline on events sent to the HTTP server in Segment's format
+    /// (POST /v1/track, /v1/page, /v1/identify, /v1/batch, …, with a key from [server]
+    /// write_keys), mapped like clickstream files. Serves the HTTP API too (--http-port, or
+    /// [server] http_port); Ctrl-C stops it and prints the live map as JSON.
+    #[arg(long, conflicts_with_all = ["generate", "replay", "kafka"])]
+    capture: bool,
 
     /// Run the live pipeline replaying the input files (each a partition, a batch from each
     /// in turn). Prints the live map as JSON when the files end.
@@ -89,7 +97,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        if self.generate.is_some() || self.replay || self.kafka {
+        if self.generate.is_some() || self.replay || self.kafka || self.capture {
             return self.run_live();
         }
         let config = self.input.config()?;
@@ -157,7 +165,30 @@ impl ServeArgs {
             })
         };
         let dead = DeadLetters::new(&config.ingest.dead_letter, config.ingest.max_errors);
-        let source: Box<dyn LiveSource> = if let Some(customers) = self.generate {
+        let mut capture = None;
+        let source: Box<dyn LiveSource> = if self.capture {
+            anyhow::ensure!(
+                !config.server.write_keys.is_empty(),
+                "serve --capture takes calls signed with a write key: set [server] write_keys = [\"…\"] in the config"
+            );
+            let clickstream = config
+                .sources
+                .iter()
+                .find(|s| s.kind == SourceKind::Clickstream)
+                .cloned()
+                .unwrap_or_else(|| SourceConfig::of_kind(SourceKind::Clickstream));
+            let (source, inlet) = trailmap_live::capture(
+                &clickstream,
+                &ingest_options(Projection::default())?,
+                dead,
+                1024,
+            )?;
+            capture = Some(Capture {
+                inlet,
+                write_keys: config.server.write_keys.clone(),
+            });
+            Box::new(source.with_linger(config.ingest.linger.duration()))
+        } else if let Some(customers) = self.generate {
             let opts = GenOptions {
                 customers,
                 days: self.days,
@@ -218,9 +249,13 @@ impl ServeArgs {
                 }
             })
         });
-        let http = match self.http_port {
-            Some(port) => Some(SocketAddr::new(self.bind_address(&config)?, port)),
-            None => None,
+        let http = match (self.http_port, self.capture) {
+            (Some(port), _) => Some(SocketAddr::new(self.bind_address(&config)?, port)),
+            (None, true) => Some(SocketAddr::new(
+                self.bind_address(&config)?,
+                config.server.http_port,
+            )),
+            (None, false) => None,
         };
         let result = LiveRun {
             config: &config,
@@ -228,6 +263,7 @@ impl ServeArgs {
             http,
             readiness,
             keep_serving: false,
+            capture,
         }
         .run(source)?;
         let (result, took) = result;

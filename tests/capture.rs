@@ -1,0 +1,261 @@
+//! Segment-compatible capture with Segment's own Python library (`segment-analytics-python`
+//! from PyPI, installed into a virtualenv under the target directory on first use): calls
+//! sent to `trailmap serve --capture` show up in the live map, stitched across the
+//! anonymous and the identified user; wrong keys and malformed calls get clear answers.
+
+mod common;
+
+use common::bin;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "test-write-key";
+
+/// A Python with `segment-analytics-python`, made once.
+fn segment_python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("segment-venv");
+    let python = venv.join("bin/python");
+    let ready = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import segment.analytics"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready(&python) {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv (install python3 and python3-venv)");
+        assert!(made.success(), "python3 -m venv {} failed", venv.display());
+        let installed = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "segment-analytics-python==2.4.0"])
+            .status()
+            .expect("pip");
+        assert!(
+            installed.success(),
+            "pip install segment-analytics-python failed (PyPI must be reachable)"
+        );
+    }
+    assert!(
+        ready(&python),
+        "segment.analytics does not import in {}",
+        venv.display()
+    );
+    python
+}
+
+/// `trailmap serve --capture` on a free port with a config that has a write key.
+struct Served {
+    child: Child,
+    base: String,
+    agent: ureq::Agent,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    fn start() -> Served {
+        let dir = tempfile::tempdir().expect("tmp");
+        let text =
+            std::fs::read_to_string(common::root().join("config/trailmap.toml")).expect("config");
+        assert!(text.contains("write_keys = []"));
+        let config = dir.path().join("trailmap.toml");
+        let text = text
+            .replace("write_keys = []", &format!("write_keys = [\"{KEY}\"]"))
+            .replace(
+                "dead_letter = \"trailmap-dead-letters.ndjson\"",
+                &format!("dead_letter = {:?}", dir.path().join("dead.ndjson")),
+            );
+        std::fs::write(&config, text).expect("write config");
+        let mut child = bin()
+            .args(["serve", "--capture", "--http-port", "0", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start trailmap serve --capture");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the first line");
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .trim_end_matches('/')
+            .to_string();
+        Served {
+            child,
+            base,
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into(),
+            _dir: dir,
+        }
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let mut r = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .call()
+            .expect("GET");
+        assert_eq!(r.status().as_u16(), 200, "GET {path}");
+        serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("JSON")
+    }
+
+    /// Status and `error` of a POST with an optional Basic-auth user.
+    fn post(&self, path: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+        let mut request = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        if let Some(key) = key {
+            use base64::Engine;
+            let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
+            request = request.header("authorization", format!("Basic {auth}"));
+        }
+        let mut r = request.send(body).expect("POST");
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().expect("body");
+        (status, serde_json::from_str(&text).expect("JSON"))
+    }
+}
+
+const SEND: &str = r#"
+import sys
+import segment.analytics as analytics
+
+analytics.write_key = sys.argv[2]
+analytics.host = sys.argv[1]
+analytics.max_retries = 0
+errors = []
+analytics.on_error = lambda error, batch: errors.append(str(error))
+for i in range(20):
+    anon, user = f"anon-{i}", f"user-{i}"
+    analytics.page(anonymous_id=anon, name="Pricing", properties={"path": "/pricing"})
+    analytics.identify(user, {"email": f"u{i}@example.com"}, anonymous_id=anon)
+    analytics.track(user, "Signed Up")
+    if i % 2 == 0:
+        analytics.track(user, "Trial Started")
+analytics.flush()
+if errors:
+    print("\n".join(errors))
+    sys.exit(1)
+"#;
+
+fn send_with_segment(python: &Path, base: &str, key: &str) -> std::process::Output {
+    Command::new(python)
+        .args(["-c", SEND, base, key])
+        .output()
+        .expect("run python")
+}
+
+fn edge(map: &Value, from: &str, to: &str) -> i64 {
+    map["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .find(|e| e["from"] == from && e["to"] == to)
+        .map_or(0, |e| e["count"].as_i64().expect("count"))
+}
+
+#[test]
+fn segments_library_sends_into_the_live_map() {
+    let python = segment_python();
+    let served = Served::start();
+
+    let out = send_with_segment(&python, &served.base, KEY);
+    assert!(
+        out.status.success(),
+        "the Segment client failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 20 pricing pages, 20 sign-ups, 10 trials; the identify calls only link identities.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let map = loop {
+        let map = served.get("/api/map");
+        if map["events"] == 50 {
+            break map;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the calls never reached the map: {map}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The anonymous visitor and the signed-up user are one customer: one journey each.
+    assert_eq!(map["journeys"], 20);
+    assert_eq!(edge(&map, "pricing_view", "signup"), 20);
+    assert_eq!(edge(&map, "signup", "trial_start"), 10);
+    let status = served.get("/api/status");
+    assert_eq!(status["ingest"]["links"], 20);
+    assert_eq!(status["ingest"]["rejected"], 0);
+
+    // A wrong key: the library reports the refusal; nothing is counted.
+    let out = send_with_segment(&python, &served.base, "wrong-key");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unknown write key"));
+    assert_eq!(served.get("/api/map")["events"], 50);
+
+    // By hand: what each mistake is told.
+    for (key, path, body, status, says) in [
+        (
+            None,
+            "/v1/track",
+            r#"{"userId":"u","event":"Signed Up"}"#,
+            401,
+            "no write key",
+        ),
+        (Some(KEY), "/v1/track", "not json", 400, "not JSON"),
+        (Some(KEY), "/v1/batch", r#"{"batch": 5}"#, 400, "batch"),
+        (
+            Some(KEY),
+            "/v1/batch",
+            r#"{"batch": [1]}"#,
+            400,
+            "not a JSON object",
+        ),
+        (Some(KEY), "/v1/nothing", "{}", 404, "/v1/track"),
+    ] {
+        let (got, answer) = served.post(path, key, body);
+        assert_eq!(got, status, "{path}: {answer}");
+        let message = answer["error"].as_str().expect("error");
+        assert!(message.contains(says), "{path}: {message}");
+    }
+    // A call the mapping cannot read (no time) is taken in, then set aside with its reason.
+    let (got, _) = served.post(
+        "/v1/track",
+        Some(KEY),
+        r#"{"userId":"user-0","event":"Signed Up","timestamp":"not a time"}"#,
+    );
+    assert_eq!(got, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served.get("/api/status")["ingest"]["rejected"] != 1 {
+        assert!(Instant::now() < deadline, "the bad call was never rejected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(served.get("/api/map")["events"], 50);
+}
+
+#[test]
+fn capture_needs_a_write_key_in_the_config() {
+    let out = bin()
+        .args(["serve", "--capture", "--http-port", "0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[server] write_keys"));
+}
