@@ -113,6 +113,7 @@ impl StitchView {
 /// How long events took from reaching the source (the oldest record of their batch) to
 /// being counted in the live map, over every event so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Freshness {
     pub events: u64,
     pub p50_micros: Option<i64>,
@@ -134,12 +135,14 @@ impl Freshness {
 
 /// The pipeline's state, for `/readyz`, metrics and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LiveStatus {
     pub watermark: Option<i64>,
     /// The newest event time seen: the data's "now", as of which funnel journeys are
     /// maturing (the watermark runs past it once the input has ended).
     pub newest: Option<i64>,
     /// What the source read: records, events, identity links, rejections.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub ingest: IngestStats,
     pub stitch: StitchStats,
     pub shards: ShardStats,
@@ -152,6 +155,7 @@ pub struct LiveStatus {
     pub freshness: Freshness,
     /// What `freshness` summarizes (µs), for metrics.
     #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub freshness_histogram: DurationHistogram,
 }
 

@@ -9,6 +9,7 @@ use trailmap_mine::report::micros_string;
 
 /// One touchpoint of the map.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MapNode {
     /// Stable id: the touchpoint name.
     pub id: String,
@@ -25,6 +26,7 @@ pub struct MapNode {
 
 /// One transition of the map.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MapEdge {
     pub from: String,
     pub to: String,
@@ -33,6 +35,7 @@ pub struct MapEdge {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FunnelStep {
     pub name: String,
     /// Journeys whose deepest step is at least this one.
@@ -46,6 +49,7 @@ pub struct FunnelStep {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FunnelReport {
     pub name: String,
     /// Journeys that reached the first step.
@@ -62,6 +66,7 @@ pub struct FunnelReport {
 
 /// The journey map over some window.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MapReport {
     /// The "now" funnel maturity was decided at (RFC 3339; the start of the watermark's
     /// minute), if any.

@@ -47,6 +47,7 @@ pub struct ShardConfig {
 
 /// What a shard did, for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ShardStats {
     pub events: u64,
     /// Events that arrived behind a later event of their customer, inside the lateness

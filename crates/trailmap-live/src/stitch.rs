@@ -48,6 +48,7 @@ pub struct Routed {
 
 /// Counts the stitcher keeps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StitchStats {
     /// Events with a touchpoint, routed or late.
     pub events: u64,

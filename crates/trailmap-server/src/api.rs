@@ -11,7 +11,7 @@
 //! query. `/api/stream` pushes the map as server-sent events whenever it changes.
 
 use crate::capture::{self, Capture};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::metrics;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -111,10 +111,52 @@ impl AppState {
     }
 }
 
+/// The OpenAPI document of every route, generated from the handlers and the report types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "trailmap",
+        description = "The live journey map: touchpoints, transitions, drop-offs and funnels, mined from behaviour as it arrives."
+    ),
+    paths(
+        healthz,
+        readyz,
+        status,
+        map,
+        paths,
+        dropoffs,
+        funnels,
+        funnel,
+        stream,
+        crate::metrics::scrape,
+        crate::capture::call
+    ),
+    components(schemas(ErrorBody))
+)]
+pub struct ApiDoc;
+
+/// The query parameters of the journey endpoints, as the OpenAPI document shows them
+/// ([`Params::parse`] reads them, so mistakes get its messages).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct JourneyQuery {
+    /// `all` (the default), or how much event time ending at the newest event: `5m`, `1h`,
+    /// `24h`, `7d`, any duration; whole minutes.
+    window: Option<String>,
+    /// `session` (the default). Live counts are per session; `customer` is refused.
+    scope: Option<String>,
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
 /// Every route, on `state`.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(dashboard))
+        .route("/api/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::scrape))
@@ -200,11 +242,16 @@ async fn dashboard() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("../assets/index.html"))
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The server is alive: `{\"status\": \"ok\"}`")))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// 200 when the source can read and the pipeline answers; 503 with the reason otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "`{\"ready\": true}`"),
+              (status = 503, description = "`{\"ready\": false, \"reason\": …}`: the source cannot read (Kafka unreachable) or the pipeline stopped")))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let answer = match state.readiness() {
         Ok(()) => state.status().await.map(|_| ()).map_err(|e| e.message),
@@ -220,11 +267,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/api/status", tag = "live",
+    responses((status = 200, body = LiveStatus), (status = 503, body = ErrorBody)))]
 async fn status(State(state): State<AppState>) -> Result<Json<LiveStatus>, ApiError> {
     Ok(Json(state.status().await?))
 }
 
 /// The journey map: `{"nodes":[{"id","touchpoint","stage",...}],"edges":[{"from","to","count",...}],...}`.
+#[utoipa::path(get, path = "/api/map", tag = "journeys", params(JourneyQuery),
+    responses((status = 200, body = MapReport), (status = 400, body = ErrorBody)))]
 async fn map(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -234,13 +285,13 @@ async fn map(
     Ok(Json(state.map(&status, params.window).await?))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Count {
     touchpoint: String,
     count: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Transition {
     from: String,
     to: String,
@@ -250,7 +301,7 @@ struct Transition {
 
 /// `trailmap paths`' shape, for what the live map keeps (variants and path trees need
 /// whole journeys: ask the batch command).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct PathsReport {
     events: i64,
     journeys: i64,
@@ -259,6 +310,8 @@ struct PathsReport {
     ends: Vec<Count>,
 }
 
+#[utoipa::path(get, path = "/api/paths", tag = "journeys", params(JourneyQuery),
+    responses((status = 200, body = PathsReport), (status = 400, body = ErrorBody)))]
 async fn paths(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -301,7 +354,7 @@ async fn paths(
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DropoffRow {
     touchpoint: String,
     stage: Option<String>,
@@ -312,12 +365,14 @@ struct DropoffRow {
 
 /// `trailmap dropoffs`' shape: per touchpoint, journeys through it, exits and exit rate,
 /// most exits first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DropoffsReport {
     journeys: i64,
     touchpoints: Vec<DropoffRow>,
 }
 
+#[utoipa::path(get, path = "/api/dropoffs", tag = "journeys", params(JourneyQuery),
+    responses((status = 200, body = DropoffsReport), (status = 400, body = ErrorBody)))]
 async fn dropoffs(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -348,6 +403,8 @@ async fn dropoffs(
 }
 
 /// Every configured journey's funnel.
+#[utoipa::path(get, path = "/api/funnels", tag = "journeys", params(JourneyQuery),
+    responses((status = 200, body = Vec<FunnelReport>), (status = 400, body = ErrorBody)))]
 async fn funnels(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -359,6 +416,10 @@ async fn funnels(
 
 /// One configured journey's funnel: entered, converted, maturing, and per step reached,
 /// conversion, dropped and maturing.
+#[utoipa::path(get, path = "/api/funnels/{name}", tag = "journeys",
+    params(("name" = String, Path, description = "A configured journey ([journeys.NAME])"), JourneyQuery),
+    responses((status = 200, body = FunnelReport), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody, description = "No journey of that name is configured")))]
 async fn funnel(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -397,6 +458,10 @@ const STREAM_EVERY: Duration = Duration::from_secs(1);
 /// Server-sent events: a `map` event with `/api/map`'s answer (for the same parameters)
 /// now, then again about once a second whenever it changed; comments keep the connection
 /// alive meanwhile. A pipeline that stops ends the stream with an `error` event.
+#[utoipa::path(get, path = "/api/stream", tag = "journeys", params(JourneyQuery),
+    responses((status = 200, content_type = "text/event-stream",
+               description = "Server-sent events: `map` (a MapReport as JSON) now and whenever it changes"),
+              (status = 400, body = ErrorBody)))]
 async fn stream(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -443,7 +508,7 @@ async fn stream(
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!(
         "no such endpoint: {}; see /api/map, /api/paths, /api/dropoffs, /api/funnels/NAME, \
-         /api/stream, /api/status, /healthz, /readyz, /metrics",
+         /api/stream, /api/status, /api/openapi.json, /healthz, /readyz, /metrics",
         uri.path()
     ))
 }

@@ -28,6 +28,12 @@ pub struct Capture {
 /// Single calls Segment's HTTP API takes, by path.
 const CALLS: [&str; 6] = ["track", "page", "screen", "identify", "group", "alias"];
 
+#[utoipa::path(post, path = "/v1/{call}", tag = "capture",
+    params(("call" = String, Path, description = "track, page, screen, identify, group, alias, or batch")),
+    request_body(content = Object, description = "A Segment call, or {\"batch\": [calls…]} for /v1/batch; the write key as the Basic auth user name (or `writeKey`)"),
+    responses((status = 200, description = "`{\"success\": true}`: queued"),
+              (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+              (status = 429, body = crate::error::ErrorBody, description = "The pipeline is behind: retry with backoff")))]
 pub async fn call(
     State(state): State<AppState>,
     Path(kind): Path<String>,

@@ -25,6 +25,9 @@ const FRESHNESS_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 /// The window journey KPIs are computed over.
 const KPI_WINDOW: Span = Span(24 * 3_600_000_000);
 
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, content_type = "text/plain",
+               description = "Prometheus text exposition: ingest counters, freshness histogram, journey KPI gauges (last 24 h)")))]
 pub async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let status = state.status().await?;
     let map = state.map(&status, Window::Last(KPI_WINDOW)).await?;

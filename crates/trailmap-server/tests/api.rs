@@ -382,3 +382,53 @@ fn the_stream_pushes_the_map_as_it_changes() {
     }
     assert!(server.ok("/api/map")["events"].as_i64() >= events.last().copied());
 }
+
+#[test]
+fn the_openapi_document_describes_every_endpoint() {
+    let server = Server::start(50);
+    let doc = server.ok("/api/openapi.json");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let paths = doc["paths"].as_object().expect("paths");
+    for path in [
+        "/api/map",
+        "/api/paths",
+        "/api/dropoffs",
+        "/api/funnels",
+        "/api/funnels/{name}",
+        "/api/stream",
+        "/api/status",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/{call}",
+    ] {
+        assert!(paths.contains_key(path), "{path} is not documented");
+    }
+    let params: Vec<&str> = paths["/api/map"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(params, ["window", "scope"]);
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    for schema in [
+        "MapReport",
+        "MapNode",
+        "MapEdge",
+        "FunnelReport",
+        "FunnelStep",
+        "LiveStatus",
+        "ErrorBody",
+    ] {
+        assert!(schemas.contains_key(schema), "no schema {schema}");
+    }
+    // The documented fields are the ones the API sends.
+    let node = &schemas["MapNode"]["properties"];
+    let sent = server.ok("/api/map")["nodes"][0].clone();
+    let mut documented: Vec<&String> = node.as_object().expect("properties").keys().collect();
+    let mut actual: Vec<&String> = sent.as_object().expect("a node").keys().collect();
+    documented.sort();
+    actual.sort();
+    assert_eq!(documented, actual);
+}
