@@ -152,16 +152,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn the_dashboard_shows_the_live_map_and_follows_it() {
     // About ten seconds of traffic: long enough to see the page follow it.
-    let demo = Demo::start(&[
-        "--port",
-        "0",
-        "--customers",
-        "600",
-        "--days",
-        "3",
-        "--rate",
-        "1000",
-    ]);
+    let demo = Demo::start(&["--customers", "600", "--days", "3", "--rate", "1000"]);
     let browser = Browser::start();
     browser.open(&format!("{}/", demo.base));
 

@@ -4,22 +4,13 @@
 
 mod common;
 
-use common::bin;
 use common::demo::Demo;
+use common::{bin, ok, psql};
 use std::time::{Duration, Instant};
 
 #[test]
 fn the_demo_fills_the_map_live_and_stops_on_ctrl_c() {
-    let demo = Demo::start(&[
-        "--port",
-        "0",
-        "--customers",
-        "400",
-        "--days",
-        "3",
-        "--rate",
-        "4000",
-    ]);
+    let demo = Demo::start(&["--customers", "400", "--days", "3", "--rate", "4000"]);
     assert_eq!(demo.json("/healthz")["status"], "ok");
     assert_eq!(demo.json("/readyz")["ready"], true);
 
@@ -68,6 +59,55 @@ fn the_demo_fills_the_map_live_and_stops_on_ctrl_c() {
     );
     let (status, body) = demo.get("/api/map?window=yesterday");
     assert_eq!(status, 400, "{body}");
+
+    // SQL over the live tables, over HTTP and from the real psql: the map's numbers.
+    let answer =
+        demo.json("/api/sql?q=SELECT%20sum(events)%20AS%20events%20FROM%20live_touchpoints");
+    assert_eq!(answer["columns"], serde_json::json!(["events"]));
+    assert_eq!(answer["rows"][0]["events"], events);
+    let (status, body) = demo.get("/api/sql?q=DROP%20TABLE%20live_touchpoints");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("read-only"), "{body}");
+    let tables = ok(psql(demo.postgres_port, "", "\\dt"));
+    for table in ["live_touchpoints", "live_transitions", "live_funnel_steps"] {
+        assert!(tables.contains(table), "{tables}");
+    }
+    let busiest = ok(psql(
+        demo.postgres_port,
+        "",
+        "SELECT touchpoint, events FROM live_touchpoints ORDER BY events DESC, touchpoint LIMIT 3",
+    ));
+    let mut nodes: Vec<(i64, String)> = map["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                -n["events"].as_i64().expect("events"),
+                n["touchpoint"].as_str().expect("name").to_string(),
+            )
+        })
+        .collect();
+    nodes.sort();
+    let expected: Vec<String> = nodes[..3]
+        .iter()
+        .map(|(e, t)| format!("{t}|{}", -e))
+        .collect();
+    assert_eq!(busiest.lines().collect::<Vec<_>>(), expected);
+    let steps = ok(psql(
+        demo.postgres_port,
+        "",
+        "SELECT reached FROM live_funnel_steps WHERE journey = 'trial_to_purchase' ORDER BY step_index",
+    ));
+    let reached: Vec<String> = funnel["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["reached"].to_string())
+        .collect();
+    assert_eq!(steps.lines().collect::<Vec<_>>(), reached);
+    let refused = psql(demo.postgres_port, "", "DROP TABLE live_transitions");
+    assert!(!refused.status.success());
 
     // Ctrl-C: a clean stop with a summary.
     let mut demo = demo;

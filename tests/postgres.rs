@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 
 /// `trailmap serve` on a free port, killed when dropped.
 struct Server {
@@ -65,47 +65,8 @@ fn start() -> Server {
     }
 }
 
-fn psql_program() -> &'static str {
-    let found = Command::new("psql").arg("--version").output();
-    assert!(
-        found.is_ok_and(|o| o.status.success()),
-        "this test needs the real psql client: apt-get install postgresql-client (.ci/run does)"
-    );
-    "psql"
-}
-
 fn psql(server: &Server, password: &str, command: &str) -> Output {
-    Command::new(psql_program())
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &server.port.to_string(),
-            "-U",
-            "trailmap",
-            "-d",
-            "trailmap",
-            "-c",
-            command,
-        ])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .expect("run psql")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "psql failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::psql(server.port, password, command)
 }
 
 #[test]

@@ -1,16 +1,20 @@
-//! `trailmap demo` as a child process: started on a free port, asked over HTTP, killed
-//! when dropped.
+//! `trailmap demo` as a child process: started on free ports (HTTP and PostgreSQL), asked
+//! over HTTP, killed when dropped.
 
 use super::bin;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 
 /// A running `trailmap demo`.
 pub struct Demo {
     pub child: Child,
     pub base: String,
+    /// The PostgreSQL endpoint's port.
+    pub postgres_port: u16,
     agent: ureq::Agent,
+    /// Kept open: the demo may still write to it.
+    _stdout: BufReader<ChildStdout>,
 }
 
 impl Drop for Demo {
@@ -21,30 +25,49 @@ impl Drop for Demo {
 }
 
 impl Demo {
+    /// `trailmap demo --port 0 --postgres-port 0 ARGS…`.
     pub fn start(args: &[&str]) -> Demo {
         let mut child = bin()
-            .arg("demo")
+            .args(["demo", "--port", "0", "--postgres-port", "0"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start trailmap demo");
-        let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the first line");
-        let base = line
+        let mut read_line = |what: &str| {
+            line.clear();
+            stdout
+                .read_line(&mut line)
+                .unwrap_or_else(|e| panic!("reading the {what} line: {e}"));
+            line.clone()
+        };
+        let http = read_line("HTTP");
+        let base = http
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in the first line: {line:?}"))
+            .unwrap_or_else(|| panic!("no URL in the first line: {http:?}"))
             .trim_end_matches('/')
             .to_string();
+        let pg = read_line("PostgreSQL");
+        let postgres_port = pg
+            .split_whitespace()
+            .skip_while(|w| *w != "-p")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no `-p PORT` in the second line: {pg:?}"));
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
             .into();
-        Demo { child, base, agent }
+        Demo {
+            child,
+            base,
+            postgres_port,
+            agent,
+            _stdout: stdout,
+        }
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {

@@ -78,3 +78,48 @@ pub fn sessions_json(inputs: &[String]) -> serde_json::Value {
     }
     json(&args)
 }
+
+fn psql_program() -> &'static str {
+    let found = Command::new("psql").arg("--version").output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "this test needs the real psql client: apt-get install postgresql-client (.ci/run does)"
+    );
+    "psql"
+}
+
+/// Runs one `psql -c COMMAND` against `127.0.0.1:port` as `trailmap`, unaligned, tuples only.
+pub fn psql(port: u16, password: &str, command: &str) -> Output {
+    Command::new(psql_program())
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "trailmap",
+            "-d",
+            "trailmap",
+            "-c",
+            command,
+        ])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("run psql")
+}
+
+/// psql's output, asserting it succeeded.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "psql failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -13,6 +13,7 @@
 //! query sees a consistent state per shard and never blocks ingest for long.
 
 use crate::counts::{LiveCounts, LiveMap};
+use crate::report::MapReport;
 use crate::shard::{LiveEvent, Shard, ShardConfig, ShardStats};
 use crate::source::{Feed, LiveSource};
 use crate::stitch::{Handoff, LateEvent, StitchStats, Stitcher};
@@ -488,6 +489,20 @@ impl LiveHandle {
             add_shard(&mut status, &s);
         }
         Ok(status)
+    }
+
+    /// The map with names over the last `span` µs of event time ending at the newest event
+    /// (`None`: everything), funnel maturity as of that newest event: what the API, SQL and
+    /// the dashboard show.
+    pub async fn report(&self, span: Option<i64>) -> Result<MapReport> {
+        let status = self.status().await?;
+        let (from, to) = match (span, status.newest) {
+            (_, None) => (0, 0),
+            (None, Some(_)) => (i64::MIN, i64::MAX),
+            (Some(span), Some(newest)) => (newest.saturating_sub(span), newest.saturating_add(1)),
+        };
+        let counts = self.window(from, to).await?;
+        Ok(MapReport::new(&counts, &self.names(), status.newest))
     }
 
     /// Whether the source has ended and the stitcher has routed all of it (or failed):

@@ -13,6 +13,7 @@
 use crate::capture::{self, Capture};
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics;
+use crate::sql::{self, SqlRunner};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -40,6 +41,7 @@ pub struct AppState {
     live: Arc<LiveHandle>,
     ready: Option<Readiness>,
     capture: Option<Capture>,
+    sql: Option<SqlRunner>,
     /// Set when the server is stopping: open streams end, so a graceful stop does not wait
     /// on them forever.
     closing: Arc<AtomicBool>,
@@ -51,6 +53,7 @@ impl AppState {
             live,
             ready,
             capture: None,
+            sql: None,
             closing: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -74,6 +77,16 @@ impl AppState {
         self.capture.as_ref()
     }
 
+    /// Answers `/api/sql` with `runner`.
+    pub fn with_sql(mut self, runner: SqlRunner) -> Self {
+        self.sql = Some(runner);
+        self
+    }
+
+    pub(crate) fn sql(&self) -> Option<&SqlRunner> {
+        self.sql.as_ref()
+    }
+
     pub(crate) async fn status(&self) -> Result<LiveStatus, ApiError> {
         self.live
             .status()
@@ -81,26 +94,16 @@ impl AppState {
             .map_err(|e| ApiError::unavailable(e.to_string()))
     }
 
-    /// The map over `window`, as of the status given.
-    pub(crate) async fn map(
-        &self,
-        status: &LiveStatus,
-        window: Window,
-    ) -> Result<MapReport, ApiError> {
-        let (from, to) = match (window, status.newest) {
-            (_, None) => (0, 0),
-            (Window::All, Some(_)) => (i64::MIN, i64::MAX),
-            (Window::Last(span), Some(newest)) => (
-                newest.saturating_sub(span.micros()),
-                newest.saturating_add(1),
-            ),
+    /// The map over `window`.
+    pub(crate) async fn map(&self, window: Window) -> Result<MapReport, ApiError> {
+        let span = match window {
+            Window::All => None,
+            Window::Last(span) => Some(span.micros()),
         };
-        let counts = self
-            .live
-            .window(from, to)
+        self.live
+            .report(span)
             .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))?;
-        Ok(MapReport::new(&counts, &self.live.names(), status.newest))
+            .map_err(|e| ApiError::unavailable(e.to_string()))
     }
 
     pub(crate) fn readiness(&self) -> Result<(), String> {
@@ -129,7 +132,9 @@ impl AppState {
         funnel,
         stream,
         crate::metrics::scrape,
-        crate::capture::call
+        crate::capture::call,
+        crate::sql::get,
+        crate::sql::post
     ),
     components(schemas(ErrorBody))
 )]
@@ -167,6 +172,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/funnels", get(funnels))
         .route("/api/funnels/{name}", get(funnel))
         .route("/api/stream", get(stream))
+        .route("/api/sql", get(sql::get).post(sql::post))
         .route("/v1/{call}", post(capture::call))
         .fallback(not_found)
         .with_state(state)
@@ -281,8 +287,7 @@ async fn map(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<MapReport>, ApiError> {
     let params = Params::parse(&query)?;
-    let status = state.status().await?;
-    Ok(Json(state.map(&status, params.window).await?))
+    Ok(Json(state.map(params.window).await?))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -317,8 +322,7 @@ async fn paths(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<PathsReport>, ApiError> {
     let params = Params::parse(&query)?;
-    let status = state.status().await?;
-    let map = state.map(&status, params.window).await?;
+    let map = state.map(params.window).await?;
     let counts = |f: fn(&trailmap_live::report::MapNode) -> i64| {
         let mut list: Vec<Count> = map
             .nodes
@@ -378,8 +382,7 @@ async fn dropoffs(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<DropoffsReport>, ApiError> {
     let params = Params::parse(&query)?;
-    let status = state.status().await?;
-    let map = state.map(&status, params.window).await?;
+    let map = state.map(params.window).await?;
     let mut touchpoints: Vec<DropoffRow> = map
         .nodes
         .into_iter()
@@ -410,8 +413,7 @@ async fn funnels(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Vec<FunnelReport>>, ApiError> {
     let params = Params::parse(&query)?;
-    let status = state.status().await?;
-    Ok(Json(state.map(&status, params.window).await?.funnels))
+    Ok(Json(state.map(params.window).await?.funnels))
 }
 
 /// One configured journey's funnel: entered, converted, maturing, and per step reached,
@@ -443,8 +445,7 @@ async fn funnel(
             }
         )));
     }
-    let status = state.status().await?;
-    let map = state.map(&status, params.window).await?;
+    let map = state.map(params.window).await?;
     map.funnels
         .into_iter()
         .find(|f| f.name == name)
@@ -478,11 +479,7 @@ async fn stream(
                 if state.is_closing() {
                     return None;
                 }
-                let answer = match state.status().await {
-                    Ok(status) => state.map(&status, params.window).await,
-                    Err(e) => Err(e),
-                };
-                let map = match answer {
+                let map = match state.map(params.window).await {
                     Ok(map) => map,
                     Err(e) => {
                         if last == "stopped" {
@@ -508,7 +505,7 @@ async fn stream(
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!(
         "no such endpoint: {}; see /api/map, /api/paths, /api/dropoffs, /api/funnels/NAME, \
-         /api/stream, /api/status, /api/openapi.json, /healthz, /readyz, /metrics",
+         /api/stream, /api/sql, /api/status, /api/openapi.json, /healthz, /readyz, /metrics",
         uri.path()
     ))
 }

@@ -13,6 +13,7 @@
 //!   pipeline's capture source, with write keys.
 //! - [`metrics`]: `/metrics`, built from the pipeline's status and map at each scrape, so
 //!   the numbers Prometheus sees are the numbers the API returns.
+//! - [`sql`]: `/api/sql`, read-only SQL run by an engine the binary wires in.
 //! - [`error`]: [`ApiError`], every failure as JSON with a message that says what to fix
 //!   (a client's mistake is a 4xx, never a 5xx).
 
@@ -20,10 +21,12 @@ pub mod api;
 pub mod capture;
 pub mod error;
 pub mod metrics;
+pub mod sql;
 
 pub use api::{AppState, Readiness, router};
 pub use capture::Capture;
 pub use error::ApiError;
+pub use sql::{SqlAnswer, SqlRunner};
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -30,7 +30,7 @@ const KPI_WINDOW: Span = Span(24 * 3_600_000_000);
                description = "Prometheus text exposition: ingest counters, freshness histogram, journey KPI gauges (last 24 h)")))]
 pub async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let status = state.status().await?;
-    let map = state.map(&status, Window::Last(KPI_WINDOW)).await?;
+    let map = state.map(Window::Last(KPI_WINDOW)).await?;
     let ready = state.readiness().is_ok();
     let text = render(&status, &map, ready)
         .map_err(|e| ApiError::unavailable(format!("cannot encode metrics: {e}")))?;

@@ -14,11 +14,14 @@
 //!   built at scan time for the columns a query reads, names as dictionaries.
 //! - [`results`]: table functions `paths()`, `variants()`, `funnel(…)`, `dropoffs(…)`, the
 //!   same aggregates and rows as the CLI commands.
+//! - [`live`]: `live_touchpoints`, `live_transitions`, `live_funnel_steps` over the live
+//!   pipeline's map, read from a snapshot at each scan.
 //! - [`postgres`]: the PostgreSQL wire endpoint (`psql`, BI tools) over an [`Analyst`].
 //! - [`Analyst`]: a read-only session: DDL, DML and statements that write (`COPY`,
 //!   `CREATE`, `INSERT`, `DROP`, `SET`) are refused with a message that says so.
 
 pub mod events;
+pub mod live;
 pub mod postgres;
 mod results;
 pub mod retention;
@@ -144,6 +147,20 @@ impl Analyst {
                     journeys: journeys.clone(),
                 }),
             );
+        }
+        Ok(self)
+    }
+
+    /// Registers the live tables ([`live::TABLES`]), each scan reading `snapshot`.
+    pub fn with_live(self, snapshot: live::Snapshot) -> Result<Self> {
+        for (name, table) in live::TABLES {
+            self.ctx.register_table(
+                name,
+                Arc::new(live::LiveProvider {
+                    table,
+                    snapshot: snapshot.clone(),
+                }),
+            )?;
         }
         Ok(self)
     }

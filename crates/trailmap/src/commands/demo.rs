@@ -35,6 +35,11 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 28, value_name = "DAYS")]
     days: u32,
 
+    /// PostgreSQL port for the live tables (psql, BI tools; user and database `trailmap`,
+    /// no password on loopback); 0 picks a free one [default: [server] postgres_port, 5433].
+    #[arg(long, value_name = "PORT")]
+    postgres_port: Option<u16>,
+
     /// Records per second of wall time.
     #[arg(long, default_value_t = 2_000.0, value_name = "RECORDS_PER_SECOND")]
     rate: f64,
@@ -75,6 +80,10 @@ impl DemoArgs {
             readiness: None,
             keep_serving: true,
             capture: None,
+            postgres: Some(SocketAddr::new(
+                address.ip(),
+                self.postgres_port.unwrap_or(config.server.postgres_port),
+            )),
         }
         .run(Box::new(source))?;
         let s = &result.status;

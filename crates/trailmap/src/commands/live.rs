@@ -7,7 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trailmap_live::{LiveHandle, LiveResult, LiveSource, LiveStatus, PipelineOptions};
 use trailmap_model::Config;
-use trailmap_server::{AppState, Capture, Readiness};
+use trailmap_server::{AppState, Capture, Readiness, SqlAnswer, SqlRunner};
+use trailmap_sql::live::Snapshot;
+use trailmap_sql::postgres::{self, Login};
+use trailmap_sql::{Analyst, Limits};
+
+use super::sql::tabulate;
 
 pub struct LiveRun<'a> {
     pub config: &'a Config,
@@ -20,6 +25,41 @@ pub struct LiveRun<'a> {
     pub keep_serving: bool,
     /// Segment-compatible capture on the HTTP server, into the pipeline's capture source.
     pub capture: Option<Capture>,
+    /// Serve the live tables over the PostgreSQL wire protocol here (port 0: a free one).
+    pub postgres: Option<SocketAddr>,
+}
+
+/// An analyst session over the live tables. It holds the pipeline weakly: the pipeline's
+/// end is not held up by an open SQL connection.
+fn live_analyst(config: &Config, handle: &Arc<LiveHandle>) -> anyhow::Result<Arc<Analyst>> {
+    let weak = Arc::downgrade(handle);
+    let snapshot: Snapshot = Arc::new(move || {
+        let weak = weak.clone();
+        Box::pin(async move {
+            let handle = weak
+                .upgrade()
+                .ok_or_else(|| "the live pipeline has stopped".to_string())?;
+            handle.report(None).await.map_err(|e| e.to_string())
+        })
+    });
+    Ok(Arc::new(
+        Analyst::new(Limits::from_config(&config.sql)).with_live(snapshot)?,
+    ))
+}
+
+/// `/api/sql` on `analyst`.
+fn sql_runner(analyst: Arc<Analyst>) -> SqlRunner {
+    Arc::new(move |sql: String| {
+        let analyst = analyst.clone();
+        Box::pin(async move {
+            let batches = analyst.query(&sql).await.map_err(|e| e.to_string())?;
+            let t = tabulate(&batches).map_err(|e| e.to_string())?;
+            Ok(SqlAnswer {
+                columns: t.header,
+                rows: t.objects,
+            })
+        })
+    })
 }
 
 impl LiveRun<'_> {
@@ -33,6 +73,7 @@ impl LiveRun<'_> {
         runtime.block_on(async {
             let handle = Arc::new(trailmap_live::start(self.config, source, &self.pipeline)?);
             let started = Instant::now();
+            let analyst = live_analyst(self.config, &handle)?;
             let (stop_http, http, served) = match self.http {
                 Some(address) => {
                     let listener = trailmap_server::bind(address).await?;
@@ -45,6 +86,7 @@ impl LiveRun<'_> {
                     if let Some(capture) = &self.capture {
                         state = state.with_capture(capture.clone());
                     }
+                    state = state.with_sql(sql_runner(analyst.clone()));
                     let served = state.clone();
                     let router = trailmap_server::router(state);
                     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -55,11 +97,34 @@ impl LiveRun<'_> {
                 }
                 None => (None, None, None),
             };
+            let postgres = match self.postgres {
+                Some(address) => {
+                    let listener = postgres::bind(address).await?;
+                    let address = listener.local_addr()?;
+                    let login = Login {
+                        user: self.config.server.postgres_user.clone(),
+                        password: self.config.server.postgres_password.clone(),
+                    };
+                    println!(
+                        "postgres listening on {address}: psql -h {} -p {} -U {} trailmap (tables live_touchpoints, live_transitions, live_funnel_steps)",
+                        address.ip(),
+                        address.port(),
+                        login.user
+                    );
+                    Some(tokio::spawn(postgres::serve(analyst.clone(), listener, login)))
+                }
+                None => None,
+            };
+            drop(analyst);
             // The server's copy of the inlet is the only one left: once it stops, the
             // capture source ends.
             let capture = self.capture.take();
             drop(capture);
-            self.watch(&handle).await?;
+            let watched = self.watch(&handle).await;
+            if let Some(task) = postgres {
+                task.abort();
+            }
+            watched?;
             if let (Some(stop), Some(task), Some(served)) = (stop_http, http, served) {
                 served.close();
                 drop(served);

@@ -31,7 +31,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDRESS")]
     bind: Option<IpAddr>,
 
-    /// PostgreSQL port; 0 picks a free one [default: [server] postgres_port, 5433].
+    /// PostgreSQL port; 0 picks a free one [default: [server] postgres_port, 5433]. With a
+    /// live pipeline, the live tables are served there only when this is given.
     #[arg(long, value_name = "PORT")]
     postgres_port: Option<u16>,
 
@@ -264,6 +265,10 @@ impl ServeArgs {
             readiness,
             keep_serving: false,
             capture,
+            postgres: match self.postgres_port {
+                Some(port) => Some(SocketAddr::new(self.bind_address(&config)?, port)),
+                None => None,
+            },
         }
         .run(source)?;
         let (result, took) = result;

@@ -180,11 +180,30 @@ async fn prompt(analyst: &Analyst, format: Format) -> anyhow::Result<()> {
 
 /// Prints query results: JSON as an array of objects (numbers as numbers), CSV or a table.
 fn print(batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
+    let t = tabulate(batches)?;
+    let header: Vec<&str> = t.header.iter().map(String::as_str).collect();
+    print_rows(format, &header, &t.rows, &t.objects)
+}
+
+/// Query results, ready to print or send.
+pub struct Tabulated {
+    pub header: Vec<String>,
+    /// Each row as display text.
+    pub rows: Vec<Vec<String>>,
+    /// Each row as a JSON object (numbers as numbers).
+    pub objects: Vec<serde_json::Value>,
+}
+
+pub fn tabulate(batches: &[RecordBatch]) -> anyhow::Result<Tabulated> {
     let Some(first) = batches.first() else {
-        return print_rows(format, &[], &[], &Vec::<serde_json::Value>::new());
+        return Ok(Tabulated {
+            header: Vec::new(),
+            rows: Vec::new(),
+            objects: Vec::new(),
+        });
     };
     let schema = first.schema();
-    let header: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let options = FormatOptions::default().with_null("");
     let mut rows = Vec::new();
     let mut objects = Vec::new();
@@ -211,7 +230,11 @@ fn print(batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
             objects.push(serde_json::Value::Object(object));
         }
     }
-    print_rows(format, &header, &rows, &objects)
+    Ok(Tabulated {
+        header,
+        rows,
+        objects,
+    })
 }
 
 fn json_value(column: &dyn Array, row: usize, formatter: &ArrayFormatter<'_>) -> serde_json::Value {
