@@ -13,27 +13,13 @@
 //! criterion benchmark: the figure is a latency distribution at a given load, not a time
 //! per iteration.
 
-use std::time::{Duration, Instant};
-use trailmap_gen::GenOptions;
-use trailmap_live::{BatchReplay, Feed, GeneratorSource, LiveSource, Paced, PipelineOptions};
-use trailmap_model::Config;
+#[path = "common/traffic.rs"]
+mod common;
 
-/// The generator's stream, collected once.
-fn traffic(customers: u64) -> Vec<arrow::array::RecordBatch> {
-    let opts = GenOptions {
-        customers,
-        days: 7,
-        ..GenOptions::default()
-    };
-    let mut source = GeneratorSource::new(opts, 8192);
-    let mut batches = Vec::new();
-    while let Some(feed) = source.next().expect("generate") {
-        if let Feed::Batch { batch, .. } = feed {
-            batches.push(batch);
-        }
-    }
-    batches
-}
+use common::traffic;
+use std::time::{Duration, Instant};
+use trailmap_live::{BatchReplay, Paced, PipelineOptions};
+use trailmap_model::Config;
 
 /// The first `rows` rows of the stream.
 fn first_rows(

@@ -5,27 +5,13 @@
 //! canonical batches, so the figure is the pipeline's own rate. Throughput is events per
 //! second through the whole pipeline, final map included.
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use trailmap_gen::GenOptions;
-use trailmap_live::{BatchReplay, Feed, GeneratorSource, LiveSource, PipelineOptions};
-use trailmap_model::Config;
+#[path = "common/traffic.rs"]
+mod common;
 
-/// The generator's stream, collected once.
-fn traffic(customers: u64) -> Vec<arrow::array::RecordBatch> {
-    let opts = GenOptions {
-        customers,
-        days: 7,
-        ..GenOptions::default()
-    };
-    let mut source = GeneratorSource::new(opts, 8192);
-    let mut batches = Vec::new();
-    while let Some(feed) = source.next().expect("generate") {
-        if let Feed::Batch { batch, .. } = feed {
-            batches.push(batch);
-        }
-    }
-    batches
-}
+use common::traffic;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use trailmap_live::{BatchReplay, PipelineOptions};
+use trailmap_model::Config;
 
 fn bench(c: &mut Criterion) {
     let batches = traffic(50_000);
