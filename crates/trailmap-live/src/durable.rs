@@ -13,7 +13,7 @@
 use crate::source::{Feed, LiveSource, Position};
 use arrow::array::RecordBatch;
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use trailmap_ingest::IngestStats;
 use trailmap_model::Result;
 use trailmap_store::{Checkpoint, Segment, Store};
@@ -31,6 +31,8 @@ pub struct DurableSource {
     positions: BTreeMap<(String, i32), i64>,
     every: Duration,
     last: Instant,
+    /// When the last checkpoint covered everything handed on.
+    checkpointed_at: Option<SystemTime>,
     ended: bool,
 }
 
@@ -66,6 +68,7 @@ impl DurableSource {
             positions,
             every,
             last: Instant::now(),
+            checkpointed_at: None,
             ended: false,
         }
     }
@@ -79,6 +82,10 @@ impl DurableSource {
     fn checkpoint(&mut self) -> Result<()> {
         self.last = Instant::now();
         if self.pending.is_empty() {
+            // Nothing new: everything handed on is already durable.
+            if !self.checkpoint.segments.is_empty() || self.checkpointed_at.is_some() {
+                self.checkpointed_at = Some(SystemTime::now());
+            }
             return Ok(());
         }
         let segment = self
@@ -98,6 +105,7 @@ impl DurableSource {
             .collect();
         self.store.write_checkpoint(&next)?;
         self.checkpoint = next;
+        self.checkpointed_at = Some(SystemTime::now());
         self.pending.clear();
         self.inner.after_checkpoint(&self.checkpoint.positions);
         Ok(())
@@ -163,6 +171,10 @@ impl LiveSource for DurableSource {
 
     fn stats(&self) -> IngestStats {
         self.inner.stats()
+    }
+
+    fn checkpointed_at(&self) -> Option<SystemTime> {
+        self.checkpointed_at
     }
 
     /// What the inner source held back is recorded like any batch, so the checkpoint

@@ -19,7 +19,7 @@ use crate::source::{Feed, LiveSource};
 use crate::stitch::{Handoff, LateEvent, StitchStats, Stitcher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use trailmap_ingest::IngestStats;
@@ -95,6 +95,31 @@ impl ShardStatus {
     }
 }
 
+/// What the source last said, for status queries.
+#[derive(Debug, Clone, Default)]
+struct SourceView {
+    stats: IngestStats,
+    checkpointed_at: Option<SystemTime>,
+}
+
+impl SourceView {
+    fn of(source: &dyn LiveSource) -> SourceView {
+        SourceView {
+            stats: source.stats(),
+            checkpointed_at: source.checkpointed_at(),
+        }
+    }
+
+    fn fill(&self, status: &mut LiveStatus) {
+        status.ingest = self.stats.clone();
+        status.checkpointed_at = self.checkpointed_at.and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| i64::try_from(d.as_micros()).ok())
+        });
+    }
+}
+
 /// What the stitcher last said, for status queries.
 #[derive(Debug, Clone, Copy, Default)]
 struct StitchView {
@@ -154,6 +179,9 @@ pub struct LiveStatus {
     /// Bytes held for open sessions (customer table, events, expiry queue).
     pub state_bytes: usize,
     pub freshness: Freshness,
+    /// When everything read was last durable (a store checkpoint), Unix µs; `None` for a
+    /// source that stores nothing.
+    pub checkpointed_at: Option<i64>,
     /// What `freshness` summarizes (µs), for metrics.
     #[serde(skip)]
     #[cfg_attr(feature = "openapi", schema(ignore))]
@@ -186,7 +214,7 @@ pub struct LiveHandle {
     stitch: Arc<RwLock<StitchView>>,
     stitcher: JoinHandle<Result<Vec<LateEvent>>>,
     shard_tasks: Vec<JoinHandle<(Shard, DurationHistogram)>>,
-    ingest: Arc<Mutex<IngestStats>>,
+    ingest: Arc<Mutex<SourceView>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -254,7 +282,7 @@ pub fn start(
     }
 
     let (feed_tx, mut feed_rx) = mpsc::channel::<Result<Feed>>(capacity);
-    let ingest = Arc::new(Mutex::new(IngestStats::default()));
+    let ingest = Arc::new(Mutex::new(SourceView::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let (ingest_w, stop_r) = (ingest.clone(), stop.clone());
     std::thread::Builder::new()
@@ -329,7 +357,7 @@ pub fn start(
 fn read_source(
     mut source: Box<dyn LiveSource>,
     out: mpsc::Sender<Result<Feed>>,
-    ingest: &Mutex<IngestStats>,
+    ingest: &Mutex<SourceView>,
     stop: &AtomicBool,
 ) {
     loop {
@@ -337,7 +365,7 @@ fn read_source(
             // What was read is counted; what the source still holds back goes in too.
             let held = source.drain();
             if let Ok(mut s) = ingest.lock() {
-                *s = source.stats();
+                *s = SourceView::of(source.as_ref());
             }
             match held {
                 Ok(feeds) => {
@@ -355,7 +383,7 @@ fn read_source(
         }
         let next = source.next();
         if let Ok(mut s) = ingest.lock() {
-            *s = source.stats();
+            *s = SourceView::of(source.as_ref());
         }
         let next = match next {
             Ok(Some(Feed::Quiet)) => continue,
@@ -480,7 +508,7 @@ impl LiveHandle {
             s.into_status(&mut status);
         }
         if let Ok(s) = self.ingest.lock() {
-            status.ingest = s.clone();
+            s.fill(&mut status);
         }
         for tx in &self.shards {
             let (reply, rx) = oneshot::channel();
@@ -547,7 +575,7 @@ impl LiveHandle {
             s.into_status(&mut status);
         }
         if let Ok(s) = ingest.lock() {
-            status.ingest = s.clone();
+            s.fill(&mut status);
         }
         let mut map = LiveMap::default();
         for task in shard_tasks {

@@ -8,7 +8,7 @@ use arrow::array::RecordBatch;
 use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use trailmap_gen::{CustomerJourney, GenOptions, JourneyModel, first_touch_micros};
 use trailmap_ingest::DeadLetters;
 use trailmap_ingest::file::{self, BatchSource, FileInput, IngestOptions, IngestStats};
@@ -65,6 +65,12 @@ pub trait LiveSource: Send {
     /// A checkpoint recorded these positions (Kafka commits them, for lag monitoring; the
     /// checkpoint, not the commit, is where a restart resumes).
     fn after_checkpoint(&mut self, _positions: &[Position]) {}
+
+    /// When everything the source had handed on was last durable (a store checkpoint);
+    /// `None` for a source that stores nothing.
+    fn checkpointed_at(&self) -> Option<SystemTime> {
+        None
+    }
 }
 
 /// Replays files, each a partition, a batch from each in turn (so files that cover the same
@@ -424,6 +430,10 @@ impl LiveSource for Paced {
 
     fn after_checkpoint(&mut self, positions: &[Position]) {
         self.inner.after_checkpoint(positions);
+    }
+
+    fn checkpointed_at(&self) -> Option<SystemTime> {
+        self.inner.checkpointed_at()
     }
 }
 

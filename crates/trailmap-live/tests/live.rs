@@ -495,3 +495,44 @@ mod random {
         }
     }
 }
+
+#[test]
+fn a_durable_source_says_when_everything_read_was_last_stored() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let files = generate(dir.path(), 200);
+    let config = Config::builtin();
+    let mut batches = Vec::new();
+    let mut dead = DeadLetters::new(dir.path().join("dead.ndjson"), None);
+    file::read_all(&inputs(&files), &options(&config, 256), &mut dead, |b| {
+        batches.push(b);
+        Ok(())
+    })
+    .expect("read");
+    let store = trailmap_store::Store::open("memory://durable-test").expect("store");
+    let checkpoint = trailmap_live::durable::resume(&store).expect("resume");
+    let source = trailmap_live::DurableSource::new(
+        store,
+        checkpoint,
+        Box::new(trailmap_live::BatchReplay::new(batches)),
+        std::time::Duration::ZERO,
+    );
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = runtime.block_on(async {
+        let handle = trailmap_live::start(&config, Box::new(source), &PipelineOptions::default())
+            .expect("start");
+        handle.finish().await.expect("finish")
+    });
+    let at = result.status.checkpointed_at.expect("a checkpoint time");
+    assert!(at >= before, "{at} < {before}");
+    // A source that stores nothing says nothing.
+    let plain = run_live(&inputs(&files), &config, 1, 256);
+    assert_eq!(plain.status.checkpointed_at, None);
+}

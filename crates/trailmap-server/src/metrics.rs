@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use trailmap_live::{LiveStatus, MapReport};
 use trailmap_mine::DurationHistogram;
 use trailmap_model::time::Span;
@@ -108,6 +108,17 @@ pub fn render(status: &LiveStatus, map: &MapReport, ready: bool) -> prometheus::
         "1 when the source can read.",
         i64::from(ready),
     )?;
+    if let Some(at) = status.checkpointed_at {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let age = Gauge::new(
+            "trailmap_checkpoint_age_seconds",
+            "Seconds since everything read was last durable (a store checkpoint): what a crash now would read again.",
+        )?;
+        age.set((now - at).max(0) as f64 / 1e6);
+        registry.register(Box::new(age))?;
+    }
     let seconds = |micros: Option<i64>| micros.map_or(0.0, |m| m as f64 / 1e6);
     let times = GaugeVec::new(
         Opts::new(
@@ -217,4 +228,29 @@ fn freshness_family(h: &DurationHistogram) -> MetricFamily {
     family.set_field_type(MetricType::HISTOGRAM);
     family.mut_metric().push(metric);
     family
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_age_counts_from_the_last_checkpoint() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let status = LiveStatus {
+            checkpointed_at: Some(now - 3_000_000),
+            ..LiveStatus::default()
+        };
+        let map = MapReport::new(&Default::default(), &Default::default(), None);
+        let text = render(&status, &map, true).expect("render");
+        let age: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("trailmap_checkpoint_age_seconds "))
+            .expect("the age gauge")
+            .parse()
+            .expect("a number");
+        assert!((3.0..60.0).contains(&age), "{age}");
+    }
 }

@@ -294,6 +294,8 @@ fn metrics_are_the_pipelines_numbers() {
     );
     assert_eq!(sample(&all, "trailmap_rejected_total"), 0.0);
     assert_eq!(sample(&all, "trailmap_ready"), 1.0);
+    // The generator stores nothing: no checkpoint, no age.
+    assert!(!text.contains("trailmap_checkpoint_age_seconds"));
     assert_eq!(
         sample(&all, "trailmap_freshness_seconds_count"),
         status.freshness.events as f64

@@ -118,8 +118,7 @@ impl LiveRun<'_> {
             drop(analyst);
             // The server's copy of the inlet is the only one left: once it stops, the
             // capture source ends.
-            let capture = self.capture.take();
-            drop(capture);
+            self.capture = None;
             let watched = self.watch(&handle).await;
             if let Some(task) = postgres {
                 task.abort();
