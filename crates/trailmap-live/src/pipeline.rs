@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use trailmap_ingest::IngestStats;
 use trailmap_mine::{DurationHistogram, FunnelSpec};
 use trailmap_model::config::{Config, JourneyConfig};
+use trailmap_model::time::unix_micros;
 use trailmap_model::{Error, Result};
 
 /// How the pipeline is laid out.
@@ -112,11 +113,7 @@ impl SourceView {
 
     fn fill(&self, status: &mut LiveStatus) {
         status.ingest = self.stats.clone();
-        status.checkpointed_at = self.checkpointed_at.and_then(|t| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .ok()
-                .and_then(|d| i64::try_from(d.as_micros()).ok())
-        });
+        status.checkpointed_at = self.checkpointed_at.map(unix_micros);
     }
 }
 
@@ -516,6 +513,7 @@ impl LiveHandle {
             let s = rx.await.map_err(|_| stopped())?;
             add_shard(&mut status, &s);
         }
+        status.freshness = Freshness::of(&status.freshness_histogram);
         Ok(status)
     }
 
@@ -523,14 +521,14 @@ impl LiveHandle {
     /// (`None`: everything), funnel maturity as of that newest event: what the API, SQL and
     /// the dashboard show.
     pub async fn report(&self, span: Option<i64>) -> Result<MapReport> {
-        let status = self.status().await?;
-        let (from, to) = match (span, status.newest) {
+        let newest = self.stitch.read().ok().and_then(|s| s.newest);
+        let (from, to) = match (span, newest) {
             (_, None) => (0, 0),
             (None, Some(_)) => (i64::MIN, i64::MAX),
             (Some(span), Some(newest)) => (newest.saturating_sub(span), newest.saturating_add(1)),
         };
         let counts = self.window(from, to).await?;
-        Ok(MapReport::new(&counts, &self.names(), status.newest))
+        Ok(MapReport::new(&counts, &self.names(), newest))
     }
 
     /// Whether the source has ended and the stitcher has routed all of it (or failed):
@@ -585,6 +583,7 @@ impl LiveHandle {
             add_shard(&mut status, &ShardStatus::of(&shard, &freshness));
             map.merge(shard.map());
         }
+        status.freshness = Freshness::of(&status.freshness_histogram);
         let late = late?;
         let names = names.read().map(|n| n.clone()).unwrap_or_default();
         Ok(LiveResult {
@@ -596,10 +595,9 @@ impl LiveHandle {
     }
 }
 
-/// Adds a shard's status in.
+/// Adds a shard's status in (the caller summarizes the merged freshness once, at the end).
 fn add_shard(status: &mut LiveStatus, s: &ShardStatus) {
     status.freshness_histogram.merge(&s.freshness);
-    status.freshness = Freshness::of(&status.freshness_histogram);
     status.shards.events += s.stats.events;
     status.shards.corrected += s.stats.corrected;
     status.shards.merged += s.stats.merged;

@@ -428,29 +428,20 @@ async fn funnel(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<FunnelReport>, ApiError> {
     let params = Params::parse(&query)?;
-    let names: Vec<String> = state
-        .live
-        .names()
-        .funnels
-        .iter()
-        .map(|(n, _)| n.clone())
-        .collect();
-    if !names.contains(&name) {
-        return Err(ApiError::not_found(format!(
-            "no journey `{name}` is configured; configured: {}",
-            if names.is_empty() {
-                "none (add [journeys.NAME] to the config)".to_string()
-            } else {
-                names.join(", ")
-            }
-        )));
+    // The map has a funnel for every configured journey, in or out of the window.
+    let mut funnels = state.map(params.window).await?.funnels;
+    if let Some(i) = funnels.iter().position(|f| f.name == name) {
+        return Ok(Json(funnels.swap_remove(i)));
     }
-    let map = state.map(params.window).await?;
-    map.funnels
-        .into_iter()
-        .find(|f| f.name == name)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no journey `{name}`")))
+    let configured: Vec<&str> = funnels.iter().map(|f| f.name.as_str()).collect();
+    Err(ApiError::not_found(format!(
+        "no journey `{name}` is configured; configured: {}",
+        if configured.is_empty() {
+            "none (add [journeys.NAME] to the config)".to_string()
+        } else {
+            configured.join(", ")
+        }
+    )))
 }
 
 /// How often `/api/stream` looks for a change.
@@ -468,34 +459,34 @@ async fn stream(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let params = Params::parse(&query)?;
+    // The state between events: the last map sent (`None` before the first), or `Err` once
+    // the pipeline stopped and the stream has said so.
+    type Sent = Result<Option<String>, ()>;
     let updates = futures_util::stream::unfold(
-        (state, String::new(), true),
-        move |(state, last, first)| async move {
-            if !first {
-                tokio::time::sleep(STREAM_EVERY).await;
-            }
-            let mut last = last;
+        (state, Ok(None)),
+        move |(state, sent): (AppState, Sent)| async move {
+            let Ok(mut last) = sent else {
+                return None;
+            };
             loop {
+                if last.is_some() {
+                    tokio::time::sleep(STREAM_EVERY).await;
+                }
                 if state.is_closing() {
                     return None;
                 }
-                let map = match state.map(params.window).await {
-                    Ok(map) => map,
+                let json = match state.map(params.window).await {
+                    Ok(map) => serde_json::to_string(&map).unwrap_or_default(),
                     Err(e) => {
-                        if last == "stopped" {
-                            return None;
-                        }
                         let event = Event::default().event("error").data(e.message);
-                        return Some((Ok(event), (state, "stopped".to_string(), false)));
+                        return Some((Ok(event), (state, Err(()))));
                     }
                 };
-                let json = serde_json::to_string(&map).unwrap_or_default();
-                if json != last {
-                    last = json.clone();
-                    let event = Event::default().event("map").data(json);
-                    return Some((Ok(event), (state, last, false)));
+                if last.as_ref() != Some(&json) {
+                    let event = Event::default().event("map").data(&json);
+                    return Some((Ok(event), (state, Ok(Some(json)))));
                 }
-                tokio::time::sleep(STREAM_EVERY).await;
+                last = Some(json);
             }
         },
     );
