@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use trailmap_ingest::{DeadLetters, IngestOptions, IngestStats, JsonDecoder};
 use trailmap_live::{Feed, LiveSource, Position};
 use trailmap_model::config::{Config, FieldMapping, KafkaConfig, SourceConfig, StartFrom};
+use trailmap_model::time::unix_micros;
 use trailmap_model::{Error, Result};
 
 /// How long a [`KafkaSource`] reads.
@@ -378,9 +379,7 @@ fn produced_at(message: &BorrowedMessage<'_>) -> Instant {
     let Some(ms) = message.timestamp().to_millis() else {
         return now;
     };
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let wall = unix_micros(std::time::SystemTime::now()) / 1000;
     let age = Duration::from_millis(wall.saturating_sub(ms).max(0) as u64);
     now.checked_sub(age).unwrap_or(now)
 }

@@ -166,23 +166,28 @@ fn live(result: &LiveResult) -> Counts {
 }
 
 fn run_live(inputs: &[FileInput], config: &Config, shards: usize, batch_size: usize) -> LiveResult {
+    let dead = DeadLetters::new(std::env::temp_dir().join("trailmap-live-dead.ndjson"), None);
+    let source = FileReplay::open(inputs, &options(config, batch_size), dead).expect("open");
+    let options = PipelineOptions {
+        shards,
+        channel_batches: 2,
+    };
+    run_source(Box::new(source), config, &options)
+}
+
+/// The pipeline on `source` to the end of its input.
+fn run_source(
+    source: Box<dyn trailmap_live::LiveSource>,
+    config: &Config,
+    options: &PipelineOptions,
+) -> LiveResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let dead = DeadLetters::new(std::env::temp_dir().join("trailmap-live-dead.ndjson"), None);
-        let source = FileReplay::open(inputs, &options(config, batch_size), dead).expect("open");
-        let handle = trailmap_live::start(
-            config,
-            Box::new(source),
-            &PipelineOptions {
-                shards,
-                channel_batches: 2,
-            },
-        )
-        .expect("start");
+        let handle = trailmap_live::start(config, source, options).expect("start");
         handle.finish().await.expect("finish")
     })
 }
@@ -420,17 +425,8 @@ fn the_generator_streams_in_time_order_and_stitches_to_the_true_customers() {
     let config = Config::builtin();
     let expected = batch(std::slice::from_ref(&truth), &config);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let result = runtime.block_on(async {
-        let source = trailmap_live::GeneratorSource::new(opts, 512);
-        let handle = trailmap_live::start(&config, Box::new(source), &PipelineOptions::default())
-            .expect("start");
-        handle.finish().await.expect("finish")
-    });
+    let source = trailmap_live::GeneratorSource::new(opts, 512);
+    let result = run_source(Box::new(source), &config, &PipelineOptions::default());
     assert_eq!(result.status.stitch.late, 0, "events come in time order");
     assert_eq!(result.status.shards.corrected, 0);
     assert!(result.status.stitch.identity_links > 0);
@@ -516,20 +512,8 @@ fn a_durable_source_says_when_everything_read_was_last_stored() {
         Box::new(trailmap_live::BatchReplay::new(batches)),
         std::time::Duration::ZERO,
     );
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_micros() as i64;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let result = runtime.block_on(async {
-        let handle = trailmap_live::start(&config, Box::new(source), &PipelineOptions::default())
-            .expect("start");
-        handle.finish().await.expect("finish")
-    });
+    let before = trailmap_model::time::unix_micros(std::time::SystemTime::now());
+    let result = run_source(Box::new(source), &config, &PipelineOptions::default());
     let at = result.status.checkpointed_at.expect("a checkpoint time");
     assert!(at >= before, "{at} < {before}");
     // A source that stores nothing says nothing.

@@ -6,6 +6,14 @@ use std::str::FromStr;
 
 pub const MICROS_PER_SECOND: i64 = 1_000_000;
 
+/// A wall-clock time as µs since the Unix epoch (negative before it).
+pub fn unix_micros(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_micros()).map_or(i64::MIN, |us| -us),
+    }
+}
+
 /// A non-negative duration in microseconds, written `30m`, `24h`, `1d 12h`, `90s` or `250ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Span(pub i64);
@@ -134,6 +142,16 @@ pub fn is_plausible(micros: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_micros_counts_from_the_epoch_both_ways() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(
+            unix_micros(UNIX_EPOCH + Duration::from_micros(1_500)),
+            1_500
+        );
+        assert_eq!(unix_micros(UNIX_EPOCH - Duration::from_micros(7)), -7);
+    }
 
     #[test]
     fn spans_parse_like_people_write_them() {

@@ -17,7 +17,7 @@ use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use trailmap_live::{LiveStatus, MapReport};
 use trailmap_mine::DurationHistogram;
-use trailmap_model::time::Span;
+use trailmap_model::time::{Span, unix_micros};
 
 /// Upper bounds of the freshness histogram, seconds.
 const FRESHNESS_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -109,9 +109,7 @@ pub fn render(status: &LiveStatus, map: &MapReport, ready: bool) -> prometheus::
         i64::from(ready),
     )?;
     if let Some(at) = status.checkpointed_at {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64);
+        let now = unix_micros(std::time::SystemTime::now());
         let age = Gauge::new(
             "trailmap_checkpoint_age_seconds",
             "Seconds since everything read was last durable (a store checkpoint): what a crash now would read again.",
@@ -236,9 +234,7 @@ mod tests {
 
     #[test]
     fn checkpoint_age_counts_from_the_last_checkpoint() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64);
+        let now = unix_micros(std::time::SystemTime::now());
         let status = LiveStatus {
             checkpointed_at: Some(now - 3_000_000),
             ..LiveStatus::default()
