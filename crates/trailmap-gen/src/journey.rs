@@ -305,7 +305,8 @@ impl JourneyModel {
             if step + 1 == opts.max_steps {
                 break;
             }
-            let Some(next) = self.next(current, walk.rng.random()) else {
+            // The step is drawn with the behaviour at its time (a dip applies from then on).
+            let Some(next) = self.at(ts_ms * MS).next(current, walk.rng.random()) else {
                 break;
             };
             ts_ms += walk.gap_before(self, next);

@@ -127,6 +127,16 @@ pub struct JourneyModel {
     /// in touchpoint order; anything beyond the last entry of a row means exit.
     start_cdf: Vec<f64>,
     next_cdf: Vec<Vec<f64>>,
+    /// Steps taken from an event in `[starts, ends)` (µs) are drawn from this model instead:
+    /// a known change of behaviour, for testing what should notice it (alerts).
+    dip: Option<Box<Dip>>,
+}
+
+#[derive(Debug, Clone)]
+struct Dip {
+    starts: i64,
+    ends: i64,
+    model: JourneyModel,
 }
 
 /// How far a row may stray from summing to one (hand-written decimals).
@@ -184,6 +194,7 @@ impl JourneyModel {
             start,
             transitions,
             exit,
+            dip: None,
         };
         model.check_identity_rules()?;
         Ok(model)
@@ -237,6 +248,63 @@ impl JourneyModel {
             }
         }
         Ok(())
+    }
+
+    /// This model, except that from `starts` until `ends` (µs, the time of the step's
+    /// event) customers go from `from` to `to` `factor` times as often; the difference goes
+    /// to exiting.
+    /// The ground truth ([`truth`](Self::truth)) stays the undipped model's.
+    pub fn with_dip(
+        mut self,
+        from: &str,
+        to: &str,
+        factor: f64,
+        starts: i64,
+        ends: i64,
+    ) -> Result<JourneyModel> {
+        let index = |name: &str| {
+            self.index_of(name).ok_or_else(|| {
+                Error::Other(format!(
+                    "dip: `{name}` is not a touchpoint of the journey model"
+                ))
+            })
+        };
+        let (a, b) = (index(from)?, index(to)?);
+        if self.transitions[a][b] <= 0.0 {
+            return Err(Error::Other(format!(
+                "dip: the model never goes from `{from}` to `{to}`"
+            )));
+        }
+        if !(0.0..=1.0).contains(&factor) {
+            return Err(Error::Other(format!(
+                "dip: the factor {factor} must be between 0 and 1"
+            )));
+        }
+        let mut transitions = self.transitions.clone();
+        let mut exit = self.exit.clone();
+        let lost = transitions[a][b] * (1.0 - factor);
+        transitions[a][b] -= lost;
+        exit[a] += lost;
+        let dipped = JourneyModel::new(
+            self.touchpoints.clone(),
+            self.start.clone(),
+            transitions,
+            exit,
+        )?;
+        self.dip = Some(Box::new(Dip {
+            starts,
+            ends,
+            model: dipped,
+        }));
+        Ok(self)
+    }
+
+    /// The model a step from an event at `ts` (µs) is drawn from.
+    pub(crate) fn at(&self, ts: i64) -> &JourneyModel {
+        match &self.dip {
+            Some(d) if (d.starts..d.ends).contains(&ts) => &d.model,
+            _ => self,
+        }
     }
 
     pub fn touchpoints(&self) -> &[Touchpoint] {

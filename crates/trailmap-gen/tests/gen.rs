@@ -522,3 +522,54 @@ fn truth_file_describes_the_chain() {
         }
     }
 }
+
+/// A dip changes the steps drawn at its times, and only those: checkout → purchase while it
+/// lasts happens at the dipped rate, before and after at the model's.
+#[test]
+fn a_dip_changes_the_steps_taken_while_it_lasts() {
+    let o = GenOptions {
+        customers: 40_000,
+        days: 9,
+        ..opts(0, 7)
+    };
+    let day = 86_400_000_000;
+    let (starts, ends) = (o.start_micros + 3 * day, o.start_micros + 6 * day);
+    let dipped = JourneyModel::default()
+        .with_dip("checkout_view", "purchase", 0.25, starts, ends)
+        .expect("a valid dip");
+    // (checkouts, purchases right after) before, during and after the dip.
+    let mut tally = [(0u64, 0u64); 3];
+    for journey in Generator::new(dipped, o) {
+        let tps: Vec<(&str, i64)> = journey
+            .events
+            .iter()
+            .filter_map(|e| e.touchpoint.map(|t| (t, e.ts_micros)))
+            .collect();
+        for w in tps.windows(2) {
+            if w[0].0 != "checkout_view" {
+                continue;
+            }
+            let period = match w[0].1 {
+                t if t < starts => 0,
+                t if t < ends => 1,
+                _ => 2,
+            };
+            tally[period].0 += 1;
+            tally[period].1 += u64::from(w[1].0 == "purchase");
+        }
+    }
+    let rate = |(n, k): (u64, u64)| k as f64 / n.max(1) as f64;
+    assert!(tally.iter().all(|&(n, _)| n > 800), "{tally:?}");
+    // Of the checkouts followed by anything: purchase 0.65 of the 0.82 that go on, a
+    // quarter of the 0.65 during the dip (the rest exits).
+    let (normal, dipped) = (0.65 / 0.82, 0.1625 / (0.82 - 0.65 + 0.1625));
+    assert!((rate(tally[0]) - normal).abs() < 0.04, "{tally:?}");
+    assert!((rate(tally[1]) - dipped).abs() < 0.04, "{tally:?}");
+    assert!((rate(tally[2]) - normal).abs() < 0.04, "{tally:?}");
+    assert!(
+        JourneyModel::default()
+            .with_dip("checkout_view", "churned", 0.5, starts, ends)
+            .is_err(),
+        "a transition the model never takes cannot dip"
+    );
+}

@@ -251,6 +251,41 @@ impl LiveCounts {
     }
 }
 
+/// One journey's funnel levels over some entry minutes: what an alert rule reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FunnelLevels {
+    /// Journeys by deepest level (`levels[k]` reached exactly `k` steps).
+    pub levels: Vec<i64>,
+    /// Of those, the ones still maturing (window not elapsed), by level.
+    pub maturing: Vec<i64>,
+}
+
+fn add_levels(into: &mut Vec<i64>, from: &[i64]) {
+    if into.len() < from.len() {
+        into.resize(from.len(), 0);
+    }
+    for (a, b) in into.iter_mut().zip(from) {
+        *a += b;
+    }
+}
+
+impl FunnelLevels {
+    pub fn merge(&mut self, other: &FunnelLevels) {
+        add_levels(&mut self.levels, &other.levels);
+        add_levels(&mut self.maturing, &other.maturing);
+    }
+
+    /// Journeys whose deepest step is at least step `k` (0-based).
+    pub fn reached(&self, k: usize) -> i64 {
+        self.levels.iter().skip(k + 1).sum()
+    }
+
+    /// Journeys that reached step `from` but not step `to` and can still go on.
+    pub fn maturing_between(&self, from: usize, to: usize) -> i64 {
+        self.maturing.iter().take(to + 1).skip(from + 1).sum()
+    }
+}
+
 /// Counts by minute.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LiveMap {
@@ -285,6 +320,32 @@ impl LiveMap {
         sum
     }
 
+    /// Funnel `j`'s journeys that entered in the given ranges of minutes (since the epoch;
+    /// journeys count in the minute of their first event), with those maturing as of the
+    /// start of minute `as_of`. Only the funnel is read, so long spans stay cheap.
+    pub fn funnel_levels(
+        &self,
+        j: usize,
+        minutes: &[std::ops::Range<i64>],
+        as_of: i64,
+    ) -> FunnelLevels {
+        let mut sum = FunnelLevels::default();
+        for range in minutes {
+            if range.is_empty() {
+                continue;
+            }
+            for c in self.buckets.range(range.clone()).map(|(_, c)| c) {
+                if let Some(levels) = c.funnels.get(j) {
+                    add_levels(&mut sum.levels, levels);
+                }
+                if !c.open_windows.is_empty() {
+                    add_levels(&mut sum.maturing, &c.maturing(j, as_of));
+                }
+            }
+        }
+        sum
+    }
+
     /// Everything counted.
     pub fn total(&self) -> LiveCounts {
         let mut sum = LiveCounts::default();
@@ -313,6 +374,8 @@ impl LiveMap {
 }
 
 #[cfg(test)]
+// Lists of one range of minutes are meant: a window is a list of ranges.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
 
@@ -350,6 +413,27 @@ mod tests {
         assert_eq!(c.maturing(1, 11), vec![0, 1]);
         c.open_window(0, 10 * m, 1, -1);
         assert_eq!(c.maturing(0, 9), vec![0, 0, 1]);
+    }
+
+    #[test]
+    fn funnel_levels_read_only_the_asked_minutes() {
+        let mut m = LiveMap::default();
+        let minute = |k: i64| k * BUCKET_MICROS;
+        m.at(minute(1)).funnel_level(0, 3, 2);
+        m.at(minute(2)).funnel_level(0, 1, 5);
+        m.at(minute(2)).open_window(0, minute(10), 1, 4);
+        m.at(minute(3)).funnel_level(0, 2, 7);
+        m.at(minute(3)).funnel_level(1, 2, 9);
+        let f = m.funnel_levels(0, &[1..3], 5);
+        assert_eq!(f.levels, vec![0, 5, 0, 2]);
+        assert_eq!(f.maturing, vec![0, 4]);
+        assert_eq!((f.reached(0), f.reached(2)), (7, 2));
+        assert_eq!(f.maturing_between(0, 2), 4);
+        assert_eq!(f.maturing_between(1, 2), 0);
+        // As of minute 10 the window has elapsed; two ranges add up; empty ranges add nothing.
+        let g = m.funnel_levels(0, &[1..2, 3..4, 5..5], 10);
+        assert_eq!(g.levels, vec![0, 0, 7, 2]);
+        assert!(g.maturing.iter().all(|&n| n == 0));
     }
 
     #[test]

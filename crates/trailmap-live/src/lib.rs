@@ -29,7 +29,11 @@
 //!   bounded channels (backpressure) on tokio; [`LiveHandle`] answers windows and status
 //!   while it runs and [`LiveHandle::finish`] returns the final map.
 //! - [`report`]: [`MapReport`], the map with names and rates (nodes, edges, funnels).
+//! - [`alert`]: alert rules evaluated on the live counts at intervals of event time
+//!   ([`Alerts`]: detection, the pending → firing → resolved lifecycle kept across
+//!   restarts, webhook notifications); the same code backtests a rule over files.
 
+pub mod alert;
 pub mod capture;
 pub mod counts;
 pub mod durable;
@@ -39,8 +43,11 @@ pub mod shard;
 pub mod source;
 pub mod stitch;
 
+pub use alert::{AlertState, AlertStatus, Alerts, AlertsHandle};
 pub use capture::{CaptureInlet, CaptureSource, Refused, capture};
-pub use counts::{BUCKET_MICROS, ByTouchpoint, LiveCounts, LiveMap, TransitionCount, bucket_of};
+pub use counts::{
+    BUCKET_MICROS, ByTouchpoint, FunnelLevels, LiveCounts, LiveMap, TransitionCount, bucket_of,
+};
 pub use durable::DurableSource;
 pub use pipeline::{Freshness, LiveHandle, LiveResult, LiveStatus, Names, PipelineOptions, start};
 pub use report::MapReport;

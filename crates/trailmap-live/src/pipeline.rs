@@ -12,11 +12,12 @@
 //! input rate. Queries are messages too, answered by each shard between two batches, so a
 //! query sees a consistent state per shard and never blocks ingest for long.
 
-use crate::counts::{LiveCounts, LiveMap};
+use crate::counts::{FunnelLevels, LiveCounts, LiveMap};
 use crate::report::MapReport;
 use crate::shard::{LiveEvent, Shard, ShardConfig, ShardStats};
 use crate::source::{Feed, LiveSource};
 use crate::stitch::{Handoff, LateEvent, StitchStats, Stitcher};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
@@ -69,6 +70,12 @@ enum ShardMsg {
         from: i64,
         to: i64,
         reply: oneshot::Sender<LiveCounts>,
+    },
+    Funnel {
+        funnel: usize,
+        minutes: Vec<Range<i64>>,
+        as_of: i64,
+        reply: oneshot::Sender<FunnelLevels>,
     },
     Status {
         reply: oneshot::Sender<ShardStatus>,
@@ -471,6 +478,14 @@ async fn run_shard(
             ShardMsg::Window { from, to, reply } => {
                 let _ = reply.send(shard.window(from, to));
             }
+            ShardMsg::Funnel {
+                funnel,
+                minutes,
+                as_of,
+                reply,
+            } => {
+                let _ = reply.send(shard.map().funnel_levels(funnel, &minutes, as_of));
+            }
             ShardMsg::Status { reply } => {
                 let _ = reply.send(ShardStatus::of(&shard, &freshness));
             }
@@ -499,6 +514,42 @@ impl LiveHandle {
         Ok(sum)
     }
 
+    /// Funnel `funnel`'s journeys that entered in `minutes`, maturing as of minute `as_of`
+    /// ([`LiveMap::funnel_levels`]), over all shards.
+    pub async fn funnel_levels(
+        &self,
+        funnel: usize,
+        minutes: Vec<Range<i64>>,
+        as_of: i64,
+    ) -> Result<FunnelLevels> {
+        let mut replies = Vec::with_capacity(self.shards.len());
+        for tx in &self.shards {
+            let (reply, rx) = oneshot::channel();
+            let minutes = minutes.clone();
+            send(
+                tx,
+                ShardMsg::Funnel {
+                    funnel,
+                    minutes,
+                    as_of,
+                    reply,
+                },
+            )
+            .await?;
+            replies.push(rx);
+        }
+        let mut sum = FunnelLevels::default();
+        for rx in replies {
+            sum.merge(&rx.await.map_err(|_| stopped())?);
+        }
+        Ok(sum)
+    }
+
+    /// The newest event time seen (µs): the data's "now".
+    pub fn newest(&self) -> Option<i64> {
+        self.stitch.read().ok().and_then(|s| s.newest)
+    }
+
     pub async fn status(&self) -> Result<LiveStatus> {
         let mut status = LiveStatus::default();
         if let Ok(s) = self.stitch.read() {
@@ -521,7 +572,7 @@ impl LiveHandle {
     /// (`None`: everything), funnel maturity as of that newest event: what the API, SQL and
     /// the dashboard show.
     pub async fn report(&self, span: Option<i64>) -> Result<MapReport> {
-        let newest = self.stitch.read().ok().and_then(|s| s.newest);
+        let newest = self.newest();
         let (from, to) = match (span, newest) {
             (_, None) => (0, 0),
             (None, Some(_)) => (i64::MIN, i64::MAX),

@@ -218,12 +218,17 @@ impl GeneratorSource {
     /// Streams `opts`' customers in batches of `batch_size` records, as fast as they are
     /// taken ([`Paced`] plays them at a rate).
     pub fn new(opts: GenOptions, batch_size: usize) -> Self {
+        Self::of_model(JourneyModel::default(), opts, batch_size)
+    }
+
+    /// The same, walking `model` (one with a dip, say) instead of the default.
+    pub fn of_model(model: JourneyModel, opts: GenOptions, batch_size: usize) -> Self {
         let mut order: Vec<(i64, u64)> = (0..opts.customers)
             .map(|i| (first_touch_micros(&opts, i), i))
             .collect();
         order.sort_unstable();
         GeneratorSource {
-            model: JourneyModel::default(),
+            model,
             opts,
             order,
             next_customer: 0,

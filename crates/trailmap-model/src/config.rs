@@ -2,6 +2,7 @@
 //! each the same default, and [`Config::from_toml_str`] validates what serde cannot
 //! (regexes, journey steps, field names), naming the offending key.
 
+use crate::alert::{AlertRule, AlertingConfig};
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::identity::IdentityKind;
@@ -46,6 +47,12 @@ pub struct Config {
     /// The Kafka cluster the live pipeline consumes sources' topics from.
     #[serde(default)]
     pub kafka: KafkaConfig,
+    /// Alert rules on stage conversion.
+    #[serde(default)]
+    pub alerts: BTreeMap<String, AlertRule>,
+    /// Where alert notifications go.
+    #[serde(default)]
+    pub alerting: AlertingConfig,
 }
 
 impl Config {
@@ -126,6 +133,19 @@ impl Config {
                 return Err(Error::config(
                     format!("kpis.{name}"),
                     "`from` and `to` must name touchpoints",
+                ));
+            }
+        }
+        for (name, rule) in &self.alerts {
+            rule.validate(&self.journeys).map_err(|(field, message)| {
+                Error::config(format!("alerts.{name}.{field}"), message)
+            })?;
+        }
+        for (i, url) in self.alerting.webhooks.iter().enumerate() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Error::config(
+                    format!("alerting.webhooks[{i}]"),
+                    format!("`{url}` is not an http:// or https:// URL"),
                 ));
             }
         }

@@ -15,9 +15,12 @@
 //! - [`config`]: `trailmap.toml` as types: sources and their field mappings, the catalog,
 //!   sessions, journeys (named funnels), ingest and storage settings. Loading validates and
 //!   names the offending key on any error.
+//! - [`alert`]: alert rules on a stage's conversion (`[alerts.NAME]`) and where their
+//!   notifications go (`[alerting]`).
 //! - [`time`]: durations as people write them (`30m`, `24h`) and the event-time unit.
 //! - [`error`]: the error type shared by the pipeline.
 
+pub mod alert;
 pub mod catalog;
 pub mod config;
 pub mod error;

@@ -8,7 +8,8 @@
 //!   refused with what to use instead.
 //!
 //! Unknown parameters are refused rather than ignored, so a typo never silently widens a
-//! query. `/api/stream` pushes the map as server-sent events whenever it changes.
+//! query. `/api/stream` pushes the map and the alerts as server-sent events whenever they
+//! change.
 
 use crate::capture::{self, Capture};
 use crate::error::{ApiError, ErrorBody};
@@ -20,7 +21,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use trailmap_live::report::FunnelReport;
-use trailmap_live::{LiveHandle, LiveStatus, MapReport};
+use trailmap_live::{AlertStatus, AlertsHandle, LiveHandle, LiveStatus, MapReport};
 use trailmap_model::time::Span;
 
 /// Whether the pipeline's source can read (for Kafka: the cluster answers); `Err` says why
@@ -42,6 +43,7 @@ pub struct AppState {
     ready: Option<Readiness>,
     capture: Option<Capture>,
     sql: Option<SqlRunner>,
+    alerts: Option<AlertsHandle>,
     /// Set when the server is stopping: open streams end, so a graceful stop does not wait
     /// on them forever.
     closing: Arc<AtomicBool>,
@@ -54,6 +56,7 @@ impl AppState {
             ready,
             capture: None,
             sql: None,
+            alerts: None,
             closing: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -85,6 +88,23 @@ impl AppState {
 
     pub(crate) fn sql(&self) -> Option<&SqlRunner> {
         self.sql.as_ref()
+    }
+
+    /// Shows the alert rules evaluated by `alerts` (`/api/alerts`, `/metrics`, the stream).
+    pub fn with_alerts(mut self, alerts: AlertsHandle) -> Self {
+        self.alerts = Some(alerts);
+        self
+    }
+
+    pub(crate) fn alerts(&self) -> Option<&AlertsHandle> {
+        self.alerts.as_ref()
+    }
+
+    fn alert_statuses(&self) -> Vec<AlertStatus> {
+        self.alerts
+            .as_ref()
+            .map(|a| a.statuses())
+            .unwrap_or_default()
     }
 
     pub(crate) async fn status(&self) -> Result<LiveStatus, ApiError> {
@@ -130,6 +150,7 @@ impl AppState {
         dropoffs,
         funnels,
         funnel,
+        alerts,
         stream,
         crate::metrics::scrape,
         crate::capture::call,
@@ -171,6 +192,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/dropoffs", get(dropoffs))
         .route("/api/funnels", get(funnels))
         .route("/api/funnels/{name}", get(funnel))
+        .route("/api/alerts", get(alerts))
         .route("/api/stream", get(stream))
         .route("/api/sql", get(sql::get).post(sql::post))
         .route("/v1/{call}", post(capture::call))
@@ -444,59 +466,99 @@ async fn funnel(
     )))
 }
 
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct AlertsReport {
+    /// Every configured rule ([alerts.NAME]), in config order.
+    alerts: Vec<AlertStatus>,
+}
+
+/// Every alert rule with its state (inactive, pending, firing), when it last fired and
+/// resolved, and its latest evaluation: the conversions compared, the sample, the p-value
+/// and why it holds or not.
+#[utoipa::path(get, path = "/api/alerts", tag = "alerts",
+    responses((status = 200, body = AlertsReport)))]
+async fn alerts(State(state): State<AppState>) -> Json<AlertsReport> {
+    Json(AlertsReport {
+        alerts: state.alert_statuses(),
+    })
+}
+
 /// How often `/api/stream` looks for a change.
 const STREAM_EVERY: Duration = Duration::from_secs(1);
 
-/// Server-sent events: a `map` event with `/api/map`'s answer (for the same parameters)
-/// now, then again about once a second whenever it changed; comments keep the connection
-/// alive meanwhile. A pipeline that stops ends the stream with an `error` event.
+/// What a stream last sent.
+#[derive(Default)]
+struct Sent {
+    map: Option<String>,
+    alerts: Option<String>,
+    /// The pipeline stopped and the stream said so.
+    ended: bool,
+}
+
+/// Server-sent events: a `map` event with `/api/map`'s answer (for the same parameters,
+/// funnels included) and an `alerts` event with `/api/alerts`' list now, then each again
+/// about once a second whenever it changed; comments keep the connection alive meanwhile.
+/// A pipeline that stops ends the stream with an `error` event.
 #[utoipa::path(get, path = "/api/stream", tag = "journeys", params(JourneyQuery),
     responses((status = 200, content_type = "text/event-stream",
-               description = "Server-sent events: `map` (a MapReport as JSON) now and whenever it changes"),
+               description = "Server-sent events: `map` (a MapReport as JSON) and `alerts` (AlertsReport's list) now and whenever they change"),
               (status = 400, body = ErrorBody)))]
 async fn stream(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let params = Params::parse(&query)?;
-    // The state between events: the last map sent (`None` before the first), or `Err` once
-    // the pipeline stopped and the stream has said so.
-    type Sent = Result<Option<String>, ()>;
-    let updates = futures_util::stream::unfold(
-        (state, Ok(None)),
-        move |(state, sent): (AppState, Sent)| async move {
-            let Ok(mut last) = sent else {
+    // Each round yields what changed since the last (the map, the alerts, or both), so
+    // a map that changes every second never starves the alerts.
+    let rounds = futures_util::stream::unfold(
+        (state, Sent::default()),
+        move |(state, mut sent): (AppState, Sent)| async move {
+            if sent.ended {
                 return None;
-            };
+            }
+            let mut first = sent.map.is_none();
             loop {
-                if last.is_some() {
+                if !first {
                     tokio::time::sleep(STREAM_EVERY).await;
                 }
+                first = false;
                 if state.is_closing() {
                     return None;
                 }
-                let json = match state.map(params.window).await {
-                    Ok(map) => serde_json::to_string(&map).unwrap_or_default(),
-                    Err(e) => {
-                        let event = Event::default().event("error").data(e.message);
-                        return Some((Ok(event), (state, Err(()))));
+                let mut events = Vec::new();
+                match state.map(params.window).await {
+                    Ok(map) => {
+                        let map = serde_json::to_string(&map).unwrap_or_default();
+                        if sent.map.as_ref() != Some(&map) {
+                            events.push(Ok(Event::default().event("map").data(&map)));
+                            sent.map = Some(map);
+                        }
                     }
-                };
-                if last.as_ref() != Some(&json) {
-                    let event = Event::default().event("map").data(&json);
-                    return Some((Ok(event), (state, Ok(Some(json)))));
+                    Err(e) => {
+                        sent.ended = true;
+                        events.push(Ok(Event::default().event("error").data(e.message)));
+                        return Some((events, (state, sent)));
+                    }
                 }
-                last = Some(json);
+                let alerts = serde_json::to_string(&state.alert_statuses()).unwrap_or_default();
+                if sent.alerts.as_ref() != Some(&alerts) {
+                    events.push(Ok(Event::default().event("alerts").data(&alerts)));
+                    sent.alerts = Some(alerts);
+                }
+                if !events.is_empty() {
+                    return Some((events, (state, sent)));
+                }
             }
         },
     );
+    let updates = rounds.flat_map(futures_util::stream::iter);
     Ok(Sse::new(updates).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!(
         "no such endpoint: {}; see /api/map, /api/paths, /api/dropoffs, /api/funnels/NAME, \
-         /api/stream, /api/sql, /api/status, /api/openapi.json, /healthz, /readyz, /metrics",
+         /api/alerts, /api/stream, /api/sql, /api/status, /api/openapi.json, /healthz, /readyz, /metrics",
         uri.path()
     ))
 }

@@ -6,7 +6,9 @@
 //!
 //! Journey KPIs are gauges over the last 24 hours of event time: per funnel step, the
 //! conversion from the previous step; per funnel, the conversion of journeys whose outcome
-//! is known (maturing ones left out, as alerts need); per touchpoint, the exit rate.
+//! is known (maturing ones left out, as alerts need); per touchpoint, the exit rate. Per
+//! alert rule, its state (`trailmap_alert_state`: 0 inactive, 1 pending, 2 firing) and the
+//! conversions it last compared.
 
 use crate::api::{AppState, Window};
 use crate::error::ApiError;
@@ -14,8 +16,10 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use trailmap_live::{LiveStatus, MapReport};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+use trailmap_live::{AlertStatus, LiveStatus, MapReport};
 use trailmap_mine::DurationHistogram;
 use trailmap_model::time::{Span, unix_micros};
 
@@ -32,13 +36,19 @@ pub async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, 
     let status = state.status().await?;
     let map = state.map(Window::Last(KPI_WINDOW)).await?;
     let ready = state.readiness().is_ok();
-    let text = render(&status, &map, ready)
+    let alerts = state.alerts().map(|a| a.statuses()).unwrap_or_default();
+    let text = render(&status, &map, &alerts, ready)
         .map_err(|e| ApiError::unavailable(format!("cannot encode metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text))
 }
 
-/// The exposition text for a status and the KPI window's map.
-pub fn render(status: &LiveStatus, map: &MapReport, ready: bool) -> prometheus::Result<String> {
+/// The exposition text for a status, the KPI window's map and the alert rules' states.
+pub fn render(
+    status: &LiveStatus,
+    map: &MapReport,
+    alerts: &[AlertStatus],
+    ready: bool,
+) -> prometheus::Result<String> {
     let registry = Registry::new();
     let counter = |name: &str, help: &str, value: u64| -> prometheus::Result<()> {
         let c = IntCounter::new(name, help)?;
@@ -190,6 +200,43 @@ pub fn render(status: &LiveStatus, map: &MapReport, ready: bool) -> prometheus::
     }
     registry.register(Box::new(exit_rate))?;
 
+    let alert_state = IntGaugeVec::new(
+        Opts::new(
+            "trailmap_alert_state",
+            "Per alert rule: 0 inactive, 1 pending, 2 firing.",
+        ),
+        &["rule", "journey", "from", "to"],
+    )?;
+    let alert_conversion = GaugeVec::new(
+        Opts::new(
+            "trailmap_alert_conversion",
+            "Per alert rule, the stage conversion it last compared: settled journeys of the current window, and of the baseline (NaN: none settled).",
+        ),
+        &["rule", "window"],
+    )?;
+    for a in alerts {
+        let labels = [
+            a.name.as_str(),
+            a.journey.as_str(),
+            a.from.as_str(),
+            a.to.as_str(),
+        ];
+        alert_state.with_label_values(&labels).set(a.state.gauge());
+        if let Some(e) = &a.last {
+            for (window, rate) in [
+                ("current", e.current_conversion),
+                ("baseline", e.baseline_conversion),
+            ] {
+                // No settled journeys: 0/0, which Prometheus writes as NaN.
+                alert_conversion
+                    .with_label_values(&[a.name.as_str(), window])
+                    .set(rate.unwrap_or(f64::NAN));
+            }
+        }
+    }
+    registry.register(Box::new(alert_state))?;
+    registry.register(Box::new(alert_conversion))?;
+
     let mut families = registry.gather();
     families.push(freshness_family(&status.freshness_histogram));
     families.sort_by(|a, b| a.name().cmp(b.name()));
@@ -240,7 +287,7 @@ mod tests {
             ..LiveStatus::default()
         };
         let map = MapReport::new(&Default::default(), &Default::default(), None);
-        let text = render(&status, &map, true).expect("render");
+        let text = render(&status, &map, &[], true).expect("render");
         let age: f64 = text
             .lines()
             .find_map(|l| l.strip_prefix("trailmap_checkpoint_age_seconds "))

@@ -48,13 +48,18 @@ pub fn warn_unknown(log: &JourneyLog, unknown: &[String]) {
 /// The data's "now": `--as-of` (RFC 3339) or the last event's time.
 pub fn as_of(log: &JourneyLog, flag: Option<&str>) -> anyhow::Result<i64> {
     match flag {
-        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
-            .map(|t| t.timestamp_micros())
-            .with_context(|| {
-                format!("--as-of {text}: not an RFC 3339 time; write it like 2026-01-31T00:00:00Z")
-            }),
+        Some(text) => instant("--as-of", text),
         None => Ok(log.ts.iter().copied().max().unwrap_or(0)),
     }
+}
+
+/// An RFC 3339 time given to `flag`, in µs since the epoch.
+pub fn instant(flag: &str, text: &str) -> anyhow::Result<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_micros())
+        .with_context(|| {
+            format!("{flag} {text}: not an RFC 3339 time; write it like 2026-01-31T00:00:00Z")
+        })
 }
 
 /// Seconds for people: "42s", "3m 20s", "5.2h", "3.1d".
@@ -98,5 +103,52 @@ mod tests {
         assert_eq!(super::duration(Some(5.0 * 3600.0)), "5.0h");
         assert_eq!(super::duration(Some(3.0 * 86_400.0)), "3.0d");
         assert_eq!(super::duration(None), "");
+    }
+}
+
+/// `--dip`: a known change of behaviour injected into generated journeys (`gen`, `serve
+/// --generate`), for testing what should notice it.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DipArgs {
+    /// From --dip-from until --dip-until, customers go from touchpoint FROM to TO FACTOR
+    /// times as often (the rest leave), e.g. `checkout_view:purchase:0.4`. The ground truth
+    /// (--truth) stays the normal model's.
+    #[arg(long, value_name = "FROM:TO:FACTOR", requires = "dip_from")]
+    pub dip: Option<String>,
+
+    /// When the dip starts (RFC 3339, event time).
+    #[arg(long, value_name = "TIME", requires = "dip")]
+    pub dip_from: Option<String>,
+
+    /// When it ends (RFC 3339) [default: never].
+    #[arg(long, value_name = "TIME", requires = "dip")]
+    pub dip_until: Option<String>,
+}
+
+impl DipArgs {
+    /// `model` with the dip, if one is asked for.
+    pub fn apply(
+        &self,
+        model: trailmap_gen::JourneyModel,
+    ) -> anyhow::Result<trailmap_gen::JourneyModel> {
+        let (Some(dip), Some(from)) = (&self.dip, &self.dip_from) else {
+            return Ok(model);
+        };
+        let parts: Vec<&str> = dip.split(':').collect();
+        let [a, b, factor] = parts[..] else {
+            anyhow::bail!(
+                "--dip {dip}: write it as FROM:TO:FACTOR, like checkout_view:purchase:0.4"
+            );
+        };
+        let factor: f64 = factor
+            .parse()
+            .with_context(|| format!("--dip {dip}: `{factor}` is not a number"))?;
+        let starts = instant("--dip-from", from)?;
+        let ends = match &self.dip_until {
+            Some(t) => instant("--dip-until", t)?,
+            None => i64::MAX,
+        };
+        anyhow::ensure!(starts < ends, "--dip-until must come after --dip-from");
+        Ok(model.with_dip(a, b, factor, starts, ends)?)
     }
 }

@@ -73,7 +73,7 @@ impl DemoArgs {
             "demo: {} generated customers over {} days, {} records/s; Ctrl-C to stop",
             self.customers, self.days, self.rate
         );
-        let (result, took) = LiveRun {
+        let outcome = LiveRun {
             config: &config,
             pipeline: PipelineOptions::default(),
             http: Some(address),
@@ -84,8 +84,11 @@ impl DemoArgs {
                 address.ip(),
                 self.postgres_port.unwrap_or(config.server.postgres_port),
             )),
+            // The demo starts from nothing each time; so do its alerts.
+            alert_state: None,
         }
         .run(Box::new(source))?;
+        let (result, took) = (outcome.result, outcome.took);
         let s = &result.status;
         eprintln!(
             "demo: {} events in {:.0}s, {} journeys",

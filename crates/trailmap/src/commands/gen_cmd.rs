@@ -1,5 +1,6 @@
 //! `trailmap gen`: synthetic omnichannel journeys with a known ground truth.
 
+use super::common::DipArgs;
 use crate::output::{Format, print_rows, thousands};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -52,11 +53,14 @@ pub struct GenArgs {
     /// Output format of the summary [default: table on a terminal, json otherwise].
     #[arg(long, short = 'f')]
     format: Option<Format>,
+
+    #[command(flatten)]
+    dip: DipArgs,
 }
 
 impl GenArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        let model = JourneyModel::default();
+        let model = self.dip.apply(JourneyModel::default())?;
         let opts = GenOptions {
             customers: self.customers,
             days: self.days.max(1),

@@ -3,9 +3,14 @@
 
 use anyhow::Context;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use trailmap_live::{LiveHandle, LiveResult, LiveSource, LiveStatus, PipelineOptions};
+use trailmap_live::alert::Webhooks;
+use trailmap_live::{
+    AlertStatus, Alerts, AlertsHandle, LiveHandle, LiveResult, LiveSource, LiveStatus,
+    PipelineOptions,
+};
 use trailmap_model::Config;
 use trailmap_server::{AppState, Capture, Readiness, SqlAnswer, SqlRunner};
 use trailmap_sql::live::Snapshot;
@@ -27,6 +32,15 @@ pub struct LiveRun<'a> {
     pub capture: Option<Capture>,
     /// Serve the live tables over the PostgreSQL wire protocol here (port 0: a free one).
     pub postgres: Option<SocketAddr>,
+    /// Where alert states are kept across restarts; `None`: in memory.
+    pub alert_state: Option<PathBuf>,
+}
+
+/// What a run leaves: the pipeline's final result, how long it ran, the alert rules' states.
+pub struct LiveOutcome {
+    pub result: LiveResult,
+    pub took: Duration,
+    pub alerts: Vec<AlertStatus>,
 }
 
 /// An analyst session over the live tables. It holds the pipeline weakly: the pipeline's
@@ -65,7 +79,7 @@ fn sql_runner(analyst: Arc<Analyst>) -> SqlRunner {
 impl LiveRun<'_> {
     /// Runs the pipeline on `source` until its input ends (or Ctrl-C); returns the final
     /// result and how long it ran.
-    pub fn run(mut self, source: Box<dyn LiveSource>) -> anyhow::Result<(LiveResult, Duration)> {
+    pub fn run(mut self, source: Box<dyn LiveSource>) -> anyhow::Result<LiveOutcome> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -74,9 +88,17 @@ impl LiveRun<'_> {
             let handle = Arc::new(trailmap_live::start(self.config, source, &self.pipeline)?);
             let started = Instant::now();
             let analyst = live_analyst(self.config, &handle)?;
-            let (stop_http, http, served) = match self.http {
-                Some(address) => {
-                    let listener = trailmap_server::bind(address).await?;
+            let listener = match self.http {
+                Some(address) => Some(trailmap_server::bind(address).await?),
+                None => None,
+            };
+            let external_url = match &listener {
+                Some(l) => format!("http://{}/", l.local_addr()?),
+                None => String::new(),
+            };
+            let alerts = self.start_alerts(&handle, external_url)?;
+            let (stop_http, http, served) = match listener {
+                Some(listener) => {
                     let address = listener.local_addr()?;
                     // One line a script (or a test) can wait for.
                     println!(
@@ -87,6 +109,9 @@ impl LiveRun<'_> {
                         state = state.with_capture(capture.clone());
                     }
                     state = state.with_sql(sql_runner(analyst.clone()));
+                    if let Some(alerts) = &alerts {
+                        state = state.with_alerts(alerts.clone());
+                    }
                     let served = state.clone();
                     let router = trailmap_server::router(state);
                     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -130,12 +155,49 @@ impl LiveRun<'_> {
                 let _ = stop.send(());
                 task.await.context("the HTTP server failed")??;
             }
+            let statuses = match &alerts {
+                Some(alerts) => {
+                    alerts.stop().await;
+                    alerts.statuses()
+                }
+                None => Vec::new(),
+            };
             let handle = Arc::try_unwrap(handle).map_err(|_| {
                 anyhow::anyhow!("the HTTP server still holds the pipeline after stopping")
             })?;
             let result = handle.finish().await?;
-            anyhow::Ok((result, started.elapsed()))
+            anyhow::Ok(LiveOutcome {
+                result,
+                took: started.elapsed(),
+                alerts: statuses,
+            })
         })
+    }
+
+    /// Evaluates the config's alert rules on the running pipeline, if it has any.
+    fn start_alerts(
+        &self,
+        handle: &Arc<LiveHandle>,
+        external_url: String,
+    ) -> anyhow::Result<Option<AlertsHandle>> {
+        if self.config.alerts.is_empty() {
+            return Ok(None);
+        }
+        let mut alerts = Alerts::new(self.config)?;
+        if let Some(path) = &self.alert_state {
+            alerts = alerts.kept_in(path)?;
+        }
+        let webhooks = Webhooks {
+            urls: self.config.alerting.webhooks.clone(),
+            retries: self.config.alerting.retries,
+            backoff: Duration::from_secs(1),
+            external_url,
+        };
+        Ok(Some(trailmap_live::alert::spawn(
+            alerts,
+            Arc::downgrade(handle),
+            webhooks,
+        )?))
     }
 
     /// Prints the status every two seconds until the input ends (or, when serving on, until

@@ -1,5 +1,6 @@
 //! One module per command.
 
+mod alerts;
 mod common;
 mod demo;
 mod dropoffs;
@@ -36,6 +37,8 @@ pub enum Command {
     /// Serve journeys: files to analysts over the PostgreSQL wire protocol (psql, BI tools),
     /// or a live pipeline (--generate, --replay, --kafka) with its HTTP API (--http-port).
     Serve(Box<serve::ServeArgs>),
+    /// Alert rules on stage conversion: `alerts test` replays files through them.
+    Alerts(alerts::AlertsArgs),
 }
 
 impl Command {
@@ -50,6 +53,7 @@ impl Command {
             Command::Kpis(args) => args.run(),
             Command::Sql(args) => args.run(),
             Command::Serve(args) => args.run(),
+            Command::Alerts(args) => args.run(),
         }
     }
 }

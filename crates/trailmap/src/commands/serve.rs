@@ -20,6 +20,7 @@ use trailmap_server::{Capture, Readiness};
 use trailmap_sql::postgres::{self, Login};
 use trailmap_sql::{Analyst, Journeys, Limits};
 
+use super::common::DipArgs;
 use super::live::LiveRun;
 
 #[derive(Args)]
@@ -48,6 +49,9 @@ pub struct ServeArgs {
     /// Seed of the generated traffic.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+
+    #[command(flatten)]
+    dip: DipArgs,
 
     /// Records per second of wall time, generated or replayed, each batch handed on within
     /// `[ingest] linger` of its first record [default: as fast as the pipeline takes them].
@@ -81,9 +85,9 @@ pub struct ServeArgs {
     #[arg(long, requires = "kafka")]
     until_end: bool,
 
-    /// With --kafka: where events and checkpoints are stored [default: [storage] data_dir].
-    /// A restart replays what is stored and resumes after it.
-    #[arg(long, value_name = "DIR", requires = "kafka")]
+    /// Where events and checkpoints (with --kafka) and alert states are kept [default:
+    /// [storage] data_dir]. A restart replays what is stored and resumes after it.
+    #[arg(long, value_name = "DIR")]
     data_dir: Option<String>,
 
     /// Shards customers are spread over [default: the cores].
@@ -196,7 +200,12 @@ impl ServeArgs {
                 seed: self.seed,
                 ..GenOptions::default()
             };
-            Box::new(GeneratorSource::new(opts, config.ingest.batch_size))
+            let model = self.dip.apply(trailmap_gen::JourneyModel::default())?;
+            Box::new(GeneratorSource::of_model(
+                model,
+                opts,
+                config.ingest.batch_size,
+            ))
         } else if self.kafka {
             let until = if self.until_end {
                 ReadUntil::End
@@ -269,9 +278,13 @@ impl ServeArgs {
                 Some(port) => Some(SocketAddr::new(self.bind_address(&config)?, port)),
                 None => None,
             },
+            alert_state: trailmap_live::alert::state_path(
+                &config,
+                self.data_dir.as_deref().unwrap_or(&config.storage.data_dir),
+            ),
         }
         .run(source)?;
-        let (result, took) = result;
+        let (result, took, alerts) = (result.result, result.took, result.alerts);
         let s = &result.status;
         eprintln!(
             "live: {} records ({} rejected), {} events in {:.1}s ({:.0}/s), {} identity links, {} merges, {} corrected late, {} beyond the horizon",
@@ -286,7 +299,7 @@ impl ServeArgs {
             s.stitch.late,
         );
         let report = MapReport::new(&result.map.total(), &result.names, s.newest);
-        let out = serde_json::json!({ "status": s, "map": report });
+        let out = serde_json::json!({ "status": s, "map": report, "alerts": alerts });
         println!("{}", serde_json::to_string_pretty(&out)?);
         Ok(())
     }

@@ -1,0 +1,179 @@
+//! The live evaluator: a task that evaluates every rule at each interval of event time the
+//! pipeline passes, and a thread that delivers notifications (blocking HTTP with backoff
+//! stays off the runtime that counts events).
+
+use super::notify::Webhooks;
+use super::{AlertStatus, Alerts, Change, Notice, when};
+use crate::counts::bucket_of;
+use crate::pipeline::LiveHandle;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use trailmap_model::{Error, Result};
+
+/// How often the evaluator looks at the pipeline's event time.
+const TICK: Duration = Duration::from_millis(200);
+/// Evaluations per tick at most, so that catching up (a replay, a restart) never holds the
+/// pipeline's shards for long; the rest wait for the next tick.
+const MAX_PER_TICK: usize = 500;
+
+/// The running alerts: their statuses for the API, a signal on every change.
+#[derive(Clone)]
+pub struct AlertsHandle {
+    alerts: Arc<Mutex<Alerts>>,
+    changed: watch::Receiver<u64>,
+    stop: Arc<Mutex<Option<Running>>>,
+}
+
+/// What stopping waits for.
+struct Running {
+    stop: oneshot::Sender<()>,
+    evaluator: JoinHandle<()>,
+    notifier: std::thread::JoinHandle<()>,
+}
+
+impl AlertsHandle {
+    /// Every rule's state, in config order.
+    pub fn statuses(&self) -> Vec<AlertStatus> {
+        self.alerts
+            .lock()
+            .map(|a| a.statuses().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Ticks whenever an evaluation changed a state (for `/api/stream`).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.clone()
+    }
+
+    /// Evaluates what is still due, stops evaluating, and waits until the notifications
+    /// are delivered or given up (a webhook that keeps failing is retried with backoff, so
+    /// this can take `retries` doublings of a second; whatever a crash interrupts stays in
+    /// the state file's outbox and is sent by the next run).
+    pub async fn stop(&self) {
+        let taken = self.stop.lock().ok().and_then(|mut s| s.take());
+        if let Some(running) = taken {
+            let _ = running.stop.send(());
+            // The evaluator holds the outbox's sender: once it ends, the notifier drains
+            // the outbox and ends too.
+            let _ = running.evaluator.await;
+            let _ = tokio::task::spawn_blocking(move || running.notifier.join()).await;
+        }
+    }
+}
+
+/// Starts evaluating `alerts` on the pipeline behind `live` (held weakly: the evaluator
+/// never keeps a finished pipeline alive), delivering to `webhooks`. Notifications left
+/// undelivered by a previous run are sent first.
+pub fn spawn(alerts: Alerts, live: Weak<LiveHandle>, webhooks: Webhooks) -> Result<AlertsHandle> {
+    let (outbox_tx, outbox_rx) = std::sync::mpsc::channel::<Notice>();
+    for n in alerts.outbox() {
+        let _ = outbox_tx.send(n.clone());
+    }
+    let alerts = Arc::new(Mutex::new(alerts));
+    let delivering = alerts.clone();
+    let notifier = std::thread::Builder::new()
+        .name("trailmap-alert-notify".into())
+        .spawn(move || {
+            for notice in outbox_rx {
+                let failed = if webhooks.urls.is_empty() {
+                    Vec::new()
+                } else {
+                    webhooks.deliver(&notice)
+                };
+                for (url, why) in failed {
+                    eprintln!(
+                        "alert {}: giving up on webhook {url} after {} retries: {why}",
+                        notice.alert, webhooks.retries
+                    );
+                }
+                if let Ok(mut a) = delivering.lock()
+                    && let Err(e) = a.delivered(&notice)
+                {
+                    eprintln!("alert {}: cannot save the alert state: {e}", notice.alert);
+                }
+            }
+        })
+        .map_err(|e| Error::Other(format!("cannot start the alert notifier thread: {e}")))?;
+    let (changed_tx, changed) = watch::channel(0u64);
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let evaluating = alerts.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let stopping = tokio::select! {
+                _ = tokio::time::sleep(TICK) => false,
+                _ = &mut stop_rx => true,
+            };
+            let Some(live) = live.upgrade() else {
+                return;
+            };
+            loop {
+                match evaluate_due(&evaluating, &live, &outbox_tx).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        changed_tx.send_modify(|v| *v += 1);
+                        if n < MAX_PER_TICK || !stopping {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("alerts: evaluation failed: {e}");
+                        break;
+                    }
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    });
+    Ok(AlertsHandle {
+        alerts,
+        changed,
+        stop: Arc::new(Mutex::new(Some(Running {
+            stop: stop_tx,
+            evaluator: task,
+            notifier,
+        }))),
+    })
+}
+
+/// Runs the evaluations due now (at most [`MAX_PER_TICK`]); how many ran.
+async fn evaluate_due(
+    alerts: &Mutex<Alerts>,
+    live: &LiveHandle,
+    outbox: &std::sync::mpsc::Sender<Notice>,
+) -> Result<usize> {
+    let Some(newest) = live.newest() else {
+        return Ok(0);
+    };
+    let (due, detectors) = match alerts.lock() {
+        Ok(a) => (a.due(newest), a.detectors().to_vec()),
+        Err(_) => return Ok(0),
+    };
+    let mut ran = 0;
+    for (i, at) in due.into_iter().take(MAX_PER_TICK) {
+        let d = &detectors[i];
+        let (current, baseline) = d.windows(at);
+        let as_of = bucket_of(at);
+        let now = live.funnel_levels(d.funnel, vec![current], as_of).await?;
+        let before = live.funnel_levels(d.funnel, baseline, as_of).await?;
+        let e = d.evaluate(at, &now, &before);
+        let reason = e.reason.clone();
+        let notice = match alerts.lock() {
+            Ok(mut a) => a.record(i, e)?,
+            Err(_) => return Ok(ran),
+        };
+        ran += 1;
+        if let Some(n) = notice {
+            let what = match n.change {
+                Change::Firing => "FIRING",
+                Change::Resolved => "resolved",
+            };
+            eprintln!("alert {} {what} at {}: {reason}", d.name, when(at));
+            let _ = outbox.send(n);
+        }
+    }
+    Ok(ran)
+}
