@@ -8,16 +8,12 @@
 //! identity merges that arrived after an instant are already counted at it.
 
 use super::common::percent;
-use super::live::LiveRun;
+use super::live::replay_in_hindsight;
 use crate::input::InputArgs;
 use crate::output::{Format, print_rows};
 use clap::{Args, Subcommand};
-use std::sync::Arc;
-use trailmap_ingest::{DeadLetters, IngestOptions, Projection};
+use trailmap_live::Alerts;
 use trailmap_live::alert::{Change, when};
-use trailmap_live::{Alerts, FileReplay, PipelineOptions};
-use trailmap_model::Catalog;
-use trailmap_model::time::Span;
 
 #[derive(Args)]
 pub struct AlertsArgs {
@@ -62,31 +58,10 @@ impl TestArgs {
             !alerts.is_empty(),
             "no alert rules configured; add an [alerts.NAME] table (journey, from, to, window, …) to the config"
         );
-        let inputs = self.input.file_inputs(&config)?;
-        let options = IngestOptions {
-            catalog: Arc::new(Catalog::compile(&config.catalog)?),
-            batch_size: config.ingest.batch_size,
-            projection: Projection::minimal(),
-        };
-        let dead = DeadLetters::new(&config.ingest.dead_letter, config.ingest.max_errors);
-        let source = FileReplay::open(&inputs, &options, dead)?;
         // The rules are evaluated here, over the finished counts, not by a live evaluator.
-        // Files come in any order (grouped by customer, say), so no event is too late:
-        // hindsight counts everything a live run would have counted once it was corrected.
         let mut quiet = config.clone();
         quiet.alerts.clear();
-        quiet.sessions.allowed_lateness = Span::from_secs(100 * 366 * 86_400);
-        let outcome = LiveRun {
-            config: &quiet,
-            pipeline: PipelineOptions::default(),
-            http: None,
-            readiness: None,
-            keep_serving: false,
-            capture: None,
-            postgres: None,
-            alert_state: None,
-        }
-        .run(Box::new(source))?;
+        let outcome = replay_in_hindsight(&self.input, &quiet)?;
         let newest = outcome.result.status.newest.unwrap_or(i64::MIN);
         let backtest = alerts.backtest(&outcome.result.map, newest)?;
         eprintln!(

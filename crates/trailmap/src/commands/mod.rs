@@ -8,6 +8,7 @@ mod funnel;
 mod gen_cmd;
 mod kpis;
 mod live;
+mod map;
 mod paths;
 mod serve;
 mod sessions;
@@ -39,6 +40,8 @@ pub enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Alert rules on stage conversion: `alerts test` replays files through them.
     Alerts(alerts::AlertsArgs),
+    /// The journey map of files (touchpoints by stage, transitions as flows); --svg draws it.
+    Map(Box<map::MapArgs>),
 }
 
 impl Command {
@@ -54,6 +57,7 @@ impl Command {
             Command::Sql(args) => args.run(),
             Command::Serve(args) => args.run(),
             Command::Alerts(args) => args.run(),
+            Command::Map(args) => args.run(),
         }
     }
 }
