@@ -1,6 +1,7 @@
 //! The dashboard in a real headless Chromium, driven over WebDriver (chromedriver): `trailmap
 //! demo` serves it, the map shows touchpoints and transitions, a live update changes the
-//! numbers on the page, and once the input has ended the page's numbers are the API's.
+//! numbers on the page, and once the input has ended the page's numbers (map, funnels,
+//! alerts) are the API's.
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); fails, with
 //! what to install, when they are missing. The screenshot is kept as a test artifact.
 
@@ -135,7 +136,11 @@ const funnels = {};
 for (const f of document.querySelectorAll("[data-funnel]")) {
   funnels[f.dataset.funnel] = [...f.querySelectorAll("tr[data-step]")].map(r => Number(r.dataset.reached));
 }
-return { events: number("events"), journeys: number("journeys"), nodes, funnels,
+const alerts = {};
+for (const r of document.querySelectorAll("#alert-rows tr[data-alert]")) {
+  alerts[r.dataset.alert] = [r.dataset.state, r.dataset.journeys];
+}
+return { events: number("events"), journeys: number("journeys"), nodes, funnels, alerts,
          edges: document.querySelectorAll("path.edge").length,
          exits: [...document.querySelectorAll("#dropoff-rows tr")].length,
          connection: document.getElementById("connection").textContent };
@@ -202,6 +207,35 @@ fn the_dashboard_shows_the_live_map_and_follows_it() {
             .collect();
         assert_eq!(page["funnels"][name], json!(reached), "{name}");
     }
+
+    // The alerts panel lists every rule with its state and the journeys it last judged
+    // (read again each time: the evaluator may still be catching up with the input's end).
+    let api_alerts = || -> BTreeMap<String, Value> {
+        demo.json("/api/alerts")["alerts"]
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .map(|a| {
+                let journeys = a["last"]["current"]["entered"]
+                    .as_i64()
+                    .map_or(String::new(), |n| n.to_string());
+                (
+                    a["name"].as_str().expect("name").to_string(),
+                    json!([a["state"], journeys]),
+                )
+            })
+            .collect()
+    };
+    assert!(
+        api_alerts().contains_key("checkout_conversion"),
+        "{:?}",
+        api_alerts()
+    );
+    wait_for("the alerts panel to show the API's alerts", || {
+        page = browser.eval(READ_PAGE);
+        serde_json::from_value::<BTreeMap<String, Value>>(page["alerts"].clone())
+            .is_ok_and(|shown| shown == api_alerts())
+    });
 
     let png = browser.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");

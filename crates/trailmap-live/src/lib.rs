@@ -28,7 +28,8 @@
 //! - [`pipeline`]: [`start`] wires a source thread, the stitcher and the shards with
 //!   bounded channels (backpressure) on tokio; [`LiveHandle`] answers windows and status
 //!   while it runs and [`LiveHandle::finish`] returns the final map.
-//! - [`report`]: [`MapReport`], the map with names and rates (nodes, edges, funnels).
+//! - [`report`]: [`MapReport`], the map with names and rates (nodes, edges, funnels);
+//!   [`svg`] draws it as a standalone SVG (`trailmap map --svg`).
 //! - [`alert`]: alert rules evaluated on the live counts at intervals of event time
 //!   ([`Alerts`]: detection, the pending → firing → resolved lifecycle kept across
 //!   restarts, webhook notifications); the same code backtests a rule over files.
@@ -42,6 +43,7 @@ pub mod report;
 pub mod shard;
 pub mod source;
 pub mod stitch;
+pub mod svg;
 
 pub use alert::{AlertState, AlertStatus, Alerts, AlertsHandle};
 pub use capture::{CaptureInlet, CaptureSource, Refused, capture};
@@ -53,4 +55,4 @@ pub use pipeline::{Freshness, LiveHandle, LiveResult, LiveStatus, Names, Pipelin
 pub use report::MapReport;
 pub use shard::{LiveEvent, Shard, ShardConfig, ShardStats};
 pub use source::{BatchReplay, Feed, FileReplay, GeneratorSource, LiveSource, Paced, Position};
-pub use stitch::{Handoff, LateEvent, Routed, StitchStats, Stitcher};
+pub use stitch::{Handoff, LateEvent, Routed, SourceCounts, StitchStats, Stitcher};

@@ -16,7 +16,7 @@ use crate::counts::{FunnelLevels, LiveCounts, LiveMap};
 use crate::report::MapReport;
 use crate::shard::{LiveEvent, Shard, ShardConfig, ShardStats};
 use crate::source::{Feed, LiveSource};
-use crate::stitch::{Handoff, LateEvent, StitchStats, Stitcher};
+use crate::stitch::{Handoff, LateEvent, SourceCounts, StitchStats, Stitcher};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -125,18 +125,20 @@ impl SourceView {
 }
 
 /// What the stitcher last said, for status queries.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct StitchView {
     watermark: Option<i64>,
     newest: Option<i64>,
     stats: StitchStats,
+    sources: Vec<SourceCounts>,
 }
 
 impl StitchView {
-    fn into_status(self, status: &mut LiveStatus) {
+    fn fill(&self, status: &mut LiveStatus) {
         status.watermark = self.watermark;
         status.newest = self.newest;
         status.stitch = self.stats;
+        status.sources = self.sources.clone();
     }
 }
 
@@ -175,6 +177,8 @@ pub struct LiveStatus {
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub ingest: IngestStats,
     pub stitch: StitchStats,
+    /// Events and late events per source.
+    pub sources: Vec<SourceCounts>,
     pub shards: ShardStats,
     /// Customers with sessions that can still change.
     pub open_customers: usize,
@@ -341,6 +345,7 @@ pub fn start(
                     watermark: (watermark > i64::MIN).then_some(watermark),
                     newest: stitcher.newest(),
                     stats: stitcher.stats,
+                    sources: stitcher.by_source(),
                 };
             }
         }
@@ -553,7 +558,7 @@ impl LiveHandle {
     pub async fn status(&self) -> Result<LiveStatus> {
         let mut status = LiveStatus::default();
         if let Ok(s) = self.stitch.read() {
-            s.into_status(&mut status);
+            s.fill(&mut status);
         }
         if let Ok(s) = self.ingest.lock() {
             s.fill(&mut status);
@@ -621,7 +626,7 @@ impl LiveHandle {
         drop(shards);
         let mut status = LiveStatus::default();
         if let Ok(s) = stitch.read() {
-            s.into_status(&mut status);
+            s.fill(&mut status);
         }
         if let Ok(s) = ingest.lock() {
             s.fill(&mut status);

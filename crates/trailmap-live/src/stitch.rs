@@ -60,6 +60,17 @@ pub struct StitchStats {
     pub merges: u64,
 }
 
+/// What one source delivered: its events, and of those the ones beyond the lateness
+/// horizon (so a source that lags, such as a CRM export arriving hours late, shows).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SourceCounts {
+    /// The `source` column's value (`clickstream`, `ticket`, `crm`, a `[[sources]]` name).
+    pub source: String,
+    pub events: u64,
+    pub late: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Progress {
     /// May deliver more: holds the watermark back at its latest event.
@@ -88,6 +99,8 @@ pub struct Stitcher {
     lateness: i64,
     seq: u64,
     pub stats: StitchStats,
+    /// `(events, late)` by source id.
+    by_source: Vec<(u64, u64)>,
 }
 
 /// A customer's home shard until a merge moves it: a multiplicative hash of its root.
@@ -119,7 +132,22 @@ impl Stitcher {
             lateness,
             seq: 0,
             stats: StitchStats::default(),
+            by_source: Vec::new(),
         }
+    }
+
+    /// Events and late events by source, in the order sources were first seen.
+    pub fn by_source(&self) -> Vec<SourceCounts> {
+        self.builder
+            .sources()
+            .iter()
+            .zip(self.by_source.iter().chain(std::iter::repeat(&(0, 0))))
+            .map(|(name, &(events, late))| SourceCounts {
+                source: name.clone(),
+                events,
+                late,
+            })
+            .collect()
     }
 
     /// Touchpoint names by id.
@@ -208,13 +236,20 @@ impl Stitcher {
             latest = latest.max(ts);
             self.seq += 1;
             self.stats.events += 1;
+            let source = arrived.source[i];
+            let i_source = usize::from(source);
+            if i_source >= self.by_source.len() {
+                self.by_source.resize(i_source + 1, (0, 0));
+            }
+            self.by_source[i_source].0 += 1;
             if ts < horizon {
+                self.by_source[i_source].1 += 1;
                 self.stats.late += 1;
                 routed.late.push(LateEvent {
                     customer,
                     ts,
                     touchpoint: arrived.touchpoint[i],
-                    source: arrived.source[i],
+                    source,
                     watermark: self.watermark,
                 });
                 continue;

@@ -333,6 +333,19 @@ fn late_events_correct_inside_the_horizon_and_are_set_aside_beyond_it() {
     let result = run_live(std::slice::from_ref(&input), &config, 2, 1);
     assert_eq!(result.status.stitch.late, 1);
     assert_eq!(result.late.len(), 1);
+    // Booked against the one source the file is.
+    let sources: Vec<(&str, u64, u64)> = result
+        .status
+        .sources
+        .iter()
+        .map(|s| (s.source.as_str(), s.events, s.late))
+        .collect();
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    assert_eq!(
+        (sources[0].1, sources[0].2),
+        (lines.len() as u64, 1),
+        "{sources:?}"
+    );
     assert_eq!(
         result.names.touchpoints[result.late[0].touchpoint as usize],
         "ad_click"

@@ -93,6 +93,22 @@ pub fn render(
     late.with_label_values(&["beyond"])
         .inc_by(status.stitch.late);
     registry.register(Box::new(late))?;
+    let by_source = IntCounterVec::new(
+        Opts::new(
+            "trailmap_source_events_total",
+            "Events with a touchpoint taken in, per source; `arrival` says whether they came in time or beyond the lateness horizon (stored, not counted).",
+        ),
+        &["source", "arrival"],
+    )?;
+    for s in &status.sources {
+        by_source
+            .with_label_values(&[s.source.as_str(), "in_time"])
+            .inc_by(s.events - s.late.min(s.events));
+        by_source
+            .with_label_values(&[s.source.as_str(), "late"])
+            .inc_by(s.late);
+    }
+    registry.register(Box::new(by_source))?;
     counter(
         "trailmap_identity_merges_total",
         "Customers merged into another when an identity link joined them.",

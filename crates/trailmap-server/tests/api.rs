@@ -294,6 +294,25 @@ fn metrics_are_the_pipelines_numbers() {
     );
     assert_eq!(sample(&all, "trailmap_rejected_total"), 0.0);
     assert_eq!(sample(&all, "trailmap_ready"), 1.0);
+    // Per source: the generator's three sources, every event in time, adding up.
+    let sources: Vec<&str> = status.sources.iter().map(|s| s.source.as_str()).collect();
+    assert_eq!(sources.len(), 3, "{sources:?}");
+    let mut in_time = 0.0;
+    for s in &status.sources {
+        let kind = |arrival: &str| {
+            sample(
+                &all,
+                &format!(
+                    "trailmap_source_events_total{{arrival=\"{arrival}\",source=\"{}\"}}",
+                    s.source
+                ),
+            )
+        };
+        assert!(kind("in_time") > 0.0, "{}", s.source);
+        assert_eq!(kind("late"), 0.0, "{}", s.source);
+        in_time += kind("in_time");
+    }
+    assert_eq!(in_time, status.stitch.events as f64);
     // The generator stores nothing: no checkpoint, no age.
     assert!(!text.contains("trailmap_checkpoint_age_seconds"));
     assert_eq!(
@@ -360,11 +379,19 @@ fn the_stream_pushes_the_map_as_it_changes() {
     let reader = std::io::BufReader::new(response.body_mut().as_reader());
     let mut events = Vec::new();
     let mut kind = String::new();
+    let mut alerts = false;
     for line in std::io::BufRead::lines(reader) {
         let line = line.expect("a line of the stream");
         if let Some(k) = line.strip_prefix("event: ") {
             kind = k.to_string();
         } else if let Some(data) = line.strip_prefix("data: ") {
+            if kind == "alerts" {
+                // No rules here: the list is sent once, empty, and never again.
+                assert_eq!(data, "[]");
+                assert!(!alerts, "an unchanged alert list was sent again");
+                alerts = true;
+                continue;
+            }
             assert_eq!(kind, "map");
             let map: Value = serde_json::from_str(data).expect("a map as JSON");
             assert!(map["nodes"].is_array() && map["edges"].is_array());
@@ -374,8 +401,9 @@ fn the_stream_pushes_the_map_as_it_changes() {
             }
         }
     }
-    // Sent only on change, and the map only grows here.
+    // Sent only on change, and the map only grows here; the alerts came with the first map.
     assert!(events.windows(2).all(|w| w[0] < w[1]), "{events:?}");
+    assert!(alerts, "no alerts event with the first map");
     // Once the input ends the map stops changing; the stream's last word is the final map.
     let deadline = Instant::now() + Duration::from_secs(120);
     while !server.live.input_ended() {
