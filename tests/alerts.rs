@@ -96,28 +96,25 @@ fn config(dir: &Path, url: &str) -> String {
     s(&path).to_string()
 }
 
+/// The traffic both `serve --generate N` and `gen --customers N` make: the dip included.
+const TRAFFIC: [&str; 10] = [
+    "--days",
+    DAYS,
+    "--seed",
+    "4",
+    "--dip",
+    DIP,
+    "--dip-from",
+    DIP_FROM,
+    "--dip-until",
+    DIP_UNTIL,
+];
+
 fn serve_args<'a>(config: &'a str, data: &'a str) -> Vec<&'a str> {
-    vec![
-        "serve",
-        "--generate",
-        CUSTOMERS,
-        "--days",
-        DAYS,
-        "--seed",
-        "4",
-        "--dip",
-        DIP,
-        "--dip-from",
-        DIP_FROM,
-        "--dip-until",
-        DIP_UNTIL,
-        "--config",
-        config,
-        "--data-dir",
-        data,
-        "--shards",
-        "2",
-    ]
+    let mut args = vec!["serve", "--generate", CUSTOMERS];
+    args.extend(TRAFFIC);
+    args.extend(["--config", config, "--data-dir", data, "--shards", "2"]);
+    args
 }
 
 fn micros(rfc3339: &str) -> i64 {
@@ -198,25 +195,10 @@ fn a_dip_fires_and_resolves_with_a_webhook_for_each() {
 
     // The backtest over the same events from files says the same.
     let gen_dir = dir.path().join("gen");
-    let _ = json(&[
-        "gen",
-        "--customers",
-        CUSTOMERS,
-        "--days",
-        DAYS,
-        "--seed",
-        "4",
-        "--dip",
-        DIP,
-        "--dip-from",
-        DIP_FROM,
-        "--dip-until",
-        DIP_UNTIL,
-        "-o",
-        s(&gen_dir),
-        "--format",
-        "json",
-    ]);
+    let mut gen_args = vec!["gen", "--customers", CUSTOMERS];
+    gen_args.extend(TRAFFIC);
+    gen_args.extend(["-o", s(&gen_dir), "--format", "json"]);
+    let _ = json(&gen_args);
     let mut args = vec![
         "alerts",
         "test",

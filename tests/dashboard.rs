@@ -136,11 +136,15 @@ const funnels = {};
 for (const f of document.querySelectorAll("[data-funnel]")) {
   funnels[f.dataset.funnel] = [...f.querySelectorAll("tr[data-step]")].map(r => Number(r.dataset.reached));
 }
+const trends = {};
+for (const f of document.querySelectorAll("[data-funnel]")) {
+  trends[f.dataset.funnel] = [...f.querySelectorAll("circle[data-day]")].map(c => [c.dataset.day, Number(c.dataset.entered)]);
+}
 const alerts = {};
 for (const r of document.querySelectorAll("#alert-rows tr[data-alert]")) {
   alerts[r.dataset.alert] = [r.dataset.state, r.dataset.journeys];
 }
-return { events: number("events"), journeys: number("journeys"), nodes, funnels, alerts,
+return { events: number("events"), journeys: number("journeys"), nodes, funnels, alerts, trends,
          edges: document.querySelectorAll("path.edge").length,
          exits: [...document.querySelectorAll("#dropoff-rows tr")].length,
          connection: document.getElementById("connection").textContent };
@@ -206,6 +210,15 @@ fn the_dashboard_shows_the_live_map_and_follows_it() {
             .map(|s| s["reached"].as_i64().expect("reached"))
             .collect();
         assert_eq!(page["funnels"][name], json!(reached), "{name}");
+        // The trend chart: a point per day of entry, as the API's trend.
+        let trend: Vec<Value> = f["trend"]
+            .as_array()
+            .expect("trend")
+            .iter()
+            .map(|p| json!([p["day"], p["entered"]]))
+            .collect();
+        assert!(!trend.is_empty() || f["entered"] == 0, "{name}: {f}");
+        assert_eq!(page["trends"][name], json!(trend), "{name}");
     }
 
     // The alerts panel lists every rule with its state and the journeys it last judged

@@ -286,6 +286,29 @@ impl FunnelLevels {
     }
 }
 
+const MINUTES_PER_DAY: i64 = 24 * 60;
+
+/// Funnel levels by UTC day of entry, per funnel: what a funnel's trend chart reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FunnelTrend {
+    /// Days since the epoch → per funnel (config order), its levels.
+    pub days: BTreeMap<i64, Vec<FunnelLevels>>,
+}
+
+impl FunnelTrend {
+    pub fn merge(&mut self, other: &FunnelTrend) {
+        for (&day, theirs) in &other.days {
+            let mine = self.days.entry(day).or_default();
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), FunnelLevels::default());
+            }
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                a.merge(b);
+            }
+        }
+    }
+}
+
 /// Counts by minute.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LiveMap {
@@ -318,6 +341,42 @@ impl LiveMap {
             sum.merge(c);
         }
         sum
+    }
+
+    /// Every funnel's journeys that entered between `from` and `to` (µs), by UTC day of
+    /// entry (days since the epoch), maturing as of the start of minute `as_of`: the trend
+    /// of each funnel, in one pass over the window.
+    pub fn funnel_trend(&self, from: i64, to: i64, as_of: i64) -> FunnelTrend {
+        let mut trend = FunnelTrend::default();
+        if from >= to {
+            return trend;
+        }
+        for (&minute, c) in self.buckets.range(bucket_of(from)..=bucket_of(to - 1)) {
+            if c.funnels.is_empty() && c.open_windows.is_empty() {
+                continue;
+            }
+            let day = minute.div_euclid(MINUTES_PER_DAY);
+            let per_funnel = trend.days.entry(day).or_default();
+            let funnels = c.funnels.len().max(
+                c.open_windows
+                    .keys()
+                    .map(|&(j, _)| j as usize + 1)
+                    .max()
+                    .unwrap_or(0),
+            );
+            if per_funnel.len() < funnels {
+                per_funnel.resize(funnels, FunnelLevels::default());
+            }
+            for (j, levels) in c.funnels.iter().enumerate() {
+                add_levels(&mut per_funnel[j].levels, levels);
+            }
+            if !c.open_windows.is_empty() {
+                for (j, f) in per_funnel.iter_mut().enumerate().take(funnels) {
+                    add_levels(&mut f.maturing, &c.maturing(j, as_of));
+                }
+            }
+        }
+        trend
     }
 
     /// Funnel `j`'s journeys that entered in the given ranges of minutes (since the epoch;
@@ -413,6 +472,30 @@ mod tests {
         assert_eq!(c.maturing(1, 11), vec![0, 1]);
         c.open_window(0, 10 * m, 1, -1);
         assert_eq!(c.maturing(0, 9), vec![0, 0, 1]);
+    }
+
+    #[test]
+    fn trends_split_a_window_by_day_of_entry() {
+        let mut m = LiveMap::default();
+        let day = 24 * 60 * BUCKET_MICROS;
+        let at = |d: i64, minute: i64| d * day + minute * BUCKET_MICROS;
+        m.at(at(3, 10)).funnel_level(0, 2, 4);
+        m.at(at(3, 20)).funnel_level(0, 1, 1);
+        m.at(at(3, 20)).open_window(0, at(5, 0), 1, 1);
+        m.at(at(4, 0)).funnel_level(1, 1, 7);
+        m.at(at(6, 5)).funnel_level(0, 1, 2);
+        let t = m.funnel_trend(at(3, 0), at(6, 0), bucket_of(at(4, 0)));
+        // Day 6 is outside; day 3 has funnel 0 only, day 4 funnel 1 only.
+        assert_eq!(t.days.keys().copied().collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(t.days[&3][0].levels, vec![0, 1, 4]);
+        assert_eq!(t.days[&3][0].maturing, vec![0, 1]);
+        assert_eq!(t.days[&4][1].levels, vec![0, 7]);
+        // As of day 5 the window has elapsed; trends of parts merge into the whole.
+        let late = m.funnel_trend(at(3, 0), at(6, 0), bucket_of(at(5, 0)));
+        assert!(late.days[&3][0].maturing.iter().all(|&n| n == 0));
+        let mut parts = m.funnel_trend(at(3, 0), at(4, 0), bucket_of(at(4, 0)));
+        parts.merge(&m.funnel_trend(at(4, 0), at(6, 0), bucket_of(at(4, 0))));
+        assert_eq!(parts, t);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! input rate. Queries are messages too, answered by each shard between two batches, so a
 //! query sees a consistent state per shard and never blocks ingest for long.
 
-use crate::counts::{FunnelLevels, LiveCounts, LiveMap};
+use crate::counts::{FunnelLevels, FunnelTrend, LiveCounts, LiveMap, bucket_of};
 use crate::report::MapReport;
 use crate::shard::{LiveEvent, Shard, ShardConfig, ShardStats};
 use crate::source::{Feed, LiveSource};
@@ -70,6 +70,12 @@ enum ShardMsg {
         from: i64,
         to: i64,
         reply: oneshot::Sender<LiveCounts>,
+    },
+    Trend {
+        from: i64,
+        to: i64,
+        as_of: i64,
+        reply: oneshot::Sender<FunnelTrend>,
     },
     Funnel {
         funnel: usize,
@@ -321,8 +327,14 @@ pub fn start(
                         }
                     }
                     late.extend(routed.late);
-                    let known = names_w.read().map_or(0, |n| n.touchpoints.len());
-                    if stitcher.touchpoints().len() != known
+                    // New touchpoints, or a stage learnt for one known before its first
+                    // event (funnel steps are named at start, without their stage).
+                    let staged = stitcher.stages().iter().filter(|s| s.is_some()).count();
+                    let known = names_w.read().map_or((0, 0), |n| {
+                        let staged = n.stages.iter().filter(|s| s.is_some()).count();
+                        (n.touchpoints.len(), staged)
+                    });
+                    if (stitcher.touchpoints().len(), staged) != known
                         && let Ok(mut n) = names_w.write()
                     {
                         n.touchpoints = stitcher.touchpoints().to_vec();
@@ -483,6 +495,14 @@ async fn run_shard(
             ShardMsg::Window { from, to, reply } => {
                 let _ = reply.send(shard.window(from, to));
             }
+            ShardMsg::Trend {
+                from,
+                to,
+                as_of,
+                reply,
+            } => {
+                let _ = reply.send(shard.map().funnel_trend(from, to, as_of));
+            }
             ShardMsg::Funnel {
                 funnel,
                 minutes,
@@ -513,6 +533,31 @@ impl LiveHandle {
             replies.push(rx);
         }
         let mut sum = LiveCounts::default();
+        for rx in replies {
+            sum.merge(&rx.await.map_err(|_| stopped())?);
+        }
+        Ok(sum)
+    }
+
+    /// Every funnel's journeys that entered between `from` and `to` by day, maturing as of
+    /// minute `as_of` ([`LiveMap::funnel_trend`]), over all shards.
+    pub async fn funnel_trend(&self, from: i64, to: i64, as_of: i64) -> Result<FunnelTrend> {
+        let mut replies = Vec::with_capacity(self.shards.len());
+        for tx in &self.shards {
+            let (reply, rx) = oneshot::channel();
+            send(
+                tx,
+                ShardMsg::Trend {
+                    from,
+                    to,
+                    as_of,
+                    reply,
+                },
+            )
+            .await?;
+            replies.push(rx);
+        }
+        let mut sum = FunnelTrend::default();
         for rx in replies {
             sum.merge(&rx.await.map_err(|_| stopped())?);
         }
@@ -584,7 +629,11 @@ impl LiveHandle {
             (Some(span), Some(newest)) => (newest.saturating_sub(span), newest.saturating_add(1)),
         };
         let counts = self.window(from, to).await?;
-        Ok(MapReport::new(&counts, &self.names(), newest))
+        let mut report = MapReport::new(&counts, &self.names(), newest);
+        if let Some(newest) = newest {
+            report.set_trend(&self.funnel_trend(from, to, bucket_of(newest)).await?);
+        }
+        Ok(report)
     }
 
     /// Whether the source has ended and the stitcher has routed all of it (or failed):

@@ -1,7 +1,7 @@
 //! The live map with names: what `trailmap serve --exit-at-end` prints and the HTTP API will
 //! return (`/api/map`).
 
-use crate::counts::{BUCKET_MICROS, LiveCounts, bucket_of};
+use crate::counts::{BUCKET_MICROS, FunnelTrend, LiveCounts, bucket_of};
 use crate::pipeline::Names;
 use serde::Serialize;
 use trailmap_mine::dropoffs::ratio;
@@ -62,6 +62,21 @@ pub struct FunnelReport {
     /// known (what an alert on conversion compares).
     pub settled_conversion: f64,
     pub steps: Vec<FunnelStep>,
+    /// By UTC day of entry, oldest first (days with journeys only).
+    pub trend: Vec<TrendPoint>,
+}
+
+/// A funnel's journeys that entered on one day.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TrendPoint {
+    /// The day, `YYYY-MM-DD` (UTC).
+    pub day: String,
+    pub entered: i64,
+    pub converted: i64,
+    pub maturing: i64,
+    /// `converted / (entered - maturing)`; 0 when none is settled.
+    pub settled_conversion: f64,
 }
 
 /// The journey map over some window.
@@ -86,6 +101,33 @@ fn share(part: i64, whole: i64) -> f64 {
 }
 
 impl MapReport {
+    /// Fills each funnel's `trend` from `trend` (the same window's levels by day).
+    pub fn set_trend(&mut self, trend: &FunnelTrend) {
+        for (j, funnel) in self.funnels.iter_mut().enumerate() {
+            let last = funnel.steps.len().saturating_sub(1);
+            funnel.trend = trend
+                .days
+                .iter()
+                .filter_map(|(&day, per_funnel)| {
+                    let levels = per_funnel.get(j)?;
+                    let entered = levels.reached(0);
+                    if entered == 0 {
+                        return None;
+                    }
+                    let converted = levels.reached(last);
+                    let maturing: i64 = levels.maturing.iter().sum();
+                    Some(TrendPoint {
+                        day: micros_string(day * 24 * 60 * BUCKET_MICROS)[..10].to_string(),
+                        entered,
+                        converted,
+                        maturing,
+                        settled_conversion: share(converted, entered - maturing),
+                    })
+                })
+                .collect();
+        }
+    }
+
     /// The map of `counts`; funnel journeys are maturing as of the minute holding `as_of`
     /// (µs; the pipeline's watermark), or none are without one.
     pub fn new(counts: &LiveCounts, names: &Names, as_of: Option<i64>) -> MapReport {
@@ -172,6 +214,7 @@ impl MapReport {
                             }
                         })
                         .collect(),
+                    trend: Vec::new(),
                 }
             })
             .collect();

@@ -4,6 +4,8 @@
 //! stays quiet below the minimum sample. Everything runs through the live pipeline, then
 //! every evaluation a live run makes is replayed over its counts (`Alerts::backtest`).
 
+mod common;
+use common::run_source;
 use trailmap_gen::{DEFAULT_START_MICROS, GenOptions, JourneyModel};
 use trailmap_live::alert::{Backtest, Change};
 use trailmap_live::{Alerts, GeneratorSource, LiveResult, PipelineOptions};
@@ -35,16 +37,7 @@ fn run(model: JourneyModel, customers: u64, days: u32, seed: u64, config: &Confi
         ..GenOptions::default()
     };
     let source = GeneratorSource::of_model(model, opts, 4096);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let handle = trailmap_live::start(config, Box::new(source), &PipelineOptions::default())
-            .expect("start");
-        handle.finish().await.expect("finish")
-    })
+    run_source(Box::new(source), config, &PipelineOptions::default())
 }
 
 fn backtest(config: &Config, result: &LiveResult) -> Backtest {

@@ -2,6 +2,8 @@
 //! live map must hold exactly what `paths`, `dropoffs` and `funnel` count per session,
 //! whatever the arrival order, the shard count, the lateness and the identity merges.
 
+mod common;
+use common::run_source;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -173,23 +175,6 @@ fn run_live(inputs: &[FileInput], config: &Config, shards: usize, batch_size: us
         channel_batches: 2,
     };
     run_source(Box::new(source), config, &options)
-}
-
-/// The pipeline on `source` to the end of its input.
-fn run_source(
-    source: Box<dyn trailmap_live::LiveSource>,
-    config: &Config,
-    options: &PipelineOptions,
-) -> LiveResult {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let handle = trailmap_live::start(config, source, options).expect("start");
-        handle.finish().await.expect("finish")
-    })
 }
 
 /// Generated journeys in the three sources' native shapes.
@@ -443,6 +428,21 @@ fn the_generator_streams_in_time_order_and_stitches_to_the_true_customers() {
     assert_eq!(result.status.stitch.late, 0, "events come in time order");
     assert_eq!(result.status.shards.corrected, 0);
     assert!(result.status.stitch.identity_links > 0);
+    // Every touchpoint seen carries the stage the model gives it, funnel steps (named at
+    // start, before any of their events) too.
+    let unstaged: Vec<&String> = result
+        .map
+        .total()
+        .visits
+        .iter()
+        .filter(|&(id, events)| events > 0 && result.names.stages[id as usize].is_none())
+        .map(|(id, _)| &result.names.touchpoints[id as usize])
+        .collect();
+    assert!(unstaged.is_empty(), "no stage for {unstaged:?}");
+    assert!(
+        result.map.total().visits.iter().count() > 15,
+        "the traffic reaches most touchpoints"
+    );
     assert_eq!(live(&result), expected);
 }
 

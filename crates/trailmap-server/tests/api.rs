@@ -205,6 +205,33 @@ fn the_map_and_its_views_are_the_pipelines_counts() {
         let steps = one["steps"].as_array().expect("steps");
         assert_eq!(one["entered"], steps[0]["reached"]);
         assert_eq!(one["converted"], steps[steps.len() - 1]["reached"]);
+        // The trend by day of entry adds up to the funnel, days in order.
+        for field in ["entered", "converted", "maturing"] {
+            assert_eq!(
+                sum(&one["trend"], field),
+                one[field].as_i64().expect(field),
+                "{name} {field}"
+            );
+        }
+        let days: Vec<&str> = one["trend"]
+            .as_array()
+            .expect("trend")
+            .iter()
+            .map(|p| p["day"].as_str().expect("day"))
+            .collect();
+        assert!(days.windows(2).all(|w| w[0] < w[1]), "{days:?}");
+        assert!(
+            days.iter().all(|d| d.len() == 10 && d.starts_with("2026-")),
+            "{days:?}"
+        );
+    }
+    // A window's trend adds up to that window's funnel.
+    for window in ["1h", "7d", "21d"] {
+        let part = server.ok(&format!("/api/funnels/support_resolution?window={window}"));
+        for field in ["entered", "converted", "maturing"] {
+            let expected = part[field].as_i64().expect(field);
+            assert_eq!(sum(&part["trend"], field), expected, "{window} {field}");
+        }
     }
     let trial = server.ok("/api/funnels/trial_to_purchase");
     assert!(trial["entered"].as_i64() > Some(0));

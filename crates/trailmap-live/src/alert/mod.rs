@@ -233,8 +233,6 @@ impl Alerts {
                 .into_iter()
                 .filter(|n| self.statuses.iter().any(|s| s.name == n.alert))
                 .collect();
-        } else if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         self.path = Some(path.to_path_buf());
         Ok(self)
@@ -376,9 +374,19 @@ impl Alerts {
         };
         let text = serde_json::to_string_pretty(&saved)
             .map_err(|e| Error::Other(format!("cannot encode the alert state: {e}")))?;
-        // Written whole beside it, then renamed over it: a crash leaves the old or the new.
+        // The data dir is made when there is first something to keep in it.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        // Written whole beside it and synced, then renamed over it: a crash (or a power
+        // cut) leaves the old or the new. Changes are rare, so the sync costs nothing.
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            file.sync_all()
+        };
+        write().map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     }
 

@@ -94,18 +94,6 @@ pub fn title(text: &str) -> std::io::Result<()> {
     say(&format!("\n{text}"))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(super::duration(Some(42.4)), "42s");
-        assert_eq!(super::duration(Some(200.0)), "3m 20s");
-        assert_eq!(super::duration(Some(5.0 * 3600.0)), "5.0h");
-        assert_eq!(super::duration(Some(3.0 * 86_400.0)), "3.0d");
-        assert_eq!(super::duration(None), "");
-    }
-}
-
 /// `--dip`: a known change of behaviour injected into generated journeys (`gen`, `serve
 /// --generate`), for testing what should notice it.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -150,5 +138,17 @@ impl DipArgs {
         };
         anyhow::ensure!(starts < ends, "--dip-until must come after --dip-from");
         Ok(model.with_dip(a, b, factor, starts, ends)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(super::duration(Some(42.4)), "42s");
+        assert_eq!(super::duration(Some(200.0)), "3m 20s");
+        assert_eq!(super::duration(Some(5.0 * 3600.0)), "5.0h");
+        assert_eq!(super::duration(Some(3.0 * 86_400.0)), "3.0d");
+        assert_eq!(super::duration(None), "");
     }
 }
