@@ -323,3 +323,68 @@ fn kill_9_three_times_while_consuming_a_million_events_loses_and_doubles_nothing
     ids.dedup();
     assert_eq!(ids.len(), produced, "no event stored twice");
 }
+
+/// `/metrics` while `serve --kafka` runs: the consumer lag librdkafka reports (messages
+/// past the committed offsets, which trailmap commits once they are stored) is exported,
+/// and falls to 0 once every message is consumed, stored and checkpointed.
+#[test]
+fn metrics_report_the_consumer_lag_until_everything_is_stored() {
+    let broker = Nisshi::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = kafka_config(dir.path());
+    let _ = produce_generated(&broker, dir.path(), "200", "8", false);
+    let mut child = bin()
+        .args([
+            "serve",
+            "--kafka",
+            "--brokers",
+            &broker.brokers(),
+            "--config",
+            &config,
+            "--http-port",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start serve");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("the HTTP line");
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .trim_end_matches('/')
+        .to_string();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen = Vec::new();
+    loop {
+        let metrics = agent
+            .get(format!("{base}/metrics"))
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+            .unwrap_or_default();
+        let lag = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("trailmap_consumer_lag_messages "))
+            .and_then(|v| v.parse::<f64>().ok());
+        if let Some(lag) = lag {
+            seen.push(lag);
+            if lag == 0.0 {
+                break;
+            }
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the consumer lag never reached 0 within 90 s: {seen:?}\n{metrics}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -21,6 +21,8 @@ pub fn consumer(config: &KafkaConfig) -> ClientConfig {
         // empty answer; with several partitions on one broker, data arriving meanwhile for
         // one of them can wait that long too. Bounds what Kafka adds to freshness.
         .set("fetch.wait.max.ms", "50")
+        // Statistics every second: the consumer lag `/metrics` reports.
+        .set("statistics.interval.ms", "1000")
         .set("client.id", "trailmap");
     user_options(&mut c, config);
     c

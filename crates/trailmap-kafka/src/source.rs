@@ -17,6 +17,7 @@ use rdkafka::bindings::rd_kafka_resp_err_t as RespErr;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
@@ -56,7 +57,29 @@ struct Context {
     resume: Arc<Mutex<HashMap<(String, i32), i64>>>,
 }
 
+/// The consumer lag of the partitions librdkafka reports, `(partition, consumer_lag)`:
+/// their sum, leaving out the internal unassigned partition (-1) and partitions whose lag
+/// is not known yet (-1, no committed offset or high watermark); `None` when none is known.
+pub fn total_lag(partitions: impl IntoIterator<Item = (i32, i64)>) -> Option<u64> {
+    partitions
+        .into_iter()
+        .filter(|&(partition, lag)| partition >= 0 && lag >= 0)
+        .map(|(_, lag)| lag as u64)
+        .reduce(u64::saturating_add)
+}
+
 impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        let partitions = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .map(|p| (p.partition, p.consumer_lag));
+        if let Some(lag) = total_lag(partitions) {
+            self.health.set_lag(lag);
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // Reaching the end of a partition is news, not trouble (it comes this way with
         // assigned partitions).
@@ -652,6 +675,10 @@ impl LiveSource for KafkaSource {
         }
     }
 
+    fn lag(&self) -> Option<u64> {
+        self.health.lag()
+    }
+
     fn stats(&self) -> IngestStats {
         self.reader.stats.clone()
     }
@@ -681,5 +708,19 @@ impl LiveSource for KafkaSource {
         {
             eprintln!("kafka: committing offsets failed ({e}); the checkpoint has them");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::total_lag;
+
+    #[test]
+    fn lag_sums_the_known_partitions() {
+        assert_eq!(total_lag([(0, 5), (1, 0), (2, 7)]), Some(12));
+        // The unassigned pseudo-partition and partitions without a known lag are left out.
+        assert_eq!(total_lag([(-1, 40), (0, -1), (1, 3)]), Some(3));
+        assert_eq!(total_lag([(-1, 40), (0, -1)]), None);
+        assert_eq!(total_lag([]), None);
     }
 }

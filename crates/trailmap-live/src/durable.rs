@@ -177,6 +177,10 @@ impl LiveSource for DurableSource {
         self.checkpointed_at
     }
 
+    fn lag(&self) -> Option<u64> {
+        self.inner.lag()
+    }
+
     /// What the inner source held back is recorded like any batch, so the checkpoint
     /// written on drop covers it.
     fn drain(&mut self) -> Result<Vec<Feed>> {

@@ -114,6 +114,7 @@ impl ShardStatus {
 struct SourceView {
     stats: IngestStats,
     checkpointed_at: Option<SystemTime>,
+    lag: Option<u64>,
 }
 
 impl SourceView {
@@ -121,12 +122,14 @@ impl SourceView {
         SourceView {
             stats: source.stats(),
             checkpointed_at: source.checkpointed_at(),
+            lag: source.lag(),
         }
     }
 
     fn fill(&self, status: &mut LiveStatus) {
         status.ingest = self.stats.clone();
         status.checkpointed_at = self.checkpointed_at.map(unix_micros);
+        status.lag = self.lag;
     }
 }
 
@@ -196,6 +199,9 @@ pub struct LiveStatus {
     /// When everything read was last durable (a store checkpoint), Unix µs; `None` for a
     /// source that stores nothing.
     pub checkpointed_at: Option<i64>,
+    /// Messages waiting in the broker beyond what is durable (Kafka's consumer lag, from
+    /// librdkafka's statistics every second); `None` for other sources.
+    pub lag: Option<u64>,
     /// What `freshness` summarizes (µs), for metrics.
     #[serde(skip)]
     #[cfg_attr(feature = "openapi", schema(ignore))]

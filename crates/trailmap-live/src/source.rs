@@ -71,6 +71,12 @@ pub trait LiveSource: Send {
     fn checkpointed_at(&self) -> Option<SystemTime> {
         None
     }
+
+    /// Messages waiting in the source's broker beyond what is durable here (Kafka's
+    /// consumer lag); `None` for sources without one.
+    fn lag(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Replays files, each a partition, a batch from each in turn (so files that cover the same

@@ -134,6 +134,13 @@ pub fn render(
         "1 when the source can read.",
         i64::from(ready),
     )?;
+    if let Some(lag) = status.lag {
+        gauge(
+            "trailmap_consumer_lag_messages",
+            "Kafka messages in the assigned partitions past the committed offsets (committed once stored), from librdkafka's statistics.",
+            i64::try_from(lag).unwrap_or(i64::MAX),
+        )?;
+    }
     if let Some(at) = status.checkpointed_at {
         let now = unix_micros(std::time::SystemTime::now());
         let age = Gauge::new(
