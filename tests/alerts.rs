@@ -296,3 +296,43 @@ fn a_restart_while_firing_keeps_the_state_and_sends_no_duplicate() {
     assert_eq!(statuses, ["firing", "resolved"], "{seen:?}");
     assert_eq!(micros(&seen[1].2), fired);
 }
+
+/// A webhook that is down: the notifications wait in the state file's outbox (retries stop
+/// when `serve` stops), and the next run, with the receiver up, delivers them first, in
+/// order, without evaluating anything twice.
+#[test]
+fn notifications_a_webhook_missed_are_sent_by_the_next_run() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let down = format!("http://{closed}/hook");
+    let config_down = config(dir.path(), &down);
+    let data = dir.path().join("data");
+    let first = run(&serve_args(&config_down, s(&data)));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(stderr.contains("kept for the next run"), "{stderr}");
+    let text = std::fs::read_to_string(data.join("alerts.json")).expect("a state file");
+    let state: Value = serde_json::from_str(&text).expect("JSON");
+    let waiting: Vec<&str> = state["outbox"]
+        .as_array()
+        .expect("outbox")
+        .iter()
+        .map(|n| n["change"].as_str().expect("change"))
+        .collect();
+    assert_eq!(waiting, ["firing", "resolved"], "{text}");
+
+    let receiver = Receiver::start();
+    let config_up = config(dir.path(), &receiver.url);
+    let _ = json(&serve_args(&config_up, s(&data)));
+    let statuses: Vec<String> = receiver.seen().into_iter().map(|s| s.0).collect();
+    assert_eq!(statuses, ["firing", "resolved"]);
+    let text = std::fs::read_to_string(data.join("alerts.json")).expect("a state file");
+    let state: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(state["outbox"].as_array().map(Vec::len), Some(0), "{text}");
+}

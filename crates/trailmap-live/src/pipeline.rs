@@ -236,6 +236,8 @@ pub struct LiveHandle {
     shard_tasks: Vec<JoinHandle<(Shard, DurationHistogram)>>,
     ingest: Arc<Mutex<SourceView>>,
     stop: Arc<AtomicBool>,
+    /// `[sessions] allowed_lateness`, µs.
+    lateness: i64,
 }
 
 /// Resolves configured journeys against the pipeline's fixed touchpoint ids.
@@ -378,6 +380,7 @@ pub fn start(
         shard_tasks,
         ingest,
         stop,
+        lateness,
     })
 }
 
@@ -606,6 +609,21 @@ impl LiveHandle {
         self.stitch.read().ok().and_then(|s| s.newest)
     }
 
+    /// Event time up to which the counts are complete (µs): nothing that could still
+    /// change them can arrive before it any more (the watermark less the lateness
+    /// horizon: slower partitions and late events have had their chance), or the newest
+    /// event once the input has ended. What decisions that must not be taken back (alert
+    /// evaluations) wait for.
+    pub fn complete_until(&self) -> Option<i64> {
+        let view = self.stitch.read().ok()?;
+        let newest = view.newest?;
+        match view.watermark {
+            Some(i64::MAX) => Some(newest),
+            Some(w) => Some(newest.min(w.saturating_sub(self.lateness))),
+            None => None,
+        }
+    }
+
     pub async fn status(&self) -> Result<LiveStatus> {
         let mut status = LiveStatus::default();
         if let Ok(s) = self.stitch.read() {
@@ -670,6 +688,7 @@ impl LiveHandle {
             shard_tasks,
             ingest,
             stop: _,
+            lateness: _,
         } = self;
         let late = stitcher
             .await

@@ -55,7 +55,10 @@ pub struct AlertRule {
     /// The relative drop that matters: 0.2 = conversion at least 20% below the baseline.
     #[serde(default = "defaults::drop")]
     pub drop: f64,
-    /// Confidence that the drop is real (one-sided two-proportion test), in (0.5, 1).
+    /// Confidence of the one-sided two-proportion test that conversion fell at all (the
+    /// `drop` threshold is checked on top), in (0.5, 1). Each evaluation tests at this
+    /// level; overlapping windows evaluated every interval make false alarms over a day
+    /// likelier than `1 - confidence`, which `for` and `drop` keep in check.
     #[serde(default = "defaults::confidence")]
     pub confidence: f64,
     /// The dip must hold this long (pending) before the alert fires, as Prometheus `for`.

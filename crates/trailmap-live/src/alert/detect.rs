@@ -6,8 +6,15 @@
 //! makes it look like a rise. So the current window ends where the journey's conversion
 //! window has fully elapsed (the cohorts in it have had their whole chance), and whatever
 //! is still maturing there (a journey that entered its funnel late in a long session) is
-//! left out of both sides. The price is delay: a rule on a 2 h funnel sees a dip 2 h after
-//! the cohorts it hits entered, so alerting funnels should have windows sized for it.
+//! left out. The price is delay: a rule on a 2 h funnel sees a dip 2 h after the cohorts it
+//! hits entered, so alerting funnels should have windows sized for it.
+//!
+//! Cohorts are sessions, by the minute they began. A session that reaches the stage's
+//! first step more than a journey window after it began may still be maturing at an
+//! evaluation; it is left out if it has not converted yet but counted if it has, which
+//! leans the current window's conversion up a little against a settled baseline (sessions
+//! that long are rare: a 30-minute gap cuts them). Grouping by the funnel's entry time
+//! would remove that lean.
 //!
 //! The test: conversion in the current window against the baseline's, one-sided
 //! two-proportion z-test (pooled), plus a minimum sample on both sides and a minimum
@@ -151,15 +158,23 @@ impl Detector {
         (current, baseline)
     }
 
-    /// Evaluation times in `(after, upto]`: multiples of the rule's interval (µs).
-    pub fn due(&self, after: Option<i64>, upto: i64) -> impl Iterator<Item = i64> + use<> {
+    /// Evaluation times in `(after, upto]`: multiples of the rule's interval (µs), the
+    /// latest `cap` of them at most (event time that leaps ahead, say one event dated years
+    /// away, skips the instants between rather than queueing millions).
+    pub fn due(
+        &self,
+        after: Option<i64>,
+        upto: i64,
+        cap: usize,
+    ) -> impl Iterator<Item = i64> + use<> {
         let every = self.rule.every.micros().max(1);
-        let first = match after {
-            Some(t) => t.div_euclid(every) + 1,
-            None => upto.div_euclid(every),
-        };
         let last = upto.div_euclid(every);
-        (first..=last).map(move |k| k * every)
+        let first = match after {
+            Some(t) => t.div_euclid(every).saturating_add(1),
+            None => last,
+        };
+        let first = first.max(last.saturating_sub(cap as i64).saturating_add(1));
+        (first..=last).map(move |k| k.saturating_mul(every))
     }
 
     /// Decides at `at` from the current window's levels and the baseline's.
@@ -174,7 +189,7 @@ impl Detector {
             _ => None,
         };
         let p_value = dip_p_value(current, baseline);
-        let min = self.rule.min_sample as i64;
+        let min = i64::try_from(self.rule.min_sample).unwrap_or(i64::MAX);
         let alpha = 1.0 - self.rule.confidence;
         let (verdict, reason) = if current.entered < min {
             (
@@ -336,12 +351,18 @@ mod tests {
     fn evaluations_fall_on_multiples_of_the_interval() {
         let d = Detector::new("r", &rule(), 0, Stage { from: 0, to: 1 }, 1);
         let m = BUCKET_MICROS;
-        assert_eq!(d.due(None, 5 * m + 3).collect::<Vec<_>>(), vec![5 * m]);
+        assert_eq!(d.due(None, 5 * m + 3, 10).collect::<Vec<_>>(), vec![5 * m]);
         assert_eq!(
-            d.due(Some(5 * m), 7 * m).collect::<Vec<_>>(),
+            d.due(Some(5 * m), 7 * m, 10).collect::<Vec<_>>(),
             vec![6 * m, 7 * m]
         );
-        assert_eq!(d.due(Some(7 * m), 7 * m + 59).count(), 0);
+        assert_eq!(d.due(Some(7 * m), 7 * m + 59, 10).count(), 0);
+        // A leap in event time: only the latest `cap` instants.
+        assert_eq!(
+            d.due(Some(0), 1_000_000 * m, 2).collect::<Vec<_>>(),
+            vec![999_999 * m, 1_000_000 * m]
+        );
+        assert_eq!(d.due(Some(0), i64::MAX, 1).count(), 1);
     }
 
     #[test]

@@ -32,6 +32,12 @@ use trailmap_mine::report::micros_string;
 use trailmap_model::config::Config;
 use trailmap_model::{Error, Result};
 
+/// Intervals a live evaluator catches up on at most (two weeks of 10-minute intervals).
+pub const MAX_CATCH_UP: usize = 2016;
+/// Intervals a backtest evaluates at most per rule (a year of minutes); a longer span is
+/// its latest part.
+pub const MAX_BACKTEST: usize = 527_040;
+
 /// Where an alert is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -117,7 +123,8 @@ impl AlertStatus {
 
     /// Steps the lifecycle with an evaluation; returns the change to notify, if any. An
     /// evaluation with too few journeys to tell changes nothing: pending stays pending
-    /// (without getting closer to firing), firing stays firing.
+    /// (it fires only on an evaluation that says dipping, though the time since it became
+    /// pending counts towards `for`), firing stays firing.
     pub fn step(&mut self, e: Evaluation, hold: i64) -> Option<Change> {
         let at = e.at;
         let verdict = e.verdict;
@@ -149,7 +156,7 @@ impl AlertStatus {
 
     fn promote(&mut self, at: i64, hold: i64) -> Option<Change> {
         let since = self.active_since.unwrap_or(at);
-        if at - since >= hold {
+        if at.saturating_sub(since) >= hold {
             self.state = AlertState::Firing;
             self.fired_at = Some(at);
             Some(Change::Firing)
@@ -291,20 +298,23 @@ impl Alerts {
     }
 
     /// The evaluations due once event time has reached `newest` (µs): `(rule, at)`, in time
-    /// order per rule. A rule never evaluated starts at the latest instant due.
+    /// order per rule. A rule never evaluated starts at the latest instant due; one that
+    /// fell behind by more than [`MAX_CATCH_UP`] intervals skips to the latest of them.
     pub fn due(&self, newest: i64) -> Vec<(usize, i64)> {
         let mut due = Vec::new();
         for (i, d) in self.detectors.iter().enumerate() {
             let after = self.statuses[i].last.as_ref().map(|e| e.at);
-            due.extend(d.due(after, newest).map(|at| (i, at)));
+            due.extend(d.due(after, newest, MAX_CATCH_UP).map(|at| (i, at)));
         }
         due.sort_by_key(|&(i, at)| (at, i));
         due
     }
 
     /// Records rule `i`'s evaluation: steps its lifecycle, and on a change queues the
-    /// notification and saves the state. Returns the notification.
-    pub fn record(&mut self, i: usize, e: Evaluation) -> Result<Option<Notice>> {
+    /// notification and saves the state. Returns the notification, which is to be sent
+    /// even when the state could not be saved (that is logged: a restart would then not
+    /// know of the change).
+    pub fn record(&mut self, i: usize, e: Evaluation) -> Option<Notice> {
         let hold = self.detectors[i].rule.hold.micros();
         let before = self.statuses[i].state;
         let change = self.statuses[i].step(e, hold);
@@ -312,10 +322,12 @@ impl Alerts {
         if let Some(n) = &notice {
             self.outbox.push(n.clone());
         }
-        if before != self.statuses[i].state {
-            self.save()?;
+        if before != self.statuses[i].state
+            && let Err(e) = self.save()
+        {
+            eprintln!("alerts: cannot save the alert state: {e}");
         }
-        Ok(notice)
+        notice
     }
 
     /// Takes a delivered (or given up) notification out of the outbox.
@@ -416,7 +428,7 @@ impl Alerts {
         for i in 0..self.detectors.len() {
             let every = self.detectors[i].rule.every.micros().max(1);
             let before_first = first.div_euclid(every) * every - every;
-            for at in self.detectors[i].due(Some(before_first), newest) {
+            for at in self.detectors[i].due(Some(before_first), newest, MAX_BACKTEST) {
                 let e = self.evaluate_on(i, map, at);
                 out.evaluations += 1;
                 match e.verdict {
@@ -424,7 +436,7 @@ impl Alerts {
                     Verdict::Steady => out.steady += 1,
                     Verdict::TooFew => out.too_few += 1,
                 }
-                let change = self.record(i, e.clone())?;
+                let change = self.record(i, e.clone());
                 if self.statuses[i].state == AlertState::Firing {
                     out.firing += 1;
                 }

@@ -7,6 +7,7 @@
 use super::{Change, Notice};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use trailmap_mine::report::micros_string;
 
@@ -72,9 +73,10 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// Posts the notice to every webhook, retrying each; the URLs that still failed, with
-    /// why. Blocking: run it off the async runtime.
-    pub fn deliver(&self, notice: &Notice) -> Vec<(String, String)> {
+    /// Posts the notice to every webhook, retrying each (no more retries once `stopping`
+    /// is set); the URLs that still failed, with why. Blocking: run it off the async
+    /// runtime.
+    pub fn deliver(&self, notice: &Notice, stopping: &AtomicBool) -> Vec<(String, String)> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))
             .build()
@@ -87,12 +89,17 @@ impl Webhooks {
             loop {
                 match agent.post(url).send_json(&body) {
                     Ok(_) => break,
-                    Err(e) if attempt >= self.retries => {
+                    Err(e) if attempt >= self.retries || stopping.load(Ordering::Relaxed) => {
                         failed.push((url.clone(), e.to_string()));
                         break;
                     }
                     Err(_) => {
-                        std::thread::sleep(wait);
+                        // Waits in short steps, so a stop does not wait out the backoff.
+                        let until = std::time::Instant::now() + wait;
+                        while std::time::Instant::now() < until && !stopping.load(Ordering::Relaxed)
+                        {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
                         wait = wait.saturating_mul(2);
                         attempt += 1;
                     }

@@ -6,6 +6,7 @@ use super::notify::Webhooks;
 use super::{AlertStatus, Alerts, Change, Notice, when};
 use crate::counts::bucket_of;
 use crate::pipeline::LiveHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
@@ -31,6 +32,8 @@ struct Running {
     stop: oneshot::Sender<()>,
     evaluator: JoinHandle<()>,
     notifier: std::thread::JoinHandle<()>,
+    /// Tells the notifier to stop retrying.
+    stopping: Arc<AtomicBool>,
 }
 
 impl AlertsHandle {
@@ -42,22 +45,24 @@ impl AlertsHandle {
             .unwrap_or_default()
     }
 
-    /// Ticks whenever an evaluation changed a state (for `/api/stream`).
+    /// Ticks after every round of evaluations (for `/api/stream`, which sends the list
+    /// when it changed).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.clone()
     }
 
     /// Evaluates what is still due, stops evaluating, and waits until the notifications
-    /// are delivered or given up (a webhook that keeps failing is retried with backoff, so
-    /// this can take `retries` doublings of a second; whatever a crash interrupts stays in
-    /// the state file's outbox and is sent by the next run).
+    /// are delivered: each webhook gets one more attempt (at most its 10 s timeout) and
+    /// what still fails stays in the state file's outbox for the next run, as does
+    /// whatever a crash interrupts.
     pub async fn stop(&self) {
         let taken = self.stop.lock().ok().and_then(|mut s| s.take());
         if let Some(running) = taken {
             let _ = running.stop.send(());
             // The evaluator holds the outbox's sender: once it ends, the notifier drains
-            // the outbox and ends too.
+            // the outbox (one attempt per webhook from now on) and ends too.
             let _ = running.evaluator.await;
+            running.stopping.store(true, Ordering::Relaxed);
             let _ = tokio::task::spawn_blocking(move || running.notifier.join()).await;
         }
     }
@@ -73,6 +78,8 @@ pub fn spawn(alerts: Alerts, live: Weak<LiveHandle>, webhooks: Webhooks) -> Resu
     }
     let alerts = Arc::new(Mutex::new(alerts));
     let delivering = alerts.clone();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let notifier_stopping = stopping.clone();
     let notifier = std::thread::Builder::new()
         .name("trailmap-alert-notify".into())
         .spawn(move || {
@@ -80,8 +87,18 @@ pub fn spawn(alerts: Alerts, live: Weak<LiveHandle>, webhooks: Webhooks) -> Resu
                 let failed = if webhooks.urls.is_empty() {
                     Vec::new()
                 } else {
-                    webhooks.deliver(&notice)
+                    webhooks.deliver(&notice, &notifier_stopping)
                 };
+                if !failed.is_empty() && notifier_stopping.load(Ordering::Relaxed) {
+                    // Stopping: no more retries now; it stays in the outbox for the next run.
+                    for (url, why) in failed {
+                        eprintln!(
+                            "alert {}: webhook {url} failed ({why}); kept for the next run",
+                            notice.alert
+                        );
+                    }
+                    continue;
+                }
                 for (url, why) in failed {
                     eprintln!(
                         "alert {}: giving up on webhook {url} after {} retries: {why}",
@@ -135,6 +152,7 @@ pub fn spawn(alerts: Alerts, live: Weak<LiveHandle>, webhooks: Webhooks) -> Resu
             stop: stop_tx,
             evaluator: task,
             notifier,
+            stopping,
         }))),
     })
 }
@@ -145,7 +163,9 @@ async fn evaluate_due(
     live: &LiveHandle,
     outbox: &std::sync::mpsc::Sender<Notice>,
 ) -> Result<usize> {
-    let Some(newest) = live.newest() else {
+    // Evaluations are never taken back, so they wait until the counts up to them are
+    // complete: late events and slower partitions have had their chance.
+    let Some(newest) = live.complete_until() else {
         return Ok(0);
     };
     let (due, detectors) = match alerts.lock() {
@@ -162,7 +182,7 @@ async fn evaluate_due(
         let e = d.evaluate(at, &now, &before);
         let reason = e.reason.clone();
         let notice = match alerts.lock() {
-            Ok(mut a) => a.record(i, e)?,
+            Ok(mut a) => a.record(i, e),
             Err(_) => return Ok(ran),
         };
         ran += 1;
