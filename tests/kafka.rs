@@ -332,7 +332,15 @@ fn metrics_report_the_consumer_lag_until_everything_is_stored() {
     let broker = Nisshi::start();
     let dir = tempfile::tempdir().expect("tmp");
     let config = kafka_config(dir.path());
-    let _ = produce_generated(&broker, dir.path(), "200", "8", false);
+    let inputs = produce_generated(&broker, dir.path(), "200", "8", false);
+    let produced: usize = inputs
+        .iter()
+        .map(|spec| {
+            let file = spec.split_once('=').expect("KIND=FILE").1;
+            let text = std::fs::read_to_string(file).expect("generated file");
+            text.lines().filter(|l| !l.is_empty()).count()
+        })
+        .sum();
     let mut child = bin()
         .args([
             "serve",
@@ -385,6 +393,22 @@ fn metrics_report_the_consumer_lag_until_everything_is_stored() {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    // Everything is stored now: `stored_events` (the data dir's segments, over SQL) holds
+    // every record produced.
+    let answer: serde_json::Value = agent
+        .get(format!(
+            "{base}/api/sql?q=SELECT%20source%2C%20count(*)%20AS%20n%20FROM%20stored_events%20GROUP%20BY%20source%20ORDER%20BY%20source"
+        ))
+        .call()
+        .and_then(|mut r| r.body_mut().read_json())
+        .expect("an /api/sql answer");
     let _ = child.kill();
     let _ = child.wait();
+    let rows = answer["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"));
+    let sources: Vec<&str> = rows.iter().filter_map(|r| r["source"].as_str()).collect();
+    assert_eq!(sources, ["clickstream", "crm", "ticket"], "{answer}");
+    let stored: u64 = rows.iter().filter_map(|r| r["n"].as_u64()).sum();
+    assert_eq!(stored, produced as u64, "{answer}");
 }

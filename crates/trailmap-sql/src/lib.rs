@@ -15,7 +15,8 @@
 //! - [`results`]: table functions `paths()`, `variants()`, `funnel(…)`, `dropoffs(…)`, the
 //!   same aggregates and rows as the CLI commands.
 //! - [`live`]: `live_touchpoints`, `live_transitions`, `live_funnel_steps` over the live
-//!   pipeline's map, read from a snapshot at each scan.
+//!   pipeline's map, read from a snapshot at each scan; `stored_events` over the events
+//!   it stored ([`Analyst::with_store`]).
 //! - [`postgres`]: the PostgreSQL wire endpoint (`psql`, BI tools) over an [`Analyst`].
 //! - [`Analyst`]: a read-only session: DDL, DML and statements that write (`COPY`,
 //!   `CREATE`, `INSERT`, `DROP`, `SET`) are refused with a message that says so.
@@ -41,6 +42,9 @@ use std::time::Duration;
 use trailmap_model::Config;
 use trailmap_model::config::SqlConfig;
 use trailmap_sessionize::JourneyLog;
+
+/// The table of the events the live pipeline stored ([`Analyst::with_store`]).
+pub const STORED_EVENTS: &str = "stored_events";
 
 /// Stitched journeys to query, with the config that says how (scope, named funnels).
 #[derive(Clone)]
@@ -162,6 +166,38 @@ impl Analyst {
                 }),
             )?;
         }
+        Ok(self)
+    }
+
+    /// Registers `stored_events`: every event the live pipeline stored in the local data
+    /// dir `data_dir` (its Parquet segments, in the canonical schema), listed anew at each
+    /// query, so it grows as the pipeline stores more. Data dirs that are not local (an
+    /// object store URL) are refused with what to do instead.
+    pub fn with_store(self, data_dir: &str) -> Result<Self> {
+        use datafusion::datasource::file_format::parquet::ParquetFormat;
+        use datafusion::datasource::listing::{
+            ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+        };
+        let dir = match data_dir.split_once("://") {
+            None => std::path::PathBuf::from(data_dir),
+            Some(("file", path)) => std::path::PathBuf::from(path),
+            Some(_) => {
+                return Err(DataFusionError::Plan(format!(
+                    "stored_events reads a local data dir; {data_dir} is not one (query its \
+                     segments/*.parquet with `trailmap sql --table events=FILE` instead)"
+                )));
+            }
+        };
+        let segments = std::path::absolute(dir.join("segments"))
+            .map_err(|e| DataFusionError::Plan(format!("{data_dir}: {e}")))?;
+        let url = ListingTableUrl::parse(format!("{}/", segments.display()))?;
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(trailmap_model::schema::event_schema());
+        self.ctx
+            .register_table(STORED_EVENTS, Arc::new(ListingTable::try_new(config)?))?;
         Ok(self)
     }
 

@@ -1,4 +1,5 @@
-//! An analyst's query is bounded in time and memory, and says which limit it hit.
+//! An analyst's query is bounded in time and memory, and says which limit it hit; the stored
+//! events table reads only local data dirs.
 
 use trailmap_sql::{Analyst, Limits};
 
@@ -43,4 +44,36 @@ async fn a_query_past_the_memory_limit_fails_and_names_it() {
         .await
         .expect("a small query fits");
     assert_eq!(small[0].num_rows(), 1);
+}
+
+/// `stored_events` over a data dir: empty before the pipeline stored anything (not an
+/// error), and object store URLs are refused with what to do instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_events_read_a_local_data_dir_only() {
+    let dir = std::env::temp_dir().join(format!("trailmap-stored-{}", std::process::id()));
+    let analyst = Analyst::new(Limits {
+        timeout: std::time::Duration::from_secs(60),
+        memory: 1 << 30,
+    })
+    .with_store(dir.to_str().expect("utf-8"))
+    .expect("a local data dir");
+    let batches = analyst
+        .query("SELECT count(*) AS n FROM stored_events")
+        .await
+        .expect("an empty store answers");
+    let n = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .expect("a count")
+        .value(0);
+    assert_eq!(n, 0);
+    let refused = Analyst::new(Limits {
+        timeout: std::time::Duration::from_secs(60),
+        memory: 1 << 30,
+    })
+    .with_store("s3://bucket/trailmap")
+    .err()
+    .expect("an object store URL is refused");
+    assert!(refused.to_string().contains("local data dir"), "{refused}");
 }

@@ -86,6 +86,7 @@ impl DemoArgs {
             )),
             // The demo starts from nothing each time; so do its alerts.
             alert_state: None,
+            store: None,
         }
         .run(Box::new(source))?;
         let (result, took) = (outcome.result, outcome.took);

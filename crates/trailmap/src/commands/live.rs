@@ -38,6 +38,8 @@ pub struct LiveRun<'a> {
     pub postgres: Option<SocketAddr>,
     /// Where alert states are kept across restarts; `None`: in memory.
     pub alert_state: Option<PathBuf>,
+    /// The local data dir the pipeline stores events in, served as `stored_events`.
+    pub store: Option<String>,
 }
 
 /// What a run leaves: the pipeline's final result, how long it ran, the alert rules' states.
@@ -49,7 +51,11 @@ pub struct LiveOutcome {
 
 /// An analyst session over the live tables. It holds the pipeline weakly: the pipeline's
 /// end is not held up by an open SQL connection.
-fn live_analyst(config: &Config, handle: &Arc<LiveHandle>) -> anyhow::Result<Arc<Analyst>> {
+fn live_analyst(
+    config: &Config,
+    handle: &Arc<LiveHandle>,
+    store: Option<&str>,
+) -> anyhow::Result<Arc<Analyst>> {
     let weak = Arc::downgrade(handle);
     let snapshot: Snapshot = Arc::new(move || {
         let weak = weak.clone();
@@ -60,9 +66,11 @@ fn live_analyst(config: &Config, handle: &Arc<LiveHandle>) -> anyhow::Result<Arc
             handle.report(None).await.map_err(|e| e.to_string())
         })
     });
-    Ok(Arc::new(
-        Analyst::new(Limits::from_config(&config.sql)).with_live(snapshot)?,
-    ))
+    let mut analyst = Analyst::new(Limits::from_config(&config.sql)).with_live(snapshot)?;
+    if let Some(dir) = store {
+        analyst = analyst.with_store(dir)?;
+    }
+    Ok(Arc::new(analyst))
 }
 
 /// `/api/sql` on `analyst`.
@@ -91,7 +99,7 @@ impl LiveRun<'_> {
         runtime.block_on(async {
             let handle = Arc::new(trailmap_live::start(self.config, source, &self.pipeline)?);
             let started = Instant::now();
-            let analyst = live_analyst(self.config, &handle)?;
+            let analyst = live_analyst(self.config, &handle, self.store.as_deref())?;
             let listener = match self.http {
                 Some(address) => Some(trailmap_server::bind(address).await?),
                 None => None,
@@ -289,6 +297,7 @@ pub fn replay_in_hindsight(input: &InputArgs, config: &Config) -> anyhow::Result
         capture: None,
         postgres: None,
         alert_state: None,
+        store: None,
     }
     .run(Box::new(source))
 }

@@ -282,6 +282,13 @@ impl ServeArgs {
                 &config,
                 self.data_dir.as_deref().unwrap_or(&config.storage.data_dir),
             ),
+            // Only Kafka input is stored; local data dirs are served as `stored_events`.
+            store: Some(
+                self.data_dir
+                    .clone()
+                    .unwrap_or_else(|| config.storage.data_dir.clone()),
+            )
+            .filter(|dir| self.kafka && (!dir.contains("://") || dir.starts_with("file://"))),
         }
         .run(source)?;
         let (result, took, alerts) = (result.result, result.took, result.alerts);
