@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::bin;
+use common::{base_url, bin};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -88,12 +88,7 @@ impl Served {
         BufReader::new(child.stdout.as_mut().expect("stdout"))
             .read_line(&mut line)
             .expect("the first line");
-        let base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in {line:?}"))
-            .trim_end_matches('/')
-            .to_string();
+        let base = base_url(&line);
         Served {
             child,
             base,

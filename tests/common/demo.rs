@@ -44,12 +44,7 @@ impl Demo {
             line.clone()
         };
         let http = read_line("HTTP");
-        let base = http
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in the first line: {http:?}"))
-            .trim_end_matches('/')
-            .to_string();
+        let base = super::base_url(&http);
         let pg = read_line("PostgreSQL");
         let postgres_port = pg
             .split_whitespace()

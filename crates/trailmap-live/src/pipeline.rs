@@ -533,44 +533,48 @@ fn stopped() -> Error {
 }
 
 impl LiveHandle {
-    /// Counts of events with time in `[from, to)` (µs), over all shards.
-    pub async fn window(&self, from: i64, to: i64) -> Result<LiveCounts> {
+    /// Asks every shard the question `ask` builds around a reply channel and merges the
+    /// answers: each shard answers between two batches, from a consistent state.
+    async fn gather<T: Default>(
+        &self,
+        ask: impl Fn(oneshot::Sender<T>) -> ShardMsg,
+        merge: impl Fn(&mut T, &T),
+    ) -> Result<T> {
         let mut replies = Vec::with_capacity(self.shards.len());
         for tx in &self.shards {
             let (reply, rx) = oneshot::channel();
-            send(tx, ShardMsg::Window { from, to, reply }).await?;
+            send(tx, ask(reply)).await?;
             replies.push(rx);
         }
-        let mut sum = LiveCounts::default();
+        let mut sum = T::default();
         for rx in replies {
-            sum.merge(&rx.await.map_err(|_| stopped())?);
+            merge(&mut sum, &rx.await.map_err(|_| stopped())?);
         }
         Ok(sum)
+    }
+
+    /// Counts of events with time in `[from, to)` (µs), over all shards.
+    pub async fn window(&self, from: i64, to: i64) -> Result<LiveCounts> {
+        self.gather(
+            |reply| ShardMsg::Window { from, to, reply },
+            LiveCounts::merge,
+        )
+        .await
     }
 
     /// Every funnel's journeys that entered between `from` and `to` by day, maturing as of
     /// minute `as_of` ([`LiveMap::funnel_trend`]), over all shards.
     pub async fn funnel_trend(&self, from: i64, to: i64, as_of: i64) -> Result<FunnelTrend> {
-        let mut replies = Vec::with_capacity(self.shards.len());
-        for tx in &self.shards {
-            let (reply, rx) = oneshot::channel();
-            send(
-                tx,
-                ShardMsg::Trend {
-                    from,
-                    to,
-                    as_of,
-                    reply,
-                },
-            )
-            .await?;
-            replies.push(rx);
-        }
-        let mut sum = FunnelTrend::default();
-        for rx in replies {
-            sum.merge(&rx.await.map_err(|_| stopped())?);
-        }
-        Ok(sum)
+        self.gather(
+            |reply| ShardMsg::Trend {
+                from,
+                to,
+                as_of,
+                reply,
+            },
+            FunnelTrend::merge,
+        )
+        .await
     }
 
     /// Funnel `funnel`'s journeys that entered in `minutes`, maturing as of minute `as_of`
@@ -581,27 +585,16 @@ impl LiveHandle {
         minutes: Vec<Range<i64>>,
         as_of: i64,
     ) -> Result<FunnelLevels> {
-        let mut replies = Vec::with_capacity(self.shards.len());
-        for tx in &self.shards {
-            let (reply, rx) = oneshot::channel();
-            let minutes = minutes.clone();
-            send(
-                tx,
-                ShardMsg::Funnel {
-                    funnel,
-                    minutes,
-                    as_of,
-                    reply,
-                },
-            )
-            .await?;
-            replies.push(rx);
-        }
-        let mut sum = FunnelLevels::default();
-        for rx in replies {
-            sum.merge(&rx.await.map_err(|_| stopped())?);
-        }
-        Ok(sum)
+        self.gather(
+            |reply| ShardMsg::Funnel {
+                funnel,
+                minutes: minutes.clone(),
+                as_of,
+                reply,
+            },
+            FunnelLevels::merge,
+        )
+        .await
     }
 
     /// The newest event time seen (µs): the data's "now".
