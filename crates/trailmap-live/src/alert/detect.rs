@@ -158,22 +158,25 @@ impl Detector {
         (current, baseline)
     }
 
-    /// Evaluation times in `(after, upto]`: multiples of the rule's interval (µs), the
-    /// latest `cap` of them at most (event time that leaps ahead, say one event dated years
-    /// away, skips the instants between rather than queueing millions).
+    /// Evaluation times in `(after, upto]`: multiples of the rule's interval (µs), in
+    /// order, lazily (a span of millions of intervals costs nothing until taken); with a
+    /// `cap`, only the latest `cap` of them (a backtest over an absurd span).
     pub fn due(
         &self,
         after: Option<i64>,
         upto: i64,
-        cap: usize,
+        cap: Option<usize>,
     ) -> impl Iterator<Item = i64> + use<> {
         let every = self.rule.every.micros().max(1);
         let last = upto.div_euclid(every);
-        let first = match after {
+        let mut first = match after {
             Some(t) => t.div_euclid(every).saturating_add(1),
             None => last,
         };
-        let first = first.max(last.saturating_sub(cap as i64).saturating_add(1));
+        if let Some(cap) = cap {
+            let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+            first = first.max(last.saturating_sub(cap).saturating_add(1));
+        }
         (first..=last).map(move |k| k.saturating_mul(every))
     }
 
@@ -351,18 +354,29 @@ mod tests {
     fn evaluations_fall_on_multiples_of_the_interval() {
         let d = Detector::new("r", &rule(), 0, Stage { from: 0, to: 1 }, 1);
         let m = BUCKET_MICROS;
-        assert_eq!(d.due(None, 5 * m + 3, 10).collect::<Vec<_>>(), vec![5 * m]);
         assert_eq!(
-            d.due(Some(5 * m), 7 * m, 10).collect::<Vec<_>>(),
+            d.due(None, 5 * m + 3, None).collect::<Vec<_>>(),
+            vec![5 * m]
+        );
+        assert_eq!(
+            d.due(Some(5 * m), 7 * m, None).collect::<Vec<_>>(),
             vec![6 * m, 7 * m]
         );
-        assert_eq!(d.due(Some(7 * m), 7 * m + 59, 10).count(), 0);
-        // A leap in event time: only the latest `cap` instants.
+        assert_eq!(d.due(Some(7 * m), 7 * m + 59, None).count(), 0);
+        // Lazily: a leap in event time costs only what is taken.
         assert_eq!(
-            d.due(Some(0), 1_000_000 * m, 2).collect::<Vec<_>>(),
+            d.due(Some(0), 1_000_000 * m, None)
+                .take(2)
+                .collect::<Vec<_>>(),
+            vec![m, 2 * m]
+        );
+        // A cap keeps the latest instants.
+        assert_eq!(
+            d.due(Some(0), 1_000_000 * m, Some(2)).collect::<Vec<_>>(),
             vec![999_999 * m, 1_000_000 * m]
         );
-        assert_eq!(d.due(Some(0), i64::MAX, 1).count(), 1);
+        assert_eq!(d.due(Some(0), i64::MAX, Some(1)).count(), 1);
+        assert_eq!(d.due(Some(0), 3 * m, Some(usize::MAX)).count(), 3);
     }
 
     #[test]

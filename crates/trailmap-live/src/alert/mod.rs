@@ -32,8 +32,6 @@ use trailmap_mine::report::micros_string;
 use trailmap_model::config::Config;
 use trailmap_model::{Error, Result};
 
-/// Intervals a live evaluator catches up on at most (two weeks of 10-minute intervals).
-pub const MAX_CATCH_UP: usize = 2016;
 /// Intervals a backtest evaluates at most per rule (a year of minutes); a longer span is
 /// its latest part.
 pub const MAX_BACKTEST: usize = 527_040;
@@ -297,16 +295,18 @@ impl Alerts {
         &self.outbox
     }
 
-    /// The evaluations due once event time has reached `newest` (µs): `(rule, at)`, in time
-    /// order per rule. A rule never evaluated starts at the latest instant due; one that
-    /// fell behind by more than [`MAX_CATCH_UP`] intervals skips to the latest of them.
-    pub fn due(&self, newest: i64) -> Vec<(usize, i64)> {
+    /// The earliest `limit` evaluations due once event time has reached `newest` (µs):
+    /// `(rule, at)`, in time order. A rule never evaluated starts at the latest instant
+    /// due; one behind evaluates every instant it missed, in order (a lagging evaluator
+    /// catches up; it never skips what would change an alert).
+    pub fn due(&self, newest: i64, limit: usize) -> Vec<(usize, i64)> {
         let mut due = Vec::new();
         for (i, d) in self.detectors.iter().enumerate() {
             let after = self.statuses[i].last.as_ref().map(|e| e.at);
-            due.extend(d.due(after, newest, MAX_CATCH_UP).map(|at| (i, at)));
+            due.extend(d.due(after, newest, None).take(limit).map(|at| (i, at)));
         }
         due.sort_by_key(|&(i, at)| (at, i));
+        due.truncate(limit);
         due
     }
 
@@ -428,7 +428,7 @@ impl Alerts {
         for i in 0..self.detectors.len() {
             let every = self.detectors[i].rule.every.micros().max(1);
             let before_first = first.div_euclid(every) * every - every;
-            for at in self.detectors[i].due(Some(before_first), newest, MAX_BACKTEST) {
+            for at in self.detectors[i].due(Some(before_first), newest, Some(MAX_BACKTEST)) {
                 let e = self.evaluate_on(i, map, at);
                 out.evaluations += 1;
                 match e.verdict {

@@ -9,21 +9,20 @@ use crate::pipeline::LiveHandle;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use trailmap_model::{Error, Result};
 
 /// How often the evaluator looks at the pipeline's event time.
 const TICK: Duration = Duration::from_millis(200);
-/// Evaluations per tick at most, so that catching up (a replay, a restart) never holds the
-/// pipeline's shards for long; the rest wait for the next tick.
+/// Evaluations per round at most: catching up (a replay, a restart) goes round after round,
+/// yielding between them, so the shards' other work is never held for long.
 const MAX_PER_TICK: usize = 500;
 
-/// The running alerts: their statuses for the API, a signal on every change.
+/// The running alerts: their statuses for the API, and how to stop them.
 #[derive(Clone)]
 pub struct AlertsHandle {
     alerts: Arc<Mutex<Alerts>>,
-    changed: watch::Receiver<u64>,
     stop: Arc<Mutex<Option<Running>>>,
 }
 
@@ -43,12 +42,6 @@ impl AlertsHandle {
             .lock()
             .map(|a| a.statuses().to_vec())
             .unwrap_or_default()
-    }
-
-    /// Ticks after every round of evaluations (for `/api/stream`, which sends the list
-    /// when it changed).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.clone()
     }
 
     /// Evaluates what is still due, stops evaluating, and waits until the notifications
@@ -113,7 +106,6 @@ pub fn spawn(alerts: Alerts, live: Weak<LiveHandle>, webhooks: Webhooks) -> Resu
             }
         })
         .map_err(|e| Error::Other(format!("cannot start the alert notifier thread: {e}")))?;
-    let (changed_tx, changed) = watch::channel(0u64);
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let evaluating = alerts.clone();
     let task = tokio::spawn(async move {
@@ -128,12 +120,10 @@ pub fn spawn(alerts: Alerts, live: Weak<LiveHandle>, webhooks: Webhooks) -> Resu
             loop {
                 match evaluate_due(&evaluating, &live, &outbox_tx).await {
                     Ok(0) => break,
-                    Ok(n) => {
-                        changed_tx.send_modify(|v| *v += 1);
-                        if n < MAX_PER_TICK || !stopping {
-                            break;
-                        }
-                    }
+                    // A full round: more is due (a replay, a restart, a lagging
+                    // evaluator); go on after letting the shards' other work through.
+                    Ok(n) if n == MAX_PER_TICK => tokio::task::yield_now().await,
+                    Ok(_) => break,
                     Err(e) => {
                         eprintln!("alerts: evaluation failed: {e}");
                         break;
@@ -147,7 +137,6 @@ pub fn spawn(alerts: Alerts, live: Weak<LiveHandle>, webhooks: Webhooks) -> Resu
     });
     Ok(AlertsHandle {
         alerts,
-        changed,
         stop: Arc::new(Mutex::new(Some(Running {
             stop: stop_tx,
             evaluator: task,
@@ -169,11 +158,11 @@ async fn evaluate_due(
         return Ok(0);
     };
     let (due, detectors) = match alerts.lock() {
-        Ok(a) => (a.due(newest), a.detectors().to_vec()),
+        Ok(a) => (a.due(newest, MAX_PER_TICK), a.detectors().to_vec()),
         Err(_) => return Ok(0),
     };
     let mut ran = 0;
-    for (i, at) in due.into_iter().take(MAX_PER_TICK) {
+    for (i, at) in due {
         let d = &detectors[i];
         let (current, baseline) = d.windows(at);
         let as_of = bucket_of(at);
