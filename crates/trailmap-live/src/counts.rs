@@ -181,15 +181,17 @@ impl LiveCounts {
         let mut levels = Vec::new();
         for (&(funnel, by), counts) in &self.open_windows {
             if funnel as usize == j && by > as_of {
-                if levels.len() < counts.len() {
-                    levels.resize(counts.len(), 0);
-                }
-                for (a, b) in levels.iter_mut().zip(counts) {
-                    *a += b;
-                }
+                add_levels(&mut levels, counts);
             }
         }
         levels
+    }
+
+    /// Funnel `j`'s levels, with those maturing as of minute `as_of` (none without one).
+    pub fn funnel(&self, j: usize, as_of: Option<i64>) -> FunnelLevels {
+        let mut f = FunnelLevels::default();
+        f.add_bucket(self, j, as_of);
+        f
     }
 
     /// Adds other counts into these.
@@ -217,12 +219,7 @@ impl LiveCounts {
         }
         for (&key, theirs) in &other.open_windows {
             let mine = self.open_windows.entry(key).or_default();
-            if mine.len() < theirs.len() {
-                mine.resize(theirs.len(), 0);
-            }
-            for (a, b) in mine.iter_mut().zip(theirs) {
-                *a += b;
-            }
+            add_levels(mine, theirs);
             if mine.iter().all(|&l| l == 0) {
                 self.open_windows.remove(&key);
             }
@@ -240,14 +237,6 @@ impl LiveCounts {
             && self.transitions.is_empty()
             && self.funnels.is_empty()
             && self.open_windows.is_empty()
-    }
-
-    /// Journeys of funnel `j` whose deepest step is at least step `k` (0-based), as
-    /// [`StepTallies::reached`](trailmap_mine::funnel::StepTallies::reached).
-    pub fn reached(&self, j: usize, k: usize) -> i64 {
-        self.funnels
-            .get(j)
-            .map_or(0, |l| l.iter().skip(k + 1).sum())
     }
 }
 
@@ -275,9 +264,33 @@ impl FunnelLevels {
         add_levels(&mut self.maturing, &other.maturing);
     }
 
-    /// Journeys whose deepest step is at least step `k` (0-based).
+    /// Adds funnel `j` of one bucket's counts, with its journeys maturing as of minute
+    /// `as_of` (none without one).
+    fn add_bucket(&mut self, c: &LiveCounts, j: usize, as_of: Option<i64>) {
+        if let Some(levels) = c.funnels.get(j) {
+            add_levels(&mut self.levels, levels);
+        }
+        if let Some(as_of) = as_of
+            && !c.open_windows.is_empty()
+        {
+            add_levels(&mut self.maturing, &c.maturing(j, as_of));
+        }
+    }
+
+    /// Journeys whose deepest step is at least step `k` (0-based), as
+    /// [`StepTallies::reached`](trailmap_mine::funnel::StepTallies::reached).
     pub fn reached(&self, k: usize) -> i64 {
         self.levels.iter().skip(k + 1).sum()
+    }
+
+    /// `(entered, converted, maturing)` of a funnel whose last step is `last` (0-based):
+    /// journeys that reached the first step, the last, and those still maturing.
+    pub fn outcome(&self, last: usize) -> (i64, i64, i64) {
+        (
+            self.reached(0),
+            self.reached(last),
+            self.maturing.iter().sum(),
+        )
     }
 
     /// Journeys that reached step `from` but not step `to` and can still go on.
@@ -367,13 +380,8 @@ impl LiveMap {
             if per_funnel.len() < funnels {
                 per_funnel.resize(funnels, FunnelLevels::default());
             }
-            for (j, levels) in c.funnels.iter().enumerate() {
-                add_levels(&mut per_funnel[j].levels, levels);
-            }
-            if !c.open_windows.is_empty() {
-                for (j, f) in per_funnel.iter_mut().enumerate().take(funnels) {
-                    add_levels(&mut f.maturing, &c.maturing(j, as_of));
-                }
+            for (j, f) in per_funnel.iter_mut().enumerate().take(funnels) {
+                f.add_bucket(c, j, Some(as_of));
             }
         }
         trend
@@ -394,12 +402,7 @@ impl LiveMap {
                 continue;
             }
             for c in self.buckets.range(range.clone()).map(|(_, c)| c) {
-                if let Some(levels) = c.funnels.get(j) {
-                    add_levels(&mut sum.levels, levels);
-                }
-                if !c.open_windows.is_empty() {
-                    add_levels(&mut sum.maturing, &c.maturing(j, as_of));
-                }
+                sum.add_bucket(c, j, Some(as_of));
             }
         }
         sum

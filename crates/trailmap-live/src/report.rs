@@ -109,13 +109,10 @@ impl MapReport {
                 .days
                 .iter()
                 .filter_map(|(&day, per_funnel)| {
-                    let levels = per_funnel.get(j)?;
-                    let entered = levels.reached(0);
+                    let (entered, converted, maturing) = per_funnel.get(j)?.outcome(last);
                     if entered == 0 {
                         return None;
                     }
-                    let converted = levels.reached(last);
-                    let maturing: i64 = levels.maturing.iter().sum();
                     Some(TrendPoint {
                         day: micros_string(day * 24 * 60 * BUCKET_MICROS)[..10].to_string(),
                         entered,
@@ -182,12 +179,11 @@ impl MapReport {
             .enumerate()
             .map(|(j, (funnel, journey))| {
                 let n = journey.steps.len();
-                let reached: Vec<i64> = (0..n).map(|k| counts.reached(j, k)).collect();
-                let maturing = as_of_minute.map_or_else(Vec::new, |m| counts.maturing(j, m));
+                let levels = counts.funnel(j, as_of_minute);
+                let reached: Vec<i64> = (0..n).map(|k| levels.reached(k)).collect();
                 // Stopped at step k (0-based) = level k + 1.
-                let maturing_at = |k: usize| maturing.get(k + 1).copied().unwrap_or(0);
-                let (entered, converted) = (reached[0], reached[n - 1]);
-                let maturing_total: i64 = maturing.iter().sum();
+                let maturing_at = |k: usize| levels.maturing.get(k + 1).copied().unwrap_or(0);
+                let (entered, converted, maturing_total) = levels.outcome(n - 1);
                 FunnelReport {
                     name: funnel.clone(),
                     entered,

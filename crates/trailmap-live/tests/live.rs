@@ -159,7 +159,7 @@ fn live(result: &LiveResult) -> Counts {
                 (
                     n.clone(),
                     (0..journey.steps.len())
-                        .map(|k| total.reached(j, k))
+                        .map(|k| total.funnel(j, None).reached(k))
                         .collect(),
                 )
             })
