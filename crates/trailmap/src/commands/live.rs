@@ -273,11 +273,9 @@ impl LiveRun<'_> {
     }
 }
 
-/// The input files through the live pipeline to their end, with no lateness horizon
-/// (files come in any order, grouped by customer say, so no event is too late): the live
-/// counts a run over these events ends with, once everything late has been corrected. What
-/// `alerts test` replays rules over and `map` draws.
-pub fn replay_in_hindsight(input: &InputArgs, config: &Config) -> anyhow::Result<LiveOutcome> {
+/// The input files as a live source, each a partition, rejects to the config's dead
+/// letters (`serve --replay`, and what [`replay_in_hindsight`] reads).
+pub fn file_replay(input: &InputArgs, config: &Config) -> anyhow::Result<FileReplay> {
     let inputs = input.file_inputs(config)?;
     let options = IngestOptions {
         catalog: Arc::new(Catalog::compile(&config.catalog)?),
@@ -285,7 +283,15 @@ pub fn replay_in_hindsight(input: &InputArgs, config: &Config) -> anyhow::Result
         projection: Projection::minimal(),
     };
     let dead = DeadLetters::new(&config.ingest.dead_letter, config.ingest.max_errors);
-    let source = FileReplay::open(&inputs, &options, dead)?;
+    Ok(FileReplay::open(&inputs, &options, dead)?)
+}
+
+/// The input files through the live pipeline to their end, with no lateness horizon
+/// (files come in any order, grouped by customer say, so no event is too late): the live
+/// counts a run over these events ends with, once everything late has been corrected. What
+/// `alerts test` replays rules over and `map` draws.
+pub fn replay_in_hindsight(input: &InputArgs, config: &Config) -> anyhow::Result<LiveOutcome> {
+    let source = file_replay(input, config)?;
     let mut config = config.clone();
     config.sessions.allowed_lateness = Span::from_secs(100 * 366 * 86_400);
     LiveRun {

@@ -12,7 +12,7 @@ use trailmap_gen::GenOptions;
 use trailmap_ingest::{DeadLetters, IngestOptions, Projection};
 use trailmap_kafka::{KafkaHealth, KafkaSource, ReadUntil};
 use trailmap_live::{
-    DurableSource, FileReplay, GeneratorSource, LiveSource, MapReport, Paced, PipelineOptions,
+    DurableSource, GeneratorSource, LiveSource, MapReport, Paced, PipelineOptions,
 };
 use trailmap_model::Catalog;
 use trailmap_model::config::{SourceConfig, SourceKind};
@@ -21,7 +21,7 @@ use trailmap_sql::postgres::{self, Login};
 use trailmap_sql::{Analyst, Journeys, Limits};
 
 use super::common::DipArgs;
-use super::live::LiveRun;
+use super::live::{LiveRun, file_replay};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -236,12 +236,7 @@ impl ServeArgs {
                 config.storage.checkpoint_every.duration(),
             ))
         } else {
-            let inputs = self.input.file_inputs(&config)?;
-            Box::new(FileReplay::open(
-                &inputs,
-                &ingest_options(Projection::minimal())?,
-                dead,
-            )?)
+            Box::new(file_replay(&self.input, &config)?)
         };
         let source: Box<dyn LiveSource> = match self.rate {
             Some(rate) => Box::new(Paced::new(source, rate, config.ingest.linger.duration())?),
