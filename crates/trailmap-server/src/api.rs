@@ -96,11 +96,8 @@ impl AppState {
         self
     }
 
-    pub(crate) fn alerts(&self) -> Option<&AlertsHandle> {
-        self.alerts.as_ref()
-    }
-
-    fn alert_statuses(&self) -> Vec<AlertStatus> {
+    /// Every alert rule's state (none when no rules are evaluated).
+    pub(crate) fn alert_statuses(&self) -> Vec<AlertStatus> {
         self.alerts
             .as_ref()
             .map(|a| a.statuses())

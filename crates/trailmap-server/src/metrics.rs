@@ -36,7 +36,7 @@ pub async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, 
     let status = state.status().await?;
     let map = state.map(Window::Last(KPI_WINDOW)).await?;
     let ready = state.readiness().is_ok();
-    let alerts = state.alerts().map(|a| a.statuses()).unwrap_or_default();
+    let alerts = state.alert_statuses();
     let text = render(&status, &map, &alerts, ready)
         .map_err(|e| ApiError::unavailable(format!("cannot encode metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text))
