@@ -65,6 +65,21 @@ impl Receiver {
         self.got.lock().expect("lock").clone()
     }
 
+    /// `(status, device label)` of every payload of the rule by device so far.
+    fn seen_by_device(&self) -> Vec<(String, String)> {
+        self.payloads()
+            .iter()
+            .filter(|p| p["alerts"][0]["labels"]["alertname"] == BY_DEVICE)
+            .map(|p| {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                (
+                    text(&p["status"]),
+                    text(&p["alerts"][0]["labels"]["device"]),
+                )
+            })
+            .collect()
+    }
+
     /// `(status, alertname, startsAt, endsAt)` of every payload so far.
     fn seen(&self) -> Vec<(String, String, String, String)> {
         self.payloads()
@@ -83,10 +98,29 @@ impl Receiver {
     }
 }
 
-/// The built-in config, notifying `url`.
+/// The built-in rule broken down by device.
+const BY_DEVICE: &str = "checkout_conversion_by_device";
+
+/// The built-in config, notifying `url`, with only its whole-stage rule.
 fn config(dir: &Path, url: &str) -> String {
-    let text = std::fs::read_to_string(root().join("config/trailmap.toml")).expect("config");
+    config_with(dir, url, false)
+}
+
+/// The built-in config, notifying `url`; with `by_device`, its rule broken down by device
+/// too.
+fn config_with(dir: &Path, url: &str, by_device: bool) -> String {
+    let mut text = std::fs::read_to_string(root().join("config/trailmap.toml")).expect("config");
     assert!(text.contains("webhooks = []"));
+    if !by_device {
+        let rule = text
+            .find(&format!("[alerts.{BY_DEVICE}]"))
+            .expect("the built-in config has the rule by device");
+        let end = rule
+            + text[rule..]
+                .find("\n[alerting]")
+                .expect("[alerting] follows");
+        text.replace_range(rule..end, "");
+    }
     let path = dir.join("trailmap.toml");
     std::fs::write(
         &path,
@@ -139,7 +173,7 @@ fn saved(data: &Path, name: &str) -> Option<(Value, usize)> {
 fn a_dip_fires_and_resolves_with_a_webhook_for_each() {
     let receiver = Receiver::start();
     let dir = tempfile::tempdir().expect("tmp");
-    let config = config(dir.path(), &receiver.url);
+    let config = config_with(dir.path(), &receiver.url, true);
     let data = dir.path().join("data");
     let out = json(&serve_args(&config, s(&data)));
 
@@ -163,8 +197,39 @@ fn a_dip_fires_and_resolves_with_a_webhook_for_each() {
         (resolved - until) as f64 / HOUR as f64
     );
 
+    // The rule by device watched each kind; the dip hit every kind, so whatever fired
+    // (the kinds with the sample to tell) resolved too, each labelled with its device.
+    let by_device: Vec<&Value> = alerts.iter().filter(|a| a["name"] == BY_DEVICE).collect();
+    let mut kinds: Vec<&str> = by_device
+        .iter()
+        .filter_map(|a| a["value"].as_str())
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["desktop", "mobile", "tablet"], "{by_device:?}");
+    assert!(
+        by_device.iter().all(|a| a["state"] == "inactive"),
+        "{by_device:?}"
+    );
+    let device_notices = receiver.seen_by_device();
+    assert!(!device_notices.is_empty(), "desktop has the sample to fire");
+    for kind in ["desktop", "mobile", "tablet"] {
+        let statuses: Vec<&str> = device_notices
+            .iter()
+            .filter(|(_, d)| d == kind)
+            .map(|(s, _)| s.as_str())
+            .collect();
+        assert!(
+            statuses.is_empty() || statuses == ["firing", "resolved"],
+            "{kind}: {device_notices:?}"
+        );
+    }
+
     // Both notifications were delivered before `serve` exited, shaped like Alertmanager's.
-    let seen = receiver.seen();
+    let seen: Vec<_> = receiver
+        .seen()
+        .into_iter()
+        .filter(|s| s.1 != BY_DEVICE)
+        .collect();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(
         (seen[0].0.as_str(), seen[1].0.as_str()),

@@ -37,6 +37,44 @@ const UPDATE_WITHOUT_EMAIL_P: f64 = 0.5;
 /// are at least a second apart, so it never ties with one.
 const IDENTIFY_DELAY_MS: i64 = 500;
 
+/// Kinds of device a visitor browses on, with their shares: each anonymous id (a browser,
+/// an app install) is one device, its kind fixed by the id, so a customer who comes back on
+/// another device may come back on another kind.
+pub const DEVICE_TYPES: [(&str, f64); 3] = [("desktop", 0.55), ("mobile", 0.35), ("tablet", 0.10)];
+
+/// The kind of device behind an anonymous id: a hash of the id, not a draw from the
+/// customer's random stream, so adding it changed no journey.
+pub fn device_type(anonymous_id: &str) -> &'static str {
+    // FNV-1a, then a finalizer, to a uniform fraction.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in anonymous_id.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    let u = (h >> 11) as f64 / (1u64 << 53) as f64;
+    let mut acc = 0.0;
+    for (kind, share) in DEVICE_TYPES {
+        acc += share;
+        if u < acc {
+            return kind;
+        }
+    }
+    DEVICE_TYPES[DEVICE_TYPES.len() - 1].0
+}
+
+/// The `properties` JSON of a clickstream event on a device kind, for sources that build
+/// canonical rows directly.
+pub fn device_properties(device: &str) -> Option<&'static str> {
+    match device {
+        "desktop" => Some(r#"{"device":"desktop"}"#),
+        "mobile" => Some(r#"{"device":"mobile"}"#),
+        "tablet" => Some(r#"{"device":"tablet"}"#),
+        _ => None,
+    }
+}
+
 const TICKET_SUBJECTS: &[&str] = &[
     "Cannot log in",
     "Question about my invoice",
@@ -104,6 +142,9 @@ pub struct GenEvent {
     pub touchpoint: Option<&'static str>,
     pub stage: Option<&'static str>,
     pub channel: &'static str,
+    /// Clickstream: the kind of device ([`device_type`] of the anonymous id), sent as
+    /// `properties.device`.
+    pub device: Option<&'static str>,
     pub raw: String,
     pub page_name: Option<&'static str>,
     pub anonymous_id: Option<String>,
@@ -126,6 +167,7 @@ impl GenEvent {
             touchpoint: None,
             stage: None,
             channel: "web",
+            device: None,
             raw: String::new(),
             page_name: None,
             anonymous_id: None,
@@ -306,7 +348,8 @@ impl JourneyModel {
                 break;
             }
             // The step is drawn with the behaviour at its time (a dip applies from then on).
-            let Some(next) = self.at(ts_ms * MS).next(current, walk.rng.random()) else {
+            let device = device_type(&walk.anonymous_id);
+            let Some(next) = self.at(ts_ms * MS, device).next(current, walk.rng.random()) else {
                 break;
             };
             ts_ms += walk.gap_before(self, next);
@@ -391,6 +434,7 @@ impl Walk {
             Emit::Track { event, channel } => {
                 e.channel = channel;
                 e.raw = event.to_string();
+                e.device = Some(device_type(&self.anonymous_id));
                 e.anonymous_id = Some(self.anonymous_id.clone());
                 e.user_id = self.user_id();
                 if t.reveals == Reveals::Email {
@@ -411,6 +455,7 @@ impl Walk {
                         format!("{path}/{}", self.rng.random_range(1..=max.max(1)))
                     }
                 };
+                e.device = Some(device_type(&self.anonymous_id));
                 e.anonymous_id = Some(self.anonymous_id.clone());
                 e.user_id = self.user_id();
             }

@@ -22,8 +22,8 @@ pub mod model;
 pub mod write;
 
 pub use journey::{
-    CustomerJourney, DEFAULT_START_MICROS, GenEvent, GenOptions, Generator, RecordKind,
-    first_touch_micros,
+    CustomerJourney, DEFAULT_START_MICROS, DEVICE_TYPES, GenEvent, GenOptions, Generator,
+    RecordKind, device_properties, device_type, first_touch_micros,
 };
 pub use model::{JourneyModel, Truth};
 pub use write::{GenSummary, Layout, OutFormat, write};

@@ -136,6 +136,8 @@ pub struct JourneyModel {
 struct Dip {
     starts: i64,
     ends: i64,
+    /// Only steps taken on this kind of device, when set.
+    device: Option<String>,
     model: JourneyModel,
 }
 
@@ -255,13 +257,39 @@ impl JourneyModel {
     /// to exiting.
     /// The ground truth ([`truth`](Self::truth)) stays the undipped model's.
     pub fn with_dip(
-        mut self,
+        self,
         from: &str,
         to: &str,
         factor: f64,
         starts: i64,
         ends: i64,
     ) -> Result<JourneyModel> {
+        self.with_dip_on(from, to, factor, starts, ends, None)
+    }
+
+    /// [`with_dip`](Self::with_dip), only for steps taken on one kind of device
+    /// ([`DEVICE_TYPES`](crate::journey::DEVICE_TYPES)): a dip a breakdown should find.
+    pub fn with_dip_on(
+        mut self,
+        from: &str,
+        to: &str,
+        factor: f64,
+        starts: i64,
+        ends: i64,
+        device: Option<&str>,
+    ) -> Result<JourneyModel> {
+        if let Some(d) = device
+            && !crate::journey::DEVICE_TYPES.iter().any(|(k, _)| *k == d)
+        {
+            return Err(Error::Other(format!(
+                "dip: `{d}` is not a device kind (kinds: {})",
+                crate::journey::DEVICE_TYPES
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         let index = |name: &str| {
             self.index_of(name).ok_or_else(|| {
                 Error::Other(format!(
@@ -294,15 +322,21 @@ impl JourneyModel {
         self.dip = Some(Box::new(Dip {
             starts,
             ends,
+            device: device.map(str::to_string),
             model: dipped,
         }));
         Ok(self)
     }
 
-    /// The model a step from an event at `ts` (µs) is drawn from.
-    pub(crate) fn at(&self, ts: i64) -> &JourneyModel {
+    /// The model a step from an event at `ts` (µs) on a `device` is drawn from.
+    pub(crate) fn at(&self, ts: i64, device: &str) -> &JourneyModel {
         match &self.dip {
-            Some(d) if (d.starts..d.ends).contains(&ts) => &d.model,
+            Some(d)
+                if (d.starts..d.ends).contains(&ts)
+                    && d.device.as_deref().is_none_or(|k| k == device) =>
+            {
+                &d.model
+            }
             _ => self,
         }
     }

@@ -251,6 +251,8 @@ struct PropertiesJson<'a> {
     path: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -310,6 +312,7 @@ fn segment_json(e: &GenEvent) -> Result<SegmentJson<'_>> {
             Some(PropertiesJson {
                 path: Some(&e.raw),
                 url: Some(format!("{SITE}{}", e.raw)),
+                device: e.device,
             }),
             None,
             Some(ContextJson {
@@ -324,6 +327,7 @@ fn segment_json(e: &GenEvent) -> Result<SegmentJson<'_>> {
             Some(PropertiesJson {
                 path: None,
                 url: None,
+                device: e.device,
             }),
             None,
             Some(ContextJson {
@@ -565,6 +569,7 @@ struct ClickstreamColumns {
     event: StringBuilder,
     name: StringBuilder,
     path: StringBuilder,
+    device: StringBuilder,
     properties: Validity,
     traits_email: StringBuilder,
     traits: Validity,
@@ -580,7 +585,7 @@ fn email_fields() -> Fields {
 }
 
 fn properties_fields() -> Fields {
-    Fields::from(vec![utf8("path")])
+    Fields::from(vec![utf8("path"), utf8("device")])
 }
 
 fn context_fields() -> Fields {
@@ -621,6 +626,7 @@ impl Columns for ClickstreamColumns {
             .append_option((!identify && !page).then_some(e.raw.as_str()));
         self.name.append_option(e.page_name);
         self.path.append_option(page.then_some(e.raw.as_str()));
+        self.device.append_option(e.device);
         self.properties.append(!identify);
         self.traits_email
             .append_option(if identify { e.email.as_deref() } else { None });
@@ -652,7 +658,7 @@ impl Columns for ClickstreamColumns {
             finish(&mut self.name),
             string_struct(
                 &properties_fields(),
-                vec![finish(&mut self.path)],
+                vec![finish(&mut self.path), finish(&mut self.device)],
                 &mut self.properties,
             ),
             string_struct(

@@ -100,12 +100,22 @@ pub struct LiveCounts {
     /// Per configured journey (funnel), journeys by deepest step: `funnels[j][k]` reached
     /// exactly `k` steps (as [`StepTallies::levels`](trailmap_mine::funnel::StepTallies)).
     pub funnels: Vec<Vec<i64>>,
+    /// For funnels broken down by an attribute (alert breakdowns): `(funnel j, value)` →
+    /// journeys by deepest step, of those that entered the funnel with that value (level
+    /// 0, never entered, has no value).
+    pub funnel_values: FxHashMap<(u32, u32), Vec<i64>>,
     /// Of those short of the last step, the ones that can still go on, by when: `(funnel j,
-    /// minute m)` → by level, journeys whose window ends by the start of minute `m` (and
-    /// after the start of `m - 1`). They are maturing until then; see
-    /// [`maturing`](Self::maturing).
-    pub open_windows: FxHashMap<(u32, i64), Vec<i64>>,
+    /// value, minute m)` → by level, journeys whose window ends by the start of minute `m`
+    /// (and after the start of `m - 1`); value [`WHOLE`] for the funnel as a whole. They
+    /// are maturing until then; see [`maturing`](Self::maturing).
+    pub open_windows: FxHashMap<(u32, u32, i64), Vec<i64>>,
 }
+
+/// The value that stands for a whole funnel, not broken down.
+pub const WHOLE: u32 = u32::MAX;
+
+/// A funnel's levels by breakdown value ([`WHOLE`] alone when not broken down).
+pub type ByValue = BTreeMap<u32, FunnelLevels>;
 
 /// The minute by whose start a window ending at `end` (µs) has elapsed.
 #[inline]
@@ -148,10 +158,7 @@ impl LiveCounts {
             self.funnels.resize(funnel + 1, Vec::new());
         }
         let levels = &mut self.funnels[funnel];
-        if levels.len() <= level {
-            levels.resize(level + 1, 0);
-        }
-        levels[level] += by;
+        add_level(levels, level, by);
         if levels.iter().all(|&l| l == 0) {
             levels.clear();
         }
@@ -160,27 +167,41 @@ impl LiveCounts {
         }
     }
 
-    /// A journey of funnel `funnel` stopped at `level` with its window ending at `end` (µs).
-    pub(crate) fn open_window(&mut self, funnel: usize, end: i64, level: usize, by: i64) {
-        let key = (funnel as u32, window_elapsed_by(end));
-        let levels = self.open_windows.entry(key).or_default();
-        if levels.len() <= level {
-            levels.resize(level + 1, 0);
+    /// A journey of funnel `funnel` that entered with breakdown `value` reached `level`.
+    pub(crate) fn value_level(&mut self, funnel: usize, value: u32, level: usize, by: i64) {
+        let key = (funnel as u32, value);
+        add_level(self.funnel_values.entry(key).or_default(), level, by);
+        if self.funnel_values[&key].iter().all(|&l| l == 0) {
+            self.funnel_values.remove(&key);
         }
-        levels[level] += by;
-        if levels.iter().all(|&l| l == 0) {
+    }
+
+    /// A journey of funnel `funnel` (of breakdown `value`, or [`WHOLE`]) stopped at
+    /// `level` with its window ending at `end` (µs).
+    pub(crate) fn open_window(
+        &mut self,
+        funnel: usize,
+        value: u32,
+        end: i64,
+        level: usize,
+        by: i64,
+    ) {
+        let key = (funnel as u32, value, window_elapsed_by(end));
+        add_level(self.open_windows.entry(key).or_default(), level, by);
+        if self.open_windows[&key].iter().all(|&l| l == 0) {
             self.open_windows.remove(&key);
         }
     }
 
-    /// Journeys of funnel `j` still maturing as of minute `as_of` (minutes since the epoch),
-    /// by the level they stopped at: short of the last step, with a window that has not
-    /// elapsed by the start of that minute. Maturity is decided at whole minutes, so this
-    /// is what batch mining says with `as_of` at the start of the minute.
-    pub fn maturing(&self, j: usize, as_of: i64) -> Vec<i64> {
+    /// Journeys of funnel `j` (of breakdown `value`, or [`WHOLE`]) still maturing as of
+    /// minute `as_of` (minutes since the epoch), by the level they stopped at: short of the
+    /// last step, with a window that has not elapsed by the start of that minute. Maturity
+    /// is decided at whole minutes, so this is what batch mining says with `as_of` at the
+    /// start of the minute.
+    pub fn maturing(&self, j: usize, value: u32, as_of: i64) -> Vec<i64> {
         let mut levels = Vec::new();
-        for (&(funnel, by), counts) in &self.open_windows {
-            if funnel as usize == j && by > as_of {
+        for (&(funnel, v, by), counts) in &self.open_windows {
+            if funnel as usize == j && v == value && by > as_of {
                 add_levels(&mut levels, counts);
             }
         }
@@ -217,6 +238,13 @@ impl LiveCounts {
                 }
             }
         }
+        for (&key, theirs) in &other.funnel_values {
+            let mine = self.funnel_values.entry(key).or_default();
+            add_levels(mine, theirs);
+            if mine.iter().all(|&l| l == 0) {
+                self.funnel_values.remove(&key);
+            }
+        }
         for (&key, theirs) in &other.open_windows {
             let mine = self.open_windows.entry(key).or_default();
             add_levels(mine, theirs);
@@ -236,6 +264,7 @@ impl LiveCounts {
             && self.exits.is_empty()
             && self.transitions.is_empty()
             && self.funnels.is_empty()
+            && self.funnel_values.is_empty()
             && self.open_windows.is_empty()
     }
 }
@@ -247,6 +276,13 @@ pub struct FunnelLevels {
     pub levels: Vec<i64>,
     /// Of those, the ones still maturing (window not elapsed), by level.
     pub maturing: Vec<i64>,
+}
+
+fn add_level(levels: &mut Vec<i64>, level: usize, by: i64) {
+    if levels.len() <= level {
+        levels.resize(level + 1, 0);
+    }
+    levels[level] += by;
 }
 
 fn add_levels(into: &mut Vec<i64>, from: &[i64]) {
@@ -273,7 +309,7 @@ impl FunnelLevels {
         if let Some(as_of) = as_of
             && !c.open_windows.is_empty()
         {
-            add_levels(&mut self.maturing, &c.maturing(j, as_of));
+            add_levels(&mut self.maturing, &c.maturing(j, WHOLE, as_of));
         }
     }
 
@@ -296,6 +332,13 @@ impl FunnelLevels {
     /// Journeys that reached step `from` but not step `to` and can still go on.
     pub fn maturing_between(&self, from: usize, to: usize) -> i64 {
         self.maturing.iter().take(to + 1).skip(from + 1).sum()
+    }
+}
+
+/// Adds levels by value into others (shards' answers).
+pub fn merge_by_value(into: &mut ByValue, from: &ByValue) {
+    for (&v, levels) in from {
+        into.entry(v).or_default().merge(levels);
     }
 }
 
@@ -373,7 +416,7 @@ impl LiveMap {
             let funnels = c.funnels.len().max(
                 c.open_windows
                     .keys()
-                    .map(|&(j, _)| j as usize + 1)
+                    .map(|&(j, _, _)| j as usize + 1)
                     .max()
                     .unwrap_or(0),
             );
@@ -406,6 +449,50 @@ impl LiveMap {
             }
         }
         sum
+    }
+
+    /// Funnel `j`'s levels as [`funnel_levels`](Self::funnel_levels) has them (under
+    /// [`WHOLE`]) or, `by_value`, as
+    /// [`funnel_levels_by_value`](Self::funnel_levels_by_value) has them.
+    pub fn funnel_levels_by(
+        &self,
+        j: usize,
+        minutes: &[std::ops::Range<i64>],
+        as_of: i64,
+        by_value: bool,
+    ) -> ByValue {
+        if by_value {
+            self.funnel_levels_by_value(j, minutes, as_of)
+        } else {
+            ByValue::from([(WHOLE, self.funnel_levels(j, minutes, as_of))])
+        }
+    }
+
+    /// The same, by the breakdown value journeys entered with (for a funnel the shards
+    /// break down): every value seen in the minutes, in one pass.
+    pub fn funnel_levels_by_value(
+        &self,
+        j: usize,
+        minutes: &[std::ops::Range<i64>],
+        as_of: i64,
+    ) -> ByValue {
+        let mut by = ByValue::new();
+        let j32 = j as u32;
+        for range in minutes.iter().filter(|r| !r.is_empty()) {
+            for c in self.buckets.range(range.clone()).map(|(_, c)| c) {
+                for (&(f, v), levels) in &c.funnel_values {
+                    if f == j32 {
+                        add_levels(&mut by.entry(v).or_default().levels, levels);
+                    }
+                }
+                for (&(f, v, elapsed_by), levels) in &c.open_windows {
+                    if f == j32 && v != WHOLE && elapsed_by > as_of {
+                        add_levels(&mut by.entry(v).or_default().maturing, levels);
+                    }
+                }
+            }
+        }
+        by
     }
 
     /// Everything counted.
@@ -465,16 +552,16 @@ mod tests {
         assert_eq!(window_elapsed_by(11 * m - 1), 11);
         let mut c = LiveCounts::default();
         // Stopped at level 1, window ends 10 minutes in; at level 2, ends half a minute later.
-        c.open_window(0, 10 * m, 1, 1);
-        c.open_window(0, 10 * m + m / 2, 2, 1);
-        c.open_window(1, 100 * m, 1, 1);
-        assert_eq!(c.maturing(0, 9), vec![0, 1, 1]);
+        c.open_window(0, WHOLE, 10 * m, 1, 1);
+        c.open_window(0, WHOLE, 10 * m + m / 2, 2, 1);
+        c.open_window(1, WHOLE, 100 * m, 1, 1);
+        assert_eq!(c.maturing(0, WHOLE, 9), vec![0, 1, 1]);
         // As of the start of minute 10 the first window has ended (end = now is not open).
-        assert_eq!(c.maturing(0, 10), vec![0, 0, 1]);
-        assert_eq!(c.maturing(0, 11), Vec::<i64>::new());
-        assert_eq!(c.maturing(1, 11), vec![0, 1]);
-        c.open_window(0, 10 * m, 1, -1);
-        assert_eq!(c.maturing(0, 9), vec![0, 0, 1]);
+        assert_eq!(c.maturing(0, WHOLE, 10), vec![0, 0, 1]);
+        assert_eq!(c.maturing(0, WHOLE, 11), Vec::<i64>::new());
+        assert_eq!(c.maturing(1, WHOLE, 11), vec![0, 1]);
+        c.open_window(0, WHOLE, 10 * m, 1, -1);
+        assert_eq!(c.maturing(0, WHOLE, 9), vec![0, 0, 1]);
     }
 
     #[test]
@@ -484,7 +571,7 @@ mod tests {
         let at = |d: i64, minute: i64| d * day + minute * BUCKET_MICROS;
         m.at(at(3, 10)).funnel_level(0, 2, 4);
         m.at(at(3, 20)).funnel_level(0, 1, 1);
-        m.at(at(3, 20)).open_window(0, at(5, 0), 1, 1);
+        m.at(at(3, 20)).open_window(0, WHOLE, at(5, 0), 1, 1);
         m.at(at(4, 0)).funnel_level(1, 1, 7);
         m.at(at(6, 5)).funnel_level(0, 1, 2);
         let t = m.funnel_trend(at(3, 0), at(6, 0), bucket_of(at(4, 0)));
@@ -507,7 +594,7 @@ mod tests {
         let minute = |k: i64| k * BUCKET_MICROS;
         m.at(minute(1)).funnel_level(0, 3, 2);
         m.at(minute(2)).funnel_level(0, 1, 5);
-        m.at(minute(2)).open_window(0, minute(10), 1, 4);
+        m.at(minute(2)).open_window(0, WHOLE, minute(10), 1, 4);
         m.at(minute(3)).funnel_level(0, 2, 7);
         m.at(minute(3)).funnel_level(1, 2, 9);
         let f = m.funnel_levels(0, &[1..3], 5);

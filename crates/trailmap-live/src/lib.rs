@@ -48,8 +48,8 @@ pub mod svg;
 pub use alert::{AlertState, AlertStatus, Alerts, AlertsHandle};
 pub use capture::{CaptureInlet, CaptureSource, Refused, capture};
 pub use counts::{
-    BUCKET_MICROS, ByTouchpoint, FunnelLevels, FunnelTrend, LiveCounts, LiveMap, TransitionCount,
-    bucket_of,
+    BUCKET_MICROS, ByTouchpoint, ByValue, FunnelLevels, FunnelTrend, LiveCounts, LiveMap,
+    TransitionCount, WHOLE, bucket_of,
 };
 pub use durable::DurableSource;
 pub use pipeline::{Freshness, LiveHandle, LiveResult, LiveStatus, Names, PipelineOptions, start};

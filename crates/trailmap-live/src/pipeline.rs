@@ -12,7 +12,7 @@
 //! input rate. Queries are messages too, answered by each shard between two batches, so a
 //! query sees a consistent state per shard and never blocks ingest for long.
 
-use crate::counts::{FunnelLevels, FunnelTrend, LiveCounts, LiveMap, bucket_of};
+use crate::counts::{ByValue, FunnelTrend, LiveCounts, LiveMap, bucket_of, merge_by_value};
 use crate::report::MapReport;
 use crate::shard::{LiveEvent, Shard, ShardConfig, ShardStats};
 use crate::source::{Feed, LiveSource};
@@ -28,6 +28,7 @@ use trailmap_mine::{DurationHistogram, FunnelSpec};
 use trailmap_model::config::{Config, JourneyConfig};
 use trailmap_model::time::unix_micros;
 use trailmap_model::{Error, Result};
+use trailmap_sessionize::Attribute;
 
 /// How the pipeline is laid out.
 #[derive(Debug, Clone)]
@@ -81,7 +82,8 @@ enum ShardMsg {
         funnel: usize,
         minutes: Vec<Range<i64>>,
         as_of: i64,
-        reply: oneshot::Sender<FunnelLevels>,
+        by_value: bool,
+        reply: oneshot::Sender<ByValue>,
     },
     Status {
         reply: oneshot::Sender<ShardStatus>,
@@ -215,6 +217,9 @@ pub struct Names {
     pub stages: Vec<Option<String>>,
     /// Configured journeys, in `LiveCounts::funnels` order.
     pub funnels: Vec<(String, JourneyConfig)>,
+    /// Values of the attribute alert breakdowns use, by id (`LiveCounts::funnel_values`);
+    /// id 0 is events without it.
+    pub values: Vec<String>,
 }
 
 /// What a finished run leaves.
@@ -274,11 +279,26 @@ pub fn start(
         .collect();
     let shards = options.shards.max(1);
     let mut stitcher = Stitcher::new(shards, source.partitions(), lateness, &steps);
+    // Journeys that alert rules break down are kept by the value of one attribute.
+    if let Some(by) = config.breakdown_attribute()? {
+        stitcher.keep_attribute(Attribute::parse(by));
+    }
+    let by_value = config
+        .journeys
+        .keys()
+        .map(|name| {
+            config
+                .alerts
+                .values()
+                .any(|r| r.breakdown.is_some() && &r.journey == name)
+        })
+        .collect();
     let shard_config = ShardConfig {
         gap: sessions.gap.micros(),
         max_duration: sessions.max_duration.micros(),
         lateness,
         funnels: funnel_specs(config, stitcher.touchpoints())?,
+        by_value,
     };
     let names = Arc::new(RwLock::new(Names {
         touchpoints: stitcher.touchpoints().to_vec(),
@@ -288,6 +308,7 @@ pub fn start(
             .iter()
             .map(|(n, j)| (n.clone(), j.clone()))
             .collect(),
+        values: stitcher.attribute_values().to_vec(),
     }));
     let stitch = Arc::new(RwLock::new(StitchView::default()));
 
@@ -342,11 +363,14 @@ pub fn start(
                         let staged = n.stages.iter().filter(|s| s.is_some()).count();
                         (n.touchpoints.len(), staged)
                     });
-                    if (stitcher.touchpoints().len(), staged) != known
+                    let values = names_w.read().map_or(0, |n| n.values.len());
+                    if ((stitcher.touchpoints().len(), staged) != known
+                        || stitcher.attribute_values().len() != values)
                         && let Ok(mut n) = names_w.write()
                     {
                         n.touchpoints = stitcher.touchpoints().to_vec();
                         n.stages = stitcher.stages().to_vec();
+                        n.values = stitcher.attribute_values().to_vec();
                     }
                 }
                 Feed::Idle { partition } => stitcher.idle_partition(partition),
@@ -516,9 +540,13 @@ async fn run_shard(
                 funnel,
                 minutes,
                 as_of,
+                by_value,
                 reply,
             } => {
-                let _ = reply.send(shard.map().funnel_levels(funnel, &minutes, as_of));
+                let levels = shard
+                    .map()
+                    .funnel_levels_by(funnel, &minutes, as_of, by_value);
+                let _ = reply.send(levels);
             }
             ShardMsg::Status { reply } => {
                 let _ = reply.send(ShardStatus::of(&shard, &freshness));
@@ -577,22 +605,24 @@ impl LiveHandle {
         .await
     }
 
-    /// Funnel `funnel`'s journeys that entered in `minutes`, maturing as of minute `as_of`
-    /// ([`LiveMap::funnel_levels`]), over all shards.
+    /// Funnel `funnel`'s journeys that entered in `minutes`, maturing as of minute `as_of`,
+    /// whole or by breakdown value ([`LiveMap::funnel_levels_by`]), over all shards.
     pub async fn funnel_levels(
         &self,
         funnel: usize,
         minutes: Vec<Range<i64>>,
         as_of: i64,
-    ) -> Result<FunnelLevels> {
+        by_value: bool,
+    ) -> Result<ByValue> {
         self.gather(
             |reply| ShardMsg::Funnel {
                 funnel,
                 minutes: minutes.clone(),
                 as_of,
+                by_value,
                 reply,
             },
-            FunnelLevels::merge,
+            merge_by_value,
         )
         .await
     }

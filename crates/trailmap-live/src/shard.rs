@@ -10,7 +10,7 @@
 //! again, recomputed from the events: the live map is always exactly the sum over sessions
 //! of what batch mining would count for them.
 
-use crate::counts::{LiveCounts, LiveMap};
+use crate::counts::{LiveCounts, LiveMap, WHOLE};
 use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -18,7 +18,7 @@ use trailmap_mine::fold::Aggregate;
 use trailmap_mine::{Funnel, FunnelSpec};
 use trailmap_sessionize::{Journey, session_starts, starts_session};
 
-/// An event as a shard keeps it: 24 bytes.
+/// An event as a shard keeps it: 24 bytes (held for every open session, so it counts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LiveEvent {
     /// Event time, µs since the epoch.
@@ -26,7 +26,13 @@ pub struct LiveEvent {
     /// Arrival order across the pipeline: ties in time keep it, as batch does.
     pub seq: u64,
     pub touchpoint: u32,
+    /// Value id of the attribute alert breakdowns use (0 = none; see
+    /// [`Stitcher::keep_attribute`](crate::stitch::Stitcher::keep_attribute)): it fills
+    /// what would be padding.
+    pub value: u32,
 }
+
+const _: () = assert!(std::mem::size_of::<LiveEvent>() == 24);
 
 impl LiveEvent {
     #[inline]
@@ -43,6 +49,9 @@ pub struct ShardConfig {
     pub lateness: i64,
     /// Configured journeys, resolved against the pipeline's touchpoint ids.
     pub funnels: Vec<FunnelSpec>,
+    /// Per journey: whether its levels are also kept by the events' breakdown value
+    /// ([`LiveEvent::value`]), for alert rules with a breakdown.
+    pub by_value: Vec<bool>,
 }
 
 /// What a shard did, for metrics and tests.
@@ -68,6 +77,8 @@ struct FunnelProbe {
     /// order, every event can.
     matters: Vec<bool>,
     every_event_matters: bool,
+    /// Levels are also kept by the value of the event that entered the funnel.
+    by_value: bool,
 }
 
 impl FunnelProbe {
@@ -116,7 +127,8 @@ impl Shard {
         let probes = config
             .funnels
             .iter()
-            .map(|spec| {
+            .enumerate()
+            .map(|(j, spec)| {
                 let mut spec = spec.clone();
                 // Maturity is a property of the query's "now", decided when reading.
                 spec.as_of = i64::MAX;
@@ -131,12 +143,13 @@ impl Shard {
                     }
                 }
                 let mut funnel = Funnel::new(spec, None);
-                funnel.record_window_ends();
+                funnel.record_attempts();
                 FunnelProbe {
                     levels: vec![0; funnel.spec().num_steps() + 1],
                     every_event_matters: funnel.spec().modes.strict_order,
                     matters,
                     funnel,
+                    by_value: config.by_value.get(j).copied().unwrap_or(false),
                 }
             })
             .collect();
@@ -494,9 +507,20 @@ impl Shard {
                     self.map.at(start).funnel_level(j, k, sign * delta);
                 }
             }
-            if let Some(ends) = &mut probe.funnel.window_ends {
-                for (end, level) in ends.drain(..) {
-                    self.map.at(start).open_window(j, end, level, sign);
+            let Some(attempts) = &mut probe.funnel.attempts_made else {
+                continue;
+            };
+            let bucket = self.map.at(start);
+            for a in attempts.drain(..) {
+                if let Some(end) = a.window_end {
+                    bucket.open_window(j, WHOLE, end, a.level, sign);
+                }
+                if probe.by_value {
+                    let value = session[a.entry].value;
+                    bucket.value_level(j, value, a.level, sign);
+                    if let Some(end) = a.window_end {
+                        bucket.open_window(j, value, end, a.level, sign);
+                    }
                 }
             }
         }

@@ -9,7 +9,9 @@ use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant, SystemTime};
-use trailmap_gen::{CustomerJourney, GenOptions, JourneyModel, first_touch_micros};
+use trailmap_gen::{
+    CustomerJourney, GenOptions, JourneyModel, device_properties, first_touch_micros,
+};
 use trailmap_ingest::DeadLetters;
 use trailmap_ingest::file::{self, BatchSource, FileInput, IngestOptions, IngestStats};
 use trailmap_model::schema::{EventBatchBuilder, EventRow};
@@ -290,7 +292,7 @@ impl GeneratorSource {
             touchpoint: e.touchpoint,
             stage: e.stage,
             channel: Some(e.channel),
-            properties: None,
+            properties: e.device.and_then(device_properties),
         });
         self.stats.records += 1;
         if e.touchpoint.is_some() {

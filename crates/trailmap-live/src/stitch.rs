@@ -9,7 +9,7 @@
 use crate::shard::LiveEvent;
 use arrow::array::RecordBatch;
 use rustc_hash::FxHashMap;
-use trailmap_sessionize::JourneyBuilder;
+use trailmap_sessionize::{Attribute, JourneyBuilder};
 
 /// An event that arrived later than the allowed lateness: stored and counted, not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +150,17 @@ impl Stitcher {
             .collect()
     }
 
+    /// Keeps `attribute`'s value with every event, for alert breakdowns. Call before the
+    /// first batch.
+    pub fn keep_attribute(&mut self, attribute: Attribute) {
+        self.builder.keep_attribute(attribute);
+    }
+
+    /// The kept attribute's values by id (id 0: events without it).
+    pub fn attribute_values(&self) -> &[String] {
+        self.builder.attribute_values().unwrap_or_default()
+    }
+
     /// Touchpoint names by id.
     pub fn touchpoints(&self) -> &[String] {
         self.builder.touchpoints().0
@@ -260,6 +271,7 @@ impl Stitcher {
                     ts,
                     seq: self.seq,
                     touchpoint: arrived.touchpoint[i],
+                    value: arrived.attribute.get(i).copied().unwrap_or(0),
                 },
             ));
         }

@@ -41,19 +41,29 @@ fn run(model: JourneyModel, customers: u64, days: u32, seed: u64, config: &Confi
 }
 
 fn backtest(config: &Config, result: &LiveResult) -> Backtest {
+    backtest_rule(config, result, RULE)
+}
+
+fn backtest_rule(config: &Config, result: &LiveResult, rule: &str) -> Backtest {
     let mut alerts = Alerts::new(config)
         .expect("rules")
-        .only(&[RULE.to_string()])
+        .only(&[rule.to_string()])
         .expect("the rule");
     let newest = result.status.newest.expect("events");
-    alerts.backtest(&result.map, newest).expect("backtest")
+    alerts
+        .backtest(&result.map, &result.names.values, newest)
+        .expect("backtest")
 }
 
 /// The longest a dip can take to fire: the journey window has to elapse before a cohort's
 /// outcome is known, the current window to fill with dipped cohorts, the rule's `for` to
 /// pass, and one more evaluation interval.
 fn budget(config: &Config) -> i64 {
-    let rule = &config.alerts[RULE];
+    budget_of(config, RULE)
+}
+
+fn budget_of(config: &Config, rule: &str) -> i64 {
+    let rule = &config.alerts[rule];
     let journey = &config.journeys[&rule.journey];
     journey.window.micros() + rule.window.micros() + rule.hold.micros() + rule.every.micros()
 }
@@ -167,4 +177,58 @@ fn a_small_stage_below_the_minimum_sample_stays_quiet() {
         loud.changes.iter().any(|c| c.change == Change::Firing),
         "the dip is there to see without the minimum sample: {loud:?}"
     );
+}
+
+/// A dip on mobile alone: the rule broken down by device fires for mobile, within the
+/// budget, and resolves after recovery; desktop and tablet stay quiet.
+#[test]
+fn a_breakdown_fires_for_the_dipping_value_only() {
+    const BY_DEVICE: &str = "checkout_conversion_by_device";
+    let config = config();
+    let rule = &config.alerts[BY_DEVICE];
+    let breakdown = rule.breakdown.as_ref().expect("a breakdown");
+    assert_eq!((breakdown.by.as_str(), breakdown.top), ("device", 3));
+    let (starts, ends) = (
+        DEFAULT_START_MICROS + 6 * DAY,
+        DEFAULT_START_MICROS + 8 * DAY,
+    );
+    let model = JourneyModel::default()
+        .with_dip_on(
+            "checkout_view",
+            "purchase",
+            0.4,
+            starts,
+            ends,
+            Some("mobile"),
+        )
+        .expect("dip");
+    // Mobile is about a third of the traffic: twice the customers give it the sample.
+    let result = run(model, 2 * CUSTOMERS, 12, 5, &config);
+    let b = backtest_rule(&config, &result, BY_DEVICE);
+    let seen: Vec<(Option<&str>, Change, i64)> = b
+        .changes
+        .iter()
+        .map(|c| (c.value.as_deref(), c.change, c.evaluation.at))
+        .collect();
+    let budget = budget_of(&config, BY_DEVICE);
+    assert!(
+        seen.iter().all(|(v, _, _)| *v == Some("mobile")),
+        "only mobile dipped: {seen:?}"
+    );
+    let kinds: Vec<Change> = seen.iter().map(|&(_, c, _)| c).collect();
+    assert_eq!(kinds, [Change::Firing, Change::Resolved], "{seen:?}");
+    assert!(
+        (starts..=starts + budget).contains(&seen[0].2),
+        "fired {} h after the dip began (budget {} h)",
+        (seen[0].2 - starts) as f64 / HOUR as f64,
+        budget / HOUR
+    );
+    assert!(
+        (ends..=ends + budget).contains(&seen[1].2),
+        "resolved {} h after the dip ended (budget {} h)",
+        (seen[1].2 - ends) as f64 / HOUR as f64,
+        budget / HOUR
+    );
+    // Desktop had the sample to judge and stayed steady: the breakdown looked at it.
+    assert!(b.steady > 1000, "{b:?}");
 }

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use trailmap_gen::{GenOptions, JourneyModel, Layout, OutFormat};
 use trailmap_ingest::DeadLetters;
 use trailmap_ingest::file::{self, FileInput, IngestOptions};
-use trailmap_live::{BUCKET_MICROS, FileReplay, LiveResult, PipelineOptions, bucket_of};
+use trailmap_live::{BUCKET_MICROS, FileReplay, LiveResult, PipelineOptions, WHOLE, bucket_of};
 use trailmap_mine::fold::fold;
 use trailmap_mine::paths::PathOptions;
 use trailmap_mine::{Dropoffs, Funnel, FunnelSpec, PathStats};
 use trailmap_model::config::{OneOrMany, Scope, SourceConfig, SourceKind};
 use trailmap_model::time::Span;
 use trailmap_model::{Catalog, Config};
-use trailmap_sessionize::JourneyBuilder;
+use trailmap_sessionize::{Attribute, JourneyBuilder};
 
 /// Session counts by touchpoint name, comparable between batch and live.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -34,6 +34,29 @@ struct Counts {
     /// `(journey, as of minute)` → maturing journeys by level, at minutes spread over the
     /// data (its first and last minute, one between, one after).
     maturing: BTreeMap<(String, i64), Vec<i64>>,
+    /// For journeys alert rules break down: `(journey, value)` → reached per step, and
+    /// `(journey, value, as of minute)` → maturing by level (trailing zeros trimmed).
+    by_value: BTreeMap<(String, String), Vec<i64>>,
+    value_maturing: BTreeMap<(String, String, i64), Vec<i64>>,
+}
+
+/// Journeys the config's alert rules break down, and by what.
+fn broken_down(config: &Config) -> (Vec<String>, Option<String>) {
+    let journeys = config
+        .alerts
+        .values()
+        .filter(|r| r.breakdown.is_some())
+        .map(|r| r.journey.clone())
+        .collect();
+    let by = config.breakdown_attribute().expect("one attribute");
+    (journeys, by.map(str::to_string))
+}
+
+fn trimmed(mut levels: Vec<i64>) -> Vec<i64> {
+    while levels.last() == Some(&0) {
+        levels.pop();
+    }
+    levels
 }
 
 /// Minutes to judge maturity at, from the first and last minute holding events.
@@ -52,6 +75,10 @@ fn options(config: &Config, batch_size: usize) -> IngestOptions {
 /// What batch mining counts over sessions.
 fn batch(inputs: &[FileInput], config: &Config) -> Counts {
     let mut builder = JourneyBuilder::new();
+    let (broken_down, by) = broken_down(config);
+    if let Some(by) = &by {
+        builder.keep_attribute(Attribute::parse(by));
+    }
     let mut dead = DeadLetters::new(
         std::env::temp_dir().join("trailmap-live-batch-dead.ndjson"),
         None,
@@ -109,6 +136,31 @@ fn batch(inputs: &[FileInput], config: &Config) -> Counts {
             let maturing = funnel.tallies.maturing.iter().map(|&n| n as i64).collect();
             counts.maturing.insert((name.clone(), m), maturing);
         }
+        if !broken_down.contains(name) {
+            continue;
+        }
+        let attr = log.attribute.as_ref().expect("attribute kept");
+        let of_event = Some(attr.of_event.as_slice());
+        let funnel = fold(&log, Scope::Session, || Funnel::new(spec.clone(), of_event));
+        for (&v, t) in &funnel.breakdown {
+            let reached = (0..steps).map(|k| t.reached(k) as i64).collect();
+            let key = (name.clone(), attr.values[v as usize].clone());
+            counts.by_value.insert(key, reached);
+        }
+        for m in as_of_minutes(first, last) {
+            let spec = FunnelSpec {
+                as_of: m * BUCKET_MICROS,
+                ..spec.clone()
+            };
+            let funnel = fold(&log, Scope::Session, || Funnel::new(spec.clone(), of_event));
+            for (&v, t) in &funnel.breakdown {
+                let maturing = trimmed(t.maturing.iter().map(|&n| n as i64).collect());
+                if !maturing.is_empty() {
+                    let key = (name.clone(), attr.values[v as usize].clone(), m);
+                    counts.value_maturing.insert(key, maturing);
+                }
+            }
+        }
     }
     counts.starts.retain(|_, v| *v != 0);
     counts.exits.retain(|_, v| *v != 0);
@@ -131,15 +183,31 @@ fn live(result: &LiveResult) -> Counts {
         minutes.last().copied().unwrap_or(0),
     );
     let mut maturing = BTreeMap::new();
+    let (mut by_value, mut value_maturing) = (BTreeMap::new(), BTreeMap::new());
+    let values = &result.names.values;
+    // Every minute: one range (a window is a list of ranges).
+    let everything = std::slice::from_ref(&(i64::MIN..i64::MAX));
     for (j, (n, journey)) in result.names.funnels.iter().enumerate() {
         for m in as_of_minutes(first, last) {
-            let mut levels = total.maturing(j, m);
+            let mut levels = total.maturing(j, WHOLE, m);
             levels.resize(journey.steps.len() + 1, 0);
             maturing.insert((n.clone(), m), levels);
+            for (v, l) in result.map.funnel_levels_by_value(j, everything, m) {
+                let l = trimmed(l.maturing);
+                if !l.is_empty() {
+                    value_maturing.insert((n.clone(), values[v as usize].clone(), m), l);
+                }
+            }
+        }
+        for (v, l) in result.map.funnel_levels_by_value(j, everything, i64::MAX) {
+            let reached = (0..journey.steps.len()).map(|k| l.reached(k)).collect();
+            by_value.insert((n.clone(), values[v as usize].clone()), reached);
         }
     }
     Counts {
         maturing,
+        by_value,
+        value_maturing,
         events: total.events,
         journeys: total.journeys,
         transitions: total
@@ -247,6 +315,14 @@ fn out_of_order_replay_inside_the_horizon_equals_batch() {
     let inputs = inputs(&files);
     let expected = batch(&inputs, &config);
     assert!(expected.journeys > 400 && expected.transitions.len() > 20);
+    // The built-in rules break checkout down by device: every kind shows up.
+    let devices: Vec<&str> = expected.by_value.keys().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(
+        devices,
+        ["desktop", "mobile", "tablet"],
+        "{:?}",
+        expected.by_value
+    );
     for shards in [1, 2, 3] {
         let result = run_live(&inputs, &config, shards, 500);
         assert_eq!(live(&result), expected, "{shards} shards");
@@ -421,7 +497,10 @@ fn the_generator_streams_in_time_order_and_stitches_to_the_true_customers() {
     )
     .expect("input");
     let config = Config::builtin();
-    let expected = batch(std::slice::from_ref(&truth), &config);
+    // The flat truth has no devices: it is compared without the breakdown.
+    let mut whole = config.clone();
+    whole.alerts.retain(|_, r| r.breakdown.is_none());
+    let expected = batch(std::slice::from_ref(&truth), &whole);
 
     let source = trailmap_live::GeneratorSource::new(opts, 512);
     let result = run_source(Box::new(source), &config, &PipelineOptions::default());
@@ -443,7 +522,21 @@ fn the_generator_streams_in_time_order_and_stitches_to_the_true_customers() {
         result.map.total().visits.iter().count() > 15,
         "the traffic reaches most touchpoints"
     );
-    assert_eq!(live(&result), expected);
+    let mut got = live(&result);
+    let by_device = std::mem::take(&mut got.by_value);
+    got.value_maturing.clear();
+    assert_eq!(got, expected);
+    // The generator's events carry their device kind: checkout splits by it, into parts
+    // that add up to the whole.
+    let devices: Vec<&str> = by_device.keys().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(devices, ["desktop", "mobile", "tablet"]);
+    let mut sum = vec![0; 2];
+    for reached in by_device.values() {
+        for (a, b) in sum.iter_mut().zip(reached) {
+            *a += b;
+        }
+    }
+    assert_eq!(sum, expected.funnels["checkout"]);
 }
 
 mod random {

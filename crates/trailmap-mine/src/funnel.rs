@@ -386,11 +386,24 @@ pub struct Funnel<'a> {
     pub breakdown: FxHashMap<u32, StepTallies>,
     /// Period start (days since the epoch) → tallies of journeys that entered in it.
     pub trend: FxHashMap<i64, StepTallies>,
-    /// When recording (see [`record_window_ends`](Self::record_window_ends)): for each
-    /// counted journey short of the last step that could still go on, `(window end, level)`.
-    /// It is maturing while "now" is before that end, so whoever keeps the tallies can
-    /// decide maturity when reading, for any "now" (the live map does).
-    pub window_ends: Option<Vec<(i64, usize)>>,
+    /// When recording (see [`record_attempts`](Self::record_attempts)): every counted
+    /// attempt, with when its window ends if it could still go on. Whoever keeps the tallies
+    /// can then decide maturity when reading, for any "now", and break down by any value of
+    /// the entering event (the live map does both).
+    pub attempts_made: Option<Vec<Attempt>>,
+}
+
+/// One counted attempt of a journey at a funnel, as [`Funnel::record_attempts`] keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// Steps reached (1 ..= steps).
+    pub level: usize,
+    /// Index in the journey of the event that entered the first step: breakdowns take
+    /// their value from it.
+    pub entry: usize,
+    /// Short of the last step: when its window ends. It is maturing while "now" is
+    /// before that.
+    pub window_end: Option<i64>,
 }
 
 impl<'a> Funnel<'a> {
@@ -411,14 +424,14 @@ impl<'a> Funnel<'a> {
             next_after: FxHashMap::default(),
             breakdown: FxHashMap::default(),
             trend: FxHashMap::default(),
-            window_ends: None,
+            attempts_made: None,
         }
     }
 
-    /// Records, from now on, when each journey's window ends into
-    /// [`window_ends`](Self::window_ends).
-    pub fn record_window_ends(&mut self) {
-        self.window_ends.get_or_insert_with(Vec::new);
+    /// Records, from now on, every counted attempt into
+    /// [`attempts_made`](Self::attempts_made).
+    pub fn record_attempts(&mut self) {
+        self.attempts_made.get_or_insert_with(Vec::new);
     }
 
     pub fn spec(&self) -> &FunnelSpec {
@@ -479,8 +492,12 @@ impl<'a> Funnel<'a> {
             .latest_start
             .filter(|_| out.level < n)
             .map(|t| t.saturating_add(self.spec.window));
-        if let (Some(ends), Some(end)) = (&mut self.window_ends, window_end) {
-            ends.push((end, out.level));
+        if let Some(made) = &mut self.attempts_made {
+            made.push(Attempt {
+                level: out.level,
+                entry: first,
+                window_end,
+            });
         }
         let maturing = window_end.is_some_and(|end| end > self.spec.as_of);
         let tally = |t: &mut StepTallies| {
@@ -1079,8 +1096,10 @@ impl Aggregate for Funnel<'_> {
                 .or_insert_with(|| StepTallies::new(n))
                 .add(&v);
         }
-        if let Some(theirs) = other.window_ends {
-            self.window_ends.get_or_insert_with(Vec::new).extend(theirs);
+        if let Some(theirs) = other.attempts_made {
+            self.attempts_made
+                .get_or_insert_with(Vec::new)
+                .extend(theirs);
         }
     }
 }

@@ -67,6 +67,27 @@ pub struct AlertRule {
     /// Extra labels sent with notifications (team, severity, …).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Alert on each of the top values of an attribute (`{ by = "device", top = 3 }`)
+    /// instead of on the stage as a whole: a dip on mobile alone shows as one.
+    #[serde(default)]
+    pub breakdown: Option<Breakdown>,
+}
+
+/// What a rule with a breakdown alerts on: each of the top values of an attribute.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Breakdown {
+    /// The attribute: a column (`channel`, `source`, an identity column) or a property of
+    /// the events (`device`, or `properties.KEY` to be explicit), as
+    /// `trailmap funnel --breakdown` takes it. A journey's value is the one of the event that
+    /// entered the funnel (its first step). The live pipeline keeps one attribute per event,
+    /// so every rule with a breakdown must name the same one.
+    pub by: String,
+    /// The values alerted on: the `top` with the most settled journeys in the current
+    /// window and the baseline together, at each evaluation. A value that leaves the top
+    /// while its alert is pending or firing is still evaluated until that ends.
+    #[serde(default = "defaults::top")]
+    pub top: usize,
 }
 
 mod defaults {
@@ -86,6 +107,9 @@ mod defaults {
     }
     pub fn confidence() -> f64 {
         0.99
+    }
+    pub fn top() -> usize {
+        5
     }
 }
 
@@ -184,6 +208,17 @@ impl AlertRule {
         }
         if self.hold.micros() < 0 {
             return Err(("for".into(), "must not be negative".into()));
+        }
+        if let Some(b) = &self.breakdown {
+            if b.by.trim().is_empty() {
+                return Err((
+                    "breakdown.by".into(),
+                    "must name an attribute, like \"channel\" or \"device\"".into(),
+                ));
+            }
+            if b.top == 0 {
+                return Err(("breakdown.top".into(), "must be at least 1".into()));
+            }
         }
         self.stage(journey)
     }

@@ -141,6 +141,7 @@ impl Config {
                 Error::config(format!("alerts.{name}.{field}"), message)
             })?;
         }
+        self.breakdown_attribute()?;
         for (i, url) in self.alerting.webhooks.iter().enumerate() {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(Error::config(
@@ -150,6 +151,31 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The attribute the live pipeline keeps per event for alert breakdowns: the one every
+    /// rule with a breakdown names (an error names two rules that differ).
+    pub fn breakdown_attribute(&self) -> Result<Option<&str>> {
+        let mut by: Option<(&str, &str)> = None;
+        for (name, rule) in &self.alerts {
+            let Some(b) = &rule.breakdown else { continue };
+            match by {
+                None => by = Some((name, &b.by)),
+                Some((first, attribute)) if attribute != b.by => {
+                    return Err(Error::config(
+                        format!("alerts.{name}.breakdown.by"),
+                        format!(
+                            "rule `{first}` breaks down by `{attribute}` and this one by `{}`; the live pipeline keeps one attribute per event, so alert breakdowns must all use the same",
+                            b.by
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(by.map(|(_, attribute)| attribute))
     }
 }
 

@@ -226,23 +226,25 @@ pub fn render(
     let alert_state = IntGaugeVec::new(
         Opts::new(
             "trailmap_alert_state",
-            "Per alert rule: 0 inactive, 1 pending, 2 firing.",
+            "Per alert rule (and breakdown value; empty for a rule without one): 0 inactive, 1 pending, 2 firing.",
         ),
-        &["rule", "journey", "from", "to"],
+        &["rule", "journey", "from", "to", "value"],
     )?;
     let alert_conversion = GaugeVec::new(
         Opts::new(
             "trailmap_alert_conversion",
-            "Per alert rule, the stage conversion it last compared: settled journeys of the current window, and of the baseline (NaN: none settled).",
+            "Per alert rule (and breakdown value), the stage conversion it last compared: settled journeys of the current window, and of the baseline (NaN: none settled).",
         ),
-        &["rule", "window"],
+        &["rule", "value", "window"],
     )?;
     for a in alerts {
+        let value = a.value.as_deref().unwrap_or("");
         let labels = [
             a.name.as_str(),
             a.journey.as_str(),
             a.from.as_str(),
             a.to.as_str(),
+            value,
         ];
         alert_state.with_label_values(&labels).set(a.state.gauge());
         if let Some(e) = &a.last {
@@ -252,7 +254,7 @@ pub fn render(
             ] {
                 // No settled journeys: 0/0, which Prometheus writes as NaN.
                 alert_conversion
-                    .with_label_values(&[a.name.as_str(), window])
+                    .with_label_values(&[a.name.as_str(), value, window])
                     .set(rate.unwrap_or(f64::NAN));
             }
         }

@@ -257,6 +257,9 @@ pub struct Arrived {
     pub ts: Vec<i64>,
     pub touchpoint: Vec<u32>,
     pub source: Vec<u16>,
+    /// Value id of the kept attribute ([`JourneyBuilder::keep_attribute`]) per event;
+    /// empty when none is kept.
+    pub attribute: Vec<u32>,
 }
 
 impl Arrived {
@@ -281,7 +284,19 @@ impl JourneyBuilder {
             ts: std::mem::take(&mut self.ts),
             touchpoint: std::mem::take(&mut self.touchpoint),
             source: std::mem::take(&mut self.source),
+            attribute: self
+                .attribute
+                .as_mut()
+                .map(|(_, _, kept)| std::mem::take(kept))
+                .unwrap_or_default(),
         }
+    }
+
+    /// The kept attribute's values by id (id 0 is [`NO_VALUE`]), if one is kept.
+    pub fn attribute_values(&self) -> Option<&[String]> {
+        self.attribute
+            .as_ref()
+            .map(|(_, values, _)| values.names.as_slice())
     }
 
     /// The identity graph, for the live stitcher to resolve customers and follow merges.

@@ -21,10 +21,11 @@
 //! relative drop, so that neither noise nor a small stage nor a statistically real but
 //! immaterial wobble fires.
 
-use crate::counts::{BUCKET_MICROS, FunnelLevels, bucket_of};
+use crate::counts::{BUCKET_MICROS, ByValue, FunnelLevels, bucket_of};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use trailmap_model::alert::{AlertRule, Baseline, Stage};
+use trailmap_model::config::JourneyConfig;
 
 const WEEK_MINUTES: i64 = 7 * 24 * 60;
 
@@ -63,6 +64,9 @@ pub struct Detector {
     /// Position of the rule's journey among the configured journeys (the live funnels).
     pub funnel: usize,
     pub stage: Stage,
+    /// The stage's step names.
+    pub from: String,
+    pub to: String,
     /// The journey's conversion window, minutes, rounded up.
     pub settle_minutes: i64,
 }
@@ -131,13 +135,23 @@ fn percent(rate: Option<f64>) -> String {
 }
 
 impl Detector {
-    pub fn new(name: &str, rule: &AlertRule, funnel: usize, stage: Stage, window: i64) -> Self {
+    /// `rule` on `journey`, the `funnel`-th configured journey, watching `stage` of it.
+    pub fn new(
+        name: &str,
+        rule: &AlertRule,
+        funnel: usize,
+        stage: Stage,
+        journey: &JourneyConfig,
+    ) -> Self {
+        let step = |k: usize| journey.steps.get(k).cloned().unwrap_or_default();
         Detector {
             name: name.to_string(),
             rule: rule.clone(),
             funnel,
             stage,
-            settle_minutes: minutes_up(window),
+            from: step(stage.from),
+            to: step(stage.to),
+            settle_minutes: minutes_up(journey.window.micros()),
         }
     }
 
@@ -178,6 +192,63 @@ impl Detector {
             first = first.max(last.saturating_sub(cap).saturating_add(1));
         }
         (first..=last).map(move |k| k.saturating_mul(every))
+    }
+
+    /// Decides at `at` for each breakdown value worth watching: the `top` values with the
+    /// most settled journeys (current window and baseline together; ties by name) among
+    /// those with levels and the `known` ones (watched before), and every known value that
+    /// is `active` (pending or firing) whatever its rank, so an alert whose value fell out
+    /// of the top still resolves. Levels are by value id; `names` names them.
+    pub fn evaluate_values(
+        &self,
+        at: i64,
+        current: &ByValue,
+        baseline: &ByValue,
+        names: &[String],
+        top: usize,
+        known: &[(String, bool)],
+    ) -> Vec<(String, Evaluation)> {
+        let id_of = |name: &str| {
+            (0..names.len())
+                .find(|&v| names[v] == name)
+                .map(|v| v as u32)
+        };
+        let mut candidates: std::collections::BTreeMap<String, Option<u32>> = current
+            .keys()
+            .chain(baseline.keys())
+            .map(|&v| {
+                let name = names
+                    .get(v as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{v}"));
+                (name, Some(v))
+            })
+            .collect();
+        for (name, _) in known {
+            candidates
+                .entry(name.clone())
+                .or_insert_with(|| id_of(name));
+        }
+        let settled = |by: &ByValue, v: Option<u32>| {
+            v.and_then(|v| by.get(&v))
+                .map_or(0, |l| StageCounts::of(l, self.stage).entered)
+        };
+        let mut ranked: Vec<(i64, String, Option<u32>)> = candidates
+            .into_iter()
+            .map(|(name, v)| (settled(current, v) + settled(baseline, v), name, v))
+            .collect();
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let (chosen, rest) = ranked.split_at(top.min(ranked.len()));
+        let active = |name: &str| known.iter().any(|(n, a)| n == name && *a);
+        let empty = FunnelLevels::default();
+        chosen
+            .iter()
+            .chain(rest.iter().filter(|(_, name, _)| active(name)))
+            .map(|(_, name, v)| {
+                let of = |by: &ByValue| v.and_then(|v| by.get(&v)).unwrap_or(&empty).clone();
+                (name.clone(), self.evaluate(at, &of(current), &of(baseline)))
+            })
+            .collect()
     }
 
     /// Decides at `at` from the current window's levels and the baseline's.
@@ -275,7 +346,15 @@ mod tests {
             confidence: 0.99,
             hold: Span::ZERO,
             labels: Default::default(),
+            breakdown: None,
         }
+    }
+
+    /// A two-step journey with a conversion window of `micros`.
+    fn journey(micros: i64) -> JourneyConfig {
+        let mut j = JourneyConfig::of_steps(vec!["a".into(), "b".into()]);
+        j.window = Span(micros);
+        j
     }
 
     fn levels(entered: i64, converted: i64) -> FunnelLevels {
@@ -333,7 +412,7 @@ mod tests {
             &rule(),
             0,
             Stage { from: 0, to: 1 },
-            2 * 3600 * 1_000_000 + 1,
+            &journey(2 * 3600 * 1_000_000 + 1),
         );
         assert_eq!(d.settle_minutes, 121);
         let at = 1000 * BUCKET_MICROS + 30_000_000;
@@ -342,7 +421,13 @@ mod tests {
         assert_eq!(baseline, vec![current.start - 360..current.start]);
         let mut weekly = rule();
         weekly.baseline = Baseline::HourOfWeek { weeks: 2 };
-        let d = Detector::new("r", &weekly, 0, Stage { from: 0, to: 1 }, BUCKET_MICROS);
+        let d = Detector::new(
+            "r",
+            &weekly,
+            0,
+            Stage { from: 0, to: 1 },
+            &journey(BUCKET_MICROS),
+        );
         let (current, baseline) = d.windows(at);
         assert_eq!(
             baseline[1],
@@ -352,7 +437,7 @@ mod tests {
 
     #[test]
     fn evaluations_fall_on_multiples_of_the_interval() {
-        let d = Detector::new("r", &rule(), 0, Stage { from: 0, to: 1 }, 1);
+        let d = Detector::new("r", &rule(), 0, Stage { from: 0, to: 1 }, &journey(1));
         let m = BUCKET_MICROS;
         assert_eq!(
             d.due(None, 5 * m + 3, None).collect::<Vec<_>>(),
@@ -381,7 +466,7 @@ mod tests {
 
     #[test]
     fn a_dip_needs_sample_size_effect_and_confidence() {
-        let d = Detector::new("r", &rule(), 0, Stage { from: 0, to: 1 }, 1);
+        let d = Detector::new("r", &rule(), 0, Stage { from: 0, to: 1 }, &journey(1));
         let baseline = levels(3000, 900);
         // 30% -> 15% on 400 journeys: fires.
         let e = d.evaluate(0, &levels(400, 60), &baseline);
@@ -433,5 +518,38 @@ mod tests {
                 converted: 20
             }
         );
+    }
+
+    #[test]
+    fn a_breakdown_watches_the_top_values_and_the_active_ones() {
+        let d = Detector::new("r", &rule(), 0, Stage { from: 0, to: 1 }, &journey(1));
+        let names: Vec<String> = ["(none)", "a", "b", "c"].map(String::from).into();
+        let by = |n: [(u32, i64, i64); 3]| -> ByValue {
+            n.into_iter().map(|(v, e, c)| (v, levels(e, c))).collect()
+        };
+        // c is small, and dipping far below its baseline.
+        let current = by([(1, 300, 90), (2, 200, 60), (3, 150, 10)]);
+        let baseline = by([(1, 3000, 900), (2, 2000, 600), (3, 500, 150)]);
+        let watched = |top, known: &[(String, bool)]| -> Vec<(String, Verdict)> {
+            d.evaluate_values(0, &current, &baseline, &names, top, known)
+                .into_iter()
+                .map(|(v, e)| (v, e.verdict))
+                .collect()
+        };
+        let steady = |v: &str| (v.to_string(), Verdict::Steady);
+        assert_eq!(watched(2, &[]), [steady("a"), steady("b")]);
+        // Firing on c: still evaluated, out of the top as it is.
+        let c_firing = [("c".to_string(), true)];
+        assert_eq!(
+            watched(2, &c_firing),
+            [steady("a"), steady("b"), ("c".into(), Verdict::Dipping)]
+        );
+        // A value watched before, with no journeys now, keeps its place while the top has
+        // room (a quiet night does not drop it), and is too few to judge.
+        let known = [("z".to_string(), false)];
+        let all = watched(5, &known);
+        assert_eq!(all.len(), 4, "{all:?}");
+        assert_eq!(all[3], ("z".into(), Verdict::TooFew));
+        assert_eq!(watched(3, &known).len(), 3);
     }
 }

@@ -24,7 +24,7 @@ pub use detect::{Detector, Evaluation, StageCounts, Verdict};
 pub use notify::Webhooks;
 pub use run::{AlertsHandle, spawn};
 
-use crate::counts::{LiveMap, bucket_of};
+use crate::counts::{ByValue, LiveMap, WHOLE, bucket_of};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -70,6 +70,10 @@ pub struct AlertStatus {
     /// The stage watched: step names.
     pub from: String,
     pub to: String,
+    /// For a rule with a breakdown: the attribute's value this alert watches (one alert
+    /// per value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
     pub state: AlertState,
     /// Pending or firing since (event time, Unix µs).
     pub active_since: Option<i64>,
@@ -94,6 +98,9 @@ pub enum Change {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Notice {
     pub alert: String,
+    /// The breakdown value, for a rule with a breakdown (also a label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
     pub change: Change,
     /// When the alert started firing and, once resolved, when it ended (Unix µs).
     pub starts_at: i64,
@@ -105,12 +112,13 @@ pub struct Notice {
 }
 
 impl AlertStatus {
-    fn new(d: &Detector, steps: &[String]) -> AlertStatus {
+    fn new(d: &Detector, value: Option<&str>) -> AlertStatus {
         AlertStatus {
             name: d.name.clone(),
             journey: d.rule.journey.clone(),
-            from: steps[d.stage.from].clone(),
-            to: steps[d.stage.to].clone(),
+            from: d.from.clone(),
+            to: d.to.clone(),
+            value: value.map(str::to_string),
             state: AlertState::Inactive,
             active_since: None,
             fired_at: None,
@@ -175,7 +183,11 @@ struct Saved {
 #[derive(Debug)]
 pub struct Alerts {
     detectors: Vec<Detector>,
+    /// One per rule without a breakdown; one per watched value of a rule with one (made
+    /// when the value first makes the top).
     statuses: Vec<AlertStatus>,
+    /// Per rule, the latest instant it was evaluated at.
+    evaluated: Vec<Option<i64>>,
     outbox: Vec<Notice>,
     /// Where the state is kept across restarts; `None`: in memory only.
     path: Option<PathBuf>,
@@ -186,7 +198,6 @@ impl Alerts {
     /// funnels are (config order).
     pub fn new(config: &Config) -> Result<Alerts> {
         let mut detectors = Vec::new();
-        let mut statuses = Vec::new();
         for (name, rule) in &config.alerts {
             let stage = rule
                 .validate(&config.journeys)
@@ -200,11 +211,15 @@ impl Alerts {
                 .find(|(_, (j, _))| **j == rule.journey)
                 .map(|(i, (_, journey))| (i, journey))
                 .ok_or_else(|| Error::config(format!("alerts.{name}.journey"), "not configured"))?;
-            let d = Detector::new(name, rule, funnel, stage, journey.window.micros());
-            statuses.push(AlertStatus::new(&d, &journey.steps));
-            detectors.push(d);
+            detectors.push(Detector::new(name, rule, funnel, stage, journey));
         }
+        let statuses = detectors
+            .iter()
+            .filter(|d| d.rule.breakdown.is_none())
+            .map(|d| AlertStatus::new(d, None))
+            .collect();
         Ok(Alerts {
+            evaluated: vec![None; detectors.len()],
             detectors,
             statuses,
             outbox: Vec::new(),
@@ -224,19 +239,26 @@ impl Alerts {
                 )
             })?;
             for old in saved.alerts {
-                if let Some(s) = self.statuses.iter_mut().find(|s| {
-                    s.name == old.name
-                        && s.journey == old.journey
-                        && s.from == old.from
-                        && s.to == old.to
-                }) {
-                    *s = old;
+                let Some(i) = self.detectors.iter().position(|d| {
+                    d.name == old.name
+                        && d.rule.journey == old.journey
+                        && d.from == old.from
+                        && d.to == old.to
+                        && d.rule.breakdown.is_some() == old.value.is_some()
+                }) else {
+                    continue;
+                };
+                let at = old.last.as_ref().map(|e| e.at);
+                self.evaluated[i] = self.evaluated[i].max(at);
+                match self.status_of(i, old.value.as_deref()) {
+                    Some(k) => self.statuses[k] = old,
+                    None => self.statuses.push(old),
                 }
             }
             self.outbox = saved
                 .outbox
                 .into_iter()
-                .filter(|n| self.statuses.iter().any(|s| s.name == n.alert))
+                .filter(|n| self.detectors.iter().any(|d| d.name == n.alert))
                 .collect();
         }
         self.path = Some(path.to_path_buf());
@@ -278,7 +300,8 @@ impl Alerts {
         let mut k = keep.iter();
         self.detectors.retain(|_| *k.next().unwrap_or(&false));
         let mut k = keep.iter();
-        self.statuses.retain(|_| *k.next().unwrap_or(&false));
+        self.evaluated.retain(|_| *k.next().unwrap_or(&false));
+        self.statuses.retain(|s| names.contains(&s.name));
         Ok(self)
     }
 
@@ -302,7 +325,7 @@ impl Alerts {
     pub fn due(&self, newest: i64, limit: usize) -> Vec<(usize, i64)> {
         let mut due = Vec::new();
         for (i, d) in self.detectors.iter().enumerate() {
-            let after = self.statuses[i].last.as_ref().map(|e| e.at);
+            let after = self.evaluated[i];
             due.extend(d.due(after, newest, None).take(limit).map(|at| (i, at)));
         }
         due.sort_by_key(|&(i, at)| (at, i));
@@ -310,24 +333,83 @@ impl Alerts {
         due
     }
 
-    /// Records rule `i`'s evaluation: steps its lifecycle, and on a change queues the
-    /// notification and saves the state. Returns the notification, which is to be sent
-    /// even when the state could not be saved (that is logged: a restart would then not
-    /// know of the change).
-    pub fn record(&mut self, i: usize, e: Evaluation) -> Option<Notice> {
-        let hold = self.detectors[i].rule.hold.micros();
-        let before = self.statuses[i].state;
-        let change = self.statuses[i].step(e, hold);
-        let notice = change.map(|c| self.notice(i, c));
-        if let Some(n) = &notice {
-            self.outbox.push(n.clone());
+    /// The status of rule `i` for breakdown `value` (`None`: the rule has none).
+    fn status_of(&self, i: usize, value: Option<&str>) -> Option<usize> {
+        let name = &self.detectors[i].name;
+        self.statuses
+            .iter()
+            .position(|s| &s.name == name && s.value.as_deref() == value)
+    }
+
+    /// Rule `i` at `at`, from its journey's levels in the current window and the
+    /// baseline (by breakdown value for a rule with a breakdown, value names in
+    /// `values`): evaluates, steps each alert's lifecycle, and on a change queues the
+    /// notification and saves the state. Returns each evaluation with the notification it
+    /// caused, which is to be sent even when the state could not be saved (that is logged:
+    /// a restart would then not know of the change).
+    pub fn apply(
+        &mut self,
+        i: usize,
+        at: i64,
+        current: &ByValue,
+        baseline: &ByValue,
+        values: &[String],
+    ) -> Vec<(Evaluation, Option<Notice>)> {
+        let d = &self.detectors[i];
+        let judged: Vec<(Option<String>, Evaluation)> = match &d.rule.breakdown {
+            None => {
+                let whole = |by: &ByValue| by.get(&WHOLE).cloned().unwrap_or_default();
+                vec![(None, d.evaluate(at, &whole(current), &whole(baseline)))]
+            }
+            Some(b) => {
+                let known: Vec<(String, bool)> = self
+                    .statuses
+                    .iter()
+                    .filter(|s| s.name == d.name)
+                    .filter_map(|s| Some((s.value.clone()?, s.state != AlertState::Inactive)))
+                    .collect();
+                d.evaluate_values(at, current, baseline, values, b.top, &known)
+                    .into_iter()
+                    .map(|(value, e)| (Some(value), e))
+                    .collect()
+            }
+        };
+        self.evaluated[i] = self.evaluated[i].max(Some(at));
+        let mut changed = false;
+        let mut out = Vec::with_capacity(judged.len());
+        for (value, e) in judged {
+            let k = match self.status_of(i, value.as_deref()) {
+                Some(k) => k,
+                None => {
+                    self.statuses
+                        .push(AlertStatus::new(&self.detectors[i], value.as_deref()));
+                    self.statuses.len() - 1
+                }
+            };
+            let hold = self.detectors[i].rule.hold.micros();
+            let before = self.statuses[k].state;
+            let notice = self.statuses[k]
+                .step(e.clone(), hold)
+                .map(|c| self.notice(i, k, c));
+            if let Some(n) = &notice {
+                self.outbox.push(n.clone());
+            }
+            changed |= before != self.statuses[k].state;
+            out.push((e, notice));
         }
-        if before != self.statuses[i].state
-            && let Err(e) = self.save()
-        {
+        // Values that left the top and whose alert is over are no longer watched.
+        if self.detectors[i].rule.breakdown.is_some() {
+            let name = &self.detectors[i].name;
+            self.statuses.retain(|s| {
+                &s.name != name
+                    || s.state != AlertState::Inactive
+                    || s.last.as_ref().is_some_and(|e| e.at == at)
+            });
+        }
+        if changed && let Err(e) = self.save() {
             eprintln!("alerts: cannot save the alert state: {e}");
         }
-        notice
+        out
     }
 
     /// Takes a delivered (or given up) notification out of the outbox.
@@ -339,24 +421,29 @@ impl Alerts {
         Ok(())
     }
 
-    fn notice(&self, i: usize, change: Change) -> Notice {
-        let (d, s) = (&self.detectors[i], &self.statuses[i]);
+    fn notice(&self, i: usize, k: usize, change: Change) -> Notice {
+        let (d, s) = (&self.detectors[i], &self.statuses[k]);
         let mut labels = d.rule.labels.clone();
         labels.insert("alertname".into(), d.name.clone());
         labels.insert("journey".into(), s.journey.clone());
         labels.insert("from".into(), s.from.clone());
         labels.insert("to".into(), s.to.clone());
+        let mut segment = String::new();
+        if let (Some(b), Some(value)) = (&d.rule.breakdown, &s.value) {
+            labels.insert(label_name(&b.by), value.clone());
+            segment = format!(" for {} {value}", b.by);
+        }
         let reason = s.last.as_ref().map_or(String::new(), |e| e.reason.clone());
         let mut annotations = BTreeMap::new();
         annotations.insert(
             "summary".into(),
             match change {
                 Change::Firing => format!(
-                    "{} → {} conversion of journey {} dipped",
+                    "{} → {} conversion of journey {}{segment} dipped",
                     s.from, s.to, s.journey
                 ),
                 Change::Resolved => format!(
-                    "{} → {} conversion of journey {} recovered",
+                    "{} → {} conversion of journey {}{segment} recovered",
                     s.from, s.to, s.journey
                 ),
             },
@@ -365,6 +452,7 @@ impl Alerts {
         let starts_at = s.fired_at.unwrap_or_default();
         Notice {
             alert: d.name.clone(),
+            value: s.value.clone(),
             change,
             starts_at,
             ends_at: match change {
@@ -402,21 +490,10 @@ impl Alerts {
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     }
 
-    /// Evaluates rule `i` at `at` over `map` (what a backtest and a finished run read).
-    pub fn evaluate_on(&self, i: usize, map: &LiveMap, at: i64) -> Evaluation {
-        let d = &self.detectors[i];
-        let (current, baseline) = d.windows(at);
-        let as_of = bucket_of(at);
-        d.evaluate(
-            at,
-            &map.funnel_levels(d.funnel, &[current], as_of),
-            &map.funnel_levels(d.funnel, &baseline, as_of),
-        )
-    }
-
     /// Replays the rules over `map` from its first minute to `newest` (µs): every
     /// evaluation a live run reading these events would have made, and the changes.
-    pub fn backtest(&mut self, map: &LiveMap, newest: i64) -> Result<Backtest> {
+    /// `values` names the breakdown values of the map.
+    pub fn backtest(&mut self, map: &LiveMap, values: &[String], newest: i64) -> Result<Backtest> {
         let mut out = Backtest::default();
         let Some(first) = map
             .buckets()
@@ -429,24 +506,33 @@ impl Alerts {
             let every = self.detectors[i].rule.every.micros().max(1);
             let before_first = first.div_euclid(every) * every - every;
             for at in self.detectors[i].due(Some(before_first), newest, Some(MAX_BACKTEST)) {
-                let e = self.evaluate_on(i, map, at);
-                out.evaluations += 1;
-                match e.verdict {
-                    Verdict::Dipping => out.dipping += 1,
-                    Verdict::Steady => out.steady += 1,
-                    Verdict::TooFew => out.too_few += 1,
+                let d = &self.detectors[i];
+                let (current, baseline) = d.windows(at);
+                let (as_of, by_value) = (bucket_of(at), d.rule.breakdown.is_some());
+                let current = map.funnel_levels_by(d.funnel, &[current], as_of, by_value);
+                let baseline = map.funnel_levels_by(d.funnel, &baseline, as_of, by_value);
+                for (e, notice) in self.apply(i, at, &current, &baseline, values) {
+                    out.evaluations += 1;
+                    match e.verdict {
+                        Verdict::Dipping => out.dipping += 1,
+                        Verdict::Steady => out.steady += 1,
+                        Verdict::TooFew => out.too_few += 1,
+                    }
+                    if let Some(n) = notice {
+                        out.changes.push(BacktestChange {
+                            alert: n.alert,
+                            value: n.value,
+                            change: n.change,
+                            evaluation: e,
+                        });
+                    }
                 }
-                let change = self.record(i, e.clone());
-                if self.statuses[i].state == AlertState::Firing {
-                    out.firing += 1;
-                }
-                if let Some(n) = change {
-                    out.changes.push(BacktestChange {
-                        alert: n.alert,
-                        change: n.change,
-                        evaluation: e,
-                    });
-                }
+                let name = &self.detectors[i].name;
+                out.firing += self
+                    .statuses
+                    .iter()
+                    .filter(|s| &s.name == name && s.state == AlertState::Firing)
+                    .count();
             }
         }
         out.changes
@@ -463,7 +549,8 @@ pub struct Backtest {
     pub dipping: usize,
     pub steady: usize,
     pub too_few: usize,
-    /// Evaluations after which the alert was firing.
+    /// Evaluations after which an alert was firing (per breakdown value: a rule with two
+    /// values firing counts two).
     pub firing: usize,
     /// Every time an alert would have fired or resolved, in time order.
     pub changes: Vec<BacktestChange>,
@@ -472,6 +559,9 @@ pub struct Backtest {
 #[derive(Debug, Clone, Serialize)]
 pub struct BacktestChange {
     pub alert: String,
+    /// The breakdown value, for a rule with a breakdown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
     pub change: Change,
     /// The evaluation that made the change.
     pub evaluation: Evaluation,
@@ -491,6 +581,18 @@ pub fn state_path(config: &Config, data_dir: &str) -> Option<PathBuf> {
         Some(_) => return None,
     };
     Some(dir.join(file))
+}
+
+/// A Prometheus-style label name for an attribute (`properties.plan` → `properties_plan`).
+pub fn label_name(attribute: &str) -> String {
+    let mut name: String = attribute
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        name.insert(0, '_');
+    }
+    name
 }
 
 /// An instant for people (RFC 3339).
@@ -522,6 +624,7 @@ mod tests {
             journey: "j".into(),
             from: "a".into(),
             to: "b".into(),
+            value: None,
             state: AlertState::Inactive,
             active_since: None,
             fired_at: None,

@@ -120,6 +120,7 @@ mod tests {
         labels.insert("alertname".to_string(), "checkout_dip".to_string());
         labels.insert("journey".to_string(), "trial".to_string());
         let notice = Notice {
+            value: None,
             alert: "checkout_dip".into(),
             change: Change::Resolved,
             starts_at: 1_700_000_000_000_000,

@@ -161,26 +161,43 @@ async fn evaluate_due(
         Ok(a) => (a.due(newest, MAX_PER_TICK), a.detectors().to_vec()),
         Err(_) => return Ok(0),
     };
+    let values = if detectors.iter().any(|d| d.rule.breakdown.is_some()) {
+        live.names().values
+    } else {
+        Vec::new()
+    };
     let mut ran = 0;
     for (i, at) in due {
         let d = &detectors[i];
         let (current, baseline) = d.windows(at);
-        let as_of = bucket_of(at);
-        let now = live.funnel_levels(d.funnel, vec![current], as_of).await?;
-        let before = live.funnel_levels(d.funnel, baseline, as_of).await?;
-        let e = d.evaluate(at, &now, &before);
-        let reason = e.reason.clone();
-        let notice = match alerts.lock() {
-            Ok(mut a) => a.record(i, e),
+        let (as_of, by_value) = (bucket_of(at), d.rule.breakdown.is_some());
+        let now = live
+            .funnel_levels(d.funnel, vec![current], as_of, by_value)
+            .await?;
+        let before = live
+            .funnel_levels(d.funnel, baseline, as_of, by_value)
+            .await?;
+        let judged = match alerts.lock() {
+            Ok(mut a) => a.apply(i, at, &now, &before, &values),
             Err(_) => return Ok(ran),
         };
         ran += 1;
-        if let Some(n) = notice {
+        for (e, notice) in judged {
+            let Some(n) = notice else { continue };
             let what = match n.change {
                 Change::Firing => "FIRING",
                 Change::Resolved => "resolved",
             };
-            eprintln!("alert {} {what} at {}: {reason}", d.name, when(at));
+            let value = n
+                .value
+                .as_ref()
+                .map_or(String::new(), |v| format!(" [{v}]"));
+            eprintln!(
+                "alert {}{value} {what} at {}: {}",
+                d.name,
+                when(at),
+                e.reason
+            );
             let _ = outbox.send(n);
         }
     }

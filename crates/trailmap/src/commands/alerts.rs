@@ -59,11 +59,10 @@ impl TestArgs {
             "no alert rules configured; add an [alerts.NAME] table (journey, from, to, window, …) to the config"
         );
         // The rules are evaluated here, over the finished counts, not by a live evaluator.
-        let mut quiet = config.clone();
-        quiet.alerts.clear();
-        let outcome = replay_in_hindsight(&self.input, &quiet)?;
+        let outcome = replay_in_hindsight(&self.input, &config)?;
         let newest = outcome.result.status.newest.unwrap_or(i64::MIN);
-        let backtest = alerts.backtest(&outcome.result.map, newest)?;
+        let result = &outcome.result;
+        let backtest = alerts.backtest(&result.map, &result.names.values, newest)?;
         eprintln!(
             "alerts: {} events, {} evaluations of {} rule(s) up to {}; {} change(s)",
             outcome.result.status.stitch.events,
@@ -91,6 +90,7 @@ impl TestArgs {
                 vec![
                     when(e.at),
                     c.alert.clone(),
+                    c.value.clone().unwrap_or_default(),
                     match c.change {
                         Change::Firing => "firing",
                         Change::Resolved => "resolved",
@@ -120,6 +120,7 @@ impl TestArgs {
             &[
                 "at",
                 "alert",
+                "value",
                 "change",
                 "conversion",
                 "baseline",

@@ -111,6 +111,11 @@ pub struct DipArgs {
     /// When it ends (RFC 3339) [default: never].
     #[arg(long, value_name = "TIME", requires = "dip")]
     pub dip_until: Option<String>,
+
+    /// Only for visitors on this kind of device (desktop, mobile, tablet: the clickstream's
+    /// `properties.device`) [default: all].
+    #[arg(long, value_name = "KIND", requires = "dip")]
+    pub dip_device: Option<String>,
 }
 
 impl DipArgs {
@@ -137,7 +142,8 @@ impl DipArgs {
             None => i64::MAX,
         };
         anyhow::ensure!(starts < ends, "--dip-until must come after --dip-from");
-        Ok(model.with_dip(a, b, factor, starts, ends)?)
+        let device = self.dip_device.as_deref();
+        Ok(model.with_dip_on(a, b, factor, starts, ends, device)?)
     }
 }
 

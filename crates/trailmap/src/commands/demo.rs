@@ -85,6 +85,7 @@ impl DemoArgs {
                 self.postgres_port.unwrap_or(config.server.postgres_port),
             )),
             // The demo starts from nothing each time; so do its alerts.
+            alerts: true,
             alert_state: None,
             store: None,
         }

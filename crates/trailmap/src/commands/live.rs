@@ -36,6 +36,9 @@ pub struct LiveRun<'a> {
     pub capture: Option<Capture>,
     /// Serve the live tables over the PostgreSQL wire protocol here (port 0: a free one).
     pub postgres: Option<SocketAddr>,
+    /// Evaluate the config's alert rules while running (a replay that backtests them
+    /// afterwards does not).
+    pub alerts: bool,
     /// Where alert states are kept across restarts; `None`: in memory.
     pub alert_state: Option<PathBuf>,
     /// The local data dir the pipeline stores events in, served as `stored_events`.
@@ -192,7 +195,7 @@ impl LiveRun<'_> {
         handle: &Arc<LiveHandle>,
         external_url: String,
     ) -> anyhow::Result<Option<AlertsHandle>> {
-        if self.config.alerts.is_empty() {
+        if !self.alerts || self.config.alerts.is_empty() {
             return Ok(None);
         }
         let mut alerts = Alerts::new(self.config)?;
@@ -302,6 +305,7 @@ pub fn replay_in_hindsight(input: &InputArgs, config: &Config) -> anyhow::Result
         keep_serving: false,
         capture: None,
         postgres: None,
+        alerts: false,
         alert_state: None,
         store: None,
     }

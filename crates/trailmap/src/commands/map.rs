@@ -32,9 +32,7 @@ impl MapArgs {
     pub fn run(self) -> anyhow::Result<()> {
         let config = self.input.config()?;
         // Live counts are per session: the map is the sessions' map, as the dashboard's.
-        let mut quiet = config.clone();
-        quiet.alerts.clear();
-        let outcome = replay_in_hindsight(&self.input, &quiet)?;
+        let outcome = replay_in_hindsight(&self.input, &config)?;
         let result = &outcome.result;
         let map = MapReport::new(&result.map.total(), &result.names, result.status.newest);
         if let Some(path) = &self.svg {

@@ -273,6 +273,7 @@ impl ServeArgs {
                 Some(port) => Some(SocketAddr::new(self.bind_address(&config)?, port)),
                 None => None,
             },
+            alerts: true,
             alert_state: trailmap_live::alert::state_path(
                 &config,
                 self.data_dir.as_deref().unwrap_or(&config.storage.data_dir),
