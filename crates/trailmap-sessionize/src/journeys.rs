@@ -371,15 +371,18 @@ impl JourneyBuilder {
                 let col = column(batch, schema::PROPERTIES)?
                     .as_string_opt::<i32>()
                     .ok_or("`properties` is not text")?;
+                // Properties repeat (a device, a plan, a campaign): each distinct text of
+                // the batch is parsed once.
+                let mut parsed: FxHashMap<&str, u32> = FxHashMap::default();
                 (0..rows)
                     .map(|r| {
                         if col.is_null(r) {
                             return 0;
                         }
-                        match property(col.value(r), key) {
-                            Some(v) => values.id(&v),
-                            None => 0,
-                        }
+                        let text = col.value(r);
+                        *parsed.entry(text).or_insert_with(|| {
+                            property(text, key).map_or(0, |v| values.id(&v))
+                        })
                     })
                     .collect()
             }
