@@ -142,7 +142,8 @@ for (const f of document.querySelectorAll("[data-funnel]")) {
 }
 const alerts = {};
 for (const r of document.querySelectorAll("#alert-rows tr[data-alert]")) {
-  alerts[r.dataset.alert] = [r.dataset.state, r.dataset.journeys];
+  const key = r.dataset.value ? `${r.dataset.alert}/${r.dataset.value}` : r.dataset.alert;
+  alerts[key] = [r.dataset.state, r.dataset.journeys];
 }
 return { events: number("events"), journeys: number("journeys"), nodes, funnels, alerts, trends,
          edges: document.querySelectorAll("path.edge").length,
@@ -232,10 +233,12 @@ fn the_dashboard_shows_the_live_map_and_follows_it() {
                 let journeys = a["last"]["current"]["entered"]
                     .as_i64()
                     .map_or(String::new(), |n| n.to_string());
-                (
-                    a["name"].as_str().expect("name").to_string(),
-                    json!([a["state"], journeys]),
-                )
+                let name = a["name"].as_str().expect("name");
+                let key = match a["value"].as_str() {
+                    Some(value) => format!("{name}/{value}"),
+                    None => name.to_string(),
+                };
+                (key, json!([a["state"], journeys]))
             })
             .collect()
     };
@@ -249,6 +252,43 @@ fn the_dashboard_shows_the_live_map_and_follows_it() {
         serde_json::from_value::<BTreeMap<String, Value>>(page["alerts"].clone())
             .is_ok_and(|shown| shown == api_alerts())
     });
+
+    // Support looks a customer up: the timeline table shows what the API says, the
+    // latest touchpoint before the asked one marked.
+    let (id, timeline) = (0..600)
+        .find_map(|i| {
+            let id = format!("u{i}");
+            let (status, body) = demo.get(&format!(
+                "/api/customers/{id}/timeline?limit=10&before=feature_used"
+            ));
+            let body: Value = serde_json::from_str(&body).ok()?;
+            (status == 200 && body["events"].as_array()?.len() >= 3).then_some((id, body))
+        })
+        .expect("a customer who used a feature after three touchpoints");
+    browser.eval(&format!(
+        r#"document.getElementById("customer").value = "{id}";
+           document.getElementById("before").value = "feature_used";
+           document.getElementById("lookup").requestSubmit();"#
+    ));
+    let mut expected: Vec<Value> = timeline["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["touchpoint"].clone())
+        .collect();
+    expected.push(json!("feature_used"));
+    let read_timeline = r##"return [...document.querySelectorAll("#timeline-rows tr")]
+        .map(r => r.children[1].textContent);"##;
+    wait_for(
+        "the timeline lookup to show the customer's touchpoints",
+        || browser.eval(read_timeline) == json!(expected),
+    );
+    let note = browser.eval(r#"return document.getElementById("timeline-note").textContent;"#);
+    assert!(
+        note.as_str()
+            .is_some_and(|n| n.contains("before feature_used")),
+        "{note}"
+    );
 
     let png = browser.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");

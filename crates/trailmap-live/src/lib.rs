@@ -14,7 +14,8 @@
 //!   [`BatchReplay`] replays batches held in memory.
 //! - [`stitch`]: the [`Stitcher`]: identities, the event-time watermark (per partition,
 //!   the pipeline's is the least), the lateness horizon, routing customers to shards, and
-//!   the hand-off of open state when two customers turn out to be one.
+//!   the hand-off of open state when two customers turn out to be one; it also keeps each
+//!   customer's latest touchpoints ([`timeline`]) for support's timeline lookup.
 //! - [`shard`]: a [`Shard`] of customers: their open sessions (events kept until no
 //!   accepted event can change them), retraction and re-emission of what they contributed.
 //! - [`counts`]: [`LiveMap`], counts by minute ([`LiveCounts`]: events, journeys, starts,
@@ -44,6 +45,7 @@ pub mod shard;
 pub mod source;
 pub mod stitch;
 pub mod svg;
+pub mod timeline;
 
 pub use alert::{AlertState, AlertStatus, Alerts, AlertsHandle};
 pub use capture::{CaptureInlet, CaptureSource, Refused, capture};

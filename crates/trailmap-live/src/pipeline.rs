@@ -17,6 +17,7 @@ use crate::report::MapReport;
 use crate::shard::{LiveEvent, Shard, ShardConfig, ShardStats};
 use crate::source::{Feed, LiveSource};
 use crate::stitch::{Handoff, LateEvent, SourceCounts, StitchStats, Stitcher};
+use crate::timeline::{CustomerTimeline, TimelineMiss};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use trailmap_ingest::IngestStats;
 use trailmap_mine::{DurationHistogram, FunnelSpec};
+use trailmap_model::IdentityKind;
 use trailmap_model::config::{Config, JourneyConfig};
 use trailmap_model::time::unix_micros;
 use trailmap_model::{Error, Result};
@@ -237,7 +239,8 @@ pub struct LiveHandle {
     shards: Vec<mpsc::Sender<ShardMsg>>,
     names: Arc<RwLock<Names>>,
     stitch: Arc<RwLock<StitchView>>,
-    stitcher: JoinHandle<Result<Vec<LateEvent>>>,
+    stitcher: Arc<Mutex<Stitcher>>,
+    stitcher_task: JoinHandle<Result<Vec<LateEvent>>>,
     shard_tasks: Vec<JoinHandle<(Shard, DurationHistogram)>>,
     ingest: Arc<Mutex<SourceView>>,
     stop: Arc<AtomicBool>,
@@ -283,6 +286,8 @@ pub fn start(
     if let Some(by) = config.breakdown_attribute()? {
         stitcher.keep_attribute(Attribute::parse(by));
     }
+    let timeline = &config.timeline;
+    stitcher.keep_timelines(timeline.events, timeline.retention.micros());
     let by_value = config
         .journeys
         .keys()
@@ -335,62 +340,69 @@ pub fn start(
 
     let to_shards = senders.clone();
     let (names_w, stitch_w) = (names.clone(), stitch.clone());
+    // Shared with the handle for timeline lookups: the task holds the lock only for the
+    // synchronous part of a batch, never across a send.
+    let stitcher = Arc::new(Mutex::new(stitcher));
+    let stitcher_w = stitcher.clone();
     let stitcher_task = tokio::spawn(async move {
         let mut late = Vec::new();
         let mut sent_watermark = i64::MIN;
         while let Some(feed) = feed_rx.recv().await {
-            match feed? {
-                Feed::Batch {
-                    partition,
-                    batch,
-                    arrived,
-                    ..
-                } => {
-                    let routed = stitcher.push(partition, &batch).map_err(Error::Other)?;
-                    for h in routed.handoffs {
-                        hand_off(&to_shards, h).await?;
+            let routed = {
+                let mut st = lock_stitcher(&stitcher_w)?;
+                match feed? {
+                    Feed::Batch {
+                        partition,
+                        batch,
+                        arrived,
+                        ..
+                    } => {
+                        let routed = st.push(partition, &batch).map_err(Error::Other)?;
+                        publish_names(&st, &names_w);
+                        Some((routed, arrived))
                     }
-                    for (shard, events) in routed.events.into_iter().enumerate() {
-                        if !events.is_empty() {
-                            send(&to_shards[shard], ShardMsg::Events { events, arrived }).await?;
-                        }
+                    Feed::Idle { partition } => {
+                        st.idle_partition(partition);
+                        None
                     }
-                    late.extend(routed.late);
-                    // New touchpoints, or a stage learnt for one known before its first
-                    // event (funnel steps are named at start, without their stage).
-                    let staged = stitcher.stages().iter().filter(|s| s.is_some()).count();
-                    let known = names_w.read().map_or((0, 0), |n| {
-                        let staged = n.stages.iter().filter(|s| s.is_some()).count();
-                        (n.touchpoints.len(), staged)
-                    });
-                    let values = names_w.read().map_or(0, |n| n.values.len());
-                    if ((stitcher.touchpoints().len(), staged) != known
-                        || stitcher.attribute_values().len() != values)
-                        && let Ok(mut n) = names_w.write()
-                    {
-                        n.touchpoints = stitcher.touchpoints().to_vec();
-                        n.stages = stitcher.stages().to_vec();
-                        n.values = stitcher.attribute_values().to_vec();
+                    Feed::End { partition } => {
+                        st.end_partition(partition);
+                        None
+                    }
+                    Feed::Quiet => None,
+                }
+            };
+            if let Some((routed, arrived)) = routed {
+                for h in routed.handoffs {
+                    hand_off(&to_shards, h).await?;
+                }
+                for (shard, events) in routed.events.into_iter().enumerate() {
+                    if !events.is_empty() {
+                        send(&to_shards[shard], ShardMsg::Events { events, arrived }).await?;
                     }
                 }
-                Feed::Idle { partition } => stitcher.idle_partition(partition),
-                Feed::End { partition } => stitcher.end_partition(partition),
-                Feed::Quiet => {}
+                late.extend(routed.late);
             }
-            let watermark = stitcher.watermark();
+            let watermark = lock_stitcher(&stitcher_w)?.watermark();
             if watermark > sent_watermark {
                 sent_watermark = watermark;
                 for tx in &to_shards {
                     send(tx, ShardMsg::Watermark(watermark)).await?;
                 }
             }
-            if let Ok(mut s) = stitch_w.write() {
-                *s = StitchView {
+            // Published once the shards have the events: whoever reads the watermark here
+            // (alert evaluations) finds them counted.
+            let view = {
+                let st = lock_stitcher(&stitcher_w)?;
+                StitchView {
                     watermark: (watermark > i64::MIN).then_some(watermark),
-                    newest: stitcher.newest(),
-                    stats: stitcher.stats,
-                    sources: stitcher.by_source(),
-                };
+                    newest: st.newest(),
+                    stats: st.stats,
+                    sources: st.by_source(),
+                }
+            };
+            if let Ok(mut s) = stitch_w.write() {
+                *s = view;
             }
         }
         Ok(late)
@@ -400,7 +412,8 @@ pub fn start(
         shards: senders,
         names,
         stitch,
-        stitcher: stitcher_task,
+        stitcher,
+        stitcher_task,
         shard_tasks,
         ingest,
         stop,
@@ -556,6 +569,29 @@ async fn run_shard(
     (shard, freshness)
 }
 
+fn lock_stitcher(stitcher: &Mutex<Stitcher>) -> Result<std::sync::MutexGuard<'_, Stitcher>> {
+    stitcher
+        .lock()
+        .map_err(|_| Error::Other("the stitcher failed while holding its lock".into()))
+}
+
+/// Publishes new touchpoints, a stage learnt for one known before its first event (funnel
+/// steps are named at start, without their stage), and new breakdown values.
+fn publish_names(st: &Stitcher, names: &RwLock<Names>) {
+    let staged = st.stages().iter().filter(|s| s.is_some()).count();
+    let known = names.read().map_or((0, 0, 0), |n| {
+        let staged = n.stages.iter().filter(|s| s.is_some()).count();
+        (n.touchpoints.len(), staged, n.values.len())
+    });
+    if (st.touchpoints().len(), staged, st.attribute_values().len()) != known
+        && let Ok(mut n) = names.write()
+    {
+        n.touchpoints = st.touchpoints().to_vec();
+        n.stages = st.stages().to_vec();
+        n.values = st.attribute_values().to_vec();
+    }
+}
+
 fn stopped() -> Error {
     Error::Other("the live pipeline has stopped".into())
 }
@@ -627,6 +663,20 @@ impl LiveHandle {
         .await
     }
 
+    /// The latest touchpoints of the customer `identifier` belongs to (looked up as
+    /// `kind`, or as every kind in turn), the last `limit` of them, or the last `limit`
+    /// before the latest `before` touchpoint ("what did they try before the ticket?").
+    pub fn timeline(
+        &self,
+        identifier: &str,
+        kind: Option<IdentityKind>,
+        before: Option<&str>,
+        limit: usize,
+    ) -> std::result::Result<CustomerTimeline, TimelineMiss> {
+        let st = lock_stitcher(&self.stitcher).map_err(|e| TimelineMiss::Stopped(e.to_string()))?;
+        CustomerTimeline::of(&st, identifier, kind, before, limit)
+    }
+
     /// The newest event time seen (µs): the data's "now".
     pub fn newest(&self) -> Option<i64> {
         self.stitch.read().ok().and_then(|s| s.newest)
@@ -686,7 +736,7 @@ impl LiveHandle {
     /// Whether the source has ended and the stitcher has routed all of it (or failed):
     /// [`finish`](Self::finish) then returns without waiting for input.
     pub fn input_ended(&self) -> bool {
-        self.stitcher.is_finished()
+        self.stitcher_task.is_finished()
     }
 
     /// Stops reading: the source is dropped at its next step, and [`finish`](Self::finish)
@@ -707,13 +757,14 @@ impl LiveHandle {
             shards,
             names,
             stitch,
-            stitcher,
+            stitcher: _,
+            stitcher_task,
             shard_tasks,
             ingest,
             stop: _,
             lateness: _,
         } = self;
-        let late = stitcher
+        let late = stitcher_task
             .await
             .map_err(|e| Error::Other(format!("the stitcher failed: {e}")))?;
         // Even after an error, shards are drained so the tasks end.

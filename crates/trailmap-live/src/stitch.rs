@@ -7,8 +7,10 @@
 //! state can move to the shard of the customer they merged into.
 
 use crate::shard::LiveEvent;
+use crate::timeline::{Moment, Timelines};
 use arrow::array::RecordBatch;
 use rustc_hash::FxHashMap;
+use trailmap_model::IdentityKind;
 use trailmap_sessionize::{Attribute, JourneyBuilder};
 
 /// An event that arrived later than the allowed lateness: stored and counted, not applied.
@@ -101,6 +103,20 @@ pub struct Stitcher {
     pub stats: StitchStats,
     /// `(events, late)` by source id.
     by_source: Vec<(u64, u64)>,
+    timelines: Timelines,
+}
+
+/// A customer's timeline as the stitcher answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The customer (root identity node) and its identifier.
+    pub customer: u32,
+    pub kind: IdentityKind,
+    pub identifier: String,
+    /// The kind the asked identifier was found as.
+    pub matched: IdentityKind,
+    /// Its kept touchpoints, oldest first.
+    pub moments: Vec<Moment>,
 }
 
 /// A customer's home shard until a merge moves it: a multiplicative hash of its root.
@@ -133,7 +149,50 @@ impl Stitcher {
             seq: 0,
             stats: StitchStats::default(),
             by_source: Vec::new(),
+            timelines: Timelines::new(0, 1),
         }
+    }
+
+    /// Keeps each customer's latest `events` touchpoints for `retention` µs of silence
+    /// ([`Timelines`]). Call before the first batch.
+    pub fn keep_timelines(&mut self, events: usize, retention: i64) {
+        self.timelines = Timelines::new(events, retention);
+    }
+
+    /// The timeline of the customer an identifier belongs to: looked up as `kind`, or as
+    /// each kind in turn (user id, email, … anonymous id) when `None`.
+    pub fn timeline(&self, identifier: &str, kind: Option<IdentityKind>) -> Option<Found> {
+        let graph = self.builder.graph();
+        let kinds = match kind {
+            Some(k) => vec![k],
+            None => IdentityKind::ALL.to_vec(),
+        };
+        let (matched, node) = kinds
+            .into_iter()
+            .find_map(|k| graph.lookup(k, identifier).map(|n| (k, n)))?;
+        let customer = graph.root(node);
+        let (kind, identifier) = graph.identifier(customer);
+        Some(Found {
+            customer,
+            kind,
+            identifier: identifier.to_string(),
+            matched,
+            moments: self.timelines.of(customer).to_vec(),
+        })
+    }
+
+    /// Touchpoints kept per customer, customers with a timeline, and the bytes they hold.
+    pub fn timeline_stats(&self) -> (usize, usize, usize) {
+        (
+            self.timelines.capacity(),
+            self.timelines.customers(),
+            self.timelines.bytes(),
+        )
+    }
+
+    /// Source names by id.
+    pub fn sources(&self) -> &[String] {
+        self.builder.sources()
     }
 
     /// Events and late events by source, in the order sources were first seen.
@@ -202,6 +261,7 @@ impl Stitcher {
         };
         let graph = self.builder.graph_mut();
         for (from, into) in graph.take_merges() {
+            self.timelines.merge(from, into);
             let Some(from_shard) = self.owner.remove(&from) else {
                 continue;
             };
@@ -248,6 +308,14 @@ impl Stitcher {
             self.seq += 1;
             self.stats.events += 1;
             let source = arrived.source[i];
+            self.timelines.record(
+                customer,
+                Moment {
+                    ts,
+                    touchpoint: arrived.touchpoint[i],
+                    source,
+                },
+            );
             let i_source = usize::from(source);
             if i_source >= self.by_source.len() {
                 self.by_source.resize(i_source + 1, (0, 0));
@@ -281,6 +349,7 @@ impl Stitcher {
             p.progress = Progress::Active;
         }
         self.update_watermark();
+        self.timelines.sweep(self.watermark);
         Ok(routed)
     }
 
@@ -336,7 +405,6 @@ impl Stitcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trailmap_model::IdentityKind;
     use trailmap_model::schema::{EventBatchBuilder, EventRow};
 
     const S: i64 = 1_000_000;

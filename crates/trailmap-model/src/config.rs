@@ -53,6 +53,30 @@ pub struct Config {
     /// Where alert notifications go.
     #[serde(default)]
     pub alerting: AlertingConfig,
+    /// What the live pipeline keeps of each customer's recent touchpoints.
+    #[serde(default)]
+    pub timeline: TimelineConfig,
+}
+
+/// Customer timelines (`/api/customers/{id}/timeline`): each customer's latest touchpoints,
+/// across sources, kept in memory by the live pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimelineConfig {
+    /// Touchpoints kept per customer, the latest in event time (16 bytes each); 0 keeps
+    /// none.
+    pub events: usize,
+    /// A customer with no event for this long (event time) is forgotten.
+    pub retention: Span,
+}
+
+impl Default for TimelineConfig {
+    fn default() -> Self {
+        TimelineConfig {
+            events: 20,
+            retention: Span::from_secs(30 * 86_400),
+        }
+    }
 }
 
 impl Config {

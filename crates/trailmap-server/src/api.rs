@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use trailmap_live::report::FunnelReport;
+use trailmap_live::timeline::{CustomerTimeline, TimelineMiss};
 use trailmap_live::{AlertStatus, AlertsHandle, LiveHandle, LiveStatus, MapReport};
+use trailmap_model::IdentityKind;
 use trailmap_model::time::Span;
 
 /// Whether the pipeline's source can read (for Kafka: the cluster answers); `Err` says why
@@ -147,6 +149,7 @@ impl AppState {
         dropoffs,
         funnels,
         funnel,
+        timeline,
         alerts,
         stream,
         crate::metrics::scrape,
@@ -189,6 +192,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/dropoffs", get(dropoffs))
         .route("/api/funnels", get(funnels))
         .route("/api/funnels/{name}", get(funnel))
+        .route("/api/customers/{id}/timeline", get(timeline))
         .route("/api/alerts", get(alerts))
         .route("/api/stream", get(stream))
         .route("/api/sql", get(sql::get).post(sql::post))
@@ -461,6 +465,74 @@ async fn funnel(
             configured.join(", ")
         }
     )))
+}
+
+/// The query parameters of `/api/customers/{id}/timeline`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct TimelineQuery {
+    /// End the timeline at the customer's latest occurrence of this touchpoint (e.g.
+    /// `ticket_opened`): what they did before it.
+    before: Option<String>,
+    /// How many touchpoints, the latest (default 10, at most `[timeline] events`).
+    limit: Option<usize>,
+    /// The kind of identifier `id` is: `user_id`, `email`, `anonymous_id`, `contact_id`,
+    /// `ticket_id`, `customer_id`. Default: each kind in that order until one matches.
+    kind: Option<String>,
+}
+
+const TIMELINE_LIMIT: usize = 10;
+
+/// A customer's latest touchpoints across every source (clickstream, tickets, CRM), oldest
+/// first: by any identifier of theirs (an email, a user id, a ticket id, …), the last
+/// `limit`, or with `before=ticket_opened` the last `limit` before their latest ticket, so
+/// support sees what the customer already read and tried.
+#[utoipa::path(get, path = "/api/customers/{id}/timeline", tag = "customers",
+    params(("id" = String, Path, description = "Any identifier of the customer: email, user id, anonymous id, contact id, ticket id"), TimelineQuery),
+    responses((status = 200, body = CustomerTimeline), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody, description = "No customer has that identifier, or none of its kept touchpoints is `before`")))]
+async fn timeline(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<CustomerTimeline>, ApiError> {
+    let (mut before, mut limit, mut kind) = (None, TIMELINE_LIMIT, None);
+    for (key, value) in &query {
+        match key.as_str() {
+            "before" => before = Some(value.as_str()),
+            "limit" => {
+                limit = value.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "limit must be a positive whole number, not `{value}`"
+                    ))
+                })?;
+            }
+            "kind" => {
+                kind = Some(IdentityKind::from_column(value).ok_or_else(|| {
+                    let kinds: Vec<&str> = IdentityKind::ALL.iter().map(|k| k.column()).collect();
+                    ApiError::bad_request(format!(
+                        "kind must be one of {}, not `{value}`",
+                        kinds.join(", ")
+                    ))
+                })?);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter `{other}`; the timeline takes `before`, `limit` and `kind`"
+                )));
+            }
+        }
+    }
+    state
+        .live
+        .timeline(&id, kind, before, limit)
+        .map(Json)
+        .map_err(|miss| match miss {
+            TimelineMiss::NoCustomer(m) | TimelineMiss::NotReached(m) => ApiError::not_found(m),
+            TimelineMiss::UnknownTouchpoint(m) => ApiError::bad_request(m),
+            TimelineMiss::Stopped(m) => ApiError::unavailable(m),
+        })
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

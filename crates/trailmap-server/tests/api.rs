@@ -254,6 +254,27 @@ fn mistakes_get_a_clear_4xx_in_json() {
             "not a duration",
         ),
         ("/api/nothing", 404, "no such endpoint"),
+        (
+            "/api/customers/nobody@example.com/timeline",
+            404,
+            "no customer has the identifier",
+        ),
+        ("/api/customers/u1/timeline?limit=0", 400, "positive whole"),
+        (
+            "/api/customers/u1/timeline?kind=phone",
+            400,
+            "user_id, email",
+        ),
+        (
+            "/api/customers/u1/timeline?before=teleport",
+            400,
+            "not a touchpoint",
+        ),
+        (
+            "/api/customers/u1/timeline?after=x",
+            400,
+            "`before`, `limit`",
+        ),
     ] {
         let (got, body) = server.get(path);
         assert_eq!(got, status, "GET {path}: {body}");
@@ -452,6 +473,7 @@ fn the_openapi_document_describes_every_endpoint() {
         "/api/dropoffs",
         "/api/funnels",
         "/api/funnels/{name}",
+        "/api/customers/{id}/timeline",
         "/api/stream",
         "/api/status",
         "/healthz",
@@ -488,4 +510,102 @@ fn the_openapi_document_describes_every_endpoint() {
     documented.sort();
     actual.sort();
     assert_eq!(documented, actual);
+}
+
+/// The generated truth of customer `index`: its touchpoints in time order, with source.
+fn truth(opts: &GenOptions, index: u64) -> Vec<(i64, String, String)> {
+    let journey = trailmap_gen::JourneyModel::default().journey(opts, index);
+    journey
+        .events
+        .iter()
+        .filter_map(|e| {
+            let tp = e.touchpoint?;
+            Some((e.ts_micros, tp.to_string(), e.source.as_str().to_string()))
+        })
+        .collect()
+}
+
+/// Support looks a customer up by email, user id or ticket id: the timeline is the
+/// customer's latest touchpoints across the three sources, in time order, and with
+/// `before=ticket_opened` what they did right before their latest ticket.
+#[test]
+fn a_customer_timeline_shows_what_they_did_before_a_ticket() {
+    let customers = 400;
+    let server = Server::start(customers);
+    let opts = GenOptions {
+        customers,
+        days: 7,
+        ..GenOptions::default()
+    };
+    let kept = Config::builtin().timeline.events;
+    // A customer whose latest kept touchpoints include an opened ticket, with at least
+    // five before it: the truth says what the timeline must show.
+    let (index, events) = (0..customers)
+        .map(|i| (i, truth(&opts, i)))
+        .find(|(_, t)| {
+            let latest = &t[t.len().saturating_sub(kept)..];
+            latest
+                .iter()
+                .rposition(|(_, tp, _)| tp == "ticket_opened")
+                .is_some_and(|at| at >= 5)
+        })
+        .expect("a customer with a ticket");
+    let latest = &events[events.len().saturating_sub(kept)..];
+    let ticket = latest
+        .iter()
+        .rposition(|(_, tp, _)| tp == "ticket_opened")
+        .expect("a ticket");
+    let names = |list: &Value| -> Vec<(i64, String, String)> {
+        list.as_array()
+            .expect("events")
+            .iter()
+            .map(|e| {
+                (
+                    e["ts"].as_i64().expect("ts"),
+                    e["touchpoint"].as_str().expect("touchpoint").to_string(),
+                    e["source"].as_str().expect("source").to_string(),
+                )
+            })
+            .collect()
+    };
+
+    let email = format!("customer{index}@example.com");
+    let t = server.ok(&format!(
+        "/api/customers/{email}/timeline?before=ticket_opened&limit=5"
+    ));
+    assert_eq!(t["matched"], "email", "{t}");
+    assert_eq!(t["kept"].as_u64(), Some(kept as u64));
+    assert_eq!(
+        names(&t["events"]),
+        latest[ticket - 5..ticket].to_vec(),
+        "{t}"
+    );
+    assert_eq!(t["before"]["touchpoint"], "ticket_opened");
+    assert_eq!(t["before"]["ts"].as_i64(), Some(latest[ticket].0));
+    assert!(
+        t["before"]["time"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z'))
+    );
+
+    // Without `before`: the latest, across sources; the same customer by another
+    // identifier (emails match in any case).
+    let all = server.ok(&format!(
+        "/api/customers/{}/timeline?limit=100",
+        email.to_uppercase()
+    ));
+    assert_eq!(names(&all["events"]), latest.to_vec());
+    assert_eq!(all["customer"], t["customer"]);
+    let sources: std::collections::BTreeSet<&str> = latest.iter().map(|e| e.2.as_str()).collect();
+    assert!(sources.contains("ticket"), "{sources:?}");
+    let by_kind = server.ok(&format!(
+        "/api/customers/{email}/timeline?kind=email&limit=3"
+    ));
+    assert_eq!(
+        names(&by_kind["events"]),
+        latest[latest.len() - 3..].to_vec()
+    );
+    // Not an email, so not found as one.
+    let (status, _) = server.get(&format!("/api/customers/u{index}/timeline?kind=email"));
+    assert_eq!(status, 404);
 }

@@ -299,6 +299,11 @@ impl JourneyBuilder {
             .map(|(_, values, _)| values.names.as_slice())
     }
 
+    /// The identity graph, to look identifiers up.
+    pub fn graph(&self) -> &IdentityGraph {
+        &self.graph
+    }
+
     /// The identity graph, for the live stitcher to resolve customers and follow merges.
     pub fn graph_mut(&mut self) -> &mut IdentityGraph {
         &mut self.graph
@@ -380,9 +385,9 @@ impl JourneyBuilder {
                             return 0;
                         }
                         let text = col.value(r);
-                        *parsed.entry(text).or_insert_with(|| {
-                            property(text, key).map_or(0, |v| values.id(&v))
-                        })
+                        *parsed
+                            .entry(text)
+                            .or_insert_with(|| property(text, key).map_or(0, |v| values.id(&v)))
                     })
                     .collect()
             }

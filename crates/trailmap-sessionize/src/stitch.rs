@@ -98,6 +98,16 @@ impl IdentityGraph {
         Some(n)
     }
 
+    /// The node of an identifier seen before, without interning it.
+    pub fn lookup(&self, kind: IdentityKind, raw: &str) -> Option<u32> {
+        let value = kind.normalize(raw)?;
+        let bytes = value.as_bytes();
+        let hash = self.hasher.hash_one(bytes);
+        self.tables[kind.index()]
+            .find(hash, |&(h, n)| h == hash && self.key(n) == bytes)
+            .map(|&(_, n)| n)
+    }
+
     /// The component's representative, halving paths on the way.
     pub fn find(&mut self, mut x: u32) -> u32 {
         while self.parent[x as usize] != x {
