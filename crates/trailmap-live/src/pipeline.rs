@@ -98,17 +98,26 @@ struct ShardStatus {
     open_customers: usize,
     retained_events: usize,
     state_bytes: usize,
+    latencies: Latencies,
+}
+
+/// What a shard measures of the time events take to reach the map (µs).
+#[derive(Debug, Clone, Default)]
+struct Latencies {
+    /// Per event: from reaching trailmap to counted.
     freshness: DurationHistogram,
+    /// Per micro-batch (its part on this shard): from reaching the pipeline to applied.
+    batches: DurationHistogram,
 }
 
 impl ShardStatus {
-    fn of(shard: &Shard, freshness: &DurationHistogram) -> ShardStatus {
+    fn of(shard: &Shard, latencies: &Latencies) -> ShardStatus {
         ShardStatus {
             stats: shard.stats,
             open_customers: shard.open_customers(),
             retained_events: shard.retained_events(),
             state_bytes: shard.state_bytes(),
-            freshness: freshness.clone(),
+            latencies: latencies.clone(),
         }
     }
 }
@@ -210,6 +219,11 @@ pub struct LiveStatus {
     #[serde(skip)]
     #[cfg_attr(feature = "openapi", schema(ignore))]
     pub freshness_histogram: DurationHistogram,
+    /// Per micro-batch and shard: from reaching the pipeline to applied in the shard (µs),
+    /// for metrics (`trailmap_batch_latency_seconds`).
+    #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub batch_latency_histogram: DurationHistogram,
 }
 
 /// Names the live counts refer to by id.
@@ -241,7 +255,7 @@ pub struct LiveHandle {
     stitch: Arc<RwLock<StitchView>>,
     stitcher: Arc<Mutex<Stitcher>>,
     stitcher_task: JoinHandle<Result<Vec<LateEvent>>>,
-    shard_tasks: Vec<JoinHandle<(Shard, DurationHistogram)>>,
+    shard_tasks: Vec<JoinHandle<(Shard, Latencies)>>,
     ingest: Arc<Mutex<SourceView>>,
     stop: Arc<AtomicBool>,
     /// `[sessions] allowed_lateness`, µs.
@@ -507,11 +521,8 @@ async fn hand_off(shards: &[mpsc::Sender<ShardMsg>], handoff: Handoff) -> Result
     }
 }
 
-async fn run_shard(
-    mut shard: Shard,
-    mut rx: mpsc::Receiver<ShardMsg>,
-) -> (Shard, DurationHistogram) {
-    let mut freshness = DurationHistogram::new();
+async fn run_shard(mut shard: Shard, mut rx: mpsc::Receiver<ShardMsg>) -> (Shard, Latencies) {
+    let mut latencies = Latencies::default();
     while let Some(msg) = rx.recv().await {
         match msg {
             ShardMsg::Events {
@@ -527,10 +538,9 @@ async fn run_shard(
                     shard.push(run[0].0, &buf);
                 }
                 let took = Instant::now().saturating_duration_since(arrived);
-                freshness.record_n(
-                    i64::try_from(took.as_micros()).unwrap_or(i64::MAX),
-                    events.len() as u64,
-                );
+                let took = i64::try_from(took.as_micros()).unwrap_or(i64::MAX);
+                latencies.freshness.record_n(took, events.len() as u64);
+                latencies.batches.record(took);
             }
             ShardMsg::Merge { from, into } => shard.merge(from, into),
             ShardMsg::Evict { customer, reply } => {
@@ -562,11 +572,11 @@ async fn run_shard(
                 let _ = reply.send(levels);
             }
             ShardMsg::Status { reply } => {
-                let _ = reply.send(ShardStatus::of(&shard, &freshness));
+                let _ = reply.send(ShardStatus::of(&shard, &latencies));
             }
         }
     }
-    (shard, freshness)
+    (shard, latencies)
 }
 
 fn lock_stitcher(stitcher: &Mutex<Stitcher>) -> Result<std::sync::MutexGuard<'_, Stitcher>> {
@@ -781,10 +791,10 @@ impl LiveHandle {
         }
         let mut map = LiveMap::default();
         for task in shard_tasks {
-            let (shard, freshness) = task
+            let (shard, latencies) = task
                 .await
                 .map_err(|e| Error::Other(format!("a shard failed: {e}")))?;
-            add_shard(&mut status, &ShardStatus::of(&shard, &freshness));
+            add_shard(&mut status, &ShardStatus::of(&shard, &latencies));
             map.merge(shard.map());
         }
         status.freshness = Freshness::of(&status.freshness_histogram);
@@ -801,7 +811,8 @@ impl LiveHandle {
 
 /// Adds a shard's status in (the caller summarizes the merged freshness once, at the end).
 fn add_shard(status: &mut LiveStatus, s: &ShardStatus) {
-    status.freshness_histogram.merge(&s.freshness);
+    status.freshness_histogram.merge(&s.latencies.freshness);
+    status.batch_latency_histogram.merge(&s.latencies.batches);
     status.shards.events += s.stats.events;
     status.shards.corrected += s.stats.corrected;
     status.shards.merged += s.stats.merged;

@@ -23,8 +23,8 @@ use trailmap_live::{AlertStatus, LiveStatus, MapReport};
 use trailmap_mine::DurationHistogram;
 use trailmap_model::time::{Span, unix_micros};
 
-/// Upper bounds of the freshness histogram, seconds.
-const FRESHNESS_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Upper bounds of the latency histograms (freshness, batches), seconds.
+const LATENCY_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// The window journey KPIs are computed over.
 const KPI_WINDOW: Span = Span(24 * 3_600_000_000);
@@ -263,21 +263,30 @@ pub fn render(
     registry.register(Box::new(alert_conversion))?;
 
     let mut families = registry.gather();
-    families.push(freshness_family(&status.freshness_histogram));
+    families.push(latency_family(
+        "trailmap_freshness_seconds",
+        "How long events took from reaching trailmap (Kafka: their timestamp) to being counted in the live map.",
+        &status.freshness_histogram,
+    ));
+    families.push(latency_family(
+        "trailmap_batch_latency_seconds",
+        "How long a micro-batch took from reaching the pipeline to being applied, per shard it touched (stitching, routing, sessions and counts).",
+        &status.batch_latency_histogram,
+    ));
     families.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = Vec::new();
     prometheus::TextEncoder::new().encode(&families, &mut out)?;
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
 }
 
-/// The pipeline's freshness as a Prometheus histogram (its buckets read off the pipeline's
-/// own histogram, within its 1.6%).
-fn freshness_family(h: &DurationHistogram) -> MetricFamily {
+/// One of the pipeline's latency histograms (µs) as a Prometheus histogram (its buckets
+/// read off the pipeline's own histogram, within its 1.6%).
+fn latency_family(name: &str, help: &str, h: &DurationHistogram) -> MetricFamily {
     let mut histogram = Histogram::default();
     histogram.set_sample_count(h.count());
     histogram.set_sample_sum(h.sum() as f64 / 1e6);
     histogram.set_bucket(
-        FRESHNESS_BUCKETS
+        LATENCY_BUCKETS
             .iter()
             .map(|&upper| {
                 let mut bucket = Bucket::default();
@@ -290,11 +299,8 @@ fn freshness_family(h: &DurationHistogram) -> MetricFamily {
     let mut metric = Metric::default();
     metric.set_histogram(histogram);
     let mut family = MetricFamily::default();
-    family.set_name("trailmap_freshness_seconds".into());
-    family.set_help(
-        "How long events took from reaching trailmap (Kafka: their timestamp) to being counted in the live map."
-            .into(),
-    );
+    family.set_name(name.into());
+    family.set_help(help.into());
     family.set_field_type(MetricType::HISTOGRAM);
     family.mut_metric().push(metric);
     family

@@ -371,6 +371,18 @@ fn metrics_are_the_pipelines_numbers() {
         sample(&all, "trailmap_freshness_seconds_bucket{le=\"+Inf\"}"),
         status.freshness.events as f64
     );
+    // One batch latency per micro-batch a shard applied: fewer than the events, at least
+    // one per 1024-record batch the generator made; cumulative buckets.
+    let batches = sample(&all, "trailmap_batch_latency_seconds_count");
+    assert_eq!(batches, status.batch_latency_histogram.count() as f64);
+    assert!(
+        batches >= (status.ingest.records / 1024) as f64 && batches < status.stitch.events as f64,
+        "{batches} batches"
+    );
+    assert!(
+        sample(&all, "trailmap_batch_latency_seconds_bucket{le=\"0.01\"}")
+            <= sample(&all, "trailmap_batch_latency_seconds_bucket{le=\"10\"}")
+    );
     // Journey KPIs: the last 24 hours' funnel, as the API gives it.
     let day = server.ok("/api/funnels/trial_to_purchase?window=24h");
     for step in day["steps"].as_array().expect("steps") {
