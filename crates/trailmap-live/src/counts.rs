@@ -495,6 +495,11 @@ impl LiveMap {
         by
     }
 
+    /// Journeys (sessions) counted, without summing anything else.
+    pub fn journeys(&self) -> i64 {
+        self.buckets.values().map(|c| c.journeys).sum()
+    }
+
     /// Everything counted.
     pub fn total(&self) -> LiveCounts {
         let mut sum = LiveCounts::default();

@@ -18,6 +18,7 @@ use crate::shard::{LiveEvent, Shard, ShardConfig, ShardStats};
 use crate::source::{Feed, LiveSource};
 use crate::stitch::{Handoff, LateEvent, SourceCounts, StitchStats, Stitcher};
 use crate::timeline::{CustomerTimeline, TimelineMiss};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -72,13 +73,19 @@ enum ShardMsg {
     Window {
         from: i64,
         to: i64,
+        segment: Option<u32>,
         reply: oneshot::Sender<LiveCounts>,
     },
     Trend {
         from: i64,
         to: i64,
         as_of: i64,
+        segment: Option<u32>,
         reply: oneshot::Sender<FunnelTrend>,
+    },
+    /// Journeys per segment value.
+    Segments {
+        reply: oneshot::Sender<BTreeMap<u32, i64>>,
     },
     Funnel {
         funnel: usize,
@@ -242,6 +249,8 @@ pub struct Names {
 #[derive(Debug, Clone)]
 pub struct LiveResult {
     pub map: LiveMap,
+    /// The map per segment value (by id, `names.values`), when segments are kept.
+    pub segments: BTreeMap<u32, LiveMap>,
     pub names: Names,
     pub status: LiveStatus,
     /// Events that arrived beyond the lateness horizon.
@@ -260,6 +269,8 @@ pub struct LiveHandle {
     stop: Arc<AtomicBool>,
     /// `[sessions] allowed_lateness`, µs.
     lateness: i64,
+    /// `[segments] by`, when the map is kept per segment.
+    segmented_by: Option<String>,
 }
 
 /// Resolves configured journeys against the pipeline's fixed touchpoint ids.
@@ -312,12 +323,14 @@ pub fn start(
                 .any(|r| r.breakdown.is_some() && &r.journey == name)
         })
         .collect();
+    let segmented_by = Some(config.segments.by.trim()).filter(|by| !by.is_empty());
     let shard_config = ShardConfig {
         gap: sessions.gap.micros(),
         max_duration: sessions.max_duration.micros(),
         lateness,
         funnels: funnel_specs(config, stitcher.touchpoints())?,
         by_value,
+        segmented: segmented_by.is_some(),
     };
     let names = Arc::new(RwLock::new(Names {
         touchpoints: stitcher.touchpoints().to_vec(),
@@ -432,6 +445,7 @@ pub fn start(
         ingest,
         stop,
         lateness,
+        segmented_by: segmented_by.map(str::to_string),
     })
 }
 
@@ -548,16 +562,25 @@ async fn run_shard(mut shard: Shard, mut rx: mpsc::Receiver<ShardMsg>) -> (Shard
             }
             ShardMsg::Adopt { customer, events } => shard.adopt(customer, &events),
             ShardMsg::Watermark(w) => shard.advance(w),
-            ShardMsg::Window { from, to, reply } => {
-                let _ = reply.send(shard.window(from, to));
+            ShardMsg::Window {
+                from,
+                to,
+                segment,
+                reply,
+            } => {
+                let _ = reply.send(shard.window(from, to, segment));
             }
             ShardMsg::Trend {
                 from,
                 to,
                 as_of,
+                segment,
                 reply,
             } => {
-                let _ = reply.send(shard.map().funnel_trend(from, to, as_of));
+                let _ = reply.send(shard.map_of(segment).funnel_trend(from, to, as_of));
+            }
+            ShardMsg::Segments { reply } => {
+                let _ = reply.send(shard.segments().map(|(v, m)| (v, m.journeys())).collect());
             }
             ShardMsg::Funnel {
                 funnel,
@@ -629,26 +652,70 @@ impl LiveHandle {
 
     /// Counts of events with time in `[from, to)` (µs), over all shards.
     pub async fn window(&self, from: i64, to: i64) -> Result<LiveCounts> {
+        self.window_of(from, to, None).await
+    }
+
+    /// The same, of one segment value (by id; `None`: everything).
+    pub async fn window_of(&self, from: i64, to: i64, segment: Option<u32>) -> Result<LiveCounts> {
         self.gather(
-            |reply| ShardMsg::Window { from, to, reply },
+            |reply| ShardMsg::Window {
+                from,
+                to,
+                segment,
+                reply,
+            },
             LiveCounts::merge,
         )
         .await
     }
 
     /// Every funnel's journeys that entered between `from` and `to` by day, maturing as of
-    /// minute `as_of` ([`LiveMap::funnel_trend`]), over all shards.
-    pub async fn funnel_trend(&self, from: i64, to: i64, as_of: i64) -> Result<FunnelTrend> {
+    /// minute `as_of` ([`LiveMap::funnel_trend`]), of one segment or all, over all shards.
+    pub async fn funnel_trend(
+        &self,
+        from: i64,
+        to: i64,
+        as_of: i64,
+        segment: Option<u32>,
+    ) -> Result<FunnelTrend> {
         self.gather(
             |reply| ShardMsg::Trend {
                 from,
                 to,
                 as_of,
+                segment,
                 reply,
             },
             FunnelTrend::merge,
         )
         .await
+    }
+
+    /// Whether the map is kept per segment (`[segments] by`), and by what.
+    pub fn segmented_by(&self) -> Option<&str> {
+        self.segmented_by.as_deref()
+    }
+
+    /// Segment values with their journeys (sessions), most first: what `segment=` takes.
+    pub async fn segments(&self) -> Result<Vec<(String, i64)>> {
+        let journeys = self
+            .gather(
+                |reply| ShardMsg::Segments { reply },
+                |sum: &mut BTreeMap<u32, i64>, part| {
+                    for (&v, &n) in part {
+                        *sum.entry(v).or_default() += n;
+                    }
+                },
+            )
+            .await?;
+        let names = self.names();
+        let mut list: Vec<(String, i64)> = journeys
+            .into_iter()
+            .filter(|&(_, n)| n > 0)
+            .map(|(v, n)| (names.values.get(v as usize).cloned().unwrap_or_default(), n))
+            .collect();
+        list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(list)
     }
 
     /// Funnel `funnel`'s journeys that entered in `minutes`, maturing as of minute `as_of`,
@@ -729,16 +796,42 @@ impl LiveHandle {
     /// (`None`: everything), funnel maturity as of that newest event: what the API, SQL and
     /// the dashboard show.
     pub async fn report(&self, span: Option<i64>) -> Result<MapReport> {
+        self.report_of(span, None).await
+    }
+
+    /// The same, of one segment value (`segment=mobile`): the sessions whose first event
+    /// has it. A value not seen (yet) has an empty map; without segments kept it is an
+    /// error that says how to keep them.
+    pub async fn report_of(&self, span: Option<i64>, segment: Option<&str>) -> Result<MapReport> {
+        let names = self.names();
+        let segment = match segment {
+            None => None,
+            Some(_) if self.segmented_by.is_none() => {
+                return Err(Error::Other(
+                    "segments are not kept live; set [segments] by = \"device\" (or another attribute) in the config".into(),
+                ));
+            }
+            Some(value) => Some(
+                names
+                    .values
+                    .iter()
+                    .position(|v| v == value)
+                    .map_or(u32::MAX, |v| v as u32),
+            ),
+        };
         let newest = self.newest();
         let (from, to) = match (span, newest) {
             (_, None) => (0, 0),
             (None, Some(_)) => (i64::MIN, i64::MAX),
             (Some(span), Some(newest)) => (newest.saturating_sub(span), newest.saturating_add(1)),
         };
-        let counts = self.window(from, to).await?;
-        let mut report = MapReport::new(&counts, &self.names(), newest);
+        let counts = self.window_of(from, to, segment).await?;
+        let mut report = MapReport::new(&counts, &names, newest);
         if let Some(newest) = newest {
-            report.set_trend(&self.funnel_trend(from, to, bucket_of(newest)).await?);
+            let trend = self
+                .funnel_trend(from, to, bucket_of(newest), segment)
+                .await?;
+            report.set_trend(&trend);
         }
         Ok(report)
     }
@@ -773,6 +866,7 @@ impl LiveHandle {
             ingest,
             stop: _,
             lateness: _,
+            segmented_by: _,
         } = self;
         let late = stitcher_task
             .await
@@ -790,18 +884,23 @@ impl LiveHandle {
             s.fill(&mut status);
         }
         let mut map = LiveMap::default();
+        let mut segments: BTreeMap<u32, LiveMap> = BTreeMap::new();
         for task in shard_tasks {
             let (shard, latencies) = task
                 .await
                 .map_err(|e| Error::Other(format!("a shard failed: {e}")))?;
             add_shard(&mut status, &ShardStatus::of(&shard, &latencies));
             map.merge(shard.map());
+            for (v, m) in shard.segments() {
+                segments.entry(v).or_default().merge(m);
+            }
         }
         status.freshness = Freshness::of(&status.freshness_histogram);
         let late = late?;
         let names = names.read().map(|n| n.clone()).unwrap_or_default();
         Ok(LiveResult {
             map,
+            segments,
             names,
             status,
             late,

@@ -64,6 +64,36 @@ pub struct FunnelReport {
     pub steps: Vec<FunnelStep>,
     /// By UTC day of entry, oldest first (days with journeys only).
     pub trend: Vec<TrendPoint>,
+    /// With `breakdown=`: the funnel per segment value, busiest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<Vec<FunnelSegment>>,
+}
+
+/// A funnel's numbers for one segment value.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FunnelSegment {
+    pub value: String,
+    pub entered: i64,
+    pub converted: i64,
+    pub maturing: i64,
+    pub settled_conversion: f64,
+    /// Journeys whose deepest step is at least each step.
+    pub reached: Vec<i64>,
+}
+
+impl FunnelSegment {
+    /// `funnel`'s numbers, as the value's.
+    pub fn of(value: &str, funnel: &FunnelReport) -> FunnelSegment {
+        FunnelSegment {
+            value: value.to_string(),
+            entered: funnel.entered,
+            converted: funnel.converted,
+            maturing: funnel.maturing,
+            settled_conversion: funnel.settled_conversion,
+            reached: funnel.steps.iter().map(|s| s.reached).collect(),
+        }
+    }
 }
 
 /// A funnel's journeys that entered on one day.
@@ -211,6 +241,7 @@ impl MapReport {
                         })
                         .collect(),
                     trend: Vec::new(),
+                    breakdown: None,
                 }
             })
             .collect();

@@ -15,6 +15,7 @@ use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use trailmap_mine::fold::Aggregate;
+use trailmap_mine::funnel::Attempt;
 use trailmap_mine::{Funnel, FunnelSpec};
 use trailmap_sessionize::{Journey, session_starts, starts_session};
 
@@ -52,6 +53,19 @@ pub struct ShardConfig {
     /// Per journey: whether its levels are also kept by the events' breakdown value
     /// ([`LiveEvent::value`]), for alert rules with a breakdown.
     pub by_value: Vec<bool>,
+    /// Keep the map per segment too: each session counted again in the map of its first
+    /// event's value (`[segments] by`).
+    pub segmented: bool,
+}
+
+/// The maps a session of segment `value` counts in: the whole map, and its segment's when
+/// segments are kept.
+fn targets<'a>(
+    map: &'a mut LiveMap,
+    segments: &'a mut Option<FxHashMap<u32, LiveMap>>,
+    value: u32,
+) -> impl Iterator<Item = &'a mut LiveMap> {
+    std::iter::once(map).chain(segments.as_mut().map(|s| s.entry(value).or_default()))
 }
 
 /// What a shard did, for metrics and tests.
@@ -111,7 +125,12 @@ pub struct Shard {
     expiry: BinaryHeap<Reverse<(i64, u32)>>,
     watermark: i64,
     map: LiveMap,
+    /// The map per segment value, when segments are kept.
+    segments: Option<FxHashMap<u32, LiveMap>>,
     probes: Vec<FunnelProbe>,
+    /// Scratch: a funnel's level changes and attempts for one session.
+    level_deltas: Vec<(usize, i64)>,
+    attempts: Vec<Attempt>,
     /// Per touchpoint, the stamp of the last session that visited it.
     seen: Vec<u64>,
     stamp: u64,
@@ -153,13 +172,17 @@ impl Shard {
                 }
             })
             .collect();
+        let segments = config.segmented.then(FxHashMap::default);
         Shard {
             config,
             customers: FxHashMap::default(),
             expiry: BinaryHeap::new(),
             watermark: i64::MIN,
             map: LiveMap::default(),
+            segments,
             probes,
+            level_deltas: Vec::new(),
+            attempts: Vec::new(),
             seen: Vec::new(),
             stamp: 0,
             ts: Vec::new(),
@@ -176,6 +199,25 @@ impl Shard {
 
     pub fn into_map(self) -> LiveMap {
         self.map
+    }
+
+    /// The map of each segment value (none when segments are not kept).
+    pub fn segments(&self) -> impl Iterator<Item = (u32, &LiveMap)> {
+        self.segments.iter().flatten().map(|(&v, m)| (v, m))
+    }
+
+    /// The map of one segment value, or the whole map (`None`); an empty map for a value
+    /// this shard never counted.
+    pub fn map_of(&self, segment: Option<u32>) -> &LiveMap {
+        static EMPTY: std::sync::OnceLock<LiveMap> = std::sync::OnceLock::new();
+        match segment {
+            None => &self.map,
+            Some(v) => self
+                .segments
+                .as_ref()
+                .and_then(|s| s.get(&v))
+                .unwrap_or_else(|| EMPTY.get_or_init(LiveMap::default)),
+        }
     }
 
     /// Customers with open sessions.
@@ -257,15 +299,17 @@ impl Shard {
         let revisit = state.events[state.last_start..]
             .iter()
             .any(|x| x.touchpoint == e.touchpoint);
-        self.map.at(last.ts).exit(last.touchpoint, -1);
-        let b = self.map.at(e.ts);
-        b.exit(e.touchpoint, 1);
-        b.events += 1;
-        b.visit(e.touchpoint, 1);
-        if !revisit {
-            b.through(e.touchpoint, 1);
+        for m in targets(&mut self.map, &mut self.segments, first.value) {
+            m.at(last.ts).exit(last.touchpoint, -1);
+            let b = m.at(e.ts);
+            b.exit(e.touchpoint, 1);
+            b.events += 1;
+            b.visit(e.touchpoint, 1);
+            if !revisit {
+                b.through(e.touchpoint, 1);
+            }
+            b.transition(last.touchpoint, e.touchpoint, e.ts - last.ts, 1);
         }
-        b.transition(last.touchpoint, e.touchpoint, e.ts - last.ts, 1);
         let relevant = self
             .probes
             .iter()
@@ -356,6 +400,10 @@ impl Shard {
         self.advances += 1;
         if self.advances.is_multiple_of(256) || watermark == i64::MAX {
             self.map.prune();
+            if let Some(segments) = &mut self.segments {
+                segments.values_mut().for_each(LiveMap::prune);
+                segments.retain(|_, m| !m.is_empty());
+            }
             if self.customers.len() * 4 < self.customers.capacity() {
                 self.customers.shrink_to(self.customers.len() * 2);
             }
@@ -365,9 +413,9 @@ impl Shard {
         }
     }
 
-    /// Counts of `[from, to)`.
-    pub fn window(&self, from: i64, to: i64) -> LiveCounts {
-        self.map.window(from, to)
+    /// Counts of `[from, to)`, of one segment or of everything.
+    pub fn window(&self, from: i64, to: i64, segment: Option<u32>) -> LiveCounts {
+        self.map_of(segment).window(from, to)
     }
 
     /// Adds events anywhere in the customer's history (late ones, or a merged customer's):
@@ -442,57 +490,58 @@ impl Shard {
         }
     }
 
-    /// A session's counts but its funnel levels.
+    /// A session's counts but its funnel levels, in the whole map and its segment's.
     fn contribute_events(&mut self, session: &[LiveEvent], sign: i64) {
-        let (Some(first), Some(last)) = (session.first(), session.last()) else {
+        let Some(first) = session.first() else {
             return;
         };
-        {
-            let b = self.map.at(first.ts);
-            b.journeys += sign;
-            b.start(first.touchpoint, sign);
-        }
-        self.map.at(last.ts).exit(last.touchpoint, sign);
-        self.stamp += 1;
-        let mut prev: Option<&LiveEvent> = None;
-        for e in session {
-            let tp = e.touchpoint as usize;
-            if self.seen.len() <= tp {
-                self.seen.resize(tp + 1, 0);
-            }
-            let first_visit = self.seen[tp] != self.stamp;
-            self.seen[tp] = self.stamp;
-            let b = self.map.at(e.ts);
-            b.events += sign;
-            b.visit(e.touchpoint, sign);
-            if first_visit {
-                b.through(e.touchpoint, sign);
-            }
-            if let Some(p) = prev {
-                b.transition(p.touchpoint, e.touchpoint, e.ts - p.ts, sign);
-            }
-            prev = Some(e);
+        let Shard {
+            map,
+            segments,
+            seen,
+            stamp,
+            ..
+        } = self;
+        for m in targets(map, segments, first.value) {
+            *stamp += 1;
+            count_session(m, session, sign, seen, *stamp);
         }
     }
 
     /// Adds (or takes back) a session's level in the funnels whose bit is set in `which`,
-    /// and when its window ends if it can still go on, in the bucket of the session's start.
+    /// and when its window ends if it can still go on, in the bucket of the session's start
+    /// (of the whole map and of the session's segment).
     fn funnel_levels(&mut self, session: &[LiveEvent], start: i64, which: u64, sign: i64) {
-        self.ts.clear();
-        self.ts.extend(session.iter().map(|e| e.ts));
-        self.touchpoint.clear();
-        self.touchpoint.extend(session.iter().map(|e| e.touchpoint));
+        let Some(segment) = session.first().map(|e| e.value) else {
+            return;
+        };
+        let Shard {
+            map,
+            segments,
+            probes,
+            ts,
+            touchpoint,
+            level_deltas,
+            attempts,
+            ..
+        } = self;
+        ts.clear();
+        ts.extend(session.iter().map(|e| e.ts));
+        touchpoint.clear();
+        touchpoint.extend(session.iter().map(|e| e.touchpoint));
         let journey = Journey {
             customer: 0,
             start: 0,
-            ts: &self.ts,
-            touchpoint: &self.touchpoint,
+            ts,
+            touchpoint,
         };
-        for (j, probe) in self.probes.iter_mut().enumerate() {
+        for (j, probe) in probes.iter_mut().enumerate() {
             if which & (1 << j) == 0 {
                 continue;
             }
+            // The funnel runs once; what it says is counted in every map the session is in.
             probe.funnel.add(&journey);
+            level_deltas.clear();
             for (k, (now, before)) in probe
                 .funnel
                 .tallies
@@ -502,28 +551,73 @@ impl Shard {
                 .enumerate()
             {
                 if now != before {
-                    let delta = (now - *before) as i64;
+                    level_deltas.push((k, (now - *before) as i64));
                     *before = *now;
-                    self.map.at(start).funnel_level(j, k, sign * delta);
                 }
             }
-            let Some(attempts) = &mut probe.funnel.attempts_made else {
-                continue;
-            };
-            let bucket = self.map.at(start);
-            for a in attempts.drain(..) {
-                if let Some(end) = a.window_end {
-                    bucket.open_window(j, WHOLE, end, a.level, sign);
+            attempts.clear();
+            if let Some(made) = &mut probe.funnel.attempts_made {
+                attempts.append(made);
+            }
+            for (i, m) in targets(map, segments, segment).enumerate() {
+                let bucket = m.at(start);
+                for &(k, delta) in level_deltas.iter() {
+                    bucket.funnel_level(j, k, sign * delta);
                 }
-                if probe.by_value {
-                    let value = session[a.entry].value;
-                    bucket.value_level(j, value, a.level, sign);
+                for a in attempts.iter() {
                     if let Some(end) = a.window_end {
-                        bucket.open_window(j, value, end, a.level, sign);
+                        bucket.open_window(j, WHOLE, end, a.level, sign);
+                    }
+                    // Alert breakdowns read the whole map only.
+                    if probe.by_value && i == 0 {
+                        let value = session[a.entry].value;
+                        bucket.value_level(j, value, a.level, sign);
+                        if let Some(end) = a.window_end {
+                            bucket.open_window(j, value, end, a.level, sign);
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+/// A session's counts (but its funnel levels) into `map`; `stamp` is new for this call,
+/// `seen` remembers per touchpoint the stamp of the last session that visited it.
+fn count_session(
+    map: &mut LiveMap,
+    session: &[LiveEvent],
+    sign: i64,
+    seen: &mut Vec<u64>,
+    stamp: u64,
+) {
+    let (Some(first), Some(last)) = (session.first(), session.last()) else {
+        return;
+    };
+    {
+        let b = map.at(first.ts);
+        b.journeys += sign;
+        b.start(first.touchpoint, sign);
+    }
+    map.at(last.ts).exit(last.touchpoint, sign);
+    let mut prev: Option<&LiveEvent> = None;
+    for e in session {
+        let tp = e.touchpoint as usize;
+        if seen.len() <= tp {
+            seen.resize(tp + 1, 0);
+        }
+        let first_visit = seen[tp] != stamp;
+        seen[tp] = stamp;
+        let b = map.at(e.ts);
+        b.events += sign;
+        b.visit(e.touchpoint, sign);
+        if first_visit {
+            b.through(e.touchpoint, sign);
+        }
+        if let Some(p) = prev {
+            b.transition(p.touchpoint, e.touchpoint, e.ts - p.ts, sign);
+        }
+        prev = Some(e);
     }
 }
 

@@ -12,13 +12,13 @@ use trailmap_gen::{GenOptions, JourneyModel, Layout, OutFormat};
 use trailmap_ingest::DeadLetters;
 use trailmap_ingest::file::{self, FileInput, IngestOptions};
 use trailmap_live::{BUCKET_MICROS, FileReplay, LiveResult, PipelineOptions, WHOLE, bucket_of};
-use trailmap_mine::fold::fold;
+use trailmap_mine::fold::{Aggregate, fold};
 use trailmap_mine::paths::PathOptions;
 use trailmap_mine::{Dropoffs, Funnel, FunnelSpec, PathStats};
 use trailmap_model::config::{OneOrMany, Scope, SourceConfig, SourceKind};
 use trailmap_model::time::Span;
 use trailmap_model::{Catalog, Config};
-use trailmap_sessionize::{Attribute, JourneyBuilder};
+use trailmap_sessionize::{Attribute, Journey, JourneyBuilder, JourneyLog};
 
 /// Session counts by touchpoint name, comparable between batch and live.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -72,10 +72,57 @@ fn options(config: &Config, batch_size: usize) -> IngestOptions {
     }
 }
 
+/// Only the sessions whose first event has one value of the kept attribute: what a live
+/// segment counts.
+struct InSegment<'a, A> {
+    value: u32,
+    of_event: &'a [u32],
+    inner: A,
+}
+
+impl<A: Aggregate> Aggregate for InSegment<'_, A> {
+    fn add(&mut self, journey: &Journey<'_>) {
+        if self.of_event[journey.start] == self.value {
+            self.inner.add(journey);
+        }
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.inner.merge(other.inner);
+    }
+}
+
+/// `fold` over every session, or over one segment's.
+fn fold_in<A: Aggregate>(
+    log: &JourneyLog,
+    segment: Option<(u32, &[u32])>,
+    make: impl Fn() -> A + Sync,
+) -> A {
+    match segment {
+        None => fold(log, Scope::Session, make),
+        Some((value, of_event)) => {
+            fold(log, Scope::Session, || InSegment {
+                value,
+                of_event,
+                inner: make(),
+            })
+            .inner
+        }
+    }
+}
+
 /// What batch mining counts over sessions.
 fn batch(inputs: &[FileInput], config: &Config) -> Counts {
+    batch_segments(inputs, config)
+        .remove("")
+        .expect("the whole")
+}
+
+/// What batch mining counts over sessions: `""` for all of them, and per segment value
+/// (when the config keeps segments) over the sessions whose first event has it.
+fn batch_segments(inputs: &[FileInput], config: &Config) -> BTreeMap<String, Counts> {
     let mut builder = JourneyBuilder::new();
-    let (broken_down, by) = broken_down(config);
+    let (_, by) = broken_down(config);
     if let Some(by) = &by {
         builder.keep_attribute(Attribute::parse(by));
     }
@@ -88,11 +135,27 @@ fn batch(inputs: &[FileInput], config: &Config) -> Counts {
     })
     .expect("read");
     let log = builder.finish(&config.sessions);
+    let mut all = BTreeMap::new();
+    all.insert(String::new(), counts_of(&log, config, None));
+    if !config.segments.by.is_empty() {
+        let attr = log.attribute.as_ref().expect("attribute kept");
+        for (v, name) in attr.values.iter().enumerate() {
+            let counts = counts_of(&log, config, Some((v as u32, &attr.of_event)));
+            if counts.journeys > 0 {
+                all.insert(name.clone(), counts);
+            }
+        }
+    }
+    all
+}
+
+fn counts_of(log: &JourneyLog, config: &Config, segment: Option<(u32, &[u32])>) -> Counts {
+    let (broken_down, _) = broken_down(config);
     let names = &log.touchpoints;
-    let paths = fold(&log, Scope::Session, || {
+    let paths = fold_in(log, segment, || {
         PathStats::new(names.len(), PathOptions::default())
     });
-    let drops = fold(&log, Scope::Session, || Dropoffs::new(None));
+    let drops = fold_in(log, segment, || Dropoffs::new(None));
     let mut counts = Counts {
         events: paths.events as i64,
         journeys: paths.journeys as i64,
@@ -120,7 +183,7 @@ fn batch(inputs: &[FileInput], config: &Config) -> Counts {
     for (name, journey) in &config.journeys {
         let (spec, _) = FunnelSpec::resolve(journey, names, i64::MAX).expect("funnel");
         let steps = spec.num_steps();
-        let funnel = fold(&log, Scope::Session, || Funnel::new(spec.clone(), None));
+        let funnel = fold_in(log, segment, || Funnel::new(spec.clone(), None));
         counts.funnels.insert(
             name.clone(),
             (0..steps)
@@ -132,16 +195,17 @@ fn batch(inputs: &[FileInput], config: &Config) -> Counts {
                 as_of: m * BUCKET_MICROS,
                 ..spec.clone()
             };
-            let funnel = fold(&log, Scope::Session, || Funnel::new(spec.clone(), None));
+            let funnel = fold_in(log, segment, || Funnel::new(spec.clone(), None));
             let maturing = funnel.tallies.maturing.iter().map(|&n| n as i64).collect();
             counts.maturing.insert((name.clone(), m), maturing);
         }
-        if !broken_down.contains(name) {
+        // Alert breakdowns are kept for the whole map only.
+        if !broken_down.contains(name) || segment.is_some() {
             continue;
         }
         let attr = log.attribute.as_ref().expect("attribute kept");
         let of_event = Some(attr.of_event.as_slice());
-        let funnel = fold(&log, Scope::Session, || Funnel::new(spec.clone(), of_event));
+        let funnel = fold(log, Scope::Session, || Funnel::new(spec.clone(), of_event));
         for (&v, t) in &funnel.breakdown {
             let reached = (0..steps).map(|k| t.reached(k) as i64).collect();
             let key = (name.clone(), attr.values[v as usize].clone());
@@ -152,7 +216,7 @@ fn batch(inputs: &[FileInput], config: &Config) -> Counts {
                 as_of: m * BUCKET_MICROS,
                 ..spec.clone()
             };
-            let funnel = fold(&log, Scope::Session, || Funnel::new(spec.clone(), of_event));
+            let funnel = fold(log, Scope::Session, || Funnel::new(spec.clone(), of_event));
             for (&v, t) in &funnel.breakdown {
                 let maturing = trimmed(t.maturing.iter().map(|&n| n as i64).collect());
                 if !maturing.is_empty() {
@@ -169,7 +233,24 @@ fn batch(inputs: &[FileInput], config: &Config) -> Counts {
 
 /// The live map's totals, by name.
 fn live(result: &LiveResult) -> Counts {
-    let total = result.map.total();
+    live_of(&result.map, result)
+}
+
+/// The live counts of the whole map (`""`) and of every segment, by name.
+fn live_segments(result: &LiveResult) -> BTreeMap<String, Counts> {
+    let mut all = BTreeMap::new();
+    all.insert(String::new(), live(result));
+    for (&v, map) in &result.segments {
+        let counts = live_of(map, result);
+        if counts.journeys > 0 {
+            all.insert(result.names.values[v as usize].clone(), counts);
+        }
+    }
+    all
+}
+
+fn live_of(map: &trailmap_live::LiveMap, result: &LiveResult) -> Counts {
+    let total = map.total();
     let names = &result.names.touchpoints;
     let name = |id: &u32| names[*id as usize].clone();
     let by_name = |m: &trailmap_live::ByTouchpoint| {
@@ -177,6 +258,7 @@ fn live(result: &LiveResult) -> Counts {
             .map(|(k, v)| (name(&k), v))
             .collect::<BTreeMap<_, _>>()
     };
+    // Maturity is judged at minutes of the whole data, as batch does for every segment.
     let minutes: Vec<i64> = result.map.buckets().map(|(m, _)| m).collect();
     let (first, last) = (
         minutes.first().copied().unwrap_or(0),
@@ -192,14 +274,14 @@ fn live(result: &LiveResult) -> Counts {
             let mut levels = total.maturing(j, WHOLE, m);
             levels.resize(journey.steps.len() + 1, 0);
             maturing.insert((n.clone(), m), levels);
-            for (v, l) in result.map.funnel_levels_by_value(j, everything, m) {
+            for (v, l) in map.funnel_levels_by_value(j, everything, m) {
                 let l = trimmed(l.maturing);
                 if !l.is_empty() {
                     value_maturing.insert((n.clone(), values[v as usize].clone(), m), l);
                 }
             }
         }
-        for (v, l) in result.map.funnel_levels_by_value(j, everything, i64::MAX) {
+        for (v, l) in map.funnel_levels_by_value(j, everything, i64::MAX) {
             let reached = (0..journey.steps.len()).map(|k| l.reached(k)).collect();
             by_value.insert((n.clone(), values[v as usize].clone()), reached);
         }
@@ -323,9 +405,16 @@ fn out_of_order_replay_inside_the_horizon_equals_batch() {
         "{:?}",
         expected.by_value
     );
+    let segments = batch_segments(&inputs, &config);
+    assert_eq!(
+        segments.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["", "(none)", "desktop", "mobile", "tablet"],
+        "sessions by their first event's device (tickets and CRM have none)"
+    );
     for shards in [1, 2, 3] {
         let result = run_live(&inputs, &config, shards, 500);
         assert_eq!(live(&result), expected, "{shards} shards");
+        assert_eq!(live_segments(&result), segments, "{shards} shards");
         assert_eq!(result.status.stitch.late, 0);
         assert!(
             result.status.shards.corrected > 0,
@@ -350,6 +439,7 @@ fn time_ordered_feed_with_a_short_horizon_equals_batch_and_frees_closed_sessions
     let result = run_live(&inputs, &config, 2, 256);
     assert_eq!(result.status.stitch.late, 0, "each file is in time order");
     assert_eq!(live(&result), expected);
+    assert_eq!(live_segments(&result), batch_segments(&inputs, &config));
     assert!(
         result.status.stitch.merges > 0,
         "identities merged customers live"

@@ -56,6 +56,20 @@ pub struct Config {
     /// What the live pipeline keeps of each customer's recent touchpoints.
     #[serde(default)]
     pub timeline: TimelineConfig,
+    /// The attribute live views can be filtered by (`segment=`).
+    #[serde(default)]
+    pub segments: SegmentsConfig,
+}
+
+/// Segments of the live map: each session belongs to the value an attribute has on its
+/// first event (`device = "mobile"`), and the live pipeline keeps the map per value, so every
+/// live view can show one segment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegmentsConfig {
+    /// The attribute: a column (`channel`, `source`) or a property (`device`,
+    /// `properties.plan`). Empty: no segments (the map is kept whole only).
+    pub by: String,
 }
 
 /// Customer timelines (`/api/customers/{id}/timeline`): each customer's latest touchpoints,
@@ -179,19 +193,26 @@ impl Config {
 }
 
 impl Config {
-    /// The attribute the live pipeline keeps per event for alert breakdowns: the one every
-    /// rule with a breakdown names (an error names two rules that differ).
+    /// The attribute the live pipeline keeps per event, for segments and alert breakdowns:
+    /// `[segments] by`, which every rule with a breakdown must name too, or else the one
+    /// they all name (an error names two that differ).
     pub fn breakdown_attribute(&self) -> Result<Option<&str>> {
-        let mut by: Option<(&str, &str)> = None;
+        let segments = self.segments.by.trim();
+        let mut by: Option<(&str, &str)> = (!segments.is_empty()).then_some(("", segments));
         for (name, rule) in &self.alerts {
             let Some(b) = &rule.breakdown else { continue };
             match by {
                 None => by = Some((name, &b.by)),
                 Some((first, attribute)) if attribute != b.by => {
+                    let other = if first.is_empty() {
+                        "[segments] by".to_string()
+                    } else {
+                        format!("rule `{first}`")
+                    };
                     return Err(Error::config(
                         format!("alerts.{name}.breakdown.by"),
                         format!(
-                            "rule `{first}` breaks down by `{attribute}` and this one by `{}`; the live pipeline keeps one attribute per event, so alert breakdowns must all use the same",
+                            "{other} names `{attribute}` and this rule `{}`; the live pipeline keeps one attribute per event, so segments and alert breakdowns must all use the same",
                             b.by
                         ),
                     ));

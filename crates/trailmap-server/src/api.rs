@@ -28,7 +28,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use trailmap_live::report::FunnelReport;
+use trailmap_live::report::{FunnelReport, FunnelSegment};
 use trailmap_live::timeline::{CustomerTimeline, TimelineMiss};
 use trailmap_live::{AlertStatus, AlertsHandle, LiveHandle, LiveStatus, MapReport};
 use trailmap_model::IdentityKind;
@@ -115,14 +115,74 @@ impl AppState {
 
     /// The map over `window`.
     pub(crate) async fn map(&self, window: Window) -> Result<MapReport, ApiError> {
+        self.map_of(window, None).await
+    }
+
+    /// The map over `window`, of one segment value or of every session.
+    pub(crate) async fn map_of(
+        &self,
+        window: Window,
+        segment: Option<&str>,
+    ) -> Result<MapReport, ApiError> {
+        if segment.is_some() && self.live.segmented_by().is_none() {
+            return Err(ApiError::bad_request(
+                "segments are not kept live; set [segments] by = \"device\" (or another attribute) in the config",
+            ));
+        }
         let span = match window {
             Window::All => None,
             Window::Last(span) => Some(span.micros()),
         };
         self.live
-            .report(span)
+            .report_of(span, segment)
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))
+    }
+
+    /// The funnels of `params`' map, each with its breakdown when one is asked for.
+    async fn funnels_of(&self, params: &Params) -> Result<Vec<FunnelReport>, ApiError> {
+        let mut funnels = self
+            .map_of(params.window, params.segment.as_deref())
+            .await?
+            .funnels;
+        let Some(by) = &params.breakdown else {
+            return Ok(funnels);
+        };
+        match self.live.segmented_by() {
+            Some(kept) if kept == by => {}
+            Some(kept) => {
+                return Err(ApiError::bad_request(format!(
+                    "funnels break down by `{kept}` (the live pipeline keeps segments by it), not `{by}`"
+                )));
+            }
+            None => {
+                return Err(ApiError::bad_request(
+                    "breakdowns are not kept live; set [segments] by = \"device\" (or another attribute) in the config",
+                ));
+            }
+        }
+        if params.segment.is_some() {
+            return Err(ApiError::bad_request(
+                "a breakdown already splits by segment; drop `segment` or `breakdown`",
+            ));
+        }
+        let values = self
+            .live
+            .segments()
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        for f in &mut funnels {
+            f.breakdown = Some(Vec::new());
+        }
+        for (value, _) in values.into_iter().take(BREAKDOWN_TOP) {
+            let of_value = self.map_of(params.window, Some(&value)).await?.funnels;
+            for (f, v) in funnels.iter_mut().zip(of_value) {
+                if let Some(b) = &mut f.breakdown {
+                    b.push(FunnelSegment::of(&value, &v));
+                }
+            }
+        }
+        Ok(funnels)
     }
 
     pub(crate) fn readiness(&self) -> Result<(), String> {
@@ -150,6 +210,7 @@ impl AppState {
         funnels,
         funnel,
         timeline,
+        segments,
         alerts,
         stream,
         crate::metrics::scrape,
@@ -172,6 +233,48 @@ struct JourneyQuery {
     window: Option<String>,
     /// `session` (the default). Live counts are per session; `customer` is refused.
     scope: Option<String>,
+    /// One segment: the sessions whose first event has this value of `[segments] by`
+    /// (e.g. `mobile` for `by = "device"`); `/api/segments` lists the values.
+    segment: Option<String>,
+    /// Funnels only: `breakdown=device` (the `[segments] by` attribute) adds each funnel's
+    /// numbers for the 10 busiest values.
+    breakdown: Option<String>,
+}
+
+/// Segment values of the live map and their journeys.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct SegmentsReport {
+    /// `[segments] by`; `null` when no segments are kept.
+    by: Option<String>,
+    segments: Vec<SegmentCount>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct SegmentCount {
+    value: String,
+    /// Sessions whose first event has the value.
+    journeys: i64,
+}
+
+/// The values `segment=` takes (sessions by their first event's value of `[segments] by`),
+/// busiest first.
+#[utoipa::path(get, path = "/api/segments", tag = "journeys",
+    responses((status = 200, body = SegmentsReport), (status = 503, body = ErrorBody)))]
+async fn segments(State(state): State<AppState>) -> Result<Json<SegmentsReport>, ApiError> {
+    let by = state.live.segmented_by().map(str::to_string);
+    let segments = if by.is_some() {
+        state
+            .live
+            .segments()
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?
+            .into_iter()
+            .map(|(value, journeys)| SegmentCount { value, journeys })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Json(SegmentsReport { by, segments }))
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
@@ -193,6 +296,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/funnels", get(funnels))
         .route("/api/funnels/{name}", get(funnel))
         .route("/api/customers/{id}/timeline", get(timeline))
+        .route("/api/segments", get(segments))
         .route("/api/alerts", get(alerts))
         .route("/api/stream", get(stream))
         .route("/api/sql", get(sql::get).post(sql::post))
@@ -210,18 +314,30 @@ pub enum Window {
 }
 
 /// The parameters every journey endpoint takes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Params {
     pub window: Window,
+    /// Only the sessions whose first event has this value of `[segments] by`.
+    pub segment: Option<String>,
+    /// Funnels only: each funnel again per value of this attribute (`[segments] by`).
+    pub breakdown: Option<String>,
 }
+
+/// Segment values a funnel breakdown shows at most, the busiest.
+const BREAKDOWN_TOP: usize = 10;
 
 impl Params {
     pub fn parse(query: &HashMap<String, String>) -> Result<Params, ApiError> {
         let mut params = Params {
             window: Window::All,
+            segment: None,
+            breakdown: None,
         };
         for (key, value) in query {
             match key.as_str() {
+                "segment" if value.is_empty() => {}
+                "segment" => params.segment = Some(value.clone()),
+                "breakdown" => params.breakdown = Some(value.clone()),
                 "window" => {
                     params.window = match value.as_str() {
                         "all" => Window::All,
@@ -256,12 +372,22 @@ impl Params {
                 },
                 other => {
                     return Err(ApiError::bad_request(format!(
-                        "unknown parameter `{other}`; the journey endpoints take `window` and `scope`"
+                        "unknown parameter `{other}`; the journey endpoints take `window`, `scope`, `segment` (and, for funnels, `breakdown`)"
                     )));
                 }
             }
         }
         Ok(params)
+    }
+
+    /// Refuses `breakdown` where it means nothing.
+    fn without_breakdown(self) -> Result<Params, ApiError> {
+        match self.breakdown {
+            Some(_) => Err(ApiError::bad_request(
+                "`breakdown` applies to /api/funnels; to see one segment here, use segment=VALUE",
+            )),
+            None => Ok(self),
+        }
     }
 }
 
@@ -309,8 +435,12 @@ async fn map(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<MapReport>, ApiError> {
-    let params = Params::parse(&query)?;
-    Ok(Json(state.map(params.window).await?))
+    let params = Params::parse(&query)?.without_breakdown()?;
+    Ok(Json(
+        state
+            .map_of(params.window, params.segment.as_deref())
+            .await?,
+    ))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -344,8 +474,10 @@ async fn paths(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<PathsReport>, ApiError> {
-    let params = Params::parse(&query)?;
-    let map = state.map(params.window).await?;
+    let params = Params::parse(&query)?.without_breakdown()?;
+    let map = state
+        .map_of(params.window, params.segment.as_deref())
+        .await?;
     let counts = |f: fn(&trailmap_live::report::MapNode) -> i64| {
         let mut list: Vec<Count> = map
             .nodes
@@ -404,8 +536,10 @@ async fn dropoffs(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<DropoffsReport>, ApiError> {
-    let params = Params::parse(&query)?;
-    let map = state.map(params.window).await?;
+    let params = Params::parse(&query)?.without_breakdown()?;
+    let map = state
+        .map_of(params.window, params.segment.as_deref())
+        .await?;
     let mut touchpoints: Vec<DropoffRow> = map
         .nodes
         .into_iter()
@@ -436,7 +570,7 @@ async fn funnels(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Vec<FunnelReport>>, ApiError> {
     let params = Params::parse(&query)?;
-    Ok(Json(state.map(params.window).await?.funnels))
+    Ok(Json(state.funnels_of(&params).await?))
 }
 
 /// One configured journey's funnel: entered, converted, maturing, and per step reached,
@@ -452,7 +586,7 @@ async fn funnel(
 ) -> Result<Json<FunnelReport>, ApiError> {
     let params = Params::parse(&query)?;
     // The map has a funnel for every configured journey, in or out of the window.
-    let mut funnels = state.map(params.window).await?.funnels;
+    let mut funnels = state.funnels_of(&params).await?;
     if let Some(i) = funnels.iter().position(|f| f.name == name) {
         return Ok(Json(funnels.swap_remove(i)));
     }
@@ -576,46 +710,49 @@ async fn stream(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let params = Params::parse(&query)?;
+    let params = Params::parse(&query)?.without_breakdown()?;
     // Each round yields what changed since the last (the map, the alerts, or both), so
     // a map that changes every second never starves the alerts.
     let rounds = futures_util::stream::unfold(
         (state, Sent::default()),
-        move |(state, mut sent): (AppState, Sent)| async move {
-            if sent.ended {
-                return None;
-            }
-            let mut first = sent.map.is_none();
-            loop {
-                if !first {
-                    tokio::time::sleep(STREAM_EVERY).await;
-                }
-                first = false;
-                if state.is_closing() {
+        move |(state, mut sent): (AppState, Sent)| {
+            let params = params.clone();
+            async move {
+                if sent.ended {
                     return None;
                 }
-                let mut events = Vec::new();
-                match state.map(params.window).await {
-                    Ok(map) => {
-                        let map = serde_json::to_string(&map).unwrap_or_default();
-                        if sent.map.as_ref() != Some(&map) {
-                            events.push(Ok(Event::default().event("map").data(&map)));
-                            sent.map = Some(map);
+                let mut first = sent.map.is_none();
+                loop {
+                    if !first {
+                        tokio::time::sleep(STREAM_EVERY).await;
+                    }
+                    first = false;
+                    if state.is_closing() {
+                        return None;
+                    }
+                    let mut events = Vec::new();
+                    match state.map_of(params.window, params.segment.as_deref()).await {
+                        Ok(map) => {
+                            let map = serde_json::to_string(&map).unwrap_or_default();
+                            if sent.map.as_ref() != Some(&map) {
+                                events.push(Ok(Event::default().event("map").data(&map)));
+                                sent.map = Some(map);
+                            }
+                        }
+                        Err(e) => {
+                            sent.ended = true;
+                            events.push(Ok(Event::default().event("error").data(e.message)));
+                            return Some((events, (state, sent)));
                         }
                     }
-                    Err(e) => {
-                        sent.ended = true;
-                        events.push(Ok(Event::default().event("error").data(e.message)));
+                    let alerts = serde_json::to_string(&state.alert_statuses()).unwrap_or_default();
+                    if sent.alerts.as_ref() != Some(&alerts) {
+                        events.push(Ok(Event::default().event("alerts").data(&alerts)));
+                        sent.alerts = Some(alerts);
+                    }
+                    if !events.is_empty() {
                         return Some((events, (state, sent)));
                     }
-                }
-                let alerts = serde_json::to_string(&state.alert_statuses()).unwrap_or_default();
-                if sent.alerts.as_ref() != Some(&alerts) {
-                    events.push(Ok(Event::default().event("alerts").data(&alerts)));
-                    sent.alerts = Some(alerts);
-                }
-                if !events.is_empty() {
-                    return Some((events, (state, sent)));
                 }
             }
         },

@@ -486,6 +486,7 @@ fn the_openapi_document_describes_every_endpoint() {
         "/api/funnels",
         "/api/funnels/{name}",
         "/api/customers/{id}/timeline",
+        "/api/segments",
         "/api/stream",
         "/api/status",
         "/healthz",
@@ -501,7 +502,7 @@ fn the_openapi_document_describes_every_endpoint() {
         .iter()
         .filter_map(|p| p["name"].as_str())
         .collect();
-    assert_eq!(params, ["window", "scope"]);
+    assert_eq!(params, ["window", "scope", "segment", "breakdown"]);
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
     for schema in [
         "MapReport",
@@ -620,4 +621,104 @@ fn a_customer_timeline_shows_what_they_did_before_a_ticket() {
     // Not an email, so not found as one.
     let (status, _) = server.get(&format!("/api/customers/u{index}/timeline?kind=email"));
     assert_eq!(status, 404);
+}
+
+/// Every journey endpoint shows one segment (sessions by their first event's device, the
+/// built-in `[segments] by`), and funnels break down by it: the parts add up to the whole.
+#[test]
+fn segments_show_one_device_and_funnels_break_down_by_it() {
+    let server = Server::start(400);
+    let list = server.ok("/api/segments");
+    assert_eq!(list["by"], "device");
+    let segments: Vec<(String, i64)> = list["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .map(|s| {
+            (
+                s["value"].as_str().expect("value").to_string(),
+                s["journeys"].as_i64().expect("journeys"),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = segments.iter().map(|(v, _)| v.as_str()).collect();
+    for device in ["desktop", "mobile", "tablet"] {
+        assert!(names.contains(&device), "{names:?}");
+    }
+    let whole = server.ok("/api/map");
+    let total: i64 = segments.iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        Some(total),
+        whole["journeys"].as_i64(),
+        "every session is in one segment"
+    );
+    for (value, journeys) in &segments {
+        let q = format!(
+            "segment={}",
+            value
+                .replace(' ', "%20")
+                .replace('(', "%28")
+                .replace(')', "%29")
+        );
+        let map = server.ok(&format!("/api/map?{q}"));
+        assert_eq!(map["journeys"].as_i64(), Some(*journeys), "{value}");
+        assert!(map["events"].as_i64() < whole["events"].as_i64());
+        let paths = server.ok(&format!("/api/paths?{q}"));
+        assert_eq!(paths["journeys"].as_i64(), Some(*journeys), "{value}");
+        let drops = server.ok(&format!("/api/dropoffs?{q}"));
+        assert_eq!(
+            sum(&drops["touchpoints"], "exits"),
+            *journeys,
+            "{value}: each journey exits once"
+        );
+    }
+    // A value never seen: an empty segment, not an error.
+    assert_eq!(server.ok("/api/map?segment=watch")["journeys"], 0);
+
+    // The funnel by device: each value's numbers are that segment's funnel, and they add up.
+    let funnel = server.ok("/api/funnels/checkout?breakdown=device");
+    let parts = funnel["breakdown"].as_array().expect("a breakdown");
+    assert_eq!(parts.len(), segments.len().min(10));
+    let mut entered = 0;
+    for part in parts {
+        let value = part["value"].as_str().expect("value");
+        if value.starts_with('(') {
+            entered += part["entered"].as_i64().expect("entered");
+            continue;
+        }
+        let alone = server.ok(&format!("/api/funnels/checkout?segment={value}"));
+        let reached: Vec<i64> = alone["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .map(|s| s["reached"].as_i64().expect("reached"))
+            .collect();
+        assert_eq!(part["reached"], serde_json::json!(reached), "{value}");
+        assert_eq!(part["entered"], alone["entered"], "{value}");
+        entered += part["entered"].as_i64().expect("entered");
+    }
+    assert_eq!(Some(entered), funnel["entered"].as_i64());
+    assert!(
+        server
+            .ok("/api/funnels/checkout")
+            .get("breakdown")
+            .is_none()
+    );
+
+    for (path, says) in [
+        ("/api/map?breakdown=device", "applies to /api/funnels"),
+        (
+            "/api/funnels/checkout?breakdown=channel",
+            "break down by `device`",
+        ),
+        (
+            "/api/funnels?breakdown=device&segment=mobile",
+            "drop `segment`",
+        ),
+    ] {
+        let (status, body) = server.get(path);
+        assert_eq!(status, 400, "GET {path}: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "GET {path}: {message}");
+    }
 }
