@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::demo::{DEMO_WRITE_KEY, Demo, now_millis, wait_until};
 use common::{base_url, bin};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -253,4 +254,54 @@ fn capture_needs_a_write_key_in_the_config() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("[server] write_keys"));
+}
+
+/// `trailmap demo` takes the same calls by default, alongside its generated (January)
+/// traffic: counted under their own source, not late, and the generated traffic goes on
+/// without going late either.
+#[test]
+fn segments_library_sends_into_the_demo_while_its_traffic_flows() {
+    let python = segment_python();
+    // About 50 s of generated traffic: still flowing while the library sends.
+    let demo = Demo::start(&["--customers", "3000", "--days", "3", "--rate", "1000"]);
+    let generated = || -> (i64, i64) {
+        let counts = demo.source_counts();
+        ["clickstream", "ticket", "crm"]
+            .iter()
+            .filter_map(|s| counts.get(*s))
+            .fold((0, 0), |(e, l), (events, late)| (e + events, l + late))
+    };
+    wait_until("generated traffic", 60, || generated().0 > 0);
+
+    let sent_at = now_millis();
+    let out = send_with_segment(&python, &demo.base, DEMO_WRITE_KEY);
+    assert!(
+        out.status.success(),
+        "the Segment client failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 20 pricing pages, 20 sign-ups, 10 trials, all in time.
+    wait_until("the calls in the map", 30, || {
+        demo.source_counts().get("capture") == Some(&(50, 0))
+    });
+    let status = demo.json("/api/status");
+    assert_eq!(status["ingest"]["rejected"], 0, "{status}");
+    let watermark = status["watermark"].as_i64().expect("watermark");
+    assert!(
+        watermark < (sent_at - 86_400_000) * 1_000,
+        "the watermark is the generated traffic's: {status}"
+    );
+
+    let (at_capture, _) = generated();
+    wait_until("more generated traffic", 30, || {
+        generated().0 > at_capture + 1_000
+    });
+    assert_eq!(generated().1, 0, "generated events went late");
+
+    // A wrong key: the library reports the refusal; nothing more is counted.
+    let out = send_with_segment(&python, &demo.base, "wrong-key");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unknown write key"));
+    assert_eq!(demo.source_counts().get("capture"), Some(&(50, 0)));
 }

@@ -161,8 +161,18 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn the_dashboard_shows_the_live_map_and_follows_it() {
-    // About ten seconds of traffic: long enough to see the page follow it.
-    let demo = Demo::start(&["--customers", "600", "--days", "3", "--rate", "1000"]);
+    // About ten seconds of traffic: long enough to see the page follow it. Without capture
+    // the input ends, so the page can be checked against the final numbers (capture in the
+    // demo is tested in tests/demo.rs).
+    let demo = Demo::start(&[
+        "--customers",
+        "600",
+        "--days",
+        "3",
+        "--rate",
+        "1000",
+        "--no-capture",
+    ]);
     let browser = Browser::start();
     browser.open(&format!("{}/", demo.base));
 
@@ -251,6 +261,33 @@ fn the_dashboard_shows_the_live_map_and_follows_it() {
         page = browser.eval(READ_PAGE);
         serde_json::from_value::<BTreeMap<String, Value>>(page["alerts"].clone())
             .is_ok_and(|shown| shown == api_alerts())
+    });
+
+    // One segment: the page follows the stream of mobile sessions only, as the API has it.
+    browser.eval("loadSegments();");
+    wait_for("the segment choice to list mobile", || {
+        browser.eval(r#"return [...document.getElementById("segment").options].some(o => o.value === "mobile");"#)
+            == json!(true)
+    });
+    browser.eval(
+        r#"const s = document.getElementById("segment"); s.value = "mobile";
+           s.dispatchEvent(new Event("change"));"#,
+    );
+    let mobile = demo.json("/api/map?segment=mobile");
+    assert!(
+        mobile["events"].as_i64() < map["events"].as_i64(),
+        "{mobile}"
+    );
+    wait_for("the page to show the mobile segment", || {
+        page = browser.eval(READ_PAGE);
+        page["events"] == mobile["events"] && page["journeys"] == mobile["journeys"]
+    });
+    browser.eval(
+        r#"const s = document.getElementById("segment"); s.value = "";
+           s.dispatchEvent(new Event("change"));"#,
+    );
+    wait_for("the page to show every session again", || {
+        browser.eval(READ_PAGE)["events"] == map["events"]
     });
 
     // Support looks a customer up: the timeline table shows what the API says, the

@@ -106,3 +106,87 @@ impl Demo {
         (status, stderr)
     }
 }
+
+/// The demo's write key when the config sets none (`trailmap demo` prints it).
+pub const DEMO_WRITE_KEY: &str = "trailmap-demo";
+
+impl Demo {
+    /// POSTs a JSON `body`, with `key` as the Basic auth user name (as Segment's libraries
+    /// send the write key). Status and body.
+    pub fn post(&self, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
+        let mut request = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        if let Some(key) = key {
+            use base64::Engine;
+            let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
+            request = request.header("authorization", format!("Basic {auth}"));
+        }
+        let mut response = request
+            .send(body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().expect("body"))
+    }
+
+    /// `/api/status`' events and late events per source: `source -> (events, late)`.
+    pub fn source_counts(&self) -> std::collections::BTreeMap<String, (i64, i64)> {
+        self.json("/api/status")["sources"]
+            .as_array()
+            .expect("sources")
+            .iter()
+            .map(|s| {
+                (
+                    s["source"].as_str().expect("source").to_string(),
+                    (
+                        s["events"].as_i64().expect("events"),
+                        s["late"].as_i64().expect("late"),
+                    ),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Polls `done` every 100 ms; fails after `secs` seconds, saying what it waited for.
+pub fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {secs} s for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
+
+/// `millis` since the Unix epoch as Segment writes times: `2026-12-03T18:21:17.123Z`.
+pub fn iso_utc(millis: i64) -> String {
+    let (days, ms) = (millis.div_euclid(86_400_000), millis.rem_euclid(86_400_000));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1_000 % 60,
+        ms % 1_000
+    )
+}

@@ -11,7 +11,8 @@
 //! Layout:
 //! - [`source`]: [`LiveSource`], partitions of canonical batches; [`FileReplay`] replays
 //!   files, [`GeneratorSource`] streams the `gen` model in time order at a chosen rate,
-//!   [`BatchReplay`] replays batches held in memory.
+//!   [`BatchReplay`] replays batches held in memory, [`Merged`] reads several sources at
+//!   once, each on its own partitions (the demo's generator and its capture).
 //! - [`stitch`]: the [`Stitcher`]: identities, the event-time watermark (per partition,
 //!   the pipeline's is the least), the lateness horizon, routing customers to shards, and
 //!   the hand-off of open state when two customers turn out to be one; it also keeps each
@@ -57,5 +58,7 @@ pub use durable::DurableSource;
 pub use pipeline::{Freshness, LiveHandle, LiveResult, LiveStatus, Names, PipelineOptions, start};
 pub use report::MapReport;
 pub use shard::{LiveEvent, Shard, ShardConfig, ShardStats};
-pub use source::{BatchReplay, Feed, FileReplay, GeneratorSource, LiveSource, Paced, Position};
+pub use source::{
+    BatchReplay, Feed, FileReplay, GeneratorSource, LiveSource, Merged, Paced, Position,
+};
 pub use stitch::{Handoff, LateEvent, Routed, SourceCounts, StitchStats, Stitcher};

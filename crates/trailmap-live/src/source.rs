@@ -3,11 +3,20 @@
 //! A source is a set of partitions (a file, a Kafka partition) that each deliver batches in
 //! their own order; each partition holds the watermark back until it has data newer than it,
 //! or ends. Sources are read on their own thread, so a blocking reader is fine.
+//!
+//! [`FileReplay`] replays files, [`BatchReplay`] batches in memory, [`GeneratorSource`] the
+//! `gen` model in time order, [`Paced`] plays another source at a rate, and [`Merged`] reads
+//! several sources as one, each with its own range of partitions (`trailmap demo`: generated
+//! history and HTTP capture together).
 
 use arrow::array::RecordBatch;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 use trailmap_gen::{
     CustomerJourney, GenOptions, JourneyModel, device_properties, first_touch_micros,
@@ -450,9 +459,323 @@ impl LiveSource for Paced {
     }
 }
 
+/// Several sources read as one, each on its own reader thread, each keeping its own range of
+/// partitions: the first source's partitions come first (`0..a`), then the second's
+/// (`a..a + b`), and so on. So each partition still holds the watermark back on its own
+/// terms: a generator replaying January is not made late by HTTP calls captured now, and
+/// the captured calls are not late behind the generator's history, since the pipeline's
+/// watermark is the least over partitions. A capture partition that has caught up says
+/// [`Feed::Idle`] and stops holding the watermark back until it delivers again.
+///
+/// A reader hands on each step of its source as soon as it has it (a bounded channel, so a
+/// source that is not taken from waits): a source that blocks (a paced replay sleeping
+/// until its records are due, a capture waiting for calls) never delays the other, and a
+/// busy one does not starve a slow one. While nothing arrives, [`next`](LiveSource::next)
+/// says [`Feed::Quiet`] every 100 ms instead of spinning; the sources' own `Quiet`s are not
+/// passed on. The merged stream ends once every source has ended.
+///
+/// Statistics are summed; [`drain`](LiveSource::drain) stops the readers, then drains each
+/// source; the checkpoint hooks go to every source (each gets back only the positions it
+/// delivered), [`checkpointed_at`](LiveSource::checkpointed_at) is the oldest of theirs and
+/// [`lag`](LiveSource::lag) the sum. Only the last source may deliver partitions beyond
+/// the count it gave when merged (a Kafka topic gaining partitions): anywhere else they would
+/// collide with the next source's range, which is an error.
+pub struct Merged {
+    inner: Vec<Merging>,
+    /// The readers' steps: which source, what it said.
+    steps: Receiver<(usize, Result<Feed>)>,
+    /// Given to the readers when they start; dropped then, so the channel closes once every
+    /// reader has stopped.
+    tx: Option<SyncSender<(usize, Result<Feed>)>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// One of the merged sources.
+struct Merging {
+    /// Its first partition in the merged numbering.
+    offset: usize,
+    partitions: usize,
+    shared: Arc<Shared>,
+    reader: Option<JoinHandle<()>>,
+    /// `(topic, partition)` of the positions it delivered, for
+    /// [`after_checkpoint`](LiveSource::after_checkpoint).
+    delivered: FxHashSet<(String, i32)>,
+}
+
+/// A merged source and what it last said, shared by its reader and the [`Merged`].
+struct Shared {
+    /// Locked by the reader for each step, by the [`Merged`] for the checkpoint hooks and
+    /// the final drain.
+    source: Mutex<Box<dyn LiveSource>>,
+    /// The source's statistics, checkpoint time and lag after its latest step (read
+    /// without waiting for a step under way).
+    view: Mutex<(IngestStats, Option<SystemTime>, Option<u64>)>,
+    /// The [`Merged`] waits for the lock: the reader lets it have it before its next step.
+    wanted: AtomicBool,
+}
+
+impl Shared {
+    fn refresh(&self, source: &dyn LiveSource) {
+        *lock(&self.view) = (source.stats(), source.checkpointed_at(), source.lag());
+    }
+
+    /// `f` on the source, between two of its reader's steps.
+    fn with<R>(&self, f: impl FnOnce(&mut dyn LiveSource) -> R) -> R {
+        self.wanted.store(true, Ordering::Release);
+        let mut source = lock(&self.source);
+        self.wanted.store(false, Ordering::Release);
+        let r = f(source.as_mut());
+        self.refresh(source.as_ref());
+        r
+    }
+}
+
+/// A lock whose holder panicked is still usable: the panic is reported when the reader is
+/// joined.
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How long [`Merged::next`] waits for a step before it says [`Feed::Quiet`].
+const QUIET: Duration = Duration::from_millis(100);
+
+impl Merged {
+    /// Merges `sources` in this order (their partition ranges follow each other).
+    pub fn new(sources: Vec<Box<dyn LiveSource>>) -> Self {
+        let (tx, steps) = sync_channel(2 * sources.len().max(1));
+        let mut offset = 0;
+        let inner = sources
+            .into_iter()
+            .map(|source| {
+                let partitions = source.partitions();
+                let view = (source.stats(), source.checkpointed_at(), source.lag());
+                let merging = Merging {
+                    offset,
+                    partitions,
+                    shared: Arc::new(Shared {
+                        source: Mutex::new(source),
+                        view: Mutex::new(view),
+                        wanted: AtomicBool::new(false),
+                    }),
+                    reader: None,
+                    delivered: FxHashSet::default(),
+                };
+                offset += partitions;
+                merging
+            })
+            .collect();
+        Merged {
+            inner,
+            steps,
+            tx: Some(tx),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The first partition of source `index` (in [`new`](Self::new)'s order) in the merged
+    /// numbering.
+    pub fn offset(&self, index: usize) -> usize {
+        self.inner[index].offset
+    }
+
+    /// Starts the readers, the first time the stream is read.
+    fn start(&mut self) -> Result<()> {
+        let Some(tx) = self.tx.take() else {
+            return Ok(());
+        };
+        for (index, merging) in self.inner.iter_mut().enumerate() {
+            let (shared, tx, stop) = (merging.shared.clone(), tx.clone(), self.stop.clone());
+            let reader = std::thread::Builder::new()
+                .name(format!("trailmap-merged-{index}"))
+                .spawn(move || read(index, &shared, &tx, &stop))
+                .map_err(|e| Error::Other(format!("cannot start a merged source's reader: {e}")))?;
+            merging.reader = Some(reader);
+        }
+        Ok(())
+    }
+
+    /// `feed` from source `index`, in the merged partition numbering.
+    fn place(&mut self, index: usize, feed: Feed) -> Result<Feed> {
+        let last = index + 1 == self.inner.len();
+        let merging = &mut self.inner[index];
+        let (offset, partitions) = (merging.offset, merging.partitions);
+        let at = |partition: usize| {
+            if partition < partitions || last {
+                Ok(offset + partition)
+            } else {
+                Err(Error::Other(format!(
+                    "merged source {index} delivered partition {partition}, beyond the \
+                     {partitions} it had when merged (only the last merged source may gain \
+                     partitions)"
+                )))
+            }
+        };
+        Ok(match feed {
+            Feed::Batch {
+                partition,
+                batch,
+                position,
+                arrived,
+            } => {
+                let partition = at(partition)?;
+                if let Some(p) = &position {
+                    merging.delivered.insert((p.topic.clone(), p.partition));
+                }
+                Feed::Batch {
+                    partition,
+                    batch,
+                    position,
+                    arrived,
+                }
+            }
+            Feed::Idle { partition } => Feed::Idle {
+                partition: at(partition)?,
+            },
+            Feed::End { partition } => Feed::End {
+                partition: at(partition)?,
+            },
+            Feed::Quiet => Feed::Quiet,
+        })
+    }
+
+    /// Waits for the readers that have stopped; an error if one panicked.
+    fn join(&mut self) -> Result<()> {
+        let mut panicked = false;
+        for merging in &mut self.inner {
+            if let Some(reader) = merging.reader.take() {
+                panicked |= reader.join().is_err();
+            }
+        }
+        if panicked {
+            return Err(Error::Other("a merged source's reader panicked".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A reader: the source's steps into the channel until it ends, fails, or is stopped.
+fn read(index: usize, shared: &Shared, out: &SyncSender<(usize, Result<Feed>)>, stop: &AtomicBool) {
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        // Checkpoint hooks and the drain wait at most one step.
+        while shared.wanted.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let step = {
+            let mut source = lock(&shared.source);
+            let step = source.next();
+            shared.refresh(source.as_ref());
+            step
+        };
+        let step = match step {
+            Ok(Some(Feed::Quiet)) => continue,
+            Ok(Some(feed)) => Ok(feed),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        let failed = step.is_err();
+        // A closed channel: the merged source is gone.
+        if out.send((index, step)).is_err() || failed {
+            return;
+        }
+    }
+}
+
+impl LiveSource for Merged {
+    fn partitions(&self) -> usize {
+        self.inner.iter().map(|m| m.partitions).sum()
+    }
+
+    fn next(&mut self) -> Result<Option<Feed>> {
+        self.start()?;
+        match self.steps.recv_timeout(QUIET) {
+            Ok((index, step)) => Ok(Some(self.place(index, step?)?)),
+            Err(RecvTimeoutError::Timeout) => Ok(Some(Feed::Quiet)),
+            // Every reader has stopped: every source has ended.
+            Err(RecvTimeoutError::Disconnected) => {
+                self.join()?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn stats(&self) -> IngestStats {
+        let mut total = IngestStats::default();
+        for merging in &self.inner {
+            total.add(&lock(&merging.shared.view).0);
+        }
+        total
+    }
+
+    fn drain(&mut self) -> Result<Vec<Feed>> {
+        // The readers stop after the step they are taking; what they took is handed on.
+        self.stop.store(true, Ordering::Release);
+        self.tx = None;
+        let mut feeds = Vec::new();
+        while let Ok((index, step)) = self.steps.recv() {
+            feeds.push(self.place(index, step?)?);
+        }
+        self.join()?;
+        for index in 0..self.inner.len() {
+            let held = self.inner[index].shared.with(|s| s.drain())?;
+            for feed in held {
+                if !matches!(feed, Feed::Quiet) {
+                    feeds.push(self.place(index, feed)?);
+                }
+            }
+        }
+        Ok(feeds)
+    }
+
+    fn before_checkpoint(&mut self) -> Result<()> {
+        for merging in &self.inner {
+            merging.shared.with(|s| s.before_checkpoint())?;
+        }
+        Ok(())
+    }
+
+    fn after_checkpoint(&mut self, positions: &[Position]) {
+        for merging in &self.inner {
+            let own: Vec<Position> = positions
+                .iter()
+                .filter(|p| merging.delivered.contains(&(p.topic.clone(), p.partition)))
+                .cloned()
+                .collect();
+            if !own.is_empty() {
+                merging.shared.with(|s| s.after_checkpoint(&own));
+            }
+        }
+    }
+
+    fn checkpointed_at(&self) -> Option<SystemTime> {
+        self.inner
+            .iter()
+            .filter_map(|m| lock(&m.shared.view).1)
+            .min()
+    }
+
+    fn lag(&self) -> Option<u64> {
+        self.inner
+            .iter()
+            .filter_map(|m| lock(&m.shared.view).2)
+            .reduce(|a, b| a + b)
+    }
+}
+
+impl Drop for Merged {
+    /// The readers stop at their next step (or when they next hand one on, the channel
+    /// being closed).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stitch::Stitcher;
     use arrow::array::{Array, TimestampMicrosecondArray};
     use trailmap_model::IdentityKind;
     use trailmap_model::schema::TS;
@@ -517,5 +840,442 @@ mod tests {
             let inner = BatchReplay::new(Vec::new());
             assert!(Paced::new(Box::new(inner), rate, Duration::from_millis(100)).is_err());
         }
+    }
+
+    /// A source the test scripts: it hands on what is sent to it (`Quiet` every 100 ms
+    /// meanwhile) and ends when the sender is dropped.
+    struct Scripted {
+        partitions: usize,
+        feeds: Receiver<Result<Feed>>,
+        /// What [`drain`](LiveSource::drain) hands on.
+        held: Vec<Feed>,
+        records: u64,
+        checkpoints: Arc<Mutex<Vec<Position>>>,
+        checkpointed_at: Option<SystemTime>,
+        lag: Option<u64>,
+    }
+
+    fn scripted(partitions: usize) -> (Scripted, std::sync::mpsc::Sender<Result<Feed>>) {
+        let (tx, feeds) = std::sync::mpsc::channel();
+        let source = Scripted {
+            partitions,
+            feeds,
+            held: Vec::new(),
+            records: 0,
+            checkpoints: Arc::default(),
+            checkpointed_at: None,
+            lag: None,
+        };
+        (source, tx)
+    }
+
+    impl LiveSource for Scripted {
+        fn partitions(&self) -> usize {
+            self.partitions
+        }
+
+        fn next(&mut self) -> Result<Option<Feed>> {
+            match self.feeds.recv_timeout(QUIET) {
+                Ok(Ok(feed)) => {
+                    if let Feed::Batch { batch, .. } = &feed {
+                        self.records += batch.num_rows() as u64;
+                    }
+                    Ok(Some(feed))
+                }
+                Ok(Err(e)) => Err(e),
+                Err(RecvTimeoutError::Timeout) => Ok(Some(Feed::Quiet)),
+                Err(RecvTimeoutError::Disconnected) => Ok(None),
+            }
+        }
+
+        fn stats(&self) -> IngestStats {
+            IngestStats {
+                records: self.records,
+                ..IngestStats::default()
+            }
+        }
+
+        fn drain(&mut self) -> Result<Vec<Feed>> {
+            for feed in &self.held {
+                if let Feed::Batch { batch, .. } = feed {
+                    self.records += batch.num_rows() as u64;
+                }
+            }
+            Ok(std::mem::take(&mut self.held))
+        }
+
+        fn after_checkpoint(&mut self, positions: &[Position]) {
+            lock(&self.checkpoints).extend_from_slice(positions);
+        }
+
+        fn checkpointed_at(&self) -> Option<SystemTime> {
+            self.checkpointed_at
+        }
+
+        fn lag(&self) -> Option<u64> {
+            self.lag
+        }
+    }
+
+    fn fed(partition: usize, batch: RecordBatch) -> Result<Feed> {
+        Ok(Feed::Batch {
+            partition,
+            batch,
+            position: None,
+            arrived: Instant::now(),
+        })
+    }
+
+    /// What a feed is, comparably: kind, partition, rows.
+    fn shape(feed: &Feed) -> (&'static str, usize, usize) {
+        match feed {
+            Feed::Batch {
+                partition, batch, ..
+            } => ("batch", *partition, batch.num_rows()),
+            Feed::Idle { partition } => ("idle", *partition, 0),
+            Feed::End { partition } => ("end", *partition, 0),
+            Feed::Quiet => ("quiet", 0, 0),
+        }
+    }
+
+    /// Reads `source` (leaving out `Quiet`) up to and including the first feed `until`
+    /// matches; fails after 10 s, or if the stream ends first.
+    fn read_until(
+        source: &mut dyn LiveSource,
+        mut until: impl FnMut(&Feed) -> bool,
+    ) -> Vec<(&'static str, usize, usize)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        loop {
+            assert!(Instant::now() < deadline, "waited 10 s; saw {seen:?}");
+            let feed = source.next().expect("next").expect("the stream ended");
+            if !matches!(feed, Feed::Quiet) {
+                seen.push(shape(&feed));
+            }
+            if until(&feed) {
+                return seen;
+            }
+        }
+    }
+
+    /// A capture source decoding Segment calls with the clickstream mapping.
+    fn capture_source(
+        dir: &std::path::Path,
+        linger: Duration,
+    ) -> (crate::CaptureSource, crate::CaptureInlet) {
+        let (source, inlet) = crate::capture(
+            &trailmap_model::config::SourceConfig::of_kind(
+                trailmap_model::config::SourceKind::Clickstream,
+            ),
+            &IngestOptions::default(),
+            DeadLetters::new(dir.join("dead.ndjson"), None),
+            16,
+        )
+        .expect("capture");
+        (source.with_linger(linger), inlet)
+    }
+
+    /// A Segment track call at `millis` (Unix).
+    fn call(user: &str, millis: i64) -> Vec<u8> {
+        format!(r#"{{"type":"track","userId":"{user}","event":"Signed Up","timestamp":{millis}}}"#)
+            .into_bytes()
+    }
+
+    fn now_millis() -> i64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as i64
+    }
+
+    #[test]
+    fn merged_sources_keep_their_own_partition_ranges() {
+        let (a, to_a) = scripted(2);
+        let (b, to_b) = scripted(1);
+        let mut merged = Merged::new(vec![Box::new(a), Box::new(b)]);
+        assert_eq!(merged.partitions(), 3);
+        assert_eq!((merged.offset(0), merged.offset(1)), (0, 2));
+        for feed in [
+            fed(0, batch(0, 3)),
+            fed(1, batch(0, 2)),
+            Ok(Feed::Idle { partition: 1 }),
+            Ok(Feed::End { partition: 0 }),
+            Ok(Feed::End { partition: 1 }),
+        ] {
+            to_a.send(feed).expect("send");
+        }
+        for feed in [
+            fed(0, batch(0, 4)),
+            Ok(Feed::Idle { partition: 0 }),
+            Ok(Feed::End { partition: 0 }),
+        ] {
+            to_b.send(feed).expect("send");
+        }
+        drop((to_a, to_b));
+        let mut seen = Vec::new();
+        while let Some(feed) = merged.next().expect("next") {
+            if !matches!(feed, Feed::Quiet) {
+                seen.push(shape(&feed));
+            }
+        }
+        // Each source's steps in its own order, on its own partitions.
+        let (from_a, from_b): (Vec<_>, Vec<_>) = seen.into_iter().partition(|f| f.1 < 2);
+        assert_eq!(
+            from_a,
+            [
+                ("batch", 0, 3),
+                ("batch", 1, 2),
+                ("idle", 1, 0),
+                ("end", 0, 0),
+                ("end", 1, 0)
+            ]
+        );
+        assert_eq!(from_b, [("batch", 2, 4), ("idle", 2, 0), ("end", 2, 0)]);
+        assert_eq!(merged.stats().records, 9);
+        assert!(merged.next().expect("next").is_none(), "ended stays ended");
+    }
+
+    #[test]
+    fn the_merged_stream_ends_only_when_every_source_has_ended() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (capture, inlet) = capture_source(dir.path(), Duration::from_millis(10));
+        let history = BatchReplay::new(vec![batch(0, 5)]);
+        let mut merged = Merged::new(vec![Box::new(history), Box::new(capture)]);
+        let mut seen = read_until(&mut merged, |f| matches!(f, Feed::End { partition: 0 }));
+
+        // The history has ended; the capture has not: quiet, not the end, and not spinning.
+        let started = Instant::now();
+        let mut steps = Vec::new();
+        while started.elapsed() < Duration::from_millis(500) {
+            let feed = merged
+                .next()
+                .expect("next")
+                .expect("the capture has not ended");
+            steps.push(shape(&feed));
+        }
+        assert!(steps.contains(&("quiet", 0, 0)), "{steps:?}");
+        assert!(
+            steps.len() <= 8,
+            "spinning: {} steps in 500 ms",
+            steps.len()
+        );
+        // The capture said it caught up (before or after the history ended).
+        seen.extend(steps);
+        assert!(seen.contains(&("idle", 1, 0)), "{seen:?}");
+
+        inlet
+            .offer(vec![call("u1", now_millis()), call("u2", now_millis())])
+            .expect("offer");
+        let seen = read_until(&mut merged, |f| matches!(f, Feed::Batch { .. }));
+        assert_eq!(seen.last(), Some(&("batch", 1, 2)));
+        assert_eq!(merged.stats().records, 7);
+
+        // The last inlet gone, the capture ends, and with it the merged stream.
+        drop(inlet);
+        read_until(&mut merged, |f| matches!(f, Feed::End { partition: 1 }));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match merged.next().expect("next") {
+                None => break,
+                Some(feed) => assert!(
+                    matches!(feed, Feed::Quiet | Feed::Idle { .. }),
+                    "{:?}",
+                    shape(&feed)
+                ),
+            }
+            assert!(Instant::now() < deadline, "never ended");
+        }
+    }
+
+    #[test]
+    fn a_quiet_capture_neither_holds_history_back_nor_makes_it_late() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (capture, inlet) = capture_source(dir.path(), Duration::from_millis(10));
+        let (history, to_history) = scripted(1);
+        let mut merged = Merged::new(vec![Box::new(history), Box::new(capture)]);
+        let hour = 3_600_000_000;
+        let mut stitcher = Stitcher::new(1, merged.partitions(), hour, &[]);
+        let mut step = |merged: &mut Merged, until: &mut dyn FnMut(&Feed) -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                assert!(Instant::now() < deadline, "waited 10 s");
+                let feed = merged.next().expect("next").expect("not ended");
+                let done = until(&feed);
+                match feed {
+                    Feed::Batch {
+                        partition, batch, ..
+                    } => {
+                        let routed = stitcher.push(partition, &batch).expect("push");
+                        assert!(routed.late.is_empty(), "late on partition {partition}");
+                    }
+                    Feed::Idle { partition } => stitcher.idle_partition(partition),
+                    Feed::End { partition } => stitcher.end_partition(partition),
+                    Feed::Quiet => {}
+                }
+                if done {
+                    return stitcher.watermark();
+                }
+            }
+        };
+        // January 2026 (seconds), the generator's kind of history.
+        let january = 1_767_225_600;
+        to_history.send(fed(0, batch(january, 10))).expect("send");
+        // Until the capture has caught up, it holds the watermark back; then it does not.
+        let (mut history_in, mut caught_up) = (false, false);
+        let mark = step(&mut merged, &mut |f| {
+            history_in |= matches!(f, Feed::Batch { partition: 0, .. });
+            caught_up |= matches!(f, Feed::Idle { partition: 1 });
+            history_in && caught_up
+        });
+        assert_eq!(mark, (january + 9) * 1_000_000);
+
+        // A call captured now is not late, and does not carry the watermark off to now.
+        inlet.offer(vec![call("u1", now_millis())]).expect("offer");
+        let mark = step(&mut merged, &mut |f| {
+            matches!(f, Feed::Batch { partition: 1, .. })
+        });
+        assert_eq!(mark, (january + 9) * 1_000_000);
+        step(&mut merged, &mut |f| {
+            matches!(f, Feed::Idle { partition: 1 })
+        });
+
+        // History goes on, hours on but still long before now: not late either.
+        to_history
+            .send(fed(0, batch(january + 5 * 3_600, 10)))
+            .expect("send");
+        let mark = step(&mut merged, &mut |f| {
+            matches!(f, Feed::Batch { partition: 0, .. })
+        });
+        assert_eq!(mark, (january + 5 * 3_600 + 9) * 1_000_000);
+        assert_eq!(stitcher.stats.late, 0);
+        assert_eq!(stitcher.stats.events, 21);
+        assert!(
+            stitcher.newest() > Some(mark),
+            "the captured call is the newest"
+        );
+    }
+
+    #[test]
+    fn draining_stops_the_readers_and_hands_on_what_each_source_holds() {
+        let (mut a, to_a) = scripted(1);
+        a.held = vec![fed(0, batch(0, 2)).expect("feed")];
+        let (mut b, _to_b) = scripted(2);
+        b.held = vec![fed(1, batch(0, 5)).expect("feed")];
+        let mut merged = Merged::new(vec![Box::new(a), Box::new(b)]);
+        to_a.send(fed(0, batch(0, 3))).expect("send");
+        read_until(&mut merged, |f| matches!(f, Feed::Batch { .. }));
+        // Neither source has ended; the drain still returns, within a step or so.
+        let started = Instant::now();
+        let drained: Vec<_> = merged.drain().expect("drain").iter().map(shape).collect();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(drained, [("batch", 0, 2), ("batch", 2, 5)]);
+        assert_eq!(merged.stats().records, 10);
+        assert!(merged.next().expect("next").is_none());
+    }
+
+    #[test]
+    fn a_busy_source_does_not_starve_a_slow_one() {
+        /// Hands on a batch whenever asked, forever.
+        struct Endless;
+        impl LiveSource for Endless {
+            fn partitions(&self) -> usize {
+                1
+            }
+            fn next(&mut self) -> Result<Option<Feed>> {
+                fed(0, batch(0, 1)).map(Some)
+            }
+            fn stats(&self) -> IngestStats {
+                IngestStats::default()
+            }
+        }
+        let dir = tempfile::tempdir().expect("tmp");
+        let (capture, inlet) = capture_source(dir.path(), Duration::from_millis(10));
+        let mut merged = Merged::new(vec![Box::new(Endless), Box::new(capture)]);
+        read_until(&mut merged, |f| {
+            matches!(f, Feed::Batch { partition: 0, .. })
+        });
+        inlet.offer(vec![call("u1", now_millis())]).expect("offer");
+        let started = Instant::now();
+        let seen = read_until(&mut merged, |f| {
+            matches!(f, Feed::Batch { partition: 1, .. })
+        });
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the capture waited {:?} behind {} batches",
+            started.elapsed(),
+            seen.len()
+        );
+        assert!(
+            seen.iter().any(|f| f.1 == 0),
+            "the busy source went on: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn checkpoint_hooks_are_forwarded_and_combined() {
+        let position = |topic: &str, next_offset| Position {
+            topic: topic.into(),
+            partition: 0,
+            next_offset,
+        };
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let (mut a, to_a) = scripted(1);
+        let (mut b, to_b) = scripted(1);
+        (a.checkpointed_at, a.lag) = (Some(at(200)), Some(3));
+        (b.checkpointed_at, b.lag) = (Some(at(100)), None);
+        let (seen_a, seen_b) = (a.checkpoints.clone(), b.checkpoints.clone());
+        let mut merged = Merged::new(vec![Box::new(a), Box::new(b)]);
+        assert_eq!(merged.checkpointed_at(), Some(at(100)), "the oldest");
+        assert_eq!(merged.lag(), Some(3));
+        for (to, topic) in [(&to_a, "a"), (&to_b, "b")] {
+            to.send(Ok(Feed::Batch {
+                partition: 0,
+                batch: batch(0, 1),
+                position: Some(position(topic, 10)),
+                arrived: Instant::now(),
+            }))
+            .expect("send");
+        }
+        let mut batches = 0;
+        read_until(&mut merged, |f| {
+            batches += usize::from(matches!(f, Feed::Batch { .. }));
+            batches == 2
+        });
+        merged.before_checkpoint().expect("before");
+        merged.after_checkpoint(&[position("a", 10), position("b", 10)]);
+        assert_eq!(*lock(&seen_a), [position("a", 10)]);
+        assert_eq!(*lock(&seen_b), [position("b", 10)]);
+    }
+
+    #[test]
+    fn errors_and_partitions_out_of_range_are_reported() {
+        let (a, to_a) = scripted(1);
+        let (b, to_b) = scripted(1);
+        let mut merged = Merged::new(vec![Box::new(a), Box::new(b)]);
+        // The last source may gain partitions: they follow its range.
+        to_b.send(fed(2, batch(0, 1))).expect("send");
+        let seen = read_until(&mut merged, |f| matches!(f, Feed::Batch { .. }));
+        assert_eq!(seen, [("batch", 3, 1)]);
+        // Any other would run into the next source's range.
+        to_a.send(fed(1, batch(0, 1))).expect("send");
+        let error = loop {
+            match merged.next() {
+                Ok(Some(Feed::Quiet)) => continue,
+                Ok(other) => panic!("{:?}", other.as_ref().map(shape)),
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert!(error.contains("beyond the 1 it had"), "{error}");
+        // A source's error is the merged stream's.
+        to_b.send(Err(Error::Other("broker gone".into())))
+            .expect("send");
+        let error = loop {
+            match merged.next() {
+                Ok(Some(Feed::Quiet)) => continue,
+                Ok(other) => panic!("{:?}", other.as_ref().map(shape)),
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert!(error.contains("broker gone"), "{error}");
     }
 }
