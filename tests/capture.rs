@@ -102,13 +102,17 @@ impl Served {
     }
 
     fn get(&self, path: &str) -> Value {
+        serde_json::from_str(&self.get_text(path)).expect("JSON")
+    }
+
+    fn get_text(&self, path: &str) -> String {
         let mut r = self
             .agent
             .get(format!("{}{path}", self.base))
             .call()
             .expect("GET");
         assert_eq!(r.status().as_u16(), 200, "GET {path}");
-        serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("JSON")
+        r.body_mut().read_to_string().expect("body")
     }
 
     /// Status and `error` of a POST with an optional Basic-auth user.
@@ -243,6 +247,25 @@ fn segments_library_sends_into_the_live_map() {
         assert!(Instant::now() < deadline, "the bad call was never rejected");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Booked against the source captured calls are read as, in the status and /metrics.
+    let status = served.get("/api/status");
+    let sources = status["sources"].as_array().expect("sources");
+    let rejected: Vec<(&str, u64)> = sources
+        .iter()
+        .filter(|s| s["rejected"].as_u64() > Some(0))
+        .map(|s| {
+            (
+                s["source"].as_str().expect("source"),
+                s["rejected"].as_u64().expect("n"),
+            )
+        })
+        .collect();
+    assert_eq!(rejected, [("clickstream", 1)], "{status}");
+    let metrics = served.get_text("/metrics");
+    assert!(
+        metrics.contains("trailmap_source_rejected_total{source=\"clickstream\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(served.get("/api/map")["events"], 50);
 }
 

@@ -120,6 +120,18 @@ fn serve_consumes_three_topics_into_the_map_batch_mining_gives() {
     let live = serve_until_end(&broker, &config);
     let status = &live["status"];
     assert_eq!(status["ingest"]["rejected"], 3, "{status}");
+    // One poisoned message per topic: each booked against its source.
+    let rejected: std::collections::BTreeMap<String, u64> = status["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .map(|s| {
+            let name = s["source"].as_str().expect("source").to_string();
+            (name, s["rejected"].as_u64().expect("rejected"))
+        })
+        .collect();
+    assert_eq!(rejected.values().sum::<u64>(), 3, "{status}");
+    assert!(rejected.values().all(|&n| n == 1), "{rejected:?}");
     assert_eq!(status["stitch"]["late"], 0, "{status}");
     assert!(
         status["stitch"]["identity_links"].as_u64().expect("links") > 0,

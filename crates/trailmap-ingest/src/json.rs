@@ -56,6 +56,11 @@ impl JsonDecoder {
         self.mapper.pending()
     }
 
+    /// The source records are decoded as (its `[[sources]]` name).
+    pub fn source_name(&self) -> &str {
+        self.mapper.source_name()
+    }
+
     pub fn take_batch(&mut self) -> Option<RecordBatch> {
         self.mapper.take_batch()
     }

@@ -547,6 +547,11 @@ impl Reader {
             Ok(outcome) => self.stats.count(outcome),
             Err(reason) => {
                 self.stats.count_rejected();
+                *self
+                    .stats
+                    .rejected_by_source
+                    .entry(self.topics[topic].source.name.clone())
+                    .or_default() += 1;
                 self.dead.send(&Rejected {
                     topic: message.topic(),
                     partition: message.partition(),

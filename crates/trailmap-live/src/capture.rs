@@ -184,7 +184,7 @@ impl LiveSource for CaptureSource {
     }
 
     fn stats(&self) -> IngestStats {
-        self.stats.clone()
+        self.stats.clone().of_source(self.decoder.source_name())
     }
 
     fn drain(&mut self) -> Result<Vec<Feed>> {

@@ -146,10 +146,22 @@ impl SourceView {
         }
     }
 
+    /// Fills the source's part of a status, after the stitcher's (rejections join the
+    /// per-source counts, sources whose every record was rejected included).
     fn fill(&self, status: &mut LiveStatus) {
         status.ingest = self.stats.clone();
         status.checkpointed_at = self.checkpointed_at.map(unix_micros);
         status.lag = self.lag;
+        for (source, &n) in &self.stats.rejected_by_source {
+            match status.sources.iter_mut().find(|s| &s.source == source) {
+                Some(s) => s.rejected = n,
+                None => status.sources.push(SourceCounts {
+                    source: source.clone(),
+                    rejected: n,
+                    ..SourceCounts::default()
+                }),
+            }
+        }
     }
 }
 

@@ -94,6 +94,8 @@ pub trait LiveSource: Send {
 /// period advance together, as topics would).
 pub struct FileReplay {
     files: Vec<Option<Box<dyn BatchSource>>>,
+    /// The source each file is read as.
+    names: Vec<String>,
     next: usize,
     dead: DeadLetters,
     ended: IngestStats,
@@ -112,6 +114,7 @@ impl FileReplay {
             .collect::<Result<Vec<_>>>()?;
         Ok(FileReplay {
             files,
+            names: inputs.iter().map(|i| i.source.name.clone()).collect(),
             next: 0,
             dead,
             ended: IngestStats::default(),
@@ -145,7 +148,8 @@ impl LiveSource for FileReplay {
                     arrived: Instant::now(),
                 })),
                 None => {
-                    self.ended.add(source.stats());
+                    self.ended
+                        .add(&source.stats().clone().of_source(&self.names[partition]));
                     self.files[partition] = None;
                     self.dead.flush()?;
                     Ok(Some(Feed::End { partition }))
@@ -157,8 +161,10 @@ impl LiveSource for FileReplay {
 
     fn stats(&self) -> IngestStats {
         let mut total = self.ended.clone();
-        for source in self.files.iter().flatten() {
-            total.add(source.stats());
+        for (source, name) in self.files.iter().zip(&self.names) {
+            if let Some(source) = source {
+                total.add(&source.stats().clone().of_source(name));
+            }
         }
         total
     }

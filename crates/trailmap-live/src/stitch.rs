@@ -71,6 +71,8 @@ pub struct SourceCounts {
     pub source: String,
     pub events: u64,
     pub late: u64,
+    /// Records of the source rejected to the dead letters (unreadable, unmappable).
+    pub rejected: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +207,7 @@ impl Stitcher {
                 source: name.clone(),
                 events,
                 late,
+                rejected: 0,
             })
             .collect()
     }

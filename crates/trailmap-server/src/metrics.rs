@@ -100,6 +100,13 @@ pub fn render(
         ),
         &["source", "arrival"],
     )?;
+    let rejected = IntCounterVec::new(
+        Opts::new(
+            "trailmap_source_rejected_total",
+            "Records rejected to the dead letters (unreadable, unmappable), per source.",
+        ),
+        &["source"],
+    )?;
     for s in &status.sources {
         by_source
             .with_label_values(&[s.source.as_str(), "in_time"])
@@ -107,7 +114,11 @@ pub fn render(
         by_source
             .with_label_values(&[s.source.as_str(), "late"])
             .inc_by(s.late);
+        rejected
+            .with_label_values(&[s.source.as_str()])
+            .inc_by(s.rejected);
     }
+    registry.register(Box::new(rejected))?;
     registry.register(Box::new(by_source))?;
     counter(
         "trailmap_identity_merges_total",

@@ -10,6 +10,7 @@ use crate::dead_letter::{DeadLetters, Location};
 use crate::mapper::{Outcome, Record, RowMapper};
 use arrow::array::RecordBatch;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -131,6 +132,10 @@ pub struct IngestStats {
     pub dropped: u64,
     /// Records rejected to the dead letters.
     pub rejected: u64,
+    /// Of those, by the source they came from (the `[[sources]]` name), where the reader
+    /// knows it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected_by_source: BTreeMap<String, u64>,
 }
 
 impl IngestStats {
@@ -156,6 +161,19 @@ impl IngestStats {
         self.links += other.links;
         self.dropped += other.dropped;
         self.rejected += other.rejected;
+        for (source, n) in &other.rejected_by_source {
+            *self.rejected_by_source.entry(source.clone()).or_default() += n;
+        }
+    }
+
+    /// These counts, all of one source's reading: its rejections booked under `source`.
+    pub fn of_source(mut self, source: &str) -> IngestStats {
+        self.rejected_by_source.clear();
+        if self.rejected > 0 {
+            self.rejected_by_source
+                .insert(source.to_string(), self.rejected);
+        }
+        self
     }
 }
 
