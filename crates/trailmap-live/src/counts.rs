@@ -509,6 +509,16 @@ impl LiveMap {
         sum
     }
 
+    /// Adds another map into this one, taking it: into an empty map it moves whole.
+    pub fn absorb(&mut self, other: LiveMap) {
+        if self.buckets.is_empty() {
+            *self = other;
+            self.prune();
+        } else {
+            self.merge(&other);
+        }
+    }
+
     /// Adds another map's buckets into this one.
     pub fn merge(&mut self, other: &LiveMap) {
         for (&b, c) in &other.buckets {

@@ -902,9 +902,11 @@ impl LiveHandle {
                 .await
                 .map_err(|e| Error::Other(format!("a shard failed: {e}")))?;
             add_shard(&mut status, &ShardStatus::of(&shard, &latencies));
-            map.merge(shard.map());
-            for (v, m) in shard.segments() {
-                segments.entry(v).or_default().merge(m);
+            // Maps are taken, not copied: the first of each is kept as it is.
+            let (whole, of_segments) = shard.into_maps();
+            map.absorb(whole);
+            for (v, m) in of_segments {
+                segments.entry(v).or_default().absorb(m);
             }
         }
         status.freshness = Freshness::of(&status.freshness_histogram);

@@ -201,6 +201,11 @@ impl Shard {
         self.map
     }
 
+    /// The whole map and each segment's.
+    pub fn into_maps(self) -> (LiveMap, FxHashMap<u32, LiveMap>) {
+        (self.map, self.segments.unwrap_or_default())
+    }
+
     /// The map of each segment value (none when segments are not kept).
     pub fn segments(&self) -> impl Iterator<Item = (u32, &LiveMap)> {
         self.segments.iter().flatten().map(|(&v, m)| (v, m))

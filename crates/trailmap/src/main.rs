@@ -2,6 +2,12 @@ use clap::Parser;
 use std::process::ExitCode;
 use trailmap::commands::Command;
 
+// The live map, the journey logs and DataFusion make many small allocations; mimalloc
+// takes them faster than the system allocator (in process, the live pipeline gains a
+// tenth to a quarter: `cargo bench -p trailmap-live --bench live`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Mine customer journeys from behaviour: clickstream, support tickets and CRM events,
 /// stitched per customer, into paths, funnels and drop-offs.
 #[derive(Parser)]
