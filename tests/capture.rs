@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::demo::{DEMO_WRITE_KEY, Demo, now_millis, wait_until};
+use common::demo::{DEMO_WRITE_KEY, Demo, edge, now_millis, post_with_key, wait_until};
 use common::{base_url, bin};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -117,18 +117,8 @@ impl Served {
 
     /// Status and `error` of a POST with an optional Basic-auth user.
     fn post(&self, path: &str, key: Option<&str>, body: &str) -> (u16, Value) {
-        let mut request = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json");
-        if let Some(key) = key {
-            use base64::Engine;
-            let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
-            request = request.header("authorization", format!("Basic {auth}"));
-        }
-        let mut r = request.send(body).expect("POST");
-        let status = r.status().as_u16();
-        let text = r.body_mut().read_to_string().expect("body");
+        let url = format!("{}{path}", self.base);
+        let (status, text) = post_with_key(&self.agent, &url, key, body);
         (status, serde_json::from_str(&text).expect("JSON"))
     }
 }
@@ -160,15 +150,6 @@ fn send_with_segment(python: &Path, base: &str, key: &str) -> std::process::Outp
         .args(["-c", SEND, base, key])
         .output()
         .expect("run python")
-}
-
-fn edge(map: &Value, from: &str, to: &str) -> i64 {
-    map["edges"]
-        .as_array()
-        .expect("edges")
-        .iter()
-        .find(|e| e["from"] == from && e["to"] == to)
-        .map_or(0, |e| e["count"].as_i64().expect("count"))
 }
 
 #[test]

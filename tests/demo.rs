@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::demo::{DEMO_WRITE_KEY, Demo, iso_utc, now_millis, wait_until};
+use common::demo::{DEMO_WRITE_KEY, Demo, edge, iso_utc, now_millis, wait_until};
 use common::{bin, ok, psql};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -157,15 +157,6 @@ fn generated(counts: &std::collections::BTreeMap<String, (i64, i64)>) -> (i64, i
         .iter()
         .filter_map(|s| counts.get(*s))
         .fold((0, 0), |(e, l), (events, late)| (e + events, l + late))
-}
-
-fn edge(map: &Value, from: &str, to: &str) -> i64 {
-    map["edges"]
-        .as_array()
-        .expect("edges")
-        .iter()
-        .find(|e| e["from"] == from && e["to"] == to)
-        .map_or(0, |e| e["count"].as_i64().expect("count"))
 }
 
 fn node<'a>(map: &'a Value, touchpoint: &str) -> Option<&'a Value> {

@@ -114,20 +114,7 @@ impl Demo {
     /// POSTs a JSON `body`, with `key` as the Basic auth user name (as Segment's libraries
     /// send the write key). Status and body.
     pub fn post(&self, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
-        let mut request = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json");
-        if let Some(key) = key {
-            use base64::Engine;
-            let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
-            request = request.header("authorization", format!("Basic {auth}"));
-        }
-        let mut response = request
-            .send(body)
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        let status = response.status().as_u16();
-        (status, response.body_mut().read_to_string().expect("body"))
+        post_with_key(&self.agent, &format!("{}{path}", self.base), key, body)
     }
 
     /// `/api/status`' events and late events per source: `source -> (events, late)`.
@@ -189,4 +176,35 @@ pub fn iso_utc(millis: i64) -> String {
         ms / 1_000 % 60,
         ms % 1_000
     )
+}
+
+/// POSTs a JSON `body` to `url`, with `key` as the Basic auth user name (as Segment's
+/// libraries send the write key). Status and body.
+pub fn post_with_key(
+    agent: &ureq::Agent,
+    url: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut request = agent.post(url).header("content-type", "application/json");
+    if let Some(key) = key {
+        use base64::Engine;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
+        request = request.header("authorization", format!("Basic {auth}"));
+    }
+    let mut response = request
+        .send(body)
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().expect("body"))
+}
+
+/// The count of the map's edge `from` → `to` (0 when it has none).
+pub fn edge(map: &serde_json::Value, from: &str, to: &str) -> i64 {
+    map["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .find(|e| e["from"] == from && e["to"] == to)
+        .map_or(0, |e| e["count"].as_i64().expect("count"))
 }
