@@ -13,6 +13,10 @@
 //! criterion benchmark: the figure is a latency distribution at a given load, not a time
 //! per iteration.
 
+// As the `trailmap` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "common/traffic.rs"]
 mod common;
 

@@ -11,9 +11,11 @@
 //! of what batch mining would count for them.
 
 use crate::counts::{LiveCounts, LiveMap, WHOLE};
+use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
 use trailmap_mine::fold::Aggregate;
 use trailmap_mine::funnel::Attempt;
 use trailmap_mine::{Funnel, FunnelSpec};
@@ -106,18 +108,84 @@ impl FunnelProbe {
     }
 }
 
-/// A customer with open sessions.
-#[derive(Debug, Default)]
+/// A customer with open sessions: 32 bytes and its events.
+#[derive(Debug)]
 struct Customer {
+    id: u32,
+    /// Index of the last session's first event.
+    last: u32,
     /// Retained events, ordered by (time, arrival).
     events: Vec<LiveEvent>,
+}
+
+impl Customer {
+    fn new(id: u32) -> Customer {
+        Customer {
+            id,
+            last: 0,
+            events: Vec::new(),
+        }
+    }
+
     /// Index of the last session's first event.
-    last_start: usize,
+    fn last_start(&self) -> usize {
+        self.last as usize
+    }
+
+    fn set_last_start(&mut self, i: usize) {
+        // A customer's retained events are far fewer than 2^32 (they are its open sessions').
+        self.last = u32::try_from(i).unwrap_or(u32::MAX);
+    }
+}
+
+fn hash_id(id: u32) -> u64 {
+    rustc_hash::FxBuildHasher.hash_one(id)
+}
+
+/// Customers with open sessions, by id, the id kept in the entry (32 bytes a customer
+/// where a map from id to customer takes 40).
+#[derive(Default)]
+struct Customers {
+    table: HashTable<Customer>,
+}
+
+impl Customers {
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Customer> {
+        self.table.iter()
+    }
+
+    fn remove(&mut self, id: u32) -> Option<Customer> {
+        self.table
+            .find_entry(hash_id(id), |c| c.id == id)
+            .ok()
+            .map(|e| e.remove().0)
+    }
+
+    fn get_mut(&mut self, id: u32) -> Option<&mut Customer> {
+        self.table.find_mut(hash_id(id), |c| c.id == id)
+    }
+
+    fn insert(&mut self, customer: Customer) {
+        self.table
+            .insert_unique(hash_id(customer.id), customer, |c| hash_id(c.id));
+    }
+
+    fn shrink_to(&mut self, n: usize) {
+        self.table.shrink_to(n, |c| hash_id(c.id));
+    }
 }
 
 pub struct Shard {
     config: ShardConfig,
-    customers: FxHashMap<u32, Customer>,
+    customers: Customers,
     /// One `(time, customer)` per customer with open sessions, the time at most its last
     /// event's: when the watermark passes it, the customer is looked at and, if it went on
     /// since, queued again at its last event. (Queuing at every new event would hold one
@@ -175,7 +243,7 @@ impl Shard {
         let segments = config.segmented.then(FxHashMap::default);
         Shard {
             config,
-            customers: FxHashMap::default(),
+            customers: Customers::default(),
             expiry: BinaryHeap::new(),
             watermark: i64::MIN,
             map: LiveMap::default(),
@@ -233,7 +301,7 @@ impl Shard {
     /// Memory held for open sessions, in bytes: the customer table, their events and the
     /// expiry queue (the live map's buckets are counted apart).
     pub fn state_bytes(&self) -> usize {
-        let table = self.customers.capacity() * (std::mem::size_of::<(u32, Customer)>() + 1);
+        let table = self.customers.capacity() * (std::mem::size_of::<Customer>() + 1);
         let events: usize = self
             .customers
             .values()
@@ -251,7 +319,10 @@ impl Shard {
     /// beyond the lateness horizon).
     pub fn push(&mut self, customer: u32, events: &[LiveEvent]) {
         self.stats.events += events.len() as u64;
-        let mut state = self.customers.remove(&customer).unwrap_or_default();
+        let mut state = self
+            .customers
+            .remove(customer)
+            .unwrap_or_else(|| Customer::new(customer));
         let old_last = state.events.last().map(|e| e.ts);
         // The common case, events after the customer's last: each extends the last session
         // or starts one, and only that changes.
@@ -280,28 +351,30 @@ impl Shard {
         {
             self.expiry.push(Reverse((last.ts, customer)));
         }
-        self.customers.insert(customer, state);
+        debug_assert_eq!(state.id, customer);
+        self.customers.insert(state);
     }
 
     /// Adds one event after all of the customer's: the last session grows by it, or it
     /// starts a new session; contributions change by exactly that difference.
     fn append(&mut self, state: &mut Customer, e: LiveEvent) {
         let Some(&last) = state.events.last() else {
-            state.events.push(e);
-            state.last_start = 0;
+            push_event(&mut state.events, e);
+            state.set_last_start(0);
             self.contribute(&[e], 1);
             return;
         };
-        let session_start = state.events[state.last_start].ts;
+        let session_start = state.events[state.last_start()].ts;
         let (gap, max) = (self.config.gap, self.config.max_duration);
         if starts_session(last.ts, e.ts, session_start, gap, max) {
-            state.last_start = state.events.len();
-            state.events.push(e);
+            state.set_last_start(state.events.len());
+            push_event(&mut state.events, e);
             self.contribute(&[e], 1);
             return;
         }
-        let first = state.events[state.last_start];
-        let revisit = state.events[state.last_start..]
+        let last_start = state.last_start();
+        let first = state.events[last_start];
+        let revisit = state.events[last_start..]
             .iter()
             .any(|x| x.touchpoint == e.touchpoint);
         for m in targets(&mut self.map, &mut self.segments, first.value) {
@@ -322,18 +395,18 @@ impl Shard {
             .filter(|(_, p)| p.matters(e.touchpoint))
             .fold(0u64, |m, (j, _)| m | 1 << j);
         if relevant != 0 {
-            self.funnel_levels(&state.events[state.last_start..], first.ts, relevant, -1);
+            self.funnel_levels(&state.events[last_start..], first.ts, relevant, -1);
         }
-        state.events.push(e);
+        push_event(&mut state.events, e);
         if relevant != 0 {
-            self.funnel_levels(&state.events[state.last_start..], first.ts, relevant, 1);
+            self.funnel_levels(&state.events[last_start..], first.ts, relevant, 1);
         }
     }
 
     /// Takes a customer's open state away (its open sessions' contributions retracted),
     /// to be adopted by the customer it merged into, on this shard or another.
     pub fn evict(&mut self, customer: u32) -> Vec<LiveEvent> {
-        let Some(state) = self.customers.remove(&customer) else {
+        let Some(state) = self.customers.remove(customer) else {
             return Vec::new();
         };
         self.contribute_from(&state.events, 0, -1);
@@ -344,7 +417,10 @@ impl Shard {
     pub fn adopt(&mut self, customer: u32, events: &[LiveEvent]) {
         if !events.is_empty() {
             self.stats.merged += 1;
-            let mut state = self.customers.remove(&customer).unwrap_or_default();
+            let mut state = self
+                .customers
+                .remove(customer)
+                .unwrap_or_else(|| Customer::new(customer));
             let old_last = state.events.last().map(|e| e.ts);
             self.insert(&mut state, events, true);
             self.keep(customer, state, old_last);
@@ -370,17 +446,17 @@ impl Shard {
                 break;
             }
             self.expiry.pop();
-            let Some(state) = self.customers.get_mut(&customer) else {
+            let Some(state) = self.customers.get_mut(customer) else {
                 continue;
             };
             let events = &mut state.events;
             let Some(now_last) = events.last().map(|e| e.ts) else {
-                self.customers.remove(&customer);
+                self.customers.remove(customer);
                 continue;
             };
             if now_last.saturating_add(gap) < horizon {
                 self.stats.sessions_final += count_sessions(events, &self.config, &mut self.starts);
-                self.customers.remove(&customer);
+                self.customers.remove(customer);
                 continue;
             }
             self.expiry.push(Reverse((now_last, customer)));
@@ -398,7 +474,10 @@ impl Shard {
                 self.stats.sessions_final += 1;
             }
             events.drain(..keep_from);
-            state.last_start -= keep_from;
+            if events.capacity() > 2 * events.len() {
+                events.shrink_to(events.len() + events.len() / 2);
+            }
+            state.set_last_start(state.last_start() - keep_from);
         }
         // Buckets emptied by retractions cost nothing but a little memory; sweep now and then,
         // and give back table space a burst of customers left behind.
@@ -442,11 +521,12 @@ impl Shard {
             self.session_start_of(&events, pos - 1)
         };
         self.contribute_from(&events, from, -1);
+        events.reserve_exact(new.len());
         events.extend_from_slice(new);
         events[from..].sort_unstable_by_key(LiveEvent::order);
         self.contribute_from(&events, from, 1);
         // `contribute_from` left the retained events' session starts in `starts`, from `from`.
-        state.last_start = from + self.starts.last().copied().unwrap_or(0);
+        state.set_last_start(from + self.starts.last().copied().unwrap_or(0));
         state.events = events;
     }
 
@@ -624,6 +704,15 @@ fn count_session(
         }
         prev = Some(e);
     }
+}
+
+/// Appends an event, growing the list by half (from one) when full: an open customer holds a
+/// handful of events, and `Vec`'s doubling from four would leave a third of that unused.
+fn push_event(events: &mut Vec<LiveEvent>, e: LiveEvent) {
+    if events.len() == events.capacity() {
+        events.reserve_exact((events.len() / 2).max(1));
+    }
+    events.push(e);
 }
 
 fn count_sessions(events: &[LiveEvent], config: &ShardConfig, scratch: &mut Vec<usize>) -> u64 {
