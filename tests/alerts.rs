@@ -65,17 +65,16 @@ impl Receiver {
         self.got.lock().expect("lock").clone()
     }
 
-    /// `(status, device label)` of every payload of the rule by device so far.
+    /// `(status, value label)` of every payload of the rule by device so far (each says
+    /// what it breaks down by).
     fn seen_by_device(&self) -> Vec<(String, String)> {
         self.payloads()
             .iter()
             .filter(|p| p["alerts"][0]["labels"]["alertname"] == BY_DEVICE)
+            .inspect(|p| assert_eq!(p["alerts"][0]["labels"]["breakdown"], "device", "{p}"))
             .map(|p| {
                 let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-                (
-                    text(&p["status"]),
-                    text(&p["alerts"][0]["labels"]["device"]),
-                )
+                (text(&p["status"]), text(&p["alerts"][0]["labels"]["value"]))
             })
             .collect()
     }

@@ -352,7 +352,7 @@ pub fn start(
             .iter()
             .map(|(n, j)| (n.clone(), j.clone()))
             .collect(),
-        values: stitcher.attribute_values().to_vec(),
+        values: stitcher.attribute_values(),
     }));
     let stitch = Arc::new(RwLock::new(StitchView::default()));
 
@@ -628,12 +628,12 @@ fn publish_names(st: &Stitcher, names: &RwLock<Names>) {
         let staged = n.stages.iter().filter(|s| s.is_some()).count();
         (n.touchpoints.len(), staged, n.values.len())
     });
-    if (st.touchpoints().len(), staged, st.attribute_values().len()) != known
+    if (st.touchpoints().len(), staged, st.attribute_value_count()) != known
         && let Ok(mut n) = names.write()
     {
         n.touchpoints = st.touchpoints().to_vec();
         n.stages = st.stages().to_vec();
-        n.values = st.attribute_values().to_vec();
+        n.values = st.attribute_values();
     }
 }
 

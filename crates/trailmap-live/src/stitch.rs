@@ -13,6 +13,14 @@ use rustc_hash::FxHashMap;
 use trailmap_model::IdentityKind;
 use trailmap_sessionize::{Attribute, JourneyBuilder};
 
+/// Distinct values of the kept attribute the live map is kept for (each a segment map and
+/// per-value funnel levels); later values count together as [`OTHER_VALUES`]. Segments are
+/// for a handful of values (devices, plans, countries), not for ids.
+pub const MAX_VALUES: u32 = 1000;
+
+/// The value all values after the first [`MAX_VALUES`] count as.
+pub const OTHER_VALUES: &str = "(other)";
+
 /// An event that arrived later than the allowed lateness: stored and counted, not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LateEvent {
@@ -218,9 +226,21 @@ impl Stitcher {
         self.builder.keep_attribute(attribute);
     }
 
-    /// The kept attribute's values by id (id 0: events without it).
-    pub fn attribute_values(&self) -> &[String] {
-        self.builder.attribute_values().unwrap_or_default()
+    /// How many values [`attribute_values`](Self::attribute_values) names.
+    pub fn attribute_value_count(&self) -> usize {
+        let seen = self.builder.attribute_values().map_or(0, <[String]>::len);
+        seen.min(MAX_VALUES as usize + 1)
+    }
+
+    /// The kept attribute's values by id (id 0: events without it), the first
+    /// [`MAX_VALUES`] seen, then [`OTHER_VALUES`] for all later ones.
+    pub fn attribute_values(&self) -> Vec<String> {
+        let seen = self.builder.attribute_values().unwrap_or_default();
+        let mut values: Vec<String> = seen.iter().take(MAX_VALUES as usize).cloned().collect();
+        if seen.len() > MAX_VALUES as usize {
+            values.push(OTHER_VALUES.to_string());
+        }
+        values
     }
 
     /// Touchpoint names by id.
@@ -342,7 +362,7 @@ impl Stitcher {
                     ts,
                     seq: self.seq,
                     touchpoint: arrived.touchpoint[i],
-                    value: arrived.attribute.get(i).copied().unwrap_or(0),
+                    value: arrived.attribute.get(i).map_or(0, |&v| v.min(MAX_VALUES)),
                 },
             ));
         }
@@ -447,6 +467,39 @@ mod tests {
         assert_eq!(s.watermark(), 300 * S);
         s.end_partition(1);
         assert_eq!(s.watermark(), i64::MAX);
+    }
+
+    #[test]
+    fn values_past_the_cap_count_together() {
+        let mut s = Stitcher::new(1, 1, 0, &[]);
+        s.keep_attribute(Attribute::parse("channel"));
+        let n = MAX_VALUES as usize + 5;
+        let mut b = EventBatchBuilder::new();
+        let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+        for (i, channel) in names.iter().enumerate() {
+            let mut row = EventRow {
+                source: "test",
+                ts: i as i64 * S,
+                touchpoint: Some("home_view"),
+                channel: Some(channel),
+                ..Default::default()
+            };
+            row.identities[IdentityKind::CustomerId.index()] = Some("a");
+            b.push(&row);
+        }
+        let routed = s.push(0, &b.finish()).expect("push");
+        let values: Vec<u32> = routed.events[0].iter().map(|(_, e)| e.value).collect();
+        // Id 0 is "no value"; the first MAX_VALUES - 1 channels get their own.
+        assert_eq!(values[0], 1);
+        assert!(values.iter().all(|&v| v <= MAX_VALUES));
+        assert_eq!(
+            values.iter().filter(|&&v| v == MAX_VALUES).count(),
+            n + 1 - MAX_VALUES as usize
+        );
+        let named = s.attribute_values();
+        assert_eq!(named.len(), MAX_VALUES as usize + 1);
+        assert_eq!(s.attribute_value_count(), named.len());
+        assert_eq!(named.last().map(String::as_str), Some(OTHER_VALUES));
     }
 
     #[test]

@@ -221,6 +221,12 @@ impl CustomerTimeline {
             ))
         })?;
         let moments = &found.moments;
+        if moments.is_empty() {
+            return Err(TimelineMiss::NoCustomer(format!(
+                "customer `{}` has no touchpoints kept: silent for longer than [timeline] retention, or [timeline] events = 0",
+                found.identifier
+            )));
+        }
         let (end, before) = match before_id {
             None => (moments.len(), None),
             Some(tp) => {

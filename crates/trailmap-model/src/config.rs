@@ -179,7 +179,21 @@ impl Config {
                 Error::config(format!("alerts.{name}.{field}"), message)
             })?;
         }
-        self.breakdown_attribute()?;
+        if let Some(by) = self.breakdown_attribute()?
+            && (by == "event_id" || IdentityKind::from_column(by).is_some())
+        {
+            let key = if self.segments.by.trim().is_empty() {
+                "alerts.*.breakdown.by"
+            } else {
+                "segments.by"
+            };
+            return Err(Error::config(
+                key,
+                format!(
+                    "`{by}` identifies events or customers: the live map would be kept once per value; break down by a low-cardinality attribute such as device, channel or plan"
+                ),
+            ));
+        }
         for (i, url) in self.alerting.webhooks.iter().enumerate() {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(Error::config(
@@ -920,6 +934,23 @@ mod tests {
         assert_eq!(c.kafka, KafkaConfig::default());
         assert!(!c.catalog.rules.is_empty());
         assert!(c.journeys.contains_key("trial_to_purchase"));
+    }
+
+    #[test]
+    fn segments_and_breakdowns_need_one_low_cardinality_attribute() {
+        let e = Config::from_toml_str("[segments]\nby = \"user_id\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("segments.by") && e.contains("low-cardinality"),
+            "{e}"
+        );
+        let mut c = Config::builtin();
+        c.segments.by = "plan".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("breakdown.by") && e.contains("`plan`"), "{e}");
+        c.segments.by = "device".into();
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -246,7 +246,16 @@ impl Detector {
             .chain(rest.iter().filter(|(_, name, _)| active(name)))
             .map(|(_, name, v)| {
                 let of = |by: &ByValue| v.and_then(|v| by.get(&v)).unwrap_or(&empty).clone();
-                (name.clone(), self.evaluate(at, &of(current), &of(baseline)))
+                let mut e = self.evaluate(at, &of(current), &of(baseline));
+                // A value with no journeys at all, now or in the baseline, is gone (an
+                // ended campaign, a retired device): its alert is over. (The stage as a
+                // whole drying up is no recovery; one of its values vanishing is.)
+                if e.current.entered == 0 && e.baseline.entered == 0 {
+                    e.verdict = Verdict::Steady;
+                    e.reason = "no journeys with this value in the window or the baseline: gone"
+                        .to_string();
+                }
+                (name.clone(), e)
             })
             .collect()
     }
@@ -544,12 +553,18 @@ mod tests {
             watched(2, &c_firing),
             [steady("a"), steady("b"), ("c".into(), Verdict::Dipping)]
         );
-        // A value watched before, with no journeys now, keeps its place while the top has
-        // room (a quiet night does not drop it), and is too few to judge.
+        // A value watched before keeps its place while the top has room; with no journeys
+        // at all, now or in the baseline, it is gone: steady, so a firing alert on it ends.
         let known = [("z".to_string(), false)];
         let all = watched(5, &known);
         assert_eq!(all.len(), 4, "{all:?}");
-        assert_eq!(all[3], ("z".into(), Verdict::TooFew));
+        assert_eq!(all[3], ("z".into(), Verdict::Steady));
         assert_eq!(watched(3, &known).len(), 3);
+        let z_firing = [("z".to_string(), true)];
+        assert_eq!(watched(3, &z_firing)[3], ("z".into(), Verdict::Steady));
+        // A small value (journeys, but fewer than the minimum) stays too few to judge.
+        let thin = by([(1, 300, 90), (2, 200, 60), (3, 20, 2)]);
+        let e = d.evaluate_values(0, &thin, &baseline, &names, 3, &[]);
+        assert_eq!(e[2].1.verdict, Verdict::TooFew);
     }
 }

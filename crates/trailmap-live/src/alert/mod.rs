@@ -70,8 +70,10 @@ pub struct AlertStatus {
     /// The stage watched: step names.
     pub from: String,
     pub to: String,
-    /// For a rule with a breakdown: the attribute's value this alert watches (one alert
-    /// per value).
+    /// For a rule with a breakdown: the attribute (`breakdown.by`) and the value of it this
+    /// alert watches (one alert per value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     pub state: AlertState,
@@ -118,6 +120,7 @@ impl AlertStatus {
             journey: d.rule.journey.clone(),
             from: d.from.clone(),
             to: d.to.clone(),
+            by: value.and(d.rule.breakdown.as_ref().map(|b| b.by.clone())),
             value: value.map(str::to_string),
             state: AlertState::Inactive,
             active_since: None,
@@ -244,7 +247,8 @@ impl Alerts {
                         && d.rule.journey == old.journey
                         && d.from == old.from
                         && d.to == old.to
-                        && d.rule.breakdown.is_some() == old.value.is_some()
+                        && d.rule.breakdown.as_ref().map(|b| &b.by) == old.by.as_ref()
+                        && old.by.is_some() == old.value.is_some()
                 }) else {
                     continue;
                 };
@@ -429,8 +433,11 @@ impl Alerts {
         labels.insert("from".into(), s.from.clone());
         labels.insert("to".into(), s.to.clone());
         let mut segment = String::new();
+        // Fixed names, as /metrics has them: an attribute's own name could collide with
+        // the labels above or the rule's.
         if let (Some(b), Some(value)) = (&d.rule.breakdown, &s.value) {
-            labels.insert(label_name(&b.by), value.clone());
+            labels.insert("breakdown".into(), b.by.clone());
+            labels.insert("value".into(), value.clone());
             segment = format!(" for {} {value}", b.by);
         }
         let reason = s.last.as_ref().map_or(String::new(), |e| e.reason.clone());
@@ -583,18 +590,6 @@ pub fn state_path(config: &Config, data_dir: &str) -> Option<PathBuf> {
     Some(dir.join(file))
 }
 
-/// A Prometheus-style label name for an attribute (`properties.plan` → `properties_plan`).
-pub fn label_name(attribute: &str) -> String {
-    let mut name: String = attribute
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    if !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
-        name.insert(0, '_');
-    }
-    name
-}
-
 /// An instant for people (RFC 3339).
 pub fn when(micros: i64) -> String {
     micros_string(micros)
@@ -624,6 +619,7 @@ mod tests {
             journey: "j".into(),
             from: "a".into(),
             to: "b".into(),
+            by: None,
             value: None,
             state: AlertState::Inactive,
             active_since: None,
@@ -631,6 +627,47 @@ mod tests {
             resolved_at: None,
             last: None,
         }
+    }
+
+    #[test]
+    fn a_saved_value_alert_is_taken_up_only_under_the_same_breakdown() {
+        const RULE: &str = "checkout_conversion_by_device";
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("alerts.json");
+        let saved = serde_json::json!({
+            "alerts": [{
+                "name": RULE, "journey": "checkout", "from": "checkout_view", "to": "purchase",
+                "by": "device", "value": "mobile", "state": "firing",
+                "active_since": 1, "fired_at": 2, "resolved_at": null, "last": null
+            }],
+            "outbox": []
+        });
+        std::fs::write(&path, saved.to_string()).expect("write");
+        let firing = |config: &Config| -> Vec<(Option<String>, AlertState)> {
+            Alerts::new(config)
+                .expect("rules")
+                .kept_in(&path)
+                .expect("state")
+                .statuses()
+                .iter()
+                .filter(|s| s.name == RULE)
+                .map(|s| (s.value.clone(), s.state))
+                .collect()
+        };
+        let config = Config::builtin();
+        assert_eq!(
+            firing(&config),
+            [(Some("mobile".to_string()), AlertState::Firing)]
+        );
+        // Broken down by something else now: "mobile" means nothing there.
+        let mut by_channel = config.clone();
+        by_channel.segments.by = "channel".into();
+        for rule in by_channel.alerts.values_mut() {
+            if let Some(b) = &mut rule.breakdown {
+                b.by = "channel".into();
+            }
+        }
+        assert!(firing(&by_channel).is_empty());
     }
 
     #[test]

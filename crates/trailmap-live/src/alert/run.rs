@@ -161,11 +161,6 @@ async fn evaluate_due(
         Ok(a) => (a.due(newest, MAX_PER_TICK), a.detectors().to_vec()),
         Err(_) => return Ok(0),
     };
-    let values = if detectors.iter().any(|d| d.rule.breakdown.is_some()) {
-        live.names().values
-    } else {
-        Vec::new()
-    };
     let mut ran = 0;
     for (i, at) in due {
         let d = &detectors[i];
@@ -177,6 +172,13 @@ async fn evaluate_due(
         let before = live
             .funnel_levels(d.funnel, baseline, as_of, by_value)
             .await?;
+        // Named after the levels are read: names only grow, and a value is named before
+        // its first event reaches a shard, so every id in the levels has its name.
+        let values = if by_value {
+            live.names().values
+        } else {
+            Vec::new()
+        };
         let judged = match alerts.lock() {
             Ok(mut a) => a.apply(i, at, &now, &before, &values),
             Err(_) => return Ok(ran),
