@@ -9,6 +9,10 @@
 //! for SECONDS, default 8) while the pipeline consumes, each timed from its Kafka timestamp
 //! to being counted in the live map.
 
+// As the `trailmap` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../../../tests/common/nisshi.rs"]
 mod nisshi;
 
