@@ -6,6 +6,9 @@
 //!   minutes, as the live map is kept.
 //! - `scope`: `session` (the default). Live counts are kept per session; `customer` is
 //!   refused with what to use instead.
+//! - `segment`: only the sessions whose first event has this value of `[segments] by`
+//!   (`/api/segments` lists them); funnels also take `breakdown` (that attribute), which
+//!   adds each funnel's numbers for the busiest values.
 //!
 //! Unknown parameters are refused rather than ignored, so a typo never silently widens a
 //! query. `/api/stream` pushes the map and the alerts as server-sent events whenever they

@@ -6,9 +6,9 @@
 //!
 //! Layout:
 //! - [`api`]: the routes, `/api/map`, `/api/funnels/{name}`, `/api/dropoffs`, `/api/paths`,
-//!   `/api/stream`, `/api/status`, `/healthz`, `/readyz`, and the query parameters they
-//!   share; `/` serves the dashboard (`assets/index.html`, embedded in the binary, fed by
-//!   `/api/stream`).
+//!   `/api/stream`, `/api/segments`, `/api/customers/{id}/timeline`, `/api/alerts`,
+//!   `/api/status`, `/healthz`, `/readyz`, and the query parameters they share; `/` serves
+//!   the dashboard (`assets/index.html`, embedded in the binary, fed by `/api/stream`).
 //! - [`capture`]: Segment-compatible `POST /v1/track|page|identify|…|batch` into the
 //!   pipeline's capture source, with write keys.
 //! - [`metrics`]: `/metrics`, built from the pipeline's status and map at each scrape, so
