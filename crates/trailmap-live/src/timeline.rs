@@ -64,13 +64,23 @@ impl Timelines {
             return;
         }
         let t = self.by_customer.entry(customer).or_default();
+        if t.len() == self.capacity {
+            // Full: the oldest goes, unless this one is older still.
+            if t.first().is_some_and(|first| m.ts < first.ts) {
+                return;
+            }
+            t.remove(0);
+        } else if t.len() == t.capacity() {
+            // Grown by half, never past the capacity: a timeline holds exactly what it keeps.
+            let more = (t.len() / 2).max(2).min(self.capacity - t.len());
+            t.reserve_exact(more);
+        }
         if t.last().is_none_or(|l| l.ts <= m.ts) {
             t.push(m);
         } else {
             let at = t.partition_point(|x| x.ts <= m.ts);
             t.insert(at, m);
         }
-        keep_latest(t, self.capacity);
     }
 
     /// Customer `from` turned out to be `into`: one timeline, the latest kept.
@@ -93,6 +103,7 @@ impl Timelines {
         merged.extend(a);
         merged.extend(b);
         keep_latest(&mut merged, self.capacity);
+        merged.shrink_to_fit();
         *mine = merged;
     }
 
@@ -304,6 +315,21 @@ mod tests {
         // Equal times keep arrival order.
         t.record(7, at(30, 6));
         assert_eq!(touchpoints(&t, 7), [4, 3, 6]);
+    }
+
+    #[test]
+    fn a_full_timeline_holds_no_more_than_it_keeps() {
+        let mut t = Timelines::new(20, 100);
+        for ts in 0..100 {
+            t.record(1, at(ts, ts as u32));
+        }
+        assert_eq!(t.of(1).len(), 20);
+        assert_eq!(t.by_customer[&1].capacity(), 20);
+        assert_eq!(t.of(1)[0].ts, 80);
+        assert_eq!(
+            t.bytes() - t.by_customer.capacity() * (std::mem::size_of::<(u32, Vec<Moment>)>() + 1),
+            20 * 16
+        );
     }
 
     #[test]
