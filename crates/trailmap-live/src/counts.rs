@@ -193,15 +193,15 @@ impl LiveCounts {
         }
     }
 
-    /// Journeys of funnel `j` (of breakdown `value`, or [`WHOLE`]) still maturing as of
-    /// minute `as_of` (minutes since the epoch), by the level they stopped at: short of the
-    /// last step, with a window that has not elapsed by the start of that minute. Maturity
-    /// is decided at whole minutes, so this is what batch mining says with `as_of` at the
-    /// start of the minute.
-    pub fn maturing(&self, j: usize, value: u32, as_of: i64) -> Vec<i64> {
+    /// Journeys of funnel `j` still maturing as of minute `as_of` (minutes since the epoch),
+    /// by the level they stopped at: short of the last step, with a window that has not
+    /// elapsed by the start of that minute. Maturity is decided at whole minutes, so this
+    /// is what batch mining says with `as_of` at the start of the minute. (Per breakdown
+    /// value: [`LiveMap::funnel_levels_by_value`].)
+    pub fn maturing(&self, j: usize, as_of: i64) -> Vec<i64> {
         let mut levels = Vec::new();
         for (&(funnel, v, by), counts) in &self.open_windows {
-            if funnel as usize == j && v == value && by > as_of {
+            if funnel as usize == j && v == WHOLE && by > as_of {
                 add_levels(&mut levels, counts);
             }
         }
@@ -309,7 +309,7 @@ impl FunnelLevels {
         if let Some(as_of) = as_of
             && !c.open_windows.is_empty()
         {
-            add_levels(&mut self.maturing, &c.maturing(j, WHOLE, as_of));
+            add_levels(&mut self.maturing, &c.maturing(j, as_of));
         }
     }
 
@@ -440,15 +440,21 @@ impl LiveMap {
         as_of: i64,
     ) -> FunnelLevels {
         let mut sum = FunnelLevels::default();
-        for range in minutes {
-            if range.is_empty() {
-                continue;
-            }
-            for c in self.buckets.range(range.clone()).map(|(_, c)| c) {
-                sum.add_bucket(c, j, Some(as_of));
-            }
+        for c in self.in_ranges(minutes) {
+            sum.add_bucket(c, j, Some(as_of));
         }
         sum
+    }
+
+    /// The buckets of the given ranges of minutes.
+    fn in_ranges<'a>(
+        &'a self,
+        minutes: &'a [std::ops::Range<i64>],
+    ) -> impl Iterator<Item = &'a LiveCounts> {
+        minutes
+            .iter()
+            .filter(|r| !r.is_empty())
+            .flat_map(|r| self.buckets.range(r.clone()).map(|(_, c)| c))
     }
 
     /// Funnel `j`'s levels as [`funnel_levels`](Self::funnel_levels) has them (under
@@ -478,17 +484,15 @@ impl LiveMap {
     ) -> ByValue {
         let mut by = ByValue::new();
         let j32 = j as u32;
-        for range in minutes.iter().filter(|r| !r.is_empty()) {
-            for c in self.buckets.range(range.clone()).map(|(_, c)| c) {
-                for (&(f, v), levels) in &c.funnel_values {
-                    if f == j32 {
-                        add_levels(&mut by.entry(v).or_default().levels, levels);
-                    }
+        for c in self.in_ranges(minutes) {
+            for (&(f, v), levels) in &c.funnel_values {
+                if f == j32 {
+                    add_levels(&mut by.entry(v).or_default().levels, levels);
                 }
-                for (&(f, v, elapsed_by), levels) in &c.open_windows {
-                    if f == j32 && v != WHOLE && elapsed_by > as_of {
-                        add_levels(&mut by.entry(v).or_default().maturing, levels);
-                    }
+            }
+            for (&(f, v, elapsed_by), levels) in &c.open_windows {
+                if f == j32 && v != WHOLE && elapsed_by > as_of {
+                    add_levels(&mut by.entry(v).or_default().maturing, levels);
                 }
             }
         }
@@ -570,13 +574,13 @@ mod tests {
         c.open_window(0, WHOLE, 10 * m, 1, 1);
         c.open_window(0, WHOLE, 10 * m + m / 2, 2, 1);
         c.open_window(1, WHOLE, 100 * m, 1, 1);
-        assert_eq!(c.maturing(0, WHOLE, 9), vec![0, 1, 1]);
+        assert_eq!(c.maturing(0, 9), vec![0, 1, 1]);
         // As of the start of minute 10 the first window has ended (end = now is not open).
-        assert_eq!(c.maturing(0, WHOLE, 10), vec![0, 0, 1]);
-        assert_eq!(c.maturing(0, WHOLE, 11), Vec::<i64>::new());
-        assert_eq!(c.maturing(1, WHOLE, 11), vec![0, 1]);
+        assert_eq!(c.maturing(0, 10), vec![0, 0, 1]);
+        assert_eq!(c.maturing(0, 11), Vec::<i64>::new());
+        assert_eq!(c.maturing(1, 11), vec![0, 1]);
         c.open_window(0, WHOLE, 10 * m, 1, -1);
-        assert_eq!(c.maturing(0, WHOLE, 9), vec![0, 0, 1]);
+        assert_eq!(c.maturing(0, 9), vec![0, 0, 1]);
     }
 
     #[test]

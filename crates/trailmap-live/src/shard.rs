@@ -265,10 +265,6 @@ impl Shard {
         &self.map
     }
 
-    pub fn into_map(self) -> LiveMap {
-        self.map
-    }
-
     /// The whole map and each segment's.
     pub fn into_maps(self) -> (LiveMap, FxHashMap<u32, LiveMap>) {
         (self.map, self.segments.unwrap_or_default())

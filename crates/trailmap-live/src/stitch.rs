@@ -119,8 +119,7 @@ pub struct Stitcher {
 /// A customer's timeline as the stitcher answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
-    /// The customer (root identity node) and its identifier.
-    pub customer: u32,
+    /// The customer's identifier (the root of its identities) and its kind.
     pub kind: IdentityKind,
     pub identifier: String,
     /// The kind the asked identifier was found as.
@@ -183,7 +182,6 @@ impl Stitcher {
         let customer = graph.root(node);
         let (kind, identifier) = graph.identifier(customer);
         Some(Found {
-            customer,
             kind,
             identifier: identifier.to_string(),
             matched,
@@ -191,13 +189,9 @@ impl Stitcher {
         })
     }
 
-    /// Touchpoints kept per customer, customers with a timeline, and the bytes they hold.
-    pub fn timeline_stats(&self) -> (usize, usize, usize) {
-        (
-            self.timelines.capacity(),
-            self.timelines.customers(),
-            self.timelines.bytes(),
-        )
+    /// Touchpoints kept per customer.
+    pub fn timeline_capacity(&self) -> usize {
+        self.timelines.capacity()
     }
 
     /// Source names by id.

@@ -279,7 +279,7 @@ impl CustomerTimeline {
                 .iter()
                 .map(entry)
                 .collect(),
-            kept: st.timeline_stats().0,
+            kept: st.timeline_capacity(),
         })
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use trailmap_gen::{GenOptions, JourneyModel, Layout, OutFormat};
 use trailmap_ingest::DeadLetters;
 use trailmap_ingest::file::{self, FileInput, IngestOptions};
-use trailmap_live::{BUCKET_MICROS, FileReplay, LiveResult, PipelineOptions, WHOLE, bucket_of};
+use trailmap_live::{BUCKET_MICROS, FileReplay, LiveResult, PipelineOptions, bucket_of};
 use trailmap_mine::fold::{Aggregate, fold};
 use trailmap_mine::paths::PathOptions;
 use trailmap_mine::{Dropoffs, Funnel, FunnelSpec, PathStats};
@@ -271,7 +271,7 @@ fn live_of(map: &trailmap_live::LiveMap, result: &LiveResult) -> Counts {
     let everything = std::slice::from_ref(&(i64::MIN..i64::MAX));
     for (j, (n, journey)) in result.names.funnels.iter().enumerate() {
         for m in as_of_minutes(first, last) {
-            let mut levels = total.maturing(j, WHOLE, m);
+            let mut levels = total.maturing(j, m);
             levels.resize(journey.steps.len() + 1, 0);
             maturing.insert((n.clone(), m), levels);
             for (v, l) in map.funnel_levels_by_value(j, everything, m) {
