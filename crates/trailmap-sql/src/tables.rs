@@ -2,8 +2,7 @@
 //!
 //! Each table is a view of the log's columns, materialized at scan time and only for the
 //! columns the query reads. Names (customers, touchpoints, stages, sources) are dictionary
-//! columns whose keys are the log's own ids, so grouping and filtering run on `u32` keys and
-//! every batch shares one values array.
+//! columns; each batch's dictionary holds just the names its rows use (see [`dictionary`]).
 
 use crate::Journeys;
 use datafusion::arrow::array::{
@@ -108,10 +107,39 @@ fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-fn dictionary(keys: Vec<u32>, values: &ArrayRef) -> Result<ArrayRef> {
+/// A batch's dictionary column over the log's names `values`.
+///
+/// Each batch carries only the names its keys use: DataFusion's grouping and row format
+/// convert every value of a batch's dictionary, so handing the whole customer list (a
+/// million names) to each 64k-row batch made GROUP BY customer quadratic. Keys of the
+/// customer columns are contiguous (rows are in journey order), so the common case is a
+/// zero-copy slice; scattered keys get their own small dictionary.
+fn dictionary(mut keys: Vec<u32>, values: &ArrayRef) -> Result<ArrayRef> {
+    let narrowed = if values.len() <= keys.len() {
+        values.clone()
+    } else {
+        let lo = keys.iter().copied().min().unwrap_or(0);
+        let hi = keys.iter().copied().max().unwrap_or(0);
+        let span = (hi - lo) as usize + 1;
+        if keys.is_empty() {
+            values.slice(0, 0)
+        } else if span <= 2 * keys.len() {
+            keys.iter_mut().for_each(|k| *k -= lo);
+            values.slice(lo as usize, span)
+        } else {
+            let mut used = keys.clone();
+            used.sort_unstable();
+            used.dedup();
+            for k in &mut keys {
+                // Every key is in `used`, which was made from them.
+                *k = used.partition_point(|&u| u < *k) as u32;
+            }
+            datafusion::arrow::compute::take(values, &UInt32Array::from(used), None)?
+        }
+    };
     Ok(Arc::new(DictionaryArray::<UInt32Type>::try_new(
         UInt32Array::from(keys),
-        values.clone(),
+        narrowed,
     )?))
 }
 
@@ -471,5 +499,41 @@ impl Rows for JourneyRows {
                 Ok(Arc::new(BooleanArray::from(flags[rows].to_vec())))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, AsArray};
+
+    fn names(array: &ArrayRef) -> Vec<String> {
+        let dict = array.as_dictionary::<UInt32Type>();
+        let values = dict.values().as_string::<i32>();
+        dict.keys()
+            .iter()
+            .map(|k| values.value(k.unwrap_or(0) as usize).to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_carries_only_the_names_it_uses() {
+        let all: ArrayRef = Arc::new(StringArray::from_iter_values(
+            (0..10_000).map(|i| format!("c{i}")),
+        ));
+        // Contiguous keys, as customer columns have: a slice.
+        let column = dictionary(vec![500, 500, 501, 503], &all).unwrap();
+        assert_eq!(names(&column), ["c500", "c500", "c501", "c503"]);
+        assert_eq!(column.as_dictionary::<UInt32Type>().values().len(), 4);
+        // Scattered keys: their own dictionary, in key order.
+        let column = dictionary(vec![9_000, 7, 9_000, 42], &all).unwrap();
+        assert_eq!(names(&column), ["c9000", "c7", "c9000", "c42"]);
+        assert_eq!(column.as_dictionary::<UInt32Type>().values().len(), 3);
+        // Small dictionaries (touchpoints) stay whole.
+        let few: ArrayRef = Arc::new(StringArray::from_iter_values(["a", "b"]));
+        let column = dictionary(vec![1, 0, 1], &few).unwrap();
+        assert_eq!(names(&column), ["b", "a", "b"]);
+        assert_eq!(column.as_dictionary::<UInt32Type>().values().len(), 2);
+        assert_eq!(dictionary(vec![], &all).unwrap().len(), 0);
     }
 }
