@@ -270,6 +270,7 @@ fn kill_9_three_times_while_consuming_a_million_events_loses_and_doubles_nothing
     let text = std::fs::read_to_string(&config).expect("config");
     let text = text
         .replace("checkpoint_every = \"5s\"", "checkpoint_every = \"300ms\"")
+        .replace("snapshot_every = \"1m\"", "snapshot_every = \"1s\"")
         .replace(
             "options = {}",
             "options = { \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }",
@@ -316,6 +317,18 @@ fn kill_9_three_times_while_consuming_a_million_events_loses_and_doubles_nothing
             stored_rows(&data)
         );
     }
+
+    // The live state was kept beside the checkpoints, and restarts started from it.
+    let restarts: String = (1..3)
+        .map(|round| {
+            std::fs::read_to_string(dir.path().join(format!("serve-{round}.log")))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        restarts.contains("store: started from the live state as of segment"),
+        "no restart started from a kept state: {restarts}"
+    );
 
     let live = serve_until_end(&broker, &config);
     assert_live_equals_batch(&live, &inputs, &config);

@@ -6,6 +6,7 @@
 //! combine in any order.
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Width of a bucket: one minute, in microseconds.
@@ -18,7 +19,7 @@ pub fn bucket_of(ts: i64) -> i64 {
 }
 
 /// One transition's count and total duration (for the mean).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransitionCount {
     pub count: i64,
     /// Sum of the transitions' durations, µs.
@@ -27,7 +28,7 @@ pub struct TransitionCount {
 
 /// Signed counts by touchpoint id, dense: a handful to a few thousand touchpoints, touched
 /// for nearly every event, so an index beats a hash.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ByTouchpoint(Vec<i64>);
 
 impl ByTouchpoint {
@@ -84,7 +85,7 @@ impl Eq for ByTouchpoint {}
 /// bucket of `b`; a journey, its start, and its funnel level in the bucket of its first
 /// event; its exit in the bucket of its last event; "journeys through a touchpoint" in the
 /// bucket of the journey's first visit to it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveCounts {
     pub events: i64,
     pub journeys: i64,
@@ -366,7 +367,7 @@ impl FunnelTrend {
 }
 
 /// Counts by minute.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveMap {
     buckets: BTreeMap<i64, LiveCounts>,
 }

@@ -9,14 +9,21 @@
 //! (dead letters), and the checkpoint is replaced. A crash at any moment leaves the last
 //! checkpoint: its segments are replayed and everything after its positions is read
 //! again, so nothing is lost and nothing is counted twice.
+//!
+//! Replaying every segment makes a restart as long as the history. So, at most every
+//! `snapshot_every` ([`keep_state_every`](DurableSource::keep_state_every)), a checkpoint
+//! is followed by a [`Cut`] in the feed: the pipeline snapshots its state there and hands
+//! it back, and the next step stores it beside the checkpoint. A restart that can use it
+//! (same config, same shards) starts from that state and replays only the segments stored
+//! after it.
 
-use crate::source::{Feed, LiveSource, Position};
+use crate::source::{Cut, Feed, LiveSource, Position};
 use arrow::array::RecordBatch;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 use trailmap_ingest::IngestStats;
 use trailmap_model::Result;
-use trailmap_store::{Checkpoint, Segment, Store};
+use trailmap_store::{Checkpoint, Segment, Store, StoredState};
 
 pub struct DurableSource {
     store: Store,
@@ -34,6 +41,17 @@ pub struct DurableSource {
     /// When the last checkpoint covered everything handed on.
     checkpointed_at: Option<SystemTime>,
     ended: bool,
+    /// How often the pipeline's state is asked for; `None`: never.
+    snapshot_every: Option<Duration>,
+    /// When the last cut was handed on; the first checkpoint is followed by one.
+    last_cut: Option<Instant>,
+    /// A cut to hand on after the checkpoint that stored segment `through`.
+    cut_due: Option<u64>,
+    /// Where the pipeline hands the state of a cut back.
+    kept: (
+        std::sync::mpsc::SyncSender<StoredState>,
+        std::sync::mpsc::Receiver<StoredState>,
+    ),
 }
 
 /// Reads the store's checkpoint (a new store: an empty one) and removes what a crash left
@@ -70,6 +88,27 @@ impl DurableSource {
             last: Instant::now(),
             checkpointed_at: None,
             ended: false,
+            snapshot_every: None,
+            last_cut: None,
+            cut_due: None,
+            kept: std::sync::mpsc::sync_channel(1),
+        }
+    }
+
+    /// Asks the pipeline for its state after a checkpoint at most this often, and keeps it
+    /// in the store (see the module's doc).
+    pub fn keep_state_every(mut self, every: Duration) -> Self {
+        self.snapshot_every = Some(every);
+        self
+    }
+
+    /// Stores the states the pipeline handed back; failing to is not fatal (the segments
+    /// are the truth), so it is only said.
+    fn keep_states(&mut self) {
+        while let Ok(state) = self.kept.1.try_recv() {
+            if let Err(e) = self.store.write_state(&state) {
+                eprintln!("store: the live state was not kept ({e}); a restart replays more");
+            }
         }
     }
 
@@ -104,12 +143,22 @@ impl DurableSource {
             })
             .collect();
         self.store.write_checkpoint(&next)?;
+        let due = |every: Duration| self.last_cut.is_none_or(|at| at.elapsed() >= every);
+        if self.snapshot_every.is_some_and(due) {
+            self.last_cut = Some(Instant::now());
+            self.cut_due = Some(segment_seq(&next));
+        }
         self.checkpoint = next;
         self.checkpointed_at = Some(SystemTime::now());
         self.pending.clear();
         self.inner.after_checkpoint(&self.checkpoint.positions);
         Ok(())
     }
+}
+
+/// The last segment a checkpoint names.
+fn segment_seq(checkpoint: &Checkpoint) -> u64 {
+    checkpoint.segments.last().map_or(0, |s| s.seq)
 }
 
 impl DurableSource {
@@ -154,8 +203,15 @@ impl LiveSource for DurableSource {
             if self.ended {
                 return Ok(None);
             }
+            self.keep_states();
             if self.last.elapsed() >= self.every {
                 self.checkpoint()?;
+            }
+            if let Some(through) = self.cut_due.take() {
+                return Ok(Some(Feed::Cut(Cut {
+                    through,
+                    keep: self.kept.0.clone(),
+                })));
             }
             let feed = self.inner.next()?;
             match &feed {
@@ -177,6 +233,25 @@ impl LiveSource for DurableSource {
         self.checkpointed_at
     }
 
+    fn stored_state(&mut self) -> Option<StoredState> {
+        match self.store.read_state(&self.checkpoint) {
+            Ok(state) => state,
+            Err(e) => {
+                eprintln!("store: {e}; replaying every stored segment instead");
+                None
+            }
+        }
+    }
+
+    fn restored(&mut self, through: u64) {
+        self.to_replay.retain(|s| s.seq > through);
+        let rows: u64 = self.to_replay.iter().map(|s| s.rows).sum();
+        eprintln!(
+            "store: started from the live state as of segment {through}; replaying the {rows} \
+             events stored after it"
+        );
+    }
+
     fn lag(&self) -> Option<u64> {
         self.inner.lag()
     }
@@ -195,6 +270,7 @@ impl LiveSource for DurableSource {
 impl Drop for DurableSource {
     /// A pipeline stopped on request keeps what it read.
     fn drop(&mut self) {
+        self.keep_states();
         if let Err(e) = self.checkpoint() {
             eprintln!(
                 "store: the last checkpoint could not be written ({e}); a restart reads those events again"

@@ -27,6 +27,9 @@
 //! - [`durable`]: [`DurableSource`] stores every batch taken in as Parquet segments
 //!   (`trailmap-store`) and checkpoints them with the source's positions; on start it
 //!   replays them, so a restart after a crash resumes exactly where the last checkpoint was.
+//!   Now and then a checkpoint is followed by a [`Cut`]: a barrier through the stitcher and
+//!   the shards at which `snapshot` takes the whole state, kept beside the checkpoint, so a
+//!   restart starts from it and replays only the segments stored after.
 //! - [`pipeline`]: [`start`] wires a source thread, the stitcher and the shards with
 //!   bounded channels (backpressure) on tokio; [`LiveHandle`] answers windows and status
 //!   while it runs and [`LiveHandle::finish`] returns the final map.
@@ -43,6 +46,7 @@ pub mod durable;
 pub mod pipeline;
 pub mod report;
 pub mod shard;
+mod snapshot;
 pub mod source;
 pub mod stitch;
 pub mod svg;
@@ -59,6 +63,6 @@ pub use pipeline::{Freshness, LiveHandle, LiveResult, LiveStatus, Names, Pipelin
 pub use report::MapReport;
 pub use shard::{LiveEvent, Shard, ShardConfig, ShardStats};
 pub use source::{
-    BatchReplay, Feed, FileReplay, GeneratorSource, LiveSource, Merged, Paced, Position,
+    BatchReplay, Cut, Feed, FileReplay, GeneratorSource, LiveSource, Merged, Paced, Position,
 };
 pub use stitch::{Handoff, LateEvent, Routed, SourceCounts, StitchStats, Stitcher};

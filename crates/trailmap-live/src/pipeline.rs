@@ -15,7 +15,8 @@
 use crate::counts::{ByValue, FunnelTrend, LiveCounts, LiveMap, bucket_of, merge_by_value};
 use crate::report::MapReport;
 use crate::shard::{LiveEvent, Shard, ShardConfig, ShardStats};
-use crate::source::{Feed, LiveSource};
+use crate::snapshot::{self, PipelineState};
+use crate::source::{Cut, Feed, LiveSource, StoredState};
 use crate::stitch::{Handoff, LateEvent, SourceCounts, StitchStats, Stitcher};
 use crate::timeline::{CustomerTimeline, TimelineMiss};
 use std::collections::BTreeMap;
@@ -96,6 +97,10 @@ enum ShardMsg {
     },
     Status {
         reply: oneshot::Sender<ShardStatus>,
+    },
+    /// The shard's state, as of the messages before this one.
+    Snapshot {
+        reply: oneshot::Sender<std::result::Result<Vec<u8>, String>>,
     },
 }
 
@@ -298,10 +303,45 @@ fn funnel_specs(config: &Config, touchpoints: &[String]) -> Result<Vec<FunnelSpe
         .collect()
 }
 
+/// The stitcher, shards and late events of the state the source kept at its last cut,
+/// when it fits this run (the source then skips what it covers); `None`, with a word on
+/// stderr when one was there, to start afresh and replay everything stored.
+fn restore(
+    source: &mut dyn LiveSource,
+    fingerprint: &str,
+    shard_config: &ShardConfig,
+    lateness: i64,
+) -> Option<(Stitcher, Vec<Shard>, Vec<LateEvent>)> {
+    // The store blocks on a runtime of its own, which cannot run on this one's thread.
+    let stored = std::thread::scope(|s| s.spawn(|| source.stored_state()).join())
+        .ok()
+        .flatten()?;
+    let partitions = source.partitions();
+    let restored = PipelineState::decode(&stored.bytes, fingerprint).and_then(|state| {
+        Ok((
+            state.stitcher(partitions, lateness)?,
+            state.shards(shard_config)?,
+            state.late,
+        ))
+    });
+    match restored {
+        Ok(restored) => {
+            source.restored(stored.through);
+            Some(restored)
+        }
+        Err(why) => {
+            eprintln!(
+                "store: the kept live state is not used ({why}); replaying every stored segment"
+            );
+            None
+        }
+    }
+}
+
 /// Starts the pipeline on the current tokio runtime.
 pub fn start(
     config: &Config,
-    source: Box<dyn LiveSource>,
+    mut source: Box<dyn LiveSource>,
     options: &PipelineOptions,
 ) -> Result<LiveHandle> {
     if config.journeys.len() > 64 {
@@ -344,6 +384,16 @@ pub fn start(
         by_value,
         segmented: segmented_by.is_some(),
     };
+    // Started from the state kept at the source's last cut when it fits, else afresh.
+    let fingerprint = snapshot::fingerprint(config, shards)?;
+    let (stitcher, shard_states, late_before) =
+        match restore(source.as_mut(), &fingerprint, &shard_config, lateness) {
+            Some(restored) => restored,
+            None => {
+                let fresh = (0..shards).map(|_| Shard::new(shard_config.clone()));
+                (stitcher, fresh.collect(), Vec::new())
+            }
+        };
     let names = Arc::new(RwLock::new(Names {
         touchpoints: stitcher.touchpoints().to_vec(),
         stages: stitcher.stages().to_vec(),
@@ -359,13 +409,10 @@ pub fn start(
     let capacity = options.channel_batches.max(1);
     let mut senders = Vec::with_capacity(shards);
     let mut shard_tasks = Vec::with_capacity(shards);
-    for _ in 0..shards {
+    for shard in shard_states {
         let (tx, rx) = mpsc::channel(capacity);
         senders.push(tx);
-        shard_tasks.push(tokio::spawn(run_shard(
-            Shard::new(shard_config.clone()),
-            rx,
-        )));
+        shard_tasks.push(tokio::spawn(run_shard(shard, rx)));
     }
 
     let (feed_tx, mut feed_rx) = mpsc::channel::<Result<Feed>>(capacity);
@@ -384,12 +431,21 @@ pub fn start(
     let stitcher = Arc::new(Mutex::new(stitcher));
     let stitcher_w = stitcher.clone();
     let stitcher_task = tokio::spawn(async move {
-        let mut late = Vec::new();
+        let mut late = late_before;
         let mut sent_watermark = i64::MIN;
         while let Some(feed) = feed_rx.recv().await {
+            let feed = match feed? {
+                Feed::Cut(cut) => {
+                    let taken = lock_stitcher(&stitcher_w)?.snapshot();
+                    snapshot_at(cut, taken, &late, &to_shards, &fingerprint).await;
+                    continue;
+                }
+                feed => feed,
+            };
             let routed = {
                 let mut st = lock_stitcher(&stitcher_w)?;
-                match feed? {
+                match feed {
+                    Feed::Cut(_) => None,
                     Feed::Batch {
                         partition,
                         batch,
@@ -459,6 +515,67 @@ pub fn start(
         lateness,
         segmented_by: segmented_by.map(str::to_string),
     })
+}
+
+/// Takes the pipeline's state at a cut: the stitcher's (`taken`, as it read the cut) and
+/// then each shard's, asked behind everything routed before the cut. The shards' parts are
+/// awaited on a task of their own, so ingest goes on meanwhile; the whole is handed to the
+/// source to keep. A state not taken is only said: the stored segments remain the truth.
+async fn snapshot_at(
+    cut: Cut,
+    taken: std::result::Result<Option<Vec<u8>>, String>,
+    late: &[LateEvent],
+    shards: &[mpsc::Sender<ShardMsg>],
+    fingerprint: &str,
+) {
+    let stitcher = match taken {
+        Ok(Some(bytes)) => bytes,
+        // Some input has ended: nothing a restart should start from.
+        Ok(None) => return,
+        Err(why) => {
+            eprintln!("store: the live state was not kept ({why})");
+            return;
+        }
+    };
+    let mut replies = Vec::with_capacity(shards.len());
+    for tx in shards {
+        let (reply, rx) = oneshot::channel();
+        if send(tx, ShardMsg::Snapshot { reply }).await.is_err() {
+            return;
+        }
+        replies.push(rx);
+    }
+    let (late, fingerprint) = (late.to_vec(), fingerprint.to_string());
+    tokio::spawn(async move {
+        let mut parts = Vec::with_capacity(replies.len());
+        for rx in replies {
+            match rx.await {
+                Ok(Ok(bytes)) => parts.push(bytes),
+                Ok(Err(why)) => {
+                    eprintln!("store: the live state was not kept ({why})");
+                    return;
+                }
+                // The pipeline stopped meanwhile.
+                Err(_) => return,
+            }
+        }
+        let state = PipelineState {
+            fingerprint,
+            stitcher,
+            late,
+            shards: parts,
+        };
+        match state.encode() {
+            // Full: the source has not stored the last one yet; this one is skipped.
+            Ok(bytes) => {
+                let _ = cut.keep.try_send(StoredState {
+                    through: cut.through,
+                    bytes,
+                });
+            }
+            Err(e) => eprintln!("store: the live state was not kept ({e})"),
+        }
+    });
 }
 
 fn read_source(
@@ -608,6 +725,9 @@ async fn run_shard(mut shard: Shard, mut rx: mpsc::Receiver<ShardMsg>) -> (Shard
             }
             ShardMsg::Status { reply } => {
                 let _ = reply.send(ShardStatus::of(&shard, &latencies));
+            }
+            ShardMsg::Snapshot { reply } => {
+                let _ = reply.send(shard.snapshot());
             }
         }
     }

@@ -13,6 +13,7 @@
 use crate::counts::{LiveCounts, LiveMap, WHOLE};
 use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
@@ -22,7 +23,7 @@ use trailmap_mine::{Funnel, FunnelSpec};
 use trailmap_sessionize::{Journey, session_starts, starts_session};
 
 /// An event as a shard keeps it: 24 bytes (held for every open session, so it counts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveEvent {
     /// Event time, µs since the epoch.
     pub ts: i64,
@@ -71,7 +72,7 @@ fn targets<'a>(
 }
 
 /// What a shard did, for metrics and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ShardStats {
     pub events: u64,
@@ -109,7 +110,7 @@ impl FunnelProbe {
 }
 
 /// A customer with open sessions: 32 bytes and its events.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Customer {
     id: u32,
     /// Index of the last session's first event.
@@ -181,6 +182,28 @@ impl Customers {
     fn shrink_to(&mut self, n: usize) {
         self.table.shrink_to(n, |c| hash_id(c.id));
     }
+}
+
+/// A shard's state between two messages, for a snapshot: open customers, the expiry
+/// queue, the maps and counts. Funnel probes and scratch space are rebuilt from the config.
+#[derive(Serialize)]
+struct ShardParts<'a> {
+    customers: Vec<&'a Customer>,
+    expiry: Vec<(i64, u32)>,
+    watermark: i64,
+    map: &'a LiveMap,
+    segments: &'a Option<FxHashMap<u32, LiveMap>>,
+    stats: ShardStats,
+}
+
+#[derive(Deserialize)]
+struct OwnedShardParts {
+    customers: Vec<Customer>,
+    expiry: Vec<(i64, u32)>,
+    watermark: i64,
+    map: LiveMap,
+    segments: Option<FxHashMap<u32, LiveMap>>,
+    stats: ShardStats,
 }
 
 pub struct Shard {
@@ -263,6 +286,44 @@ impl Shard {
 
     pub fn map(&self) -> &LiveMap {
         &self.map
+    }
+
+    /// Its state, for a snapshot of the pipeline.
+    pub fn snapshot(&self) -> Result<Vec<u8>, String> {
+        let parts = ShardParts {
+            customers: self.customers.values().collect(),
+            expiry: self.expiry.iter().map(|Reverse(e)| *e).collect(),
+            watermark: self.watermark,
+            map: &self.map,
+            segments: &self.segments,
+            stats: self.stats,
+        };
+        postcard::to_stdvec(&parts).map_err(|e| format!("encoding a shard: {e}"))
+    }
+
+    /// The shard a [`snapshot`](Self::snapshot) was taken of, under the same `config`.
+    pub fn restore(config: ShardConfig, bytes: &[u8]) -> Result<Shard, String> {
+        let p: OwnedShardParts =
+            postcard::from_bytes(bytes).map_err(|e| format!("decoding a shard: {e}"))?;
+        if p.segments.is_some() != config.segmented {
+            return Err("it was taken with other [segments]".into());
+        }
+        let mut shard = Shard::new(config);
+        for customer in p.customers {
+            if shard.customers.get_mut(customer.id).is_some()
+                || customer.last_start() >= customer.events.len().max(1)
+                || !customer.events.is_sorted_by_key(LiveEvent::order)
+            {
+                return Err(format!("customer {} is inconsistent in it", customer.id));
+            }
+            shard.customers.insert(customer);
+        }
+        shard.expiry = p.expiry.into_iter().map(Reverse).collect();
+        shard.watermark = p.watermark;
+        shard.map = p.map;
+        shard.segments = p.segments;
+        shard.stats = p.stats;
+        Ok(shard)
     }
 
     /// The whole map and each segment's.

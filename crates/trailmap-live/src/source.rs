@@ -25,7 +25,7 @@ use trailmap_ingest::DeadLetters;
 use trailmap_ingest::file::{self, BatchSource, FileInput, IngestOptions, IngestStats};
 use trailmap_model::schema::{EventBatchBuilder, EventRow};
 use trailmap_model::{Error, IdentityKind, Result};
-pub use trailmap_store::Position;
+pub use trailmap_store::{Position, StoredState};
 
 /// One step of a source.
 pub enum Feed {
@@ -47,6 +47,21 @@ pub enum Feed {
     /// Nothing arrived for a moment. A source that can wait long for input returns this
     /// now and then, so the pipeline can stop it.
     Quiet,
+    /// Everything handed on before this is stored (a [`DurableSource`] checkpoint): the
+    /// pipeline's state at this point may be kept with it.
+    ///
+    /// [`DurableSource`]: crate::DurableSource
+    Cut(Cut),
+}
+
+/// A point in the feed up to which everything is stored, in segments up to `through`.
+/// The pipeline passes it through the stitcher and every shard, like a batch, so each
+/// snapshots its state as of exactly that point (a barrier), and hands the whole state to
+/// `keep`; the source stores it. A state that cannot be kept is simply not kept: the
+/// segments remain the truth.
+pub struct Cut {
+    pub through: u64,
+    pub keep: std::sync::mpsc::SyncSender<StoredState>,
 }
 
 pub trait LiveSource: Send {
@@ -59,6 +74,17 @@ pub trait LiveSource: Send {
 
     /// Records read, events and rejections so far.
     fn stats(&self) -> IngestStats;
+
+    /// The pipeline's state the source stored at its last [`Cut`] that it still covers,
+    /// to start from instead of replaying everything stored. Asked once, before the first
+    /// [`next`](Self::next).
+    fn stored_state(&mut self) -> Option<StoredState> {
+        None
+    }
+
+    /// The pipeline started from the [`stored_state`](Self::stored_state): the stored
+    /// input it covers is not to be replayed.
+    fn restored(&mut self, _through: u64) {}
 
     /// The pipeline is stopping: hand on what was read but is still held back (a
     /// micro-batch lingering for more rows), so what [`stats`](Self::stats) counted is in
@@ -463,6 +489,14 @@ impl LiveSource for Paced {
     fn checkpointed_at(&self) -> Option<SystemTime> {
         self.inner.checkpointed_at()
     }
+
+    fn stored_state(&mut self) -> Option<StoredState> {
+        self.inner.stored_state()
+    }
+
+    fn restored(&mut self, through: u64) {
+        self.inner.restored(through);
+    }
 }
 
 /// Several sources read as one, each on its own reader thread, each keeping its own range of
@@ -641,6 +675,7 @@ impl Merged {
                 partition: at(partition)?,
             },
             Feed::Quiet => Feed::Quiet,
+            Feed::Cut(cut) => Feed::Cut(cut),
         })
     }
 
@@ -1116,7 +1151,7 @@ mod tests {
                     }
                     Feed::Idle { partition } => stitcher.idle_partition(partition),
                     Feed::End { partition } => stitcher.end_partition(partition),
-                    Feed::Quiet => {}
+                    Feed::Quiet | Feed::Cut(_) => {}
                 }
                 if done {
                     return stitcher.watermark();

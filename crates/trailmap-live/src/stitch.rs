@@ -10,6 +10,7 @@ use crate::shard::LiveEvent;
 use crate::timeline::{Moment, Timelines};
 use arrow::array::RecordBatch;
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use trailmap_model::IdentityKind;
 use trailmap_sessionize::{Attribute, JourneyBuilder};
 
@@ -22,7 +23,7 @@ pub const MAX_VALUES: u32 = 1000;
 pub const OTHER_VALUES: &str = "(other)";
 
 /// An event that arrived later than the allowed lateness: stored and counted, not applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LateEvent {
     pub customer: u32,
     pub ts: i64,
@@ -57,7 +58,7 @@ pub struct Routed {
 }
 
 /// Counts the stitcher keeps.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StitchStats {
     /// Events with a touchpoint, routed or late.
@@ -83,7 +84,7 @@ pub struct SourceCounts {
     pub rejected: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Progress {
     /// May deliver more: holds the watermark back at its latest event.
     Active,
@@ -94,7 +95,7 @@ enum Progress {
     Ended,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Partition {
     latest: i64,
     progress: Progress,
@@ -112,6 +113,31 @@ pub struct Stitcher {
     seq: u64,
     pub stats: StitchStats,
     /// `(events, late)` by source id.
+    by_source: Vec<(u64, u64)>,
+    timelines: Timelines,
+}
+
+/// A stitcher's state between batches, for a snapshot (see [`Stitcher::snapshot`]).
+#[derive(Serialize)]
+struct StitcherParts<'a> {
+    builder: &'a JourneyBuilder,
+    owner: &'a FxHashMap<u32, usize>,
+    partitions: &'a Vec<Partition>,
+    watermark: i64,
+    seq: u64,
+    stats: StitchStats,
+    by_source: &'a Vec<(u64, u64)>,
+    timelines: &'a Timelines,
+}
+
+#[derive(Deserialize)]
+struct OwnedStitcherParts {
+    builder: JourneyBuilder,
+    owner: FxHashMap<u32, usize>,
+    partitions: Vec<Partition>,
+    watermark: i64,
+    seq: u64,
+    stats: StitchStats,
     by_source: Vec<(u64, u64)>,
     timelines: Timelines,
 }
@@ -264,6 +290,73 @@ impl Stitcher {
     /// Display name of a customer (its root identifier).
     pub fn customer_name(&mut self, customer: u32) -> String {
         self.builder.graph_mut().identifier(customer).1.to_string()
+    }
+
+    /// Its state between two batches, for a snapshot of the pipeline; `None` once a
+    /// partition has ended: that state knows the input is over (the watermark ran past
+    /// it), which a restart, reading on, must not inherit.
+    pub fn snapshot(&self) -> Result<Option<Vec<u8>>, String> {
+        if self
+            .partitions
+            .iter()
+            .any(|p| p.progress == Progress::Ended)
+        {
+            return Ok(None);
+        }
+        let parts = StitcherParts {
+            builder: &self.builder,
+            owner: &self.owner,
+            partitions: &self.partitions,
+            watermark: self.watermark,
+            seq: self.seq,
+            stats: self.stats,
+            by_source: &self.by_source,
+            timelines: &self.timelines,
+        };
+        postcard::to_stdvec(&parts)
+            .map(Some)
+            .map_err(|e| format!("encoding the stitcher: {e}"))
+    }
+
+    /// The stitcher a [`snapshot`](Self::snapshot) was taken of, for `shards` shards (as
+    /// it was: the owner of each customer is a shard index) and the `partitions` the
+    /// source has now. Partitions start active, as on a fresh start: they hold the
+    /// watermark (which never goes back) until they deliver or catch up again.
+    pub fn restore(
+        bytes: &[u8],
+        shards: usize,
+        partitions: usize,
+        lateness: i64,
+    ) -> Result<Stitcher, String> {
+        let p: OwnedStitcherParts =
+            postcard::from_bytes(bytes).map_err(|e| format!("decoding the stitcher: {e}"))?;
+        let shards = shards.max(1);
+        if p.owner.values().any(|&s| s >= shards) {
+            return Err(format!("it was taken with more than {shards} shards"));
+        }
+        let mut restored = p.partitions;
+        restored.resize(
+            partitions.max(1),
+            Partition {
+                latest: i64::MIN,
+                progress: Progress::Active,
+            },
+        );
+        for partition in &mut restored {
+            partition.progress = Progress::Active;
+        }
+        Ok(Stitcher {
+            builder: p.builder,
+            shards,
+            owner: p.owner,
+            partitions: restored,
+            watermark: p.watermark,
+            lateness,
+            seq: p.seq,
+            stats: p.stats,
+            by_source: p.by_source,
+            timelines: p.timelines,
+        })
     }
 
     /// Reads a canonical batch from `partition`.

@@ -9,12 +9,12 @@
 
 use crate::stitch::Stitcher;
 use rustc_hash::FxHashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use trailmap_mine::report::micros_string;
 use trailmap_model::IdentityKind;
 
 /// One touchpoint of a customer: 16 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Moment {
     /// Event time, µs since the epoch.
     pub ts: i64,
@@ -26,7 +26,7 @@ pub struct Moment {
 const _: () = assert!(std::mem::size_of::<Moment>() == 16);
 
 /// Timelines by customer (root identity node).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Timelines {
     by_customer: FxHashMap<u32, Vec<Moment>>,
     capacity: usize,

@@ -716,3 +716,88 @@ fn a_durable_source_says_when_everything_read_was_last_stored() {
     let plain = run_live(&inputs(&files), &config, 1, 256);
     assert_eq!(plain.status.checkpointed_at, None);
 }
+
+/// The pipeline on `batches` through a durable store in `data`, a checkpoint and a cut
+/// after every batch.
+fn run_durable(
+    data: &Path,
+    batches: Vec<arrow::array::RecordBatch>,
+    config: &Config,
+    shards: usize,
+) -> LiveResult {
+    let store = trailmap_store::Store::open(data.to_str().expect("utf-8")).expect("store");
+    let checkpoint = trailmap_live::durable::resume(&store).expect("resume");
+    let source = trailmap_live::DurableSource::new(
+        store,
+        checkpoint,
+        Box::new(trailmap_live::BatchReplay::new(batches)),
+        std::time::Duration::ZERO,
+    )
+    .keep_state_every(std::time::Duration::ZERO);
+    let options = PipelineOptions {
+        shards,
+        channel_batches: 2,
+    };
+    run_source(Box::new(source), config, &options)
+}
+
+#[test]
+fn a_restart_from_the_kept_state_equals_a_clean_run_without_reading_what_it_covers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let files = generate(&dir.path().join("gen"), 400);
+    let files = sorted_by_time(&files, &dir.path().join("sorted"));
+    let config = Config::builtin();
+    let mut batches = Vec::new();
+    let mut dead = DeadLetters::new(dir.path().join("dead.ndjson"), None);
+    file::read_all(&inputs(&files), &options(&config, 200), &mut dead, |b| {
+        batches.push(b);
+        Ok(())
+    })
+    .expect("read");
+    let clean = trailmap_live::BatchReplay::new(batches.clone());
+    let options = PipelineOptions {
+        shards: 2,
+        channel_batches: 2,
+    };
+    let clean = run_source(Box::new(clean), &config, &options);
+    assert!(
+        clean.status.stitch.late > 0,
+        "the files follow each other: late events"
+    );
+    let half = batches.len() / 2;
+
+    // Stopped halfway, restarted with the rest: the restart starts from the kept state.
+    let data = dir.path().join("data");
+    run_durable(&data, batches[..half].to_vec(), &config, 2);
+    let store = trailmap_store::Store::open(data.to_str().expect("utf-8")).expect("store");
+    let checkpoint = store
+        .read_checkpoint()
+        .expect("read")
+        .expect("a checkpoint");
+    let state = store
+        .read_state(&checkpoint)
+        .expect("a usable state")
+        .expect("a kept state");
+    assert!(state.through > 1, "kept as of segment {}", state.through);
+    // What it covers is never read again: without those segments, a replay would fail.
+    for segment in checkpoint
+        .segments
+        .iter()
+        .filter(|s| s.seq <= state.through)
+    {
+        let path = data.join(format!("segments/{:020}.parquet", segment.seq));
+        std::fs::remove_file(&path).expect("remove a covered segment");
+    }
+    let restarted = run_durable(&data, batches[half..].to_vec(), &config, 2);
+    assert_eq!(live_segments(&restarted), live_segments(&clean));
+    assert_eq!(restarted.status.stitch, clean.status.stitch);
+    assert_eq!(restarted.late, clean.late);
+    assert_eq!(restarted.status.shards, clean.status.shards);
+
+    // A state taken with other settings (here: shards) is not used; everything is replayed.
+    let other = dir.path().join("other");
+    run_durable(&other, batches[..half].to_vec(), &config, 2);
+    let replayed = run_durable(&other, batches[half..].to_vec(), &config, 1);
+    assert_eq!(live_segments(&replayed), live_segments(&clean));
+    assert_eq!(replayed.late, clean.late);
+}

@@ -812,6 +812,9 @@ pub struct StorageConfig {
     /// How often the live pipeline writes a segment and a checkpoint: the most a crash
     /// makes it read again.
     pub checkpoint_every: Span,
+    /// How often, at most, the live pipeline's state is kept with a checkpoint, so a restart
+    /// replays only the segments stored since instead of all of them.
+    pub snapshot_every: Span,
 }
 
 impl Default for StorageConfig {
@@ -819,6 +822,7 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: "./data".into(),
             checkpoint_every: Span::from_secs(5),
+            snapshot_every: Span::from_secs(60),
         }
     }
 }

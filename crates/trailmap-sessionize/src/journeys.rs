@@ -4,7 +4,7 @@ use crate::stitch::IdentityGraph;
 use arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{TimestampMicrosecondType, UInt32Type};
 use rustc_hash::FxHashMap;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::sync::OnceLock;
 use trailmap_model::config::{Scope, SessionConfig};
 use trailmap_model::{IdentityKind, schema};
@@ -14,6 +14,25 @@ use trailmap_model::{IdentityKind, schema};
 struct Names {
     ids: FxHashMap<String, u32>,
     names: Vec<String>,
+}
+
+/// Stored as the list; the index is rebuilt on load.
+impl Serialize for Names {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.names.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let names = Vec::<String>::deserialize(deserializer)?;
+        let ids = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+        Ok(Names { ids, names })
+    }
 }
 
 impl Names {
@@ -29,7 +48,7 @@ impl Names {
 }
 
 /// A per-event value kept beside the journeys, for breakdowns (`--breakdown channel`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Attribute {
     /// A canonical column: `source`, `stage`, `channel`, `touchpoint`, or an identity or
     /// text column.
@@ -244,6 +263,67 @@ impl<'a> DictIds<'a> {
         }
         let id = *self.global.get(self.keys.value(row) as usize)?;
         (id != u32::MAX).then_some(id)
+    }
+}
+
+/// What a [`JourneyBuilder`] keeps between batches once drained: identities and names.
+#[derive(Serialize)]
+struct BuilderParts<'a> {
+    graph: &'a IdentityGraph,
+    attribute: Option<(&'a Attribute, &'a Names)>,
+    touchpoints: &'a Names,
+    stages: &'a Vec<Option<String>>,
+    sources: &'a Names,
+    links: u64,
+    unidentified: u64,
+}
+
+#[derive(Deserialize)]
+struct OwnedBuilderParts {
+    graph: IdentityGraph,
+    attribute: Option<(Attribute, Names)>,
+    touchpoints: Names,
+    stages: Vec<Option<String>>,
+    sources: Names,
+    links: u64,
+    unidentified: u64,
+}
+
+/// The live stitcher's builder in a snapshot. Only a drained builder has a state worth
+/// keeping (batch import never snapshots): one holding events refuses.
+impl Serialize for JourneyBuilder {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if !self.ts.is_empty() {
+            return Err(serde::ser::Error::custom(
+                "a journey builder holding events is not a state to snapshot; drain it first",
+            ));
+        }
+        BuilderParts {
+            graph: &self.graph,
+            attribute: self.attribute.as_ref().map(|(a, names, _)| (a, names)),
+            touchpoints: &self.touchpoints,
+            stages: &self.stages,
+            sources: &self.sources,
+            links: self.links,
+            unidentified: self.unidentified,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for JourneyBuilder {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let p = OwnedBuilderParts::deserialize(deserializer)?;
+        Ok(JourneyBuilder {
+            graph: p.graph,
+            attribute: p.attribute.map(|(a, names)| (a, names, Vec::new())),
+            touchpoints: p.touchpoints,
+            stages: p.stages,
+            sources: p.sources,
+            links: p.links,
+            unidentified: p.unidentified,
+            ..JourneyBuilder::default()
+        })
     }
 }
 

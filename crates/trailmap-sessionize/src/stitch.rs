@@ -2,6 +2,7 @@
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::hash::BuildHasher;
 use trailmap_model::IdentityKind;
 
@@ -179,10 +180,116 @@ impl IdentityGraph {
     }
 }
 
+/// What a graph is, for a snapshot: the arena and the forest. The hash tables are an index
+/// of the arena, rebuilt on load rather than stored.
+#[derive(Serialize)]
+struct GraphParts<'a> {
+    arena: &'a Vec<u8>,
+    start: &'a Vec<usize>,
+    kind: &'a Vec<u8>,
+    parent: &'a Vec<u32>,
+    size: &'a Vec<u32>,
+    records_merges: bool,
+}
+
+#[derive(Deserialize)]
+struct OwnedGraphParts {
+    arena: Vec<u8>,
+    start: Vec<usize>,
+    kind: Vec<u8>,
+    parent: Vec<u32>,
+    size: Vec<u32>,
+    records_merges: bool,
+}
+
+impl Serialize for IdentityGraph {
+    /// Merges not taken yet are not part of the state: snapshots are taken between batches,
+    /// when the live stitcher has taken them all.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        GraphParts {
+            arena: &self.arena,
+            start: &self.start,
+            kind: &self.kind,
+            parent: &self.parent,
+            size: &self.size,
+            records_merges: self.merges.is_some(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for IdentityGraph {
+    /// Checks what the arena and the forest say of each other, so a damaged snapshot is
+    /// refused rather than indexed out of bounds later.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let p = OwnedGraphParts::deserialize(deserializer)?;
+        let n = p.parent.len();
+        let consistent = p.start.len() == n + 1
+            && p.kind.len() == n
+            && p.size.len() == n
+            && p.start.first() == Some(&0)
+            && p.start.windows(2).all(|w| w[0] <= w[1])
+            && p.start.last() == Some(&p.arena.len())
+            && p.parent.iter().all(|&x| (x as usize) < n)
+            && p.kind
+                .iter()
+                .all(|&k| (k as usize) < IdentityKind::ALL.len())
+            && std::str::from_utf8(&p.arena).is_ok();
+        if !consistent {
+            return Err(D::Error::custom("the identity graph is inconsistent"));
+        }
+        let mut graph = IdentityGraph {
+            arena: p.arena,
+            start: p.start,
+            kind: p.kind,
+            parent: p.parent,
+            size: p.size,
+            merges: p.records_merges.then(Vec::new),
+            ..IdentityGraph::default()
+        };
+        for node in 0..n as u32 {
+            let kind = graph.kind[node as usize] as usize;
+            let hash = graph.hasher.hash_one(graph.key(node));
+            graph.tables[kind].insert_unique(hash, (hash, node), |&(h, _)| h);
+        }
+        Ok(graph)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use IdentityKind::*;
+
+    #[test]
+    fn a_graph_read_back_finds_and_links_as_before() {
+        let mut g = IdentityGraph::new();
+        g.record_merges();
+        let anon = g.node(AnonymousId, "a1").unwrap();
+        let user = g.node(UserId, "u1").unwrap();
+        let email = g.node(Email, "ann@example.com").unwrap();
+        g.union(anon, user);
+        g.take_merges();
+        let bytes = serde_json::to_vec(&g).unwrap();
+        let mut back: IdentityGraph = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back.lookup(UserId, "u1"), Some(user));
+        assert_eq!(back.lookup(Email, "ANN@example.com"), Some(email));
+        assert_eq!(back.lookup(UserId, "a1"), None, "kinds are namespaces");
+        assert!(back.same(anon, user));
+        assert!(!back.same(anon, email));
+        assert_eq!(
+            back.node(AnonymousId, "a2"),
+            Some(3),
+            "new nodes follow the old"
+        );
+        back.union(email, user);
+        assert_eq!(back.take_merges().len(), 1, "merges are still recorded");
+        // A damaged graph is refused.
+        let mut damaged: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        damaged["parent"][0] = 99.into();
+        assert!(serde_json::from_value::<IdentityGraph>(damaged).is_err());
+    }
 
     #[test]
     fn a_chain_of_links_merges_customers_seen_apart() {

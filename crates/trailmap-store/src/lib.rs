@@ -5,6 +5,7 @@
 //! DATA_DIR/segments/00000000000000000001.parquet   canonical events, in arrival order
 //! DATA_DIR/segments/00000000000000000002.parquet
 //! DATA_DIR/checkpoint.json                          segments + source positions + checksum
+//! DATA_DIR/state.bin                                the live state after some segment
 //! ```
 //!
 //! The checkpoint is the only truth: a segment not named in it (written just before a crash)
@@ -16,8 +17,14 @@
 //! Storage goes through `object_store`: a directory path, or a `file://` / `memory://` URL.
 //! Segments are plain Parquet in the canonical schema, readable by any engine.
 //!
-//! Layout: [`Store`] (open, segments, checkpoints), [`Checkpoint`], [`Segment`],
-//! [`Position`].
+//! The state file is a snapshot of the live pipeline's state as of the end of one segment
+//! (opaque bytes here; `trailmap-live` writes them): a restart starts from it and replays
+//! only the segments after it. It is an optimisation, never the truth: it is written aside
+//! and renamed like the checkpoint, carries a CRC-32, and one that is damaged, or that
+//! names a segment the checkpoint does not, is ignored (everything is replayed instead).
+//!
+//! Layout: [`Store`] (open, segments, checkpoints, state), [`Checkpoint`], [`Segment`],
+//! [`Position`], [`StoredState`].
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
@@ -78,6 +85,17 @@ impl Checkpoint {
 
 const CHECKPOINT: &str = "checkpoint.json";
 const CHECKPOINT_TMP: &str = "checkpoint.json.tmp";
+const STATE: &str = "state.bin";
+const STATE_TMP: &str = "state.bin.tmp";
+/// Leads the state file: its format, then the body's length and CRC-32.
+const STATE_MAGIC: &[u8; 8] = b"TMSTATE1";
+
+/// The live pipeline's state as of the end of segment `through`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredState {
+    pub through: u64,
+    pub bytes: Vec<u8>,
+}
 
 /// A data directory or object store. Its calls block (each runs on a private runtime), so
 /// call them from a thread that is not running async code, like the pipeline's source
@@ -269,6 +287,64 @@ impl Store {
         serde_json::from_str(body)
             .map(Some)
             .map_err(|e| damaged(&e.to_string()))
+    }
+
+    /// Replaces the state file: written aside, then renamed over the old one.
+    pub fn write_state(&self, state: &StoredState) -> Result<()> {
+        let mut file = Vec::with_capacity(state.bytes.len() + 28);
+        file.extend_from_slice(STATE_MAGIC);
+        file.extend_from_slice(&state.through.to_le_bytes());
+        file.extend_from_slice(&(state.bytes.len() as u64).to_le_bytes());
+        file.extend_from_slice(&crc32fast::hash(&state.bytes).to_le_bytes());
+        file.extend_from_slice(&state.bytes);
+        let (tmp, path) = (self.at(&Path::from(STATE_TMP)), self.at(&Path::from(STATE)));
+        self.runtime
+            .block_on(async {
+                self.objects.put(&tmp, PutPayload::from(file)).await?;
+                self.objects.rename(&tmp, &path).await
+            })
+            .map_err(|e| self.failed("writing the live state", e))
+    }
+
+    /// The state file, if there is one the checkpoint covers. `Err` says why one that
+    /// exists cannot be used (damaged, or ahead of the checkpoint); the caller replays
+    /// instead.
+    pub fn read_state(&self, checkpoint: &Checkpoint) -> Result<Option<StoredState>> {
+        let path = self.at(&Path::from(STATE));
+        let got = self
+            .runtime
+            .block_on(async { self.objects.get(&path).await?.bytes().await });
+        let bytes = match got {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.failed("reading the live state", e)),
+        };
+        let unusable = |why: String| self.failed(&format!("reading {path}"), why);
+        let field = |at: usize, n: usize| bytes.get(at..at + n);
+        let (Some(magic), Some(through), Some(len), Some(crc)) =
+            (field(0, 8), field(8, 8), field(16, 8), field(24, 4))
+        else {
+            return Err(unusable("it is truncated".into()));
+        };
+        if magic != STATE_MAGIC {
+            return Err(unusable("it is not a trailmap state file".into()));
+        }
+        let le8 = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+        let (through, len) = (le8(through), le8(len));
+        let crc = u32::from_le_bytes(crc.try_into().unwrap_or([0; 4]));
+        let body = &bytes[28..];
+        if body.len() as u64 != len || crc32fast::hash(body) != crc {
+            return Err(unusable("it is damaged (length or checksum)".into()));
+        }
+        if !checkpoint.segments.iter().any(|s| s.seq == through) {
+            return Err(unusable(format!(
+                "it is as of segment {through}, which the checkpoint does not name"
+            )));
+        }
+        Ok(Some(StoredState {
+            through,
+            bytes: body.to_vec(),
+        }))
     }
 
     /// Removes segments the checkpoint does not name (written after it, before a crash);

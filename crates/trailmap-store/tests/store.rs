@@ -104,3 +104,54 @@ fn memory_urls_work_and_unknown_schemes_say_why() {
         "{e}"
     );
 }
+
+#[test]
+fn the_live_state_is_used_only_when_whole_and_covered_by_the_checkpoint() {
+    use trailmap_store::StoredState;
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let store = Store::open(data.to_str().expect("utf-8")).expect("open");
+    let segment = store
+        .write_segment(1, &[(0, batch("a", 2))])
+        .expect("segment");
+    let checkpoint = Checkpoint {
+        segments: vec![segment],
+        positions: Vec::new(),
+    };
+    assert_eq!(store.read_state(&checkpoint).expect("none yet"), None);
+
+    let state = StoredState {
+        through: 1,
+        bytes: b"the pipeline's state".to_vec(),
+    };
+    store.write_state(&state).expect("write");
+    assert_eq!(store.read_state(&checkpoint).expect("read"), Some(state));
+
+    // Ahead of the checkpoint (a segment it does not name): not used.
+    store
+        .write_state(&StoredState {
+            through: 2,
+            bytes: vec![1, 2, 3],
+        })
+        .expect("write");
+    let e = store.read_state(&checkpoint).unwrap_err().to_string();
+    assert!(e.contains("segment 2"), "{e}");
+
+    // Damaged: one byte of the body changed.
+    store
+        .write_state(&StoredState {
+            through: 1,
+            bytes: vec![7; 100],
+        })
+        .expect("write");
+    let path = data.join("state.bin");
+    let mut file = std::fs::read(&path).expect("file");
+    let last = file.len() - 1;
+    file[last] ^= 1;
+    std::fs::write(&path, &file).expect("damage");
+    let e = store.read_state(&checkpoint).unwrap_err().to_string();
+    assert!(e.contains("damaged"), "{e}");
+    std::fs::write(&path, &file[..10]).expect("truncate");
+    let e = store.read_state(&checkpoint).unwrap_err().to_string();
+    assert!(e.contains("truncated"), "{e}");
+}

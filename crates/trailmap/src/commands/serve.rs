@@ -217,7 +217,7 @@ impl ServeArgs {
             let checkpoint = trailmap_live::durable::resume(&store)?;
             if !checkpoint.segments.is_empty() {
                 eprintln!(
-                    "store: replaying {} stored events from {data_dir}, then resuming Kafka",
+                    "store: {} events stored in {data_dir}; resuming Kafka after them",
                     checkpoint.rows()
                 );
             }
@@ -229,12 +229,15 @@ impl ServeArgs {
                 &checkpoint.positions,
             )?;
             kafka_health = Some(source.health());
-            Box::new(DurableSource::new(
-                store,
-                checkpoint,
-                Box::new(source),
-                config.storage.checkpoint_every.duration(),
-            ))
+            Box::new(
+                DurableSource::new(
+                    store,
+                    checkpoint,
+                    Box::new(source),
+                    config.storage.checkpoint_every.duration(),
+                )
+                .keep_state_every(config.storage.snapshot_every.duration()),
+            )
         } else {
             Box::new(file_replay(&self.input, &config)?)
         };
