@@ -47,6 +47,10 @@ pub struct DurableSource {
     last_cut: Option<Instant>,
     /// A cut to hand on after the checkpoint that stored segment `through`.
     cut_due: Option<u64>,
+    /// The segment the kept state is as of: segments up to it may be compacted.
+    kept_through: Option<u64>,
+    /// Rows compacted segments are made of, at most; `None`: no compaction.
+    compact_to: Option<u64>,
     /// Where the pipeline hands the state of a cut back.
     kept: (
         std::sync::mpsc::SyncSender<StoredState>,
@@ -91,6 +95,8 @@ impl DurableSource {
             snapshot_every: None,
             last_cut: None,
             cut_due: None,
+            kept_through: None,
+            compact_to: None,
             kept: std::sync::mpsc::sync_channel(1),
         }
     }
@@ -102,14 +108,58 @@ impl DurableSource {
         self
     }
 
+    /// Merges small segments the kept state covers into segments of up to `rows` events:
+    /// a checkpoint every few seconds makes many small files, which replays and queries
+    /// of `stored_events` pay for. 0: never.
+    pub fn compact_to(mut self, rows: u64) -> Self {
+        self.compact_to = (rows > 0).then_some(rows);
+        self
+    }
+
     /// Stores the states the pipeline handed back; failing to is not fatal (the segments
     /// are the truth), so it is only said.
     fn keep_states(&mut self) {
         while let Ok(state) = self.kept.1.try_recv() {
-            if let Err(e) = self.store.write_state(&state) {
-                eprintln!("store: the live state was not kept ({e}); a restart replays more");
+            match self.store.write_state(&state) {
+                Ok(()) => self.kept_through = Some(state.through),
+                Err(e) => {
+                    eprintln!("store: the live state was not kept ({e}); a restart replays more")
+                }
             }
         }
+    }
+
+    /// Compacts the oldest run of small segments the kept state covers, once it is worth a
+    /// file: half the target in rows, or many files. Only covered segments, so a restart
+    /// never needs them split again; and a run never crosses the kept state's segment,
+    /// whose number the compacted segment keeps (the state file names it).
+    fn compact(&mut self) -> Result<()> {
+        let (Some(target), Some(through)) = (self.compact_to, self.kept_through) else {
+            return Ok(());
+        };
+        let segments = &self.checkpoint.segments;
+        let covered = segments.iter().take_while(|s| s.seq <= through).count();
+        let Some(start) = segments[..covered].iter().position(|s| s.rows < target) else {
+            return Ok(());
+        };
+        let mut end = start;
+        let mut rows = 0;
+        while end < covered && rows + segments[end].rows <= target {
+            rows += segments[end].rows;
+            end += 1;
+        }
+        let run = end - start;
+        if run < 2 || (rows < target / 2 && run < 16) {
+            return Ok(());
+        }
+        let merged = self.store.compact(&segments[start..end])?;
+        let mut next = self.checkpoint.clone();
+        next.segments.splice(start..end, [merged]);
+        self.store.write_checkpoint(&next)?;
+        self.checkpoint = next;
+        // The old files are orphans now; a crash before this removes them on start.
+        self.store.remove_orphans(&self.checkpoint)?;
+        Ok(())
     }
 
     /// Events replayed from the store so far.
@@ -152,6 +202,10 @@ impl DurableSource {
         self.checkpointed_at = Some(SystemTime::now());
         self.pending.clear();
         self.inner.after_checkpoint(&self.checkpoint.positions);
+        if let Err(e) = self.compact() {
+            // The segments as they are stay named: nothing is lost, only not merged.
+            eprintln!("store: compacting segments failed ({e}); they stay as they are");
+        }
         Ok(())
     }
 }
@@ -235,7 +289,10 @@ impl LiveSource for DurableSource {
 
     fn stored_state(&mut self) -> Option<StoredState> {
         match self.store.read_state(&self.checkpoint) {
-            Ok(state) => state,
+            Ok(state) => {
+                self.kept_through = state.as_ref().map(|s| s.through);
+                state
+            }
             Err(e) => {
                 eprintln!("store: {e}; replaying every stored segment instead");
                 None

@@ -976,6 +976,7 @@ mod tests {
             Feed::Idle { partition } => ("idle", *partition, 0),
             Feed::End { partition } => ("end", *partition, 0),
             Feed::Quiet => ("quiet", 0, 0),
+            Feed::Cut(cut) => ("cut", 0, cut.through as usize),
         }
     }
 

@@ -718,7 +718,7 @@ fn a_durable_source_says_when_everything_read_was_last_stored() {
 }
 
 /// The pipeline on `batches` through a durable store in `data`, a checkpoint and a cut
-/// after every batch.
+/// after every batch, covered segments compacted by 1000 rows.
 fn run_durable(
     data: &Path,
     batches: Vec<arrow::array::RecordBatch>,
@@ -733,7 +733,8 @@ fn run_durable(
         Box::new(trailmap_live::BatchReplay::new(batches)),
         std::time::Duration::ZERO,
     )
-    .keep_state_every(std::time::Duration::ZERO);
+    .keep_state_every(std::time::Duration::ZERO)
+    .compact_to(1000);
     let options = PipelineOptions {
         shards,
         channel_batches: 2,
@@ -779,14 +780,28 @@ fn a_restart_from_the_kept_state_equals_a_clean_run_without_reading_what_it_cove
         .expect("a usable state")
         .expect("a kept state");
     assert!(state.through > 1, "kept as of segment {}", state.through);
+    // Small segments it covers were compacted, the old files removed.
+    assert!(
+        checkpoint.segments.iter().any(|s| s.first.is_some()),
+        "compacted: {:?}",
+        checkpoint.segments
+    );
+    assert!(
+        checkpoint.segments.len() < half,
+        "{} segments",
+        checkpoint.segments.len()
+    );
+    let files = std::fs::read_dir(data.join("segments"))
+        .expect("segments")
+        .count();
+    assert_eq!(files, checkpoint.segments.len(), "no file left behind");
     // What it covers is never read again: without those segments, a replay would fail.
     for segment in checkpoint
         .segments
         .iter()
         .filter(|s| s.seq <= state.through)
     {
-        let path = data.join(format!("segments/{:020}.parquet", segment.seq));
-        std::fs::remove_file(&path).expect("remove a covered segment");
+        std::fs::remove_file(data.join(segment.file())).expect("remove a covered segment");
     }
     let restarted = run_durable(&data, batches[half..].to_vec(), &config, 2);
     assert_eq!(live_segments(&restarted), live_segments(&clean));
@@ -794,7 +809,8 @@ fn a_restart_from_the_kept_state_equals_a_clean_run_without_reading_what_it_cove
     assert_eq!(restarted.late, clean.late);
     assert_eq!(restarted.status.shards, clean.status.shards);
 
-    // A state taken with other settings (here: shards) is not used; everything is replayed.
+    // A state taken with other settings (here: shards) is not used; everything is replayed,
+    // compacted segments included.
     let other = dir.path().join("other");
     run_durable(&other, batches[..half].to_vec(), &config, 2);
     let replayed = run_durable(&other, batches[half..].to_vec(), &config, 1);

@@ -815,6 +815,9 @@ pub struct StorageConfig {
     /// How often, at most, the live pipeline's state is kept with a checkpoint, so a restart
     /// replays only the segments stored since instead of all of them.
     pub snapshot_every: Span,
+    /// Segments the kept state covers are compacted into segments of up to this many
+    /// events (0: never).
+    pub compact_rows: u64,
 }
 
 impl Default for StorageConfig {
@@ -823,6 +826,7 @@ impl Default for StorageConfig {
             data_dir: "./data".into(),
             checkpoint_every: Span::from_secs(5),
             snapshot_every: Span::from_secs(60),
+            compact_rows: 1_000_000,
         }
     }
 }

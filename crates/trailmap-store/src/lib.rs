@@ -57,11 +57,23 @@ pub struct Segment {
     pub rows: u64,
     /// `(pipeline partition, rows)` of each batch, in arrival order.
     pub feeds: Vec<(u32, u32)>,
+    /// For a segment compacted from segments `first..=seq`: `first` (its file is named by
+    /// both, so it never overwrites one a checkpoint may still name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<u64>,
 }
 
 impl Segment {
+    /// Its file, relative to the data dir.
+    pub fn file(&self) -> String {
+        match self.first {
+            None => format!("segments/{:020}.parquet", self.seq),
+            Some(first) => format!("segments/{first:020}-{:020}.parquet", self.seq),
+        }
+    }
+
     fn path(&self) -> Path {
-        Path::from(format!("segments/{:020}.parquet", self.seq))
+        Path::from(self.file())
     }
 }
 
@@ -161,6 +173,29 @@ impl Store {
     /// Writes a segment of `feeds` (pipeline partition, batch). Durable when this returns
     /// (as durable as the object store's put).
     pub fn write_segment(&self, seq: u64, feeds: &[(u32, RecordBatch)]) -> Result<Segment> {
+        self.write_feeds(seq, None, feeds)
+    }
+
+    /// Writes one segment holding `segments` (adjacent, in order), read back in full: the
+    /// same feeds in the same order, so replaying it replays them. The checkpoint still
+    /// names the old ones until the caller replaces it; they are orphans after that.
+    pub fn compact(&self, segments: &[Segment]) -> Result<Segment> {
+        let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
+            return Err(Error::Other("no segments to compact".into()));
+        };
+        let mut feeds = Vec::new();
+        for segment in segments {
+            feeds.extend(self.read_segment(segment)?);
+        }
+        self.write_feeds(last.seq, Some(first.first.unwrap_or(first.seq)), &feeds)
+    }
+
+    fn write_feeds(
+        &self,
+        seq: u64,
+        first: Option<u64>,
+        feeds: &[(u32, RecordBatch)],
+    ) -> Result<Segment> {
         let schema = match feeds.first() {
             Some((_, b)) => b.schema(),
             None => trailmap_model::schema::event_schema(),
@@ -186,6 +221,7 @@ impl Store {
                 .iter()
                 .map(|(p, b)| (*p, b.num_rows() as u32))
                 .collect(),
+            first,
         };
         let path = self.at(&segment.path());
         self.runtime

@@ -155,3 +155,48 @@ fn the_live_state_is_used_only_when_whole_and_covered_by_the_checkpoint() {
     let e = store.read_state(&checkpoint).unwrap_err().to_string();
     assert!(e.contains("truncated"), "{e}");
 }
+
+#[test]
+fn compacted_segments_hold_the_same_feeds_in_a_file_of_their_own() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let store = Store::open(data.to_str().expect("utf-8")).expect("open");
+    let parts = [
+        vec![(0, batch("a", 3)), (1, batch("b", 2))],
+        vec![(1, batch("c", 4))],
+        vec![(0, batch("d", 1)), (0, batch("e", 5))],
+    ];
+    let segments: Vec<_> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, feeds)| store.write_segment(i as u64 + 1, feeds).expect("segment"))
+        .collect();
+    let merged = store.compact(&segments[..2]).expect("compact");
+    assert_eq!((merged.first, merged.seq, merged.rows), (Some(1), 2, 9));
+    assert_eq!(merged.feeds, vec![(0, 3), (1, 2), (1, 4)]);
+    assert_ne!(
+        merged.file(),
+        segments[1].file(),
+        "never over a file a checkpoint names"
+    );
+    let back = store.read_segment(&merged).expect("read");
+    let expected: Vec<_> = parts[..2].iter().flatten().cloned().collect();
+    assert_eq!(back, expected);
+    // Compacted again with the next: it spans from the first.
+    let again = store
+        .compact(&[merged.clone(), segments[2].clone()])
+        .expect("compact again");
+    assert_eq!((again.first, again.seq, again.rows), (Some(1), 3, 15));
+
+    // Once a checkpoint names the compacted segment, the old files are orphans.
+    let checkpoint = Checkpoint {
+        segments: vec![again],
+        positions: Vec::new(),
+    };
+    store.write_checkpoint(&checkpoint).expect("checkpoint");
+    assert_eq!(store.remove_orphans(&checkpoint).expect("orphans"), 4);
+    let files = std::fs::read_dir(data.join("segments"))
+        .expect("dir")
+        .count();
+    assert_eq!(files, 1);
+}

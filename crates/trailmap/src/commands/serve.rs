@@ -236,7 +236,8 @@ impl ServeArgs {
                     Box::new(source),
                     config.storage.checkpoint_every.duration(),
                 )
-                .keep_state_every(config.storage.snapshot_every.duration()),
+                .keep_state_every(config.storage.snapshot_every.duration())
+                .compact_to(config.storage.compact_rows),
             )
         } else {
             Box::new(file_replay(&self.input, &config)?)
