@@ -180,6 +180,16 @@ struct StitchView {
 }
 
 impl StitchView {
+    fn of(st: &Stitcher) -> StitchView {
+        let watermark = st.watermark();
+        StitchView {
+            watermark: (watermark > i64::MIN).then_some(watermark),
+            newest: st.newest(),
+            stats: st.stats,
+            sources: st.by_source(),
+        }
+    }
+
     fn fill(&self, status: &mut LiveStatus) {
         status.watermark = self.watermark;
         status.newest = self.newest;
@@ -404,7 +414,8 @@ pub fn start(
             .collect(),
         values: stitcher.attribute_values(),
     }));
-    let stitch = Arc::new(RwLock::new(StitchView::default()));
+    // A restored stitcher has a watermark and counts already.
+    let stitch = Arc::new(RwLock::new(StitchView::of(&stitcher)));
 
     let capacity = options.channel_batches.max(1);
     let mut senders = Vec::with_capacity(shards);
@@ -428,11 +439,13 @@ pub fn start(
     let (names_w, stitch_w) = (names.clone(), stitch.clone());
     // Shared with the handle for timeline lookups: the task holds the lock only for the
     // synchronous part of a batch, never across a send.
+    let watermark_before = stitcher.watermark();
     let stitcher = Arc::new(Mutex::new(stitcher));
     let stitcher_w = stitcher.clone();
     let stitcher_task = tokio::spawn(async move {
         let mut late = late_before;
-        let mut sent_watermark = i64::MIN;
+        // The shards have the watermark their state was kept with.
+        let mut sent_watermark = watermark_before;
         while let Some(feed) = feed_rx.recv().await {
             let feed = match feed? {
                 Feed::Cut(cut) => {
@@ -487,15 +500,7 @@ pub fn start(
             }
             // Published once the shards have the events: whoever reads the watermark here
             // (alert evaluations) finds them counted.
-            let view = {
-                let st = lock_stitcher(&stitcher_w)?;
-                StitchView {
-                    watermark: (watermark > i64::MIN).then_some(watermark),
-                    newest: st.newest(),
-                    stats: st.stats,
-                    sources: st.by_source(),
-                }
-            };
+            let view = StitchView::of(&*lock_stitcher(&stitcher_w)?);
             if let Ok(mut s) = stitch_w.write() {
                 *s = view;
             }
