@@ -51,6 +51,8 @@ pub struct DurableSource {
     kept_through: Option<u64>,
     /// Rows compacted segments are made of, at most; `None`: no compaction.
     compact_to: Option<u64>,
+    /// When compaction last failed.
+    compact_failed: Option<Instant>,
     /// Where the pipeline hands the state of a cut back.
     kept: (
         std::sync::mpsc::SyncSender<StoredState>,
@@ -61,8 +63,13 @@ pub struct DurableSource {
 /// Reads the store's checkpoint (a new store: an empty one) and removes what a crash left
 /// after it. Its positions are where the wrapped source must resume.
 pub fn resume(store: &Store) -> Result<Checkpoint> {
-    let checkpoint = store.read_checkpoint()?.unwrap_or_default();
+    let mut checkpoint = store.read_checkpoint()?.unwrap_or_default();
     store.remove_orphans(&checkpoint)?;
+    if checkpoint.store.is_empty() {
+        // A new store (or one from before stores were named): named from its next
+        // checkpoint on.
+        checkpoint.store = Checkpoint::new_store_name();
+    }
     Ok(checkpoint)
 }
 
@@ -97,6 +104,7 @@ impl DurableSource {
             cut_due: None,
             kept_through: None,
             compact_to: None,
+            compact_failed: None,
             kept: std::sync::mpsc::sync_channel(1),
         }
     }
@@ -120,7 +128,12 @@ impl DurableSource {
     /// are the truth), so it is only said.
     fn keep_states(&mut self) {
         while let Ok(state) = self.kept.1.try_recv() {
-            match self.store.write_state(&state) {
+            // States are assembled on tasks of their own and may come back out of order:
+            // an older one must not replace a newer one.
+            if self.kept_through.is_some_and(|kept| state.through <= kept) {
+                continue;
+            }
+            match self.store.write_state(&self.checkpoint, &state) {
                 Ok(()) => self.kept_through = Some(state.through),
                 Err(e) => {
                     eprintln!("store: the live state was not kept ({e}); a restart replays more")
@@ -137,24 +150,31 @@ impl DurableSource {
         let (Some(target), Some(through)) = (self.compact_to, self.kept_through) else {
             return Ok(());
         };
+        if self
+            .compact_failed
+            .is_some_and(|at| at.elapsed() < COMPACT_RETRY)
+        {
+            return Ok(());
+        }
         let segments = &self.checkpoint.segments;
-        let covered = segments.iter().take_while(|s| s.seq <= through).count();
-        let Some(start) = segments[..covered].iter().position(|s| s.rows < target) else {
+        let covered: Vec<u64> = segments
+            .iter()
+            .take_while(|s| s.seq <= through)
+            .map(|s| s.rows)
+            .collect();
+        let Some(run) = run_to_compact(&covered, target) else {
             return Ok(());
         };
-        let mut end = start;
-        let mut rows = 0;
-        while end < covered && rows + segments[end].rows <= target {
-            rows += segments[end].rows;
-            end += 1;
-        }
-        let run = end - start;
-        if run < 2 || (rows < target / 2 && run < 16) {
-            return Ok(());
-        }
-        let merged = self.store.compact(&segments[start..end])?;
+        let merged = match self.store.compact(&segments[run.clone()]) {
+            Ok(merged) => merged,
+            Err(e) => {
+                // Reading a million rows again every checkpoint would not make it work.
+                self.compact_failed = Some(Instant::now());
+                return Err(e);
+            }
+        };
         let mut next = self.checkpoint.clone();
-        next.segments.splice(start..end, [merged]);
+        next.segments.splice(run, [merged]);
         self.store.write_checkpoint(&next)?;
         self.checkpoint = next;
         // The old files are orphans now; a crash before this removes them on start.
@@ -208,6 +228,29 @@ impl DurableSource {
         }
         Ok(())
     }
+}
+
+/// How long compaction rests after it failed.
+const COMPACT_RETRY: Duration = Duration::from_secs(600);
+
+/// The run of adjacent segments (given by their rows, oldest first) to compact next into
+/// at most `target` rows: the oldest run worth a file of its own, two or more segments
+/// making half the target, or sixteen small ones. A segment that cannot join its next one
+/// (together past the target) is passed over, so a merged segment short of the target
+/// does not stop compaction behind it.
+fn run_to_compact(rows: &[u64], target: u64) -> Option<std::ops::Range<usize>> {
+    for start in 0..rows.len() {
+        let (mut end, mut sum) = (start, 0);
+        while end < rows.len() && sum + rows[end] <= target {
+            sum += rows[end];
+            end += 1;
+        }
+        let run = end - start;
+        if run >= 2 && (sum >= target / 2 || run >= 16) {
+            return Some(start..end);
+        }
+    }
+    None
 }
 
 /// The last segment a checkpoint names.
@@ -333,5 +376,44 @@ impl Drop for DurableSource {
                 "store: the last checkpoint could not be written ({e}); a restart reads those events again"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_to_compact;
+
+    #[test]
+    fn compaction_keeps_up_with_segments_of_any_size() {
+        let target = 1000;
+        let mut segments: Vec<u64> = Vec::new();
+        let mut x = 7u64;
+        let mut total = 0;
+        for _ in 0..400 {
+            // A checkpoint stores a segment of 50..450 rows, then compacts at most once.
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let rows = 50 + (x >> 33) % 400;
+            total += rows;
+            segments.push(rows);
+            if let Some(run) = run_to_compact(&segments, target) {
+                let merged: u64 = segments[run.clone()].iter().sum();
+                assert!(merged <= target);
+                segments.splice(run, [merged]);
+            }
+        }
+        assert_eq!(segments.iter().sum::<u64>(), total);
+        let bound = (total / (target / 2) + 16) as usize;
+        assert!(
+            segments.len() <= bound,
+            "{} files for {total} rows",
+            segments.len()
+        );
+        // Full segments stay; a lone small one waits for company.
+        assert_eq!(run_to_compact(&[1000, 900, 800], target), None);
+        assert_eq!(run_to_compact(&[900, 300, 300], target), Some(1..3));
+        assert_eq!(run_to_compact(&[10; 15], target), None);
+        assert_eq!(run_to_compact(&[10; 16], target), Some(0..16));
     }
 }

@@ -458,6 +458,7 @@ pub fn start(
             let routed = {
                 let mut st = lock_stitcher(&stitcher_w)?;
                 match feed {
+                    // Taken above, before the lock.
                     Feed::Cut(_) => None,
                     Feed::Batch {
                         partition,
@@ -524,8 +525,9 @@ pub fn start(
 
 /// Takes the pipeline's state at a cut: the stitcher's (`taken`, as it read the cut) and
 /// then each shard's, asked behind everything routed before the cut. The shards' parts are
-/// awaited on a task of their own, so ingest goes on meanwhile; the whole is handed to the
-/// source to keep. A state not taken is only said: the stored segments remain the truth.
+/// awaited on a task of their own, so the stitcher goes on routing meanwhile (each shard
+/// pauses while it encodes its part); the whole is handed to the source to keep. A state
+/// not taken is only said: the stored segments remain the truth.
 async fn snapshot_at(
     cut: Cut,
     taken: std::result::Result<Option<Vec<u8>>, String>,
@@ -571,7 +573,9 @@ async fn snapshot_at(
             shards: parts,
         };
         match state.encode() {
-            // Full: the source has not stored the last one yet; this one is skipped.
+            // Full: the source has not stored the last one yet. This one is skipped rather
+            // than waited for: a later cut brings a newer state, and meanwhile a restart
+            // only replays a little more.
             Ok(bytes) => {
                 let _ = cut.keep.try_send(StoredState {
                     through: cut.through,

@@ -194,6 +194,8 @@ struct ShardParts<'a> {
     map: &'a LiveMap,
     segments: &'a Option<FxHashMap<u32, LiveMap>>,
     stats: ShardStats,
+    /// When the maps are next pruned depends on it; kept, so they prune as a clean run's.
+    advances: u64,
 }
 
 #[derive(Deserialize)]
@@ -204,6 +206,7 @@ struct OwnedShardParts {
     map: LiveMap,
     segments: Option<FxHashMap<u32, LiveMap>>,
     stats: ShardStats,
+    advances: u64,
 }
 
 pub struct Shard {
@@ -297,6 +300,7 @@ impl Shard {
             map: &self.map,
             segments: &self.segments,
             stats: self.stats,
+            advances: self.advances,
         };
         postcard::to_stdvec(&parts).map_err(|e| format!("encoding a shard: {e}"))
     }
@@ -323,6 +327,7 @@ impl Shard {
         shard.map = p.map;
         shard.segments = p.segments;
         shard.stats = p.stats;
+        shard.advances = p.advances;
         Ok(shard)
     }
 

@@ -675,7 +675,9 @@ impl Merged {
                 partition: at(partition)?,
             },
             Feed::Quiet => Feed::Quiet,
-            Feed::Cut(cut) => Feed::Cut(cut),
+            // Merged sources do not keep the pipeline's state (a cut of one would be taken
+            // while the others' input is not stored).
+            Feed::Cut(_) => Feed::Quiet,
         })
     }
 

@@ -84,7 +84,7 @@ pub struct SourceCounts {
     pub rejected: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Progress {
     /// May deliver more: holds the watermark back at its latest event.
     Active,
@@ -95,7 +95,7 @@ enum Progress {
     Ended,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy)]
 struct Partition {
     latest: i64,
     progress: Progress,
@@ -122,7 +122,6 @@ pub struct Stitcher {
 struct StitcherParts<'a> {
     builder: &'a JourneyBuilder,
     owner: &'a FxHashMap<u32, usize>,
-    partitions: &'a Vec<Partition>,
     watermark: i64,
     seq: u64,
     stats: StitchStats,
@@ -134,7 +133,6 @@ struct StitcherParts<'a> {
 struct OwnedStitcherParts {
     builder: JourneyBuilder,
     owner: FxHashMap<u32, usize>,
-    partitions: Vec<Partition>,
     watermark: i64,
     seq: u64,
     stats: StitchStats,
@@ -306,7 +304,6 @@ impl Stitcher {
         let parts = StitcherParts {
             builder: &self.builder,
             owner: &self.owner,
-            partitions: &self.partitions,
             watermark: self.watermark,
             seq: self.seq,
             stats: self.stats,
@@ -320,8 +317,9 @@ impl Stitcher {
 
     /// The stitcher a [`snapshot`](Self::snapshot) was taken of, for `shards` shards (as
     /// it was: the owner of each customer is a shard index) and the `partitions` the
-    /// source has now. Partitions start active, as on a fresh start: they hold the
-    /// watermark (which never goes back) until they deliver or catch up again.
+    /// source has now. Partitions start afresh, active and with no time yet (a source may
+    /// number its partitions otherwise this run): each holds the watermark, which keeps
+    /// the value it had and never goes back, until it delivers or catches up again.
     pub fn restore(
         bytes: &[u8],
         shards: usize,
@@ -334,22 +332,15 @@ impl Stitcher {
         if p.owner.values().any(|&s| s >= shards) {
             return Err(format!("it was taken with more than {shards} shards"));
         }
-        let mut restored = p.partitions;
-        restored.resize(
-            partitions.max(1),
-            Partition {
-                latest: i64::MIN,
-                progress: Progress::Active,
-            },
-        );
-        for partition in &mut restored {
-            partition.progress = Progress::Active;
-        }
+        let fresh = Partition {
+            latest: i64::MIN,
+            progress: Progress::Active,
+        };
         Ok(Stitcher {
             builder: p.builder,
             shards,
             owner: p.owner,
-            partitions: restored,
+            partitions: vec![fresh; partitions.max(1)],
             watermark: p.watermark,
             lateness,
             seq: p.seq,

@@ -236,7 +236,17 @@ impl<'de> Deserialize<'de> for IdentityGraph {
                 .iter()
                 .all(|&k| (k as usize) < IdentityKind::ALL.len())
             && std::str::from_utf8(&p.arena).is_ok();
-        if !consistent {
+        // Every node reaches a root: union by size keeps trees under 32 levels, so a longer
+        // walk means a cycle, on which `find` would never return.
+        let reaches_root = |mut x: u32| {
+            (0..64).any(|_| {
+                let up = p.parent[x as usize];
+                let root = up == x;
+                x = up;
+                root
+            })
+        };
+        if !consistent || !(0..n as u32).all(reaches_root) {
             return Err(D::Error::custom("the identity graph is inconsistent"));
         }
         let mut graph = IdentityGraph {
@@ -289,6 +299,10 @@ mod tests {
         let mut damaged: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         damaged["parent"][0] = 99.into();
         assert!(serde_json::from_value::<IdentityGraph>(damaged).is_err());
+        let mut cycle: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        cycle["parent"][1] = 0.into();
+        cycle["parent"][0] = 1.into();
+        assert!(serde_json::from_value::<IdentityGraph>(cycle).is_err());
     }
 
     #[test]

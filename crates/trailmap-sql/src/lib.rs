@@ -15,8 +15,9 @@
 //! - [`results`]: table functions `paths()`, `variants()`, `funnel(…)`, `dropoffs(…)`, the
 //!   same aggregates and rows as the CLI commands.
 //! - [`live`]: `live_touchpoints`, `live_transitions`, `live_funnel_steps` over the live
-//!   pipeline's map, read from a snapshot at each scan; `stored_events` over the events
-//!   it stored ([`Analyst::with_store`]).
+//!   pipeline's map, read from a snapshot at each scan.
+//! - `stored`: `stored_events`, the events the live pipeline stored, as its checkpoint
+//!   names them ([`Analyst::with_store`]).
 //! - [`postgres`]: the PostgreSQL wire endpoint (`psql`, BI tools) over an [`Analyst`].
 //! - [`Analyst`]: a read-only session: DDL, DML and statements that write (`COPY`,
 //!   `CREATE`, `INSERT`, `DROP`, `SET`) are refused with a message that says so.
@@ -27,6 +28,7 @@ pub mod postgres;
 mod results;
 pub mod retention;
 pub mod sequence;
+mod stored;
 pub mod tables;
 pub mod window_funnel;
 
@@ -170,14 +172,10 @@ impl Analyst {
     }
 
     /// Registers `stored_events`: every event the live pipeline stored in the local data
-    /// dir `data_dir` (its Parquet segments, in the canonical schema), listed anew at each
-    /// query, so it grows as the pipeline stores more. Data dirs that are not local (an
+    /// dir `data_dir` (the Parquet segments its checkpoint names, in the canonical schema,
+    /// looked up anew at each query, so it grows as the pipeline stores more). Data dirs that are not local (an
     /// object store URL) are refused with what to do instead.
     pub fn with_store(self, data_dir: &str) -> Result<Self> {
-        use datafusion::datasource::file_format::parquet::ParquetFormat;
-        use datafusion::datasource::listing::{
-            ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-        };
         let dir = match data_dir.split_once("://") {
             None => std::path::PathBuf::from(data_dir),
             Some(("file", path)) => std::path::PathBuf::from(path),
@@ -188,16 +186,10 @@ impl Analyst {
                 )));
             }
         };
-        let segments = std::path::absolute(dir.join("segments"))
+        let dir = std::path::absolute(&dir)
             .map_err(|e| DataFusionError::Plan(format!("{data_dir}: {e}")))?;
-        let url = ListingTableUrl::parse(format!("{}/", segments.display()))?;
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new(url)
-            .with_listing_options(options)
-            .with_schema(trailmap_model::schema::event_schema());
         self.ctx
-            .register_table(STORED_EVENTS, Arc::new(ListingTable::try_new(config)?))?;
+            .register_table(STORED_EVENTS, Arc::new(stored::StoredEvents { dir }))?;
         Ok(self)
     }
 

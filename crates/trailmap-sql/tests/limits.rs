@@ -77,3 +77,57 @@ async fn stored_events_read_a_local_data_dir_only() {
     .expect("an object store URL is refused");
     assert!(refused.to_string().contains("local data dir"), "{refused}");
 }
+
+/// `stored_events` counts the segments the checkpoint names, not whatever files the
+/// directory holds (a segment written before a crash, or one compacted away).
+#[test]
+fn stored_events_are_the_segments_the_checkpoint_names() {
+    use trailmap_model::IdentityKind;
+    use trailmap_model::schema::{EventBatchBuilder, EventRow};
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().to_str().expect("utf-8");
+    let store = trailmap_store::Store::open(data).expect("store");
+    let batch = |n: usize| {
+        let mut b = EventBatchBuilder::new();
+        for i in 0..n {
+            let id = format!("e{i}");
+            let mut row = EventRow {
+                event_id: Some(&id),
+                source: "web",
+                ts: 1_700_000_000_000_000 + i as i64,
+                touchpoint: Some("home_view"),
+                ..Default::default()
+            };
+            row.identities[IdentityKind::CustomerId.index()] = Some("c");
+            b.push(&row);
+        }
+        b.finish()
+    };
+    let named = store.write_segment(1, &[(0, batch(3))]).expect("segment");
+    // Written, never checkpointed: an orphan.
+    store.write_segment(2, &[(0, batch(5))]).expect("orphan");
+    store
+        .write_checkpoint(&trailmap_store::Checkpoint {
+            segments: vec![named],
+            ..Default::default()
+        })
+        .expect("checkpoint");
+    let analyst = Analyst::new(Limits {
+        timeout: std::time::Duration::from_secs(60),
+        memory: 1 << 30,
+    })
+    .with_store(data)
+    .expect("a local data dir");
+    // The store blocks on a runtime of its own, so the query gets one apart.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let batches = runtime
+        .block_on(analyst.query("SELECT count(*) AS n FROM stored_events"))
+        .expect("a count");
+    let n = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .expect("a count")
+        .value(0);
+    assert_eq!(n, 3, "the orphan is not counted");
+}

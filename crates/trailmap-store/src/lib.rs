@@ -82,6 +82,11 @@ impl Segment {
 pub struct Checkpoint {
     pub segments: Vec<Segment>,
     pub positions: Vec<Position>,
+    /// Names this store's history, so a state file left by another history (a data dir
+    /// whose checkpoint and segments were removed) is not taken for this one's: segment
+    /// numbers start again at 1.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub store: String,
 }
 
 impl Checkpoint {
@@ -90,17 +95,51 @@ impl Checkpoint {
         self.segments.iter().map(|s| s.rows).sum()
     }
 
+    /// A new name for a store's history: unique enough (time and process, hashed with a
+    /// random key), never meaningful.
+    pub fn new_store_name() -> String {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        format!("{:016x}", h.finish())
+    }
+
+    /// A checkpoint file's contents (`DATA_DIR/checkpoint.json`), checked against its
+    /// checksum; else what is wrong with it.
+    pub fn parse(file: &[u8]) -> std::result::Result<Checkpoint, String> {
+        let text = std::str::from_utf8(file).map_err(|_| "not UTF-8".to_string())?;
+        let (body, sum) = text
+            .trim_end()
+            .rsplit_once('\n')
+            .ok_or("no checksum line")?;
+        let expected = sum
+            .strip_prefix("crc32:")
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .ok_or("no checksum line")?;
+        if crc32fast::hash(body.as_bytes()) != expected {
+            return Err("checksum mismatch".into());
+        }
+        serde_json::from_str(body).map_err(|e| e.to_string())
+    }
+
     pub fn next_seq(&self) -> u64 {
         self.segments.last().map_or(1, |s| s.seq + 1)
     }
 }
 
-const CHECKPOINT: &str = "checkpoint.json";
+/// The checkpoint's file in the data dir.
+pub const CHECKPOINT: &str = "checkpoint.json";
 const CHECKPOINT_TMP: &str = "checkpoint.json.tmp";
 const STATE: &str = "state.bin";
 const STATE_TMP: &str = "state.bin.tmp";
-/// Leads the state file: its format, then the body's length and CRC-32.
-const STATE_MAGIC: &[u8; 8] = b"TMSTATE1";
+/// Leads the state file: its format; then the segment it is as of, the store's name and
+/// the body, each with its length, and a CRC-32 of all that.
+const STATE_MAGIC: &[u8; 8] = b"TMSTATE2";
 
 /// The live pipeline's state as of the end of segment `through`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +156,21 @@ pub struct Store {
     prefix: Path,
     location: String,
     runtime: tokio::runtime::Runtime,
+}
+
+/// The next little-endian `u64` of `rest`.
+fn take_u64(rest: &mut &[u8]) -> Option<u64> {
+    let (head, tail) = rest.split_first_chunk::<8>()?;
+    *rest = tail;
+    Some(u64::from_le_bytes(*head))
+}
+
+/// The next length-prefixed bytes of `rest`.
+fn take_sized<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let n = usize::try_from(take_u64(rest)?).ok()?;
+    let (head, tail) = rest.split_at_checked(n)?;
+    *rest = tail;
+    Some(head)
 }
 
 impl Store {
@@ -302,37 +356,27 @@ impl Store {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.failed("reading the checkpoint", e)),
         };
-        let damaged = |why: &str| {
+        Checkpoint::parse(&bytes).map(Some).map_err(|why| {
             self.failed(
                 "reading the checkpoint",
                 format!("{path} is damaged ({why}); restore it from a backup, or move the data dir aside to start afresh"),
             )
-        };
-        let text = std::str::from_utf8(&bytes).map_err(|_| damaged("not UTF-8"))?;
-        let (body, sum) = text
-            .trim_end()
-            .rsplit_once('\n')
-            .ok_or_else(|| damaged("no checksum line"))?;
-        let expected = sum
-            .strip_prefix("crc32:")
-            .and_then(|h| u32::from_str_radix(h, 16).ok())
-            .ok_or_else(|| damaged("no checksum line"))?;
-        if crc32fast::hash(body.as_bytes()) != expected {
-            return Err(damaged("checksum mismatch"));
-        }
-        serde_json::from_str(body)
-            .map(Some)
-            .map_err(|e| damaged(&e.to_string()))
+        })
     }
 
-    /// Replaces the state file: written aside, then renamed over the old one.
-    pub fn write_state(&self, state: &StoredState) -> Result<()> {
-        let mut file = Vec::with_capacity(state.bytes.len() + 28);
+    /// Replaces the state file (of the store `checkpoint` names): written aside, then
+    /// renamed over the old one.
+    pub fn write_state(&self, checkpoint: &Checkpoint, state: &StoredState) -> Result<()> {
+        let name = checkpoint.store.as_bytes();
+        let mut file = Vec::with_capacity(state.bytes.len() + name.len() + 36);
         file.extend_from_slice(STATE_MAGIC);
         file.extend_from_slice(&state.through.to_le_bytes());
+        file.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        file.extend_from_slice(name);
         file.extend_from_slice(&(state.bytes.len() as u64).to_le_bytes());
-        file.extend_from_slice(&crc32fast::hash(&state.bytes).to_le_bytes());
         file.extend_from_slice(&state.bytes);
+        let crc = crc32fast::hash(&file);
+        file.extend_from_slice(&crc.to_le_bytes());
         let (tmp, path) = (self.at(&Path::from(STATE_TMP)), self.at(&Path::from(STATE)));
         self.runtime
             .block_on(async {
@@ -342,45 +386,49 @@ impl Store {
             .map_err(|e| self.failed("writing the live state", e))
     }
 
-    /// The state file, if there is one the checkpoint covers. `Err` says why one that
-    /// exists cannot be used (damaged, or ahead of the checkpoint); the caller replays
-    /// instead.
+    /// The state file, if there is one of this store that the checkpoint covers. `Err`
+    /// says why one that exists cannot be used (damaged, of another history, or ahead of
+    /// the checkpoint); the caller replays instead.
     pub fn read_state(&self, checkpoint: &Checkpoint) -> Result<Option<StoredState>> {
         let path = self.at(&Path::from(STATE));
         let got = self
             .runtime
             .block_on(async { self.objects.get(&path).await?.bytes().await });
-        let bytes = match got {
+        let file = match got {
             Ok(b) => b,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.failed("reading the live state", e)),
         };
-        let unusable = |why: String| self.failed(&format!("reading {path}"), why);
-        let field = |at: usize, n: usize| bytes.get(at..at + n);
-        let (Some(magic), Some(through), Some(len), Some(crc)) =
-            (field(0, 8), field(8, 8), field(16, 8), field(24, 4))
-        else {
-            return Err(unusable("it is truncated".into()));
-        };
-        if magic != STATE_MAGIC {
-            return Err(unusable("it is not a trailmap state file".into()));
+        let unusable = |why: &str| self.failed(&format!("reading {path}"), why);
+        let (body, crc) = file
+            .len()
+            .checked_sub(4)
+            .map(|at| file.split_at(at))
+            .ok_or_else(|| unusable("it is truncated"))?;
+        if !body.starts_with(STATE_MAGIC) {
+            return Err(unusable("it is not a trailmap state file of this version"));
         }
-        let le8 = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-        let (through, len) = (le8(through), le8(len));
-        let crc = u32::from_le_bytes(crc.try_into().unwrap_or([0; 4]));
-        let body = &bytes[28..];
-        if body.len() as u64 != len || crc32fast::hash(body) != crc {
-            return Err(unusable("it is damaged (length or checksum)".into()));
+        if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().unwrap_or([0; 4])) {
+            return Err(unusable("it is damaged (checksum mismatch)"));
+        }
+        // Past the checksum, the lengths are as written; still, no slicing on trust.
+        let mut rest = &body[STATE_MAGIC.len()..];
+        let truncated = || unusable("it is truncated");
+        let through = take_u64(&mut rest).ok_or_else(truncated)?;
+        let name = take_sized(&mut rest).ok_or_else(truncated)?;
+        let bytes = take_sized(&mut rest).ok_or_else(truncated)?.to_vec();
+        if name != checkpoint.store.as_bytes() {
+            return Err(unusable(
+                "it belongs to another history of this data dir (its checkpoint was replaced)",
+            ));
         }
         if !checkpoint.segments.iter().any(|s| s.seq == through) {
-            return Err(unusable(format!(
-                "it is as of segment {through}, which the checkpoint does not name"
-            )));
+            return Err(self.failed(
+                &format!("reading {path}"),
+                format!("it is as of segment {through}, which the checkpoint does not name"),
+            ));
         }
-        Ok(Some(StoredState {
-            through,
-            bytes: body.to_vec(),
-        }))
+        Ok(Some(StoredState { through, bytes }))
     }
 
     /// Removes segments the checkpoint does not name (written after it, before a crash);

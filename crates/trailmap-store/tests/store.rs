@@ -41,6 +41,7 @@ fn segments_and_checkpoints_round_trip_in_a_directory() {
             partition: 0,
             next_offset: 9,
         }],
+        store: Checkpoint::new_store_name(),
     };
     store.write_checkpoint(&checkpoint).expect("checkpoint");
 
@@ -106,7 +107,7 @@ fn memory_urls_work_and_unknown_schemes_say_why() {
 }
 
 #[test]
-fn the_live_state_is_used_only_when_whole_and_covered_by_the_checkpoint() {
+fn the_live_state_is_used_only_when_whole_of_this_store_and_covered_by_the_checkpoint() {
     use trailmap_store::StoredState;
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
@@ -117,41 +118,50 @@ fn the_live_state_is_used_only_when_whole_and_covered_by_the_checkpoint() {
     let checkpoint = Checkpoint {
         segments: vec![segment],
         positions: Vec::new(),
+        store: Checkpoint::new_store_name(),
     };
+    assert_ne!(checkpoint.store, Checkpoint::new_store_name());
     assert_eq!(store.read_state(&checkpoint).expect("none yet"), None);
 
     let state = StoredState {
         through: 1,
         bytes: b"the pipeline's state".to_vec(),
     };
-    store.write_state(&state).expect("write");
-    assert_eq!(store.read_state(&checkpoint).expect("read"), Some(state));
+    store.write_state(&checkpoint, &state).expect("write");
+    assert_eq!(
+        store.read_state(&checkpoint).expect("read"),
+        Some(state.clone())
+    );
+
+    // Of another history of the data dir (its checkpoint replaced): not used.
+    let other = Checkpoint {
+        store: Checkpoint::new_store_name(),
+        ..checkpoint.clone()
+    };
+    let e = store.read_state(&other).unwrap_err().to_string();
+    assert!(e.contains("another history"), "{e}");
 
     // Ahead of the checkpoint (a segment it does not name): not used.
-    store
-        .write_state(&StoredState {
-            through: 2,
-            bytes: vec![1, 2, 3],
-        })
-        .expect("write");
+    let ahead = StoredState {
+        through: 2,
+        bytes: vec![1, 2, 3],
+    };
+    store.write_state(&checkpoint, &ahead).expect("write");
     let e = store.read_state(&checkpoint).unwrap_err().to_string();
     assert!(e.contains("segment 2"), "{e}");
 
-    // Damaged: one byte of the body changed.
-    store
-        .write_state(&StoredState {
-            through: 1,
-            bytes: vec![7; 100],
-        })
-        .expect("write");
+    // Damaged anywhere, the segment number included: refused.
+    store.write_state(&checkpoint, &state).expect("write");
     let path = data.join("state.bin");
-    let mut file = std::fs::read(&path).expect("file");
-    let last = file.len() - 1;
-    file[last] ^= 1;
-    std::fs::write(&path, &file).expect("damage");
-    let e = store.read_state(&checkpoint).unwrap_err().to_string();
-    assert!(e.contains("damaged"), "{e}");
-    std::fs::write(&path, &file[..10]).expect("truncate");
+    let file = std::fs::read(&path).expect("file");
+    for at in [9, file.len() / 2, file.len() - 1] {
+        let mut damaged = file.clone();
+        damaged[at] ^= 1;
+        std::fs::write(&path, &damaged).expect("damage");
+        let e = store.read_state(&checkpoint).unwrap_err().to_string();
+        assert!(e.contains("damaged"), "byte {at}: {e}");
+    }
+    std::fs::write(&path, &file[..3]).expect("truncate");
     let e = store.read_state(&checkpoint).unwrap_err().to_string();
     assert!(e.contains("truncated"), "{e}");
 }
@@ -191,7 +201,7 @@ fn compacted_segments_hold_the_same_feeds_in_a_file_of_their_own() {
     // Once a checkpoint names the compacted segment, the old files are orphans.
     let checkpoint = Checkpoint {
         segments: vec![again],
-        positions: Vec::new(),
+        ..Checkpoint::default()
     };
     store.write_checkpoint(&checkpoint).expect("checkpoint");
     assert_eq!(store.remove_orphans(&checkpoint).expect("orphans"), 4);
