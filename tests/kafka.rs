@@ -203,14 +203,13 @@ fn serve_says_what_to_fix_when_kafka_is_not_there() {
 /// Rows stored in the data dir's checkpointed segments, and their event ids.
 fn stored_event_ids(data: &Path) -> Vec<String> {
     use arrow::array::{Array, AsArray};
-    let text = std::fs::read_to_string(data.join("checkpoint.json")).expect("a checkpoint");
-    let body: serde_json::Value =
-        serde_json::from_str(text.lines().next().expect("body")).expect("checkpoint JSON");
+    let text = std::fs::read(data.join("checkpoint.json")).expect("a checkpoint");
+    let checkpoint = trailmap_store::Checkpoint::parse(&text).expect("a whole checkpoint");
     let mut ids = Vec::new();
-    for segment in body["segments"].as_array().expect("segments") {
-        let seq = segment["seq"].as_u64().expect("seq");
-        let file = std::fs::File::open(data.join(format!("segments/{seq:020}.parquet")))
-            .expect("a segment the checkpoint names");
+    for segment in &checkpoint.segments {
+        // Compacted segments are named by their first and last segment.
+        let file =
+            std::fs::File::open(data.join(segment.file())).expect("a segment the checkpoint names");
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .and_then(|b| b.build())
             .expect("parquet");
@@ -224,7 +223,7 @@ fn stored_event_ids(data: &Path) -> Vec<String> {
             assert_eq!(col.null_count(), 0);
             ids.extend(col.iter().flatten().map(str::to_string));
         }
-        assert_eq!(rows as u64, segment["rows"].as_u64().expect("rows"));
+        assert_eq!(rows as u64, segment.rows);
     }
     ids
 }
