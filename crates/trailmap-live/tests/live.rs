@@ -693,13 +693,7 @@ fn a_durable_source_says_when_everything_read_was_last_stored() {
     let dir = tempfile::tempdir().expect("tmp");
     let files = generate(dir.path(), 200);
     let config = Config::builtin();
-    let mut batches = Vec::new();
-    let mut dead = DeadLetters::new(dir.path().join("dead.ndjson"), None);
-    file::read_all(&inputs(&files), &options(&config, 256), &mut dead, |b| {
-        batches.push(b);
-        Ok(())
-    })
-    .expect("read");
+    let batches = read_batches(&files, &config, 256, dir.path());
     let store = trailmap_store::Store::open("memory://durable-test").expect("store");
     let checkpoint = trailmap_live::durable::resume(&store).expect("resume");
     let source = trailmap_live::DurableSource::new(
@@ -715,6 +709,23 @@ fn a_durable_source_says_when_everything_read_was_last_stored() {
     // A source that stores nothing says nothing.
     let plain = run_live(&inputs(&files), &config, 1, 256);
     assert_eq!(plain.status.checkpointed_at, None);
+}
+
+/// The files as canonical batches of `size` records (dead letters in `dir`).
+fn read_batches(
+    files: &[(SourceKind, PathBuf)],
+    config: &Config,
+    size: usize,
+    dir: &Path,
+) -> Vec<arrow::array::RecordBatch> {
+    let mut batches = Vec::new();
+    let mut dead = DeadLetters::new(dir.join("dead.ndjson"), None);
+    file::read_all(&inputs(files), &options(config, size), &mut dead, |b| {
+        batches.push(b);
+        Ok(())
+    })
+    .expect("read");
+    batches
 }
 
 /// The pipeline on `batches` through a durable store in `data`, a checkpoint and a cut
@@ -748,13 +759,7 @@ fn a_restart_from_the_kept_state_equals_a_clean_run_without_reading_what_it_cove
     let files = generate(&dir.path().join("gen"), 400);
     let files = sorted_by_time(&files, &dir.path().join("sorted"));
     let config = Config::builtin();
-    let mut batches = Vec::new();
-    let mut dead = DeadLetters::new(dir.path().join("dead.ndjson"), None);
-    file::read_all(&inputs(&files), &options(&config, 200), &mut dead, |b| {
-        batches.push(b);
-        Ok(())
-    })
-    .expect("read");
+    let batches = read_batches(&files, &config, 200, dir.path());
     let clean = trailmap_live::BatchReplay::new(batches.clone());
     let options = PipelineOptions {
         shards: 2,

@@ -332,29 +332,46 @@ impl Store {
         let body = serde_json::to_string(checkpoint)
             .map_err(|e| self.failed("encoding the checkpoint", e))?;
         let text = format!("{body}\ncrc32:{:08x}\n", crc32fast::hash(body.as_bytes()));
-        let (tmp, path) = (
-            self.at(&Path::from(CHECKPOINT_TMP)),
-            self.at(&Path::from(CHECKPOINT)),
-        );
-        self.runtime
-            .block_on(async {
-                self.objects.put(&tmp, PutPayload::from(text)).await?;
-                self.objects.rename(&tmp, &path).await
-            })
+        self.replace(CHECKPOINT, CHECKPOINT_TMP, PutPayload::from(text))
             .map_err(|e| self.failed("writing the checkpoint", e))
+    }
+
+    /// Writes `name` whole or not at all: aside as `tmp`, then renamed over it.
+    fn replace(
+        &self,
+        name: &str,
+        tmp: &str,
+        payload: PutPayload,
+    ) -> std::result::Result<(), object_store::Error> {
+        let (tmp, path) = (self.at(&Path::from(tmp)), self.at(&Path::from(name)));
+        self.runtime.block_on(async {
+            self.objects.put(&tmp, payload).await?;
+            self.objects.rename(&tmp, &path).await
+        })
+    }
+
+    /// The bytes of `name`, `None` when there is no such object.
+    fn get_if_any(&self, name: &str) -> std::result::Result<Option<Bytes>, object_store::Error> {
+        let path = self.at(&Path::from(name));
+        let got = self
+            .runtime
+            .block_on(async { self.objects.get(&path).await?.bytes().await });
+        match got {
+            Ok(b) => Ok(Some(b)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The last checkpoint, `None` for a new store. A damaged checkpoint is an error: the
     /// store is not silently started afresh.
     pub fn read_checkpoint(&self) -> Result<Option<Checkpoint>> {
         let path = self.at(&Path::from(CHECKPOINT));
-        let got = self
-            .runtime
-            .block_on(async { self.objects.get(&path).await?.bytes().await });
-        let bytes = match got {
-            Ok(b) => b,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.failed("reading the checkpoint", e)),
+        let Some(bytes) = self
+            .get_if_any(CHECKPOINT)
+            .map_err(|e| self.failed("reading the checkpoint", e))?
+        else {
+            return Ok(None);
         };
         Checkpoint::parse(&bytes).map(Some).map_err(|why| {
             self.failed(
@@ -377,12 +394,7 @@ impl Store {
         file.extend_from_slice(&state.bytes);
         let crc = crc32fast::hash(&file);
         file.extend_from_slice(&crc.to_le_bytes());
-        let (tmp, path) = (self.at(&Path::from(STATE_TMP)), self.at(&Path::from(STATE)));
-        self.runtime
-            .block_on(async {
-                self.objects.put(&tmp, PutPayload::from(file)).await?;
-                self.objects.rename(&tmp, &path).await
-            })
+        self.replace(STATE, STATE_TMP, PutPayload::from(file))
             .map_err(|e| self.failed("writing the live state", e))
     }
 
@@ -391,13 +403,11 @@ impl Store {
     /// the checkpoint); the caller replays instead.
     pub fn read_state(&self, checkpoint: &Checkpoint) -> Result<Option<StoredState>> {
         let path = self.at(&Path::from(STATE));
-        let got = self
-            .runtime
-            .block_on(async { self.objects.get(&path).await?.bytes().await });
-        let file = match got {
-            Ok(b) => b,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.failed("reading the live state", e)),
+        let Some(file) = self
+            .get_if_any(STATE)
+            .map_err(|e| self.failed("reading the live state", e))?
+        else {
+            return Ok(None);
         };
         let unusable = |why: &str| self.failed(&format!("reading {path}"), why);
         let (body, crc) = file
