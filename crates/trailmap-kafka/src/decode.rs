@@ -1,12 +1,16 @@
 //! Decoding off the polling thread.
 //!
 //! The source's thread polls the consumer and copies each message into its partition's
-//! [`Chunk`]; one worker thread decodes chunks into the partitions' micro-batches. Both
-//! cores work at once: polling (librdkafka's queue, copying payloads) overlaps decoding.
+//! [`Chunk`]; worker threads (one per core, at most [`MAX_WORKERS`]) decode chunks into the
+//! partitions' micro-batches, each partition always on the same worker. Polling
+//! (librdkafka's queue, copying payloads) overlaps decoding, and partitions decode in
+//! parallel.
 //!
-//! Everything that orders a partition's feeds goes through one FIFO queue of [`Work`]:
-//! chunks, flushes, and the `Idle`/`End` marks, so a mark always comes after the batches of
-//! what was read before it. Each piece of work answers with exactly one [`Done`], in order:
+//! Everything that orders a partition's feeds goes through its worker's FIFO queue of
+//! [`Work`]: chunks, flushes, and the `Idle`/`End` marks, so a mark always comes after the
+//! batches of what was read before it. Each piece of work answers with exactly one
+//! [`Done`], and a worker answers in the order it was asked (answers of different
+//! partitions may interleave):
 //! the rejections it found (to be sent as dead letters before anything is handed on), the
 //! stats it counted and the feeds it made. The source hands feeds on only after it has
 //! sent the letters of the same and earlier answers, so a batch's position never covers a
@@ -32,9 +36,12 @@ use trailmap_model::{Error, Result};
 /// Messages a chunk holds before it is handed to the worker: enough to make the hand-over
 /// cheap per message, few enough that the worker starts early.
 pub const CHUNK_MESSAGES: usize = 256;
-/// Work items queued for the worker before the polling thread waits (with
+/// Work items queued for each worker before the polling thread waits (with
 /// [`CHUNK_MESSAGES`], what is read ahead of decoding).
 const QUEUE: usize = 8;
+/// Decode threads at most: the polling thread, librdkafka's and the pipeline's want cores
+/// too.
+pub const MAX_WORKERS: usize = 4;
 
 /// One message as read, its bytes in its chunk.
 struct Raw {
@@ -104,10 +111,11 @@ impl Chunk {
     }
 }
 
-/// What the worker is asked to do, in the order the source needs it done.
+/// What a worker is asked to do, in the order the source needs it done.
 pub enum Work {
-    /// A partition seen for the first time (its slot index is the next one).
+    /// A partition seen for the first time.
     Open {
+        slot: usize,
         decoder: Box<JsonDecoder>,
         topic: String,
         partition: i32,
@@ -154,9 +162,23 @@ struct WorkerSlot {
     produced: Option<Instant>,
 }
 
-/// The decode worker's state: the partitions' decoders and pending batches.
+impl Work {
+    /// The partition (slot) the work is about, which picks its worker.
+    fn slot(&self) -> usize {
+        match self {
+            Work::Open { slot, .. } | Work::Decode { slot, .. } | Work::Flush { slot, .. } => *slot,
+            Work::Mark(Feed::Batch { partition, .. })
+            | Work::Mark(Feed::Idle { partition })
+            | Work::Mark(Feed::End { partition }) => *partition,
+            Work::Mark(Feed::Quiet) => 0,
+        }
+    }
+}
+
+/// A decode worker's state: its partitions' decoders and pending batches.
 pub struct Decoding {
-    slots: Vec<WorkerSlot>,
+    /// By slot index; `None` for the partitions of other workers.
+    slots: Vec<Option<WorkerSlot>>,
     batch_size: usize,
     /// Where each partition resumes after a rebalance (shared with the consumer's
     /// context): updated as batches are handed on.
@@ -176,16 +198,22 @@ impl Decoding {
         let mut done = Done::default();
         match work {
             Work::Open {
+                slot,
                 decoder,
                 topic,
                 partition,
-            } => self.slots.push(WorkerSlot {
-                decoder,
-                topic,
-                partition,
-                next: -1,
-                produced: None,
-            }),
+            } => {
+                if self.slots.len() <= slot {
+                    self.slots.resize_with(slot + 1, || None);
+                }
+                self.slots[slot] = Some(WorkerSlot {
+                    decoder,
+                    topic,
+                    partition,
+                    next: -1,
+                    produced: None,
+                });
+            }
             Work::Decode { slot, chunk } => self.decode(slot, &chunk, &mut done),
             Work::Flush { slot, then } => {
                 self.flush(slot, &mut done);
@@ -198,7 +226,7 @@ impl Decoding {
 
     fn decode(&mut self, ix: usize, chunk: &Chunk, done: &mut Done) {
         for m in &chunk.messages {
-            let Some(slot) = self.slots.get_mut(ix) else {
+            let Some(Some(slot)) = self.slots.get_mut(ix) else {
                 return;
             };
             slot.next = m.offset + 1;
@@ -237,7 +265,7 @@ impl Decoding {
 
     /// Hands on the partition's pending batch.
     fn flush(&mut self, ix: usize, done: &mut Done) {
-        let Some(slot) = self.slots.get_mut(ix) else {
+        let Some(Some(slot)) = self.slots.get_mut(ix) else {
             return;
         };
         let arrived = slot.produced.take().unwrap_or_else(Instant::now);
@@ -273,52 +301,61 @@ fn produced_at(timestamp_ms: Option<i64>, read: Instant) -> Instant {
     now.checked_sub(age).unwrap_or(now).min(read)
 }
 
-/// The worker thread and the source's ends of its queues.
+/// The worker threads and the source's ends of their queues.
 pub struct Worker {
-    work: Option<SyncSender<Work>>,
+    /// One queue per worker; slot `i` is decoded by worker `i % len`.
+    work: Vec<SyncSender<Work>>,
+    /// Every worker answers here.
     done: Receiver<Done>,
     /// Work sent whose answer has not been collected.
     in_flight: usize,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 fn stopped() -> Error {
-    Error::Other("the Kafka decode thread stopped".into())
+    Error::Other("a Kafka decode thread stopped".into())
 }
 
 impl Worker {
-    pub fn start(mut decoding: Decoding) -> Result<Worker> {
-        let (work, inbox) = std::sync::mpsc::sync_channel::<Work>(QUEUE);
+    /// Starts `workers` threads (at least one), each with a `Decoding` from `decoding`.
+    pub fn start(workers: usize, decoding: impl Fn() -> Decoding) -> Result<Worker> {
         let (outbox, done): (Sender<Done>, _) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("kafka-decode".into())
-            .spawn(move || {
-                while let Ok(work) = inbox.recv() {
-                    if outbox.send(decoding.run(work)).is_err() {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| Error::Other(format!("cannot start the Kafka decode thread: {e}")))?;
-        Ok(Worker {
-            work: Some(work),
+        let mut pool = Worker {
+            work: Vec::new(),
             done,
             in_flight: 0,
-            thread: Some(thread),
-        })
+            threads: Vec::new(),
+        };
+        for n in 0..workers.max(1) {
+            let (work, inbox) = std::sync::mpsc::sync_channel::<Work>(QUEUE);
+            let (outbox, mut decoding) = (outbox.clone(), decoding());
+            let thread = std::thread::Builder::new()
+                .name(format!("kafka-decode-{n}"))
+                .spawn(move || {
+                    while let Ok(work) = inbox.recv() {
+                        if outbox.send(decoding.run(work)).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| Error::Other(format!("cannot start a Kafka decode thread: {e}")))?;
+            pool.work.push(work);
+            pool.threads.push(thread);
+        }
+        Ok(pool)
     }
 
-    /// Queues work; blocks while the queue is full (backpressure).
+    /// Queues work on its partition's worker; blocks while that queue is full
+    /// (backpressure).
     pub fn send(&mut self, work: Work) -> Result<()> {
-        self.work
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(work)
-            .map_err(|_| stopped())?;
+        let queue = self
+            .work
+            .get(work.slot() % self.work.len().max(1))
+            .ok_or_else(stopped)?;
+        queue.send(work).map_err(|_| stopped())?;
         self.in_flight += 1;
         Ok(())
     }
-
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
@@ -357,9 +394,9 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // Closing the queue ends the thread once it has answered what it holds.
-        self.work = None;
-        if let Some(thread) = self.thread.take() {
+        // Closing the queues ends the threads once they have answered what they hold.
+        self.work.clear();
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -394,6 +431,7 @@ mod tests {
 
     fn open(partition: i32) -> Work {
         Work::Open {
+            slot: partition as usize,
             decoder: Box::new(decoder()),
             topic: "t".into(),
             partition,
@@ -469,12 +507,19 @@ mod tests {
         assert_eq!(shape(&done.feeds), ["end 0"]);
     }
 
-    /// Through the thread, with chunks of two partitions interleaved: each partition's rows
-    /// arrive once and in order, and each `End` after its partition's batches.
+    /// Through the threads, with chunks of three partitions interleaved: each partition's
+    /// rows arrive once and in order, and each `End` after its partition's batches.
     #[test]
-    fn the_worker_answers_in_order() {
+    fn the_workers_answer_in_partition_order() {
+        for workers in [1, 2] {
+            answers_in_order(workers);
+        }
+    }
+
+    fn answers_in_order(workers: usize) {
         let resume = Arc::new(Mutex::new(HashMap::new()));
-        let mut worker = Worker::start(Decoding::new(7, resume)).expect("worker");
+        let mut worker =
+            Worker::start(workers, || Decoding::new(7, resume.clone())).expect("worker");
         let mut answers = Vec::new();
         let mut send = |worker: &mut Worker, work: Work| {
             worker.send(work).expect("send");
@@ -482,9 +527,10 @@ mod tests {
                 answers.push(done);
             }
         };
-        send(&mut worker, open(0));
-        send(&mut worker, open(1));
-        let mut next = [0i64; 2];
+        for partition in 0..3 {
+            send(&mut worker, open(partition));
+        }
+        let mut next = [0i64; 3];
         for round in 0..40 {
             for (slot, next) in next.iter_mut().enumerate() {
                 let mut chunk = Chunk::default();
@@ -495,7 +541,7 @@ mod tests {
                 send(&mut worker, Work::Decode { slot, chunk });
             }
         }
-        for slot in 0..2 {
+        for slot in 0..3 {
             send(
                 &mut worker,
                 Work::Flush {
@@ -509,8 +555,8 @@ mod tests {
                 answers.push(done);
             }
         }
-        let mut rows = [0i64; 2];
-        let mut ended = [false; 2];
+        let mut rows = [0i64; 3];
+        let mut ended = [false; 3];
         for feed in answers.into_iter().flat_map(|d| d.feeds) {
             match feed {
                 Feed::Batch {
@@ -530,6 +576,6 @@ mod tests {
             }
         }
         assert_eq!(rows, next);
-        assert_eq!(ended, [true, true]);
+        assert_eq!(ended, [true; 3]);
     }
 }

@@ -11,7 +11,7 @@
 
 use crate::client;
 use crate::dead_letter::{DeadLetterTopic, Rejected};
-use crate::decode::{CHUNK_MESSAGES, Chunk, Decoding, Done, Work, Worker};
+use crate::decode::{CHUNK_MESSAGES, Chunk, Decoding, Done, MAX_WORKERS, Work, Worker};
 use crate::health::KafkaHealth;
 use rdkafka::ClientContext;
 use rdkafka::bindings::rd_kafka_resp_err_t as RespErr;
@@ -258,7 +258,14 @@ impl KafkaSource {
             .map_err(|e| Error::Other(format!("cannot create the Kafka consumer: {e}")))?;
         let dead = DeadLetterTopic::new(kafka, dead_letter_file)?;
 
-        let worker = Worker::start(Decoding::new(options.batch_size, resume_at.clone()))?;
+        // One decode thread per core: on two cores, decoding then shares them with the
+        // polling thread and librdkafka's, which mostly wait.
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_WORKERS);
+        let worker = Worker::start(workers, || {
+            Decoding::new(options.batch_size, resume_at.clone())
+        })?;
         let mut reader = Reader {
             topics,
             linger: config.ingest.linger.duration(),
@@ -451,6 +458,7 @@ impl Reader {
         )
         .map_err(|m| Error::config(format!("source `{}`", t.source.name), m))?;
         self.worker.send(Work::Open {
+            slot: self.slots.len(),
             decoder: Box::new(decoder),
             topic: t.name.clone(),
             partition,
