@@ -34,12 +34,16 @@ impl<'a> Value<'a> {
             serde_json::Value::Null => None,
             serde_json::Value::String(s) => Some(Value::Str(Cow::Borrowed(s))),
             serde_json::Value::Bool(b) => Some(Value::Bool(*b)),
-            serde_json::Value::Number(n) => Some(match n.as_i64() {
-                Some(i) => Value::Int(i),
-                None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-            }),
+            serde_json::Value::Number(n) => Some(Value::from_number(n)),
             // Objects and arrays are passed as their JSON text (properties fields).
             other => Some(Value::Str(Cow::Owned(other.to_string()))),
+        }
+    }
+
+    pub fn from_number(n: &serde_json::Number) -> Value<'static> {
+        match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         }
     }
 

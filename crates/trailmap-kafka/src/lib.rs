@@ -14,6 +14,7 @@
 //!
 //! Layout:
 //! - [`source`]: [`KafkaSource`], the consumer as a [`LiveSource`](trailmap_live::LiveSource).
+//! - `decode`: the worker thread that decodes what the source's thread polls.
 //! - [`dead_letter`]: [`DeadLetterTopic`], where rejected messages go, unchanged, with the
 //!   reason in a header; a file when the topic cannot take them.
 //! - [`health`]: [`KafkaHealth`], whether the cluster is reachable, for status and `/readyz`.
@@ -21,6 +22,7 @@
 
 pub mod client;
 pub mod dead_letter;
+mod decode;
 pub mod health;
 pub mod source;
 

@@ -1,16 +1,17 @@
 //! The consumer: Kafka partitions as partitions of the live pipeline.
 //!
-//! One thread (the pipeline's source thread) polls one consumer. Messages are decoded into
-//! a micro-batch per partition, handed on when it holds `batch_size` rows or is `linger`
-//! old, so batches stay in partition order and each partition's event time can hold the
-//! watermark. A partition that reaches the end of its topic reports itself idle: a quiet
-//! topic must not stop sessions from closing.
+//! One thread (the pipeline's source thread) polls one consumer; a second one decodes (see
+//! [`crate::decode`]). Messages are decoded into a micro-batch per partition, handed on when
+//! it holds `batch_size` rows or is `linger` old, so batches stay in partition order and
+//! each partition's event time can hold the watermark. A partition that reaches the end of
+//! its topic reports itself idle: a quiet topic must not stop sessions from closing.
 //!
 //! The pipeline's channel is bounded, so while it is full the thread does not poll and
-//! consumption pauses (librdkafka's prefetch queue is bounded too).
+//! consumption pauses (librdkafka's prefetch queue and the decode queue are bounded too).
 
 use crate::client;
 use crate::dead_letter::{DeadLetterTopic, Rejected};
+use crate::decode::{CHUNK_MESSAGES, Chunk, Decoding, Done, MAX_WORKERS, Work, Worker};
 use crate::health::KafkaHealth;
 use rdkafka::ClientContext;
 use rdkafka::bindings::rd_kafka_resp_err_t as RespErr;
@@ -27,7 +28,6 @@ use std::time::{Duration, Instant};
 use trailmap_ingest::{DeadLetters, IngestOptions, IngestStats, JsonDecoder};
 use trailmap_live::{Feed, LiveSource, Position};
 use trailmap_model::config::{Config, FieldMapping, KafkaConfig, SourceConfig, StartFrom};
-use trailmap_model::time::unix_micros;
 use trailmap_model::{Error, Result};
 
 /// How long a [`KafkaSource`] reads.
@@ -166,19 +166,19 @@ enum Progress {
     Ended,
 }
 
-/// One Kafka partition: its micro-batch in the making.
+/// One Kafka partition as the polling thread sees it (its decoder and micro-batch in the
+/// making are the worker's).
 struct Slot {
     topic: usize,
     partition: i32,
-    decoder: JsonDecoder,
-    /// When the oldest row of the pending batch was read (it lingers from then).
+    /// When the oldest message not yet flushed was read: its batch lingers from then at
+    /// the latest (the worker may have cut it by size since, so a flush may come early,
+    /// never late).
     since: Option<Instant>,
-    /// When that row reached Kafka (see [`produced_at`]): freshness counts from here.
-    produced: Option<Instant>,
+    /// Messages read but not yet handed to the worker.
+    chunk: Chunk,
     /// With [`ReadUntil::End`]: the offset this run stops before.
     end: Option<i64>,
-    /// The offset after the last message read; negative before the first.
-    next: i64,
     progress: Progress,
 }
 
@@ -193,6 +193,7 @@ struct Reader {
     stats: IngestStats,
     /// Shared with the consumer's context.
     resume: Arc<Mutex<HashMap<(String, i32), i64>>>,
+    worker: Worker,
 }
 
 pub struct KafkaSource {
@@ -257,6 +258,14 @@ impl KafkaSource {
             .map_err(|e| Error::Other(format!("cannot create the Kafka consumer: {e}")))?;
         let dead = DeadLetterTopic::new(kafka, dead_letter_file)?;
 
+        // One decode thread per core: on two cores, decoding then shares them with the
+        // polling thread and librdkafka's, which mostly wait.
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_WORKERS);
+        let worker = Worker::start(workers, || {
+            Decoding::new(options.batch_size, resume_at.clone())
+        })?;
         let mut reader = Reader {
             topics,
             linger: config.ingest.linger.duration(),
@@ -266,6 +275,7 @@ impl KafkaSource {
             dead,
             stats: IngestStats::default(),
             resume: resume_at,
+            worker,
         };
         for t in 0..reader.topics.len() {
             let count = partition_count(&consumer, kafka, &reader.topics[t])?;
@@ -343,10 +353,13 @@ impl KafkaSource {
                 ours[ix] = true;
             }
         }
-        for (ix, slot) in self.reader.slots.iter_mut().enumerate() {
-            if !ours[ix] && slot.progress == Progress::Active {
-                slot.progress = Progress::Idle;
-                self.reader.ready.push_back(Feed::Idle { partition: ix });
+        for (ix, ours) in ours.into_iter().enumerate() {
+            if !ours && self.reader.slots[ix].progress == Progress::Active {
+                self.reader.slots[ix].progress = Progress::Idle;
+                self.reader.hand_over(ix)?;
+                self.reader
+                    .worker
+                    .send(Work::Mark(Feed::Idle { partition: ix }))?;
             }
         }
         Ok(())
@@ -383,28 +396,14 @@ impl KafkaSource {
                     _ => continue,
                 }
             }
-            self.reader.flush(ix);
-            let slot = &mut self.reader.slots[ix];
-            if self.until == ReadUntil::Forever {
-                slot.progress = Progress::Idle;
-                self.reader.ready.push_back(Feed::Idle { partition: ix });
-            }
+            let then = (self.until == ReadUntil::Forever).then(|| {
+                self.reader.slots[ix].progress = Progress::Idle;
+                Feed::Idle { partition: ix }
+            });
+            self.reader.flush(ix, then)?;
         }
         Ok(())
     }
-}
-
-/// When a message reached Kafka (its timestamp: create or log-append time), as an instant
-/// of this process's clock, so freshness counts the time it spent in the broker; now when
-/// it has no timestamp, or one ahead of this clock.
-fn produced_at(message: &BorrowedMessage<'_>) -> Instant {
-    let now = Instant::now();
-    let Some(ms) = message.timestamp().to_millis() else {
-        return now;
-    };
-    let wall = unix_micros(std::time::SystemTime::now()) / 1000;
-    let age = Duration::from_millis(wall.saturating_sub(ms).max(0) as u64);
-    now.checked_sub(age).unwrap_or(now)
 }
 
 fn is_end_of_partition(error: &KafkaError) -> bool {
@@ -458,14 +457,18 @@ impl Reader {
             self.options.projection,
         )
         .map_err(|m| Error::config(format!("source `{}`", t.source.name), m))?;
+        self.worker.send(Work::Open {
+            slot: self.slots.len(),
+            decoder: Box::new(decoder),
+            topic: t.name.clone(),
+            partition,
+        })?;
         self.slots.push(Slot {
             topic,
             partition,
-            decoder,
             since: None,
-            produced: None,
+            chunk: Chunk::default(),
             end: None,
-            next: -1,
             progress: Progress::Active,
         });
         Ok(self.slots.len() - 1)
@@ -519,14 +522,13 @@ impl Reader {
             self.slots[ix].end = Some(high);
             if start >= high {
                 self.slots[ix].progress = Progress::Ended;
-                self.ready.push_back(Feed::End { partition: ix });
+                self.worker.send(Work::Mark(Feed::End { partition: ix }))?;
             }
         }
         Ok(())
     }
 
-    /// Decodes one message into its partition's batch; a rejected one goes to the
-    /// dead-letter topic.
+    /// Takes one message into its partition's chunk, for the worker to decode.
     fn take(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
         let Some(topic) = self.topics.iter().position(|t| t.name == message.topic()) else {
             return Ok(());
@@ -538,75 +540,84 @@ impl Reader {
             // Produced after this run started: the next run reads it.
             return Ok(());
         }
-        slot.next = offset + 1;
-        let decoded = match message.payload() {
-            Some(payload) => slot.decoder.decode(payload),
-            None => Err("empty message: no payload".to_string()),
-        };
-        match decoded {
-            Ok(outcome) => self.stats.count(outcome),
-            Err(reason) => {
-                self.stats.count_rejected();
-                *self
-                    .stats
-                    .rejected_by_source
-                    .entry(self.topics[topic].source.name.clone())
-                    .or_default() += 1;
-                self.dead.send(&Rejected {
-                    topic: message.topic(),
-                    partition: message.partition(),
-                    offset,
-                    key: message.key(),
-                    payload: message.payload(),
-                    reason: &reason,
-                })?;
-            }
-        }
-        let slot = &mut self.slots[ix];
+        slot.chunk.push(message);
         if slot.progress == Progress::Idle {
             slot.progress = Progress::Active;
         }
-        if slot.since.is_none() && slot.decoder.pending() > 0 {
+        if slot.since.is_none() {
             slot.since = Some(Instant::now());
-            slot.produced = Some(produced_at(message));
         }
-        if slot.decoder.pending() >= self.options.batch_size {
-            self.flush(ix);
-        }
-        let slot = &mut self.slots[ix];
         if slot.end.is_some_and(|end| offset + 1 >= end) {
             slot.progress = Progress::Ended;
-            self.flush(ix);
-            self.ready.push_back(Feed::End { partition: ix });
+            self.flush(ix, Some(Feed::End { partition: ix }))?;
+        } else if slot.chunk.len() >= CHUNK_MESSAGES {
+            self.hand_over(ix)?;
         }
         Ok(())
     }
 
-    /// Hands on the partition's pending batch.
-    fn flush(&mut self, ix: usize) {
-        let slot = &mut self.slots[ix];
-        slot.since = None;
-        let arrived = slot.produced.take().unwrap_or_else(Instant::now);
-        if let Some(batch) = slot.decoder.take_batch() {
-            let position = (slot.next >= 0).then(|| Position {
-                topic: self.topics[slot.topic].name.clone(),
-                partition: slot.partition,
-                next_offset: slot.next,
-            });
-            if let (Some(p), Ok(mut resume)) = (&position, self.resume.lock()) {
-                resume.insert((p.topic.clone(), p.partition), p.next_offset);
-            }
-            self.ready.push_back(Feed::Batch {
-                partition: ix,
-                batch,
-                position,
-                arrived,
-            });
+    /// Hands the partition's chunk to the worker.
+    fn hand_over(&mut self, ix: usize) -> Result<()> {
+        if self.slots[ix].chunk.is_empty() {
+            return Ok(());
         }
+        let chunk = std::mem::take(&mut self.slots[ix].chunk);
+        self.worker.send(Work::Decode { slot: ix, chunk })
     }
 
-    /// Hands on batches that have waited `linger`; returns how long until the next is due.
-    fn flush_lingering(&mut self) -> Option<Duration> {
+    /// Every chunk to the worker (before the polling thread waits).
+    fn hand_over_all(&mut self) -> Result<()> {
+        for ix in 0..self.slots.len() {
+            self.hand_over(ix)?;
+        }
+        Ok(())
+    }
+
+    /// Has the worker hand on the partition's pending batch, then `then`.
+    fn flush(&mut self, ix: usize, then: Option<Feed>) -> Result<()> {
+        self.hand_over(ix)?;
+        self.slots[ix].since = None;
+        self.worker.send(Work::Flush { slot: ix, then })
+    }
+
+    /// Takes in one answer of the worker: its dead letters are sent before its feeds can
+    /// be handed on (a batch's position may cover the rejected messages).
+    fn answer(&mut self, done: Done) -> Result<()> {
+        for r in &done.rejected {
+            self.dead.send(&Rejected {
+                topic: &r.topic,
+                partition: r.partition,
+                offset: r.offset,
+                key: r.key.as_deref(),
+                payload: r.payload.as_deref(),
+                reason: &r.reason,
+            })?;
+        }
+        self.stats.add(&done.stats);
+        self.ready.extend(done.feeds);
+        Ok(())
+    }
+
+    /// Takes in every answer already there.
+    fn collect(&mut self) -> Result<()> {
+        while let Some(done) = self.worker.try_done()? {
+            self.answer(done)?;
+        }
+        Ok(())
+    }
+
+    /// Takes in every answer still to come.
+    fn settle_worker(&mut self) -> Result<()> {
+        while self.worker.in_flight() > 0 {
+            if let Some(done) = self.worker.wait_done(CALL_TIMEOUT)? {
+                self.answer(done)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes batches that have waited `linger`; returns how long until the next is due.
+    fn flush_lingering(&mut self) -> Result<Option<Duration>> {
         let mut next: Option<Duration> = None;
         let mut now = None;
         for ix in 0..self.slots.len() {
@@ -615,13 +626,13 @@ impl Reader {
             };
             let waited = now.get_or_insert_with(Instant::now).duration_since(since);
             if waited >= self.linger {
-                self.flush(ix);
+                self.flush(ix, None)?;
             } else {
                 let left = self.linger - waited;
                 next = Some(next.map_or(left, |n| n.min(left)));
             }
         }
-        next
+        Ok(next)
     }
 }
 
@@ -632,6 +643,7 @@ impl LiveSource for KafkaSource {
 
     fn next(&mut self) -> Result<Option<Feed>> {
         loop {
+            self.reader.collect()?;
             if let Some(feed) = self.reader.ready.pop_front() {
                 return Ok(Some(feed));
             }
@@ -642,16 +654,33 @@ impl LiveSource for KafkaSource {
                     .iter()
                     .all(|s| s.progress == Progress::Ended)
             {
+                if self.reader.worker.in_flight() > 0 {
+                    self.reader.settle_worker()?;
+                    continue;
+                }
                 self.reader.dead.flush(CALL_TIMEOUT)?;
                 return Ok(None);
             }
             self.reassigned()?;
             let wait = self
                 .reader
-                .flush_lingering()
+                .flush_lingering()?
                 .map_or(POLL, |left| left.min(POLL));
+            let mut polled = self.consumer.poll(Timeout::After(Duration::ZERO));
+            if polled.is_none() {
+                // Nothing to read right now: what was read goes to the worker, and its
+                // answers are awaited rather than the consumer's next message.
+                self.reader.hand_over_all()?;
+                if self.reader.worker.in_flight() > 0 {
+                    if let Some(done) = self.reader.worker.wait_done(wait)? {
+                        self.reader.answer(done)?;
+                    }
+                    continue;
+                }
+                polled = self.consumer.poll(Timeout::After(wait));
+            }
             let mut quiet = false;
-            match self.consumer.poll(Timeout::After(wait)) {
+            match polled {
                 None => quiet = true,
                 Some(Ok(message)) => {
                     self.alive();
@@ -691,8 +720,9 @@ impl LiveSource for KafkaSource {
     /// Every partition's lingering batch, handed on now.
     fn drain(&mut self) -> Result<Vec<Feed>> {
         for ix in 0..self.reader.slots.len() {
-            self.reader.flush(ix);
+            self.reader.flush(ix, None)?;
         }
+        self.reader.settle_worker()?;
         Ok(self.reader.ready.drain(..).collect())
     }
 

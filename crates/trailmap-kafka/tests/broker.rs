@@ -289,3 +289,133 @@ fn late_messages_inside_the_horizon_correct_the_map_and_beyond_it_are_set_aside(
         "the event beyond the horizon is not counted"
     );
 }
+
+/// Drives the source by hand, with decoding on its worker thread: batches of each partition
+/// come in offset order with positions that only grow, its `End` comes after all of them,
+/// every poisoned message is a dead letter, and the letters of what a batch's position
+/// covers are in the dead-letter topic once the source says a checkpoint may be taken.
+#[test]
+fn batches_stay_in_partition_order_and_letters_precede_their_positions() {
+    use arrow::array::{Array, StringArray};
+    use trailmap_live::{Feed, LiveSource};
+
+    let broker = Nisshi::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    broker.create_topic("mixed", 2);
+    broker.create_topic("trailmap-dead-letters", 1);
+    let config = config(&broker, "mixed", dir.path());
+    let per_partition = 3000;
+    let poisoned = |i: usize| i % 7 == 3;
+    for p in 0..2 {
+        let records: Vec<(Vec<u8>, Vec<u8>)> = (0..per_partition)
+            .map(|i| {
+                let payload = if poisoned(i) {
+                    format!("{{\"customer_id\":\"c{i}\",").into_bytes()
+                } else {
+                    format!(
+                        r#"{{"event_id":"p{p}-{i:05}","customer_id":"c{}","ts":{},"touchpoint":"home_view"}}"#,
+                        i % 40,
+                        T0 + i as i64
+                    )
+                    .into_bytes()
+                };
+                (format!("k{i}").into_bytes(), payload)
+            })
+            .collect();
+        broker.produce_to(
+            "mixed",
+            Some(p),
+            records
+                .iter()
+                .map(|(k, v)| (Some(k.as_slice()), v.as_slice())),
+        );
+    }
+    let options = IngestOptions {
+        batch_size: 50,
+        ..IngestOptions::default()
+    };
+    let dead = DeadLetters::new(&config.ingest.dead_letter, None);
+    let mut source =
+        KafkaSource::connect(&config, options, dead, ReadUntil::End, &[]).expect("connect");
+
+    let mut ids: Vec<Vec<String>> = vec![Vec::new(); 2];
+    let mut positions: Vec<Vec<i64>> = vec![Vec::new(); 2];
+    let mut ended = [false; 2];
+    let mut checked_letters = false;
+    while let Some(feed) = source.next().expect("next") {
+        match feed {
+            Feed::Batch {
+                partition,
+                batch,
+                position,
+                ..
+            } => {
+                assert!(
+                    !ended[partition],
+                    "a batch of partition {partition} after its end"
+                );
+                assert!(batch.num_rows() <= 50, "batch_size bounds a batch");
+                let position = position.expect("a position");
+                let column = batch
+                    .column_by_name("event_id")
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .expect("event ids");
+                ids[partition].extend((0..column.len()).map(|i| column.value(i).to_string()));
+                if let Some(last) = positions[partition].last() {
+                    assert!(position.next_offset > *last, "positions only grow");
+                }
+                positions[partition].push(position.next_offset);
+                if !checked_letters && position.next_offset > 1000 {
+                    checked_letters = true;
+                    source.before_checkpoint().expect("letters delivered");
+                    let covered = (0..position.next_offset as usize)
+                        .filter(|&i| poisoned(i))
+                        .count();
+                    let letters = broker.read_all("trailmap-dead-letters");
+                    let of_partition = letters
+                        .iter()
+                        .filter(|l| {
+                            l.headers.get("trailmap-partition")
+                                == Some(&position.partition.to_string())
+                        })
+                        .count();
+                    assert!(
+                        of_partition >= covered,
+                        "{of_partition} letters of partition {} when a position covers {covered}",
+                        position.partition
+                    );
+                }
+            }
+            Feed::End { partition } => ended[partition] = true,
+            Feed::Idle { .. } | Feed::Quiet => {}
+        }
+    }
+    assert!(checked_letters);
+    assert_eq!(ended, [true, true]);
+    for p in 0..2 {
+        let expected: Vec<String> = (0..per_partition)
+            .filter(|&i| !poisoned(i))
+            .map(|i| format!("p{p}-{i:05}"))
+            .collect();
+        assert_eq!(
+            ids[p], expected,
+            "partition {p}: every row once, in offset order"
+        );
+        assert_eq!(positions[p].last(), Some(&(per_partition as i64)));
+    }
+    let bad = (0..per_partition).filter(|&i| poisoned(i)).count() as u64;
+    let stats = source.stats();
+    assert_eq!(stats.records, 2 * per_partition as u64);
+    assert_eq!(stats.rejected, 2 * bad);
+    assert_eq!(stats.rejected_by_source.get("events"), Some(&(2 * bad)));
+    drop(source);
+    let letters = broker.read_all("trailmap-dead-letters");
+    assert_eq!(letters.len() as u64, 2 * bad);
+    for l in &letters {
+        let header = |name: &str| l.headers.get(name).cloned().unwrap_or_default();
+        let offset: usize = header("trailmap-offset").parse().expect("offset");
+        assert!(poisoned(offset));
+        assert_eq!(l.key.as_deref(), Some(format!("k{offset}").as_bytes()));
+        assert!(header("trailmap-reason").contains("invalid JSON"), "{l:?}");
+    }
+}
