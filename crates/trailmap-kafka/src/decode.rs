@@ -170,7 +170,8 @@ impl Work {
             Work::Mark(Feed::Batch { partition, .. })
             | Work::Mark(Feed::Idle { partition })
             | Work::Mark(Feed::End { partition }) => *partition,
-            Work::Mark(Feed::Quiet) => 0,
+            // Not about a partition (the Kafka source never marks these).
+            Work::Mark(Feed::Quiet | Feed::Cut(_)) => 0,
         }
     }
 }
@@ -456,6 +457,7 @@ mod tests {
                 Feed::Idle { partition } => format!("idle {partition}"),
                 Feed::End { partition } => format!("end {partition}"),
                 Feed::Quiet => "quiet".into(),
+                Feed::Cut(cut) => format!("cut {}", cut.through),
             })
             .collect()
     }

@@ -388,6 +388,7 @@ fn batches_stay_in_partition_order_and_letters_precede_their_positions() {
             }
             Feed::End { partition } => ended[partition] = true,
             Feed::Idle { .. } | Feed::Quiet => {}
+            Feed::Cut(_) => panic!("the Kafka source hands on no cuts"),
         }
     }
     assert!(checked_letters);
