@@ -20,9 +20,12 @@
 use crate::source::{Cut, Feed, LiveSource, Position};
 use arrow::array::RecordBatch;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant, SystemTime};
 use trailmap_ingest::IngestStats;
-use trailmap_model::Result;
+use trailmap_model::{Error, Result};
 use trailmap_store::{Checkpoint, Segment, Store, StoredState};
 
 pub struct DurableSource {
@@ -47,17 +50,17 @@ pub struct DurableSource {
     last_cut: Option<Instant>,
     /// A cut to hand on after the checkpoint that stored segment `through`.
     cut_due: Option<u64>,
-    /// The segment the kept state is as of: segments up to it may be compacted.
-    kept_through: Option<u64>,
+    /// The segment the kept state is as of (0: none), as the writer last wrote it:
+    /// segments up to it may be compacted.
+    kept_through: Arc<AtomicU64>,
     /// Rows compacted segments are made of, at most; `None`: no compaction.
     compact_to: Option<u64>,
     /// When compaction last failed.
     compact_failed: Option<Instant>,
-    /// Where the pipeline hands the state of a cut back.
-    kept: (
-        std::sync::mpsc::SyncSender<StoredState>,
-        std::sync::mpsc::Receiver<StoredState>,
-    ),
+    /// Where the pipeline hands the state of a cut back: the writer's inbox, once started,
+    /// and what says the writer is done.
+    writer: Option<SyncSender<StoredState>>,
+    writer_done: Option<Receiver<()>>,
 }
 
 /// Reads the store's checkpoint (a new store: an empty one) and removes what a crash left
@@ -102,10 +105,11 @@ impl DurableSource {
             snapshot_every: None,
             last_cut: None,
             cut_due: None,
-            kept_through: None,
+            kept_through: Arc::new(AtomicU64::new(0)),
             compact_to: None,
             compact_failed: None,
-            kept: std::sync::mpsc::sync_channel(1),
+            writer: None,
+            writer_done: None,
         }
     }
 
@@ -124,22 +128,34 @@ impl DurableSource {
         self
     }
 
-    /// Stores the states the pipeline handed back; failing to is not fatal (the segments
-    /// are the truth), so it is only said.
-    fn keep_states(&mut self) {
-        while let Ok(state) = self.kept.1.try_recv() {
-            // States are assembled on tasks of their own and may come back out of order:
-            // an older one must not replace a newer one.
-            if self.kept_through.is_some_and(|kept| state.through <= kept) {
-                continue;
-            }
-            match self.store.write_state(&self.checkpoint, &state) {
-                Ok(()) => self.kept_through = Some(state.through),
-                Err(e) => {
-                    eprintln!("store: the live state was not kept ({e}); a restart replays more")
+    /// The inbox of the thread that stores the states the pipeline hands back, started on
+    /// first use. A state is as large as the pipeline's memory: written here, on the
+    /// source thread, it would pause ingest. `None` if the thread cannot start (then no
+    /// state is kept, which only makes restarts replay more).
+    fn writer(&mut self) -> Option<SyncSender<StoredState>> {
+        if self.writer.is_none() {
+            let store = self.store.try_clone();
+            let (name, kept) = (self.checkpoint.store.clone(), self.kept_through.clone());
+            let (to, inbox) = std::sync::mpsc::sync_channel::<StoredState>(1);
+            let (done, writer_done) = std::sync::mpsc::sync_channel::<()>(1);
+            let started = store.and_then(|store| {
+                std::thread::Builder::new()
+                    .name("trailmap-state".into())
+                    .spawn(move || {
+                        keep_states(&store, &name, &inbox, &kept);
+                        let _ = done.send(());
+                    })
+                    .map_err(|e| Error::Other(e.to_string()))
+            });
+            match started {
+                Ok(_) => {
+                    self.writer = Some(to);
+                    self.writer_done = Some(writer_done);
                 }
+                Err(e) => eprintln!("store: the live state cannot be kept ({e})"),
             }
         }
+        self.writer.clone()
     }
 
     /// Compacts the oldest run of small segments the kept state covers, once it is worth a
@@ -147,7 +163,8 @@ impl DurableSource {
     /// never needs them split again; and a run never crosses the kept state's segment,
     /// whose number the compacted segment keeps (the state file names it).
     fn compact(&mut self) -> Result<()> {
-        let (Some(target), Some(through)) = (self.compact_to, self.kept_through) else {
+        let through = self.kept_through.load(Ordering::Acquire);
+        let Some(target) = self.compact_to.filter(|_| through > 0) else {
             return Ok(());
         };
         if self
@@ -230,6 +247,22 @@ impl DurableSource {
     }
 }
 
+/// Stores the states that arrive in `inbox`, until every sender is gone; failing to is not
+/// fatal (the segments are the truth), so it is only said.
+fn keep_states(store: &Store, name: &str, inbox: &Receiver<StoredState>, kept: &AtomicU64) {
+    for state in inbox {
+        // States are assembled on tasks of their own and may come back out of order: an
+        // older one must not replace a newer one.
+        if state.through <= kept.load(Ordering::Acquire) {
+            continue;
+        }
+        match store.write_state(name, &state) {
+            Ok(()) => kept.store(state.through, Ordering::Release),
+            Err(e) => eprintln!("store: the live state was not kept ({e}); a restart replays more"),
+        }
+    }
+}
+
 /// How long compaction rests after it failed.
 const COMPACT_RETRY: Duration = Duration::from_secs(600);
 
@@ -300,15 +333,13 @@ impl LiveSource for DurableSource {
             if self.ended {
                 return Ok(None);
             }
-            self.keep_states();
             if self.last.elapsed() >= self.every {
                 self.checkpoint()?;
             }
-            if let Some(through) = self.cut_due.take() {
-                return Ok(Some(Feed::Cut(Cut {
-                    through,
-                    keep: self.kept.0.clone(),
-                })));
+            if let Some(through) = self.cut_due.take()
+                && let Some(keep) = self.writer()
+            {
+                return Ok(Some(Feed::Cut(Cut { through, keep })));
             }
             let feed = self.inner.next()?;
             match &feed {
@@ -333,7 +364,8 @@ impl LiveSource for DurableSource {
     fn stored_state(&mut self) -> Option<StoredState> {
         match self.store.read_state(&self.checkpoint) {
             Ok(state) => {
-                self.kept_through = state.as_ref().map(|s| s.through);
+                let through = state.as_ref().map_or(0, |s| s.through);
+                self.kept_through.store(through, Ordering::Release);
                 state
             }
             Err(e) => {
@@ -368,9 +400,14 @@ impl LiveSource for DurableSource {
 }
 
 impl Drop for DurableSource {
-    /// A pipeline stopped on request keeps what it read.
+    /// A pipeline stopped on request keeps what it read, and the last state handed back.
     fn drop(&mut self) {
-        self.keep_states();
+        // The writer ends once the pipeline's cuts in flight are gone too; bounded, so a
+        // stuck pipeline cannot hold the stop.
+        self.writer = None;
+        if let Some(done) = self.writer_done.take() {
+            let _ = done.recv_timeout(Duration::from_secs(30));
+        }
         if let Err(e) = self.checkpoint() {
             eprintln!(
                 "store: the last checkpoint could not be written ({e}); a restart reads those events again"

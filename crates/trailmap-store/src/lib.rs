@@ -158,6 +158,14 @@ pub struct Store {
     runtime: tokio::runtime::Runtime,
 }
 
+/// The runtime a store handle blocks on (each its own: calls come from plain threads).
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Other(format!("cannot start the store's runtime: {e}")))
+}
+
 /// The next little-endian `u64` of `rest`.
 fn take_u64(rest: &mut &[u8]) -> Option<u64> {
     let (head, tail) = rest.split_first_chunk::<8>()?;
@@ -204,15 +212,21 @@ impl Store {
             })?;
             (Arc::new(local), Path::default())
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Other(format!("cannot start the store's runtime: {e}")))?;
         Ok(Store {
             objects,
             prefix,
             location: data_dir.to_string(),
-            runtime,
+            runtime: runtime()?,
+        })
+    }
+
+    /// Another handle on the same store, for another thread.
+    pub fn try_clone(&self) -> Result<Store> {
+        Ok(Store {
+            objects: self.objects.clone(),
+            prefix: self.prefix.clone(),
+            location: self.location.clone(),
+            runtime: runtime()?,
         })
     }
 
@@ -381,10 +395,10 @@ impl Store {
         })
     }
 
-    /// Replaces the state file (of the store `checkpoint` names): written aside, then
-    /// renamed over the old one.
-    pub fn write_state(&self, checkpoint: &Checkpoint, state: &StoredState) -> Result<()> {
-        let name = checkpoint.store.as_bytes();
+    /// Replaces the state file of the store named `store` (its checkpoint's `store`):
+    /// written aside, then renamed over the old one.
+    pub fn write_state(&self, store: &str, state: &StoredState) -> Result<()> {
+        let name = store.as_bytes();
         let mut file = Vec::with_capacity(state.bytes.len() + name.len() + 36);
         file.extend_from_slice(STATE_MAGIC);
         file.extend_from_slice(&state.through.to_le_bytes());

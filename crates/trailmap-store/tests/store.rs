@@ -127,7 +127,7 @@ fn the_live_state_is_used_only_when_whole_of_this_store_and_covered_by_the_check
         through: 1,
         bytes: b"the pipeline's state".to_vec(),
     };
-    store.write_state(&checkpoint, &state).expect("write");
+    store.write_state(&checkpoint.store, &state).expect("write");
     assert_eq!(
         store.read_state(&checkpoint).expect("read"),
         Some(state.clone())
@@ -146,12 +146,12 @@ fn the_live_state_is_used_only_when_whole_of_this_store_and_covered_by_the_check
         through: 2,
         bytes: vec![1, 2, 3],
     };
-    store.write_state(&checkpoint, &ahead).expect("write");
+    store.write_state(&checkpoint.store, &ahead).expect("write");
     let e = store.read_state(&checkpoint).unwrap_err().to_string();
     assert!(e.contains("segment 2"), "{e}");
 
     // Damaged anywhere, the segment number included: refused.
-    store.write_state(&checkpoint, &state).expect("write");
+    store.write_state(&checkpoint.store, &state).expect("write");
     let path = data.join("state.bin");
     let file = std::fs::read(&path).expect("file");
     for at in [9, file.len() / 2, file.len() - 1] {
