@@ -133,13 +133,13 @@ impl Analyst {
         use tables::{Events, JourneyRows, RowsTable, Shared, Transitions};
         let shared = Shared::new(journeys.clone());
         self.ctx
-            .register_table("events", Arc::new(RowsTable(Events(shared.clone()))))?;
+            .register_table("events", Arc::new(RowsTable::new(Events(shared.clone()))))?;
         self.ctx.register_table(
             "journeys",
-            Arc::new(RowsTable(JourneyRows::new(shared.clone())?)),
+            Arc::new(RowsTable::new(JourneyRows::new(shared.clone())?)),
         )?;
         self.ctx
-            .register_table("transitions", Arc::new(RowsTable(Transitions::new(shared))))?;
+            .register_table("transitions", Arc::new(RowsTable::new(Transitions::new(shared))))?;
         for (name, kind) in [
             ("paths", MiningResult::Paths),
             ("variants", MiningResult::Variants),

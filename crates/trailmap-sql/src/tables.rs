@@ -14,7 +14,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit,
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{Result, project_schema};
 use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use std::fmt;
@@ -35,8 +37,17 @@ pub(crate) trait Rows: Send + Sync + 'static {
     fn column(&self, index: usize, rows: Range<usize>) -> Result<ArrayRef>;
 }
 
-/// A [`TableProvider`] over [`Rows`]: scans build only the projected columns.
-pub(crate) struct RowsTable<R>(pub R);
+/// A [`TableProvider`] over [`Rows`]: scans build only the projected columns, a batch at
+/// a time as the plan pulls them, so a scan holds a batch per partition rather than the
+/// whole table (materializing a 20M-row table up front cost more in page faults than in
+/// building it).
+pub(crate) struct RowsTable<R>(pub Arc<R>);
+
+impl<R> RowsTable<R> {
+    pub(crate) fn new(rows: R) -> Self {
+        RowsTable(Arc::new(rows))
+    }
+}
 
 impl<R> fmt::Debug for RowsTable<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -68,34 +79,75 @@ impl<R: Rows> TableProvider for RowsTable<R> {
             None => (0..schema.fields().len()).collect(),
         };
         let n = limit.map_or(self.0.num_rows(), |l| l.min(self.0.num_rows()));
-        let mut batches = Vec::with_capacity(n.div_ceil(BATCH));
-        let mut start = 0;
-        while start < n {
-            let end = (start + BATCH).min(n);
+        // Two partitions, whole batches each, so scans and aggregations start on both cores.
+        let half = n.div_ceil(BATCH).div_ceil(2) * BATCH;
+        let partitions: Vec<Arc<dyn PartitionStream>> = [0..half.min(n), half.min(n)..n]
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .map(|range| {
+                Arc::new(RowsStream {
+                    rows: self.0.clone(),
+                    schema: projected.clone(),
+                    columns: columns.clone(),
+                    range,
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        // The streams build the projected columns themselves: no projection on top.
+        Ok(Arc::new(StreamingTableExec::try_new(
+            projected,
+            partitions,
+            None,
+            Vec::new(),
+            false,
+            None,
+        )?))
+    }
+}
+
+/// One partition of a scan: the rows `range`, as batches of [`BATCH`].
+struct RowsStream<R> {
+    rows: Arc<R>,
+    schema: SchemaRef,
+    columns: Vec<usize>,
+    range: Range<usize>,
+}
+
+impl<R> fmt::Debug for RowsStream<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RowsStream({:?})", self.range)
+    }
+}
+
+impl<R: Rows> PartitionStream for RowsStream<R> {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (rows, schema, columns) = (self.rows.clone(), self.schema.clone(), self.columns.clone());
+        let end = self.range.end;
+        let batches = self.range.clone().step_by(BATCH).map(move |start| {
+            let range = start..(start + BATCH).min(end);
             let arrays = columns
                 .iter()
-                .map(|&c| self.0.column(c, start..end))
+                .map(|&c| rows.column(c, range.clone()))
                 .collect::<Result<Vec<_>>>()?;
-            batches.push(if arrays.is_empty() {
+            Ok(if arrays.is_empty() {
                 RecordBatch::try_new_with_options(
-                    projected.clone(),
+                    schema.clone(),
                     arrays,
                     &datafusion::arrow::array::RecordBatchOptions::new()
-                        .with_row_count(Some(end - start)),
+                        .with_row_count(Some(range.len())),
                 )?
             } else {
-                RecordBatch::try_new(projected.clone(), arrays)?
-            });
-            start = end;
-        }
-        // Two partitions so scans and aggregations start on both cores.
-        let mid = batches.len().div_ceil(2);
-        let second = batches.split_off(mid);
-        let mut parts = vec![batches];
-        if !second.is_empty() {
-            parts.push(second);
-        }
-        Ok(MemorySourceConfig::try_new_exec(&parts, projected, None)?)
+                RecordBatch::try_new(schema.clone(), arrays)?
+            })
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::iter(batches),
+        ))
     }
 }
 
