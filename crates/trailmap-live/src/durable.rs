@@ -13,9 +13,10 @@
 //! Replaying every segment makes a restart as long as the history. So, at most every
 //! `snapshot_every` ([`keep_state_every`](DurableSource::keep_state_every)), a checkpoint
 //! is followed by a [`Cut`] in the feed: the pipeline snapshots its state there and hands
-//! it back, and the next step stores it beside the checkpoint. A restart that can use it
+//! it back, and a writer thread stores it beside the checkpoint. A restart that can use it
 //! (same config, same shards) starts from that state and replays only the segments stored
-//! after it.
+//! after it. The small segments that state covers are then compacted
+//! ([`compact_to`](DurableSource::compact_to)).
 
 use crate::source::{Cut, Feed, LiveSource, Position};
 use arrow::array::RecordBatch;

@@ -138,8 +138,10 @@ impl Analyst {
             "journeys",
             Arc::new(RowsTable::new(JourneyRows::new(shared.clone())?)),
         )?;
-        self.ctx
-            .register_table("transitions", Arc::new(RowsTable::new(Transitions::new(shared))))?;
+        self.ctx.register_table(
+            "transitions",
+            Arc::new(RowsTable::new(Transitions::new(shared))),
+        )?;
         for (name, kind) in [
             ("paths", MiningResult::Paths),
             ("variants", MiningResult::Variants),

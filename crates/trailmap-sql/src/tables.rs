@@ -15,10 +15,10 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{Result, project_schema};
 use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
@@ -125,7 +125,8 @@ impl<R: Rows> PartitionStream for RowsStream<R> {
     }
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let (rows, schema, columns) = (self.rows.clone(), self.schema.clone(), self.columns.clone());
+        let (rows, schema, columns) =
+            (self.rows.clone(), self.schema.clone(), self.columns.clone());
         let end = self.range.end;
         let batches = self.range.clone().step_by(BATCH).map(move |start| {
             let range = start..(start + BATCH).min(end);
