@@ -694,14 +694,7 @@ fn a_durable_source_says_when_everything_read_was_last_stored() {
     let files = generate(dir.path(), 200);
     let config = Config::builtin();
     let batches = read_batches(&files, &config, 256, dir.path());
-    let store = trailmap_store::Store::open("memory://durable-test").expect("store");
-    let checkpoint = trailmap_live::durable::resume(&store).expect("resume");
-    let source = trailmap_live::DurableSource::new(
-        store,
-        checkpoint,
-        Box::new(trailmap_live::BatchReplay::new(batches)),
-        std::time::Duration::ZERO,
-    );
+    let source = durable_source("memory://durable-test", batches);
     let before = trailmap_model::time::unix_micros(std::time::SystemTime::now());
     let result = run_source(Box::new(source), &config, &PipelineOptions::default());
     let at = result.status.checkpointed_at.expect("a checkpoint time");
@@ -728,6 +721,22 @@ fn read_batches(
     batches
 }
 
+/// `batches` replayed through the store at `data_dir`, resumed where it was, a checkpoint
+/// after every batch.
+fn durable_source(
+    data_dir: &str,
+    batches: Vec<arrow::array::RecordBatch>,
+) -> trailmap_live::DurableSource {
+    let store = trailmap_store::Store::open(data_dir).expect("store");
+    let checkpoint = trailmap_live::durable::resume(&store).expect("resume");
+    trailmap_live::DurableSource::new(
+        store,
+        checkpoint,
+        Box::new(trailmap_live::BatchReplay::new(batches)),
+        std::time::Duration::ZERO,
+    )
+}
+
 /// The pipeline on `batches` through a durable store in `data`, a checkpoint and a cut
 /// after every batch, covered segments compacted by 1000 rows.
 fn run_durable(
@@ -736,16 +745,9 @@ fn run_durable(
     config: &Config,
     shards: usize,
 ) -> LiveResult {
-    let store = trailmap_store::Store::open(data.to_str().expect("utf-8")).expect("store");
-    let checkpoint = trailmap_live::durable::resume(&store).expect("resume");
-    let source = trailmap_live::DurableSource::new(
-        store,
-        checkpoint,
-        Box::new(trailmap_live::BatchReplay::new(batches)),
-        std::time::Duration::ZERO,
-    )
-    .keep_state_every(std::time::Duration::ZERO)
-    .compact_to(1000);
+    let source = durable_source(data.to_str().expect("utf-8"), batches)
+        .keep_state_every(std::time::Duration::ZERO)
+        .compact_to(1000);
     let options = PipelineOptions {
         shards,
         channel_batches: 2,

@@ -3,6 +3,24 @@
 
 use trailmap_sql::{Analyst, Limits};
 
+/// An analyst with limits no query here comes near.
+fn roomy() -> Analyst {
+    Analyst::new(Limits {
+        timeout: std::time::Duration::from_secs(60),
+        memory: 1 << 30,
+    })
+}
+
+/// The single count a `SELECT count(*)` answers.
+fn count(batches: &[datafusion::arrow::array::RecordBatch]) -> i64 {
+    batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .expect("a count")
+        .value(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_past_the_timeout_is_cancelled() {
     let analyst = Analyst::new(Limits {
@@ -51,30 +69,18 @@ async fn a_query_past_the_memory_limit_fails_and_names_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_events_read_a_local_data_dir_only() {
     let dir = std::env::temp_dir().join(format!("trailmap-stored-{}", std::process::id()));
-    let analyst = Analyst::new(Limits {
-        timeout: std::time::Duration::from_secs(60),
-        memory: 1 << 30,
-    })
-    .with_store(dir.to_str().expect("utf-8"))
-    .expect("a local data dir");
+    let analyst = roomy()
+        .with_store(dir.to_str().expect("utf-8"))
+        .expect("a local data dir");
     let batches = analyst
         .query("SELECT count(*) AS n FROM stored_events")
         .await
         .expect("an empty store answers");
-    let n = batches[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<datafusion::arrow::array::Int64Array>()
-        .expect("a count")
-        .value(0);
-    assert_eq!(n, 0);
-    let refused = Analyst::new(Limits {
-        timeout: std::time::Duration::from_secs(60),
-        memory: 1 << 30,
-    })
-    .with_store("s3://bucket/trailmap")
-    .err()
-    .expect("an object store URL is refused");
+    assert_eq!(count(&batches), 0);
+    let refused = roomy()
+        .with_store("s3://bucket/trailmap")
+        .err()
+        .expect("an object store URL is refused");
     assert!(refused.to_string().contains("local data dir"), "{refused}");
 }
 
@@ -112,22 +118,11 @@ fn stored_events_are_the_segments_the_checkpoint_names() {
             ..Default::default()
         })
         .expect("checkpoint");
-    let analyst = Analyst::new(Limits {
-        timeout: std::time::Duration::from_secs(60),
-        memory: 1 << 30,
-    })
-    .with_store(data)
-    .expect("a local data dir");
+    let analyst = roomy().with_store(data).expect("a local data dir");
     // The store blocks on a runtime of its own, so the query gets one apart.
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let batches = runtime
         .block_on(analyst.query("SELECT count(*) AS n FROM stored_events"))
         .expect("a count");
-    let n = batches[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<datafusion::arrow::array::Int64Array>()
-        .expect("a count")
-        .value(0);
-    assert_eq!(n, 3, "the orphan is not counted");
+    assert_eq!(count(&batches), 3, "the orphan is not counted");
 }
