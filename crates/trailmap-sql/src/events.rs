@@ -6,7 +6,8 @@
 //! `AggregateUDFImpl` ([`EventsUdaf`]) carries the argument checks, the `GroupsAccumulator`
 //! fast path and `convert_to_state` for every function built this way.
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, UInt32Array};
+use arrow::buffer::OffsetBuffer;
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field, FieldRef, Int64Type, TimeUnit, UInt32Type};
 use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
@@ -38,8 +39,67 @@ pub trait EventFunction: Debug + Send + Sync + 'static {
     fn return_type() -> DataType;
     /// Whether events meeting no condition matter (they are dropped otherwise).
     fn keeps_unmatched(&self) -> bool;
-    /// The answers for groups' events (each list unsorted).
-    fn evaluate(&mut self, groups: Vec<Vec<(i64, u32)>>) -> Result<ArrayRef>;
+    /// The answers for groups' events (each group's unsorted).
+    fn evaluate(&mut self, groups: Grouped) -> Result<ArrayRef>;
+}
+
+/// Events of consecutive groups, flat: group `g`'s are `events[offsets[g]..offsets[g + 1]]`.
+pub struct Grouped {
+    events: Vec<(i64, u32)>,
+    offsets: Vec<usize>,
+}
+
+impl Grouped {
+    fn one(events: Vec<(i64, u32)>) -> Grouped {
+        let offsets = vec![0, events.len()];
+        Grouped { events, offsets }
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Each group's events, in group order.
+    pub fn each_mut(&mut self) -> impl Iterator<Item = &mut [(i64, u32)]> {
+        let mut rest = self.events.as_mut_slice();
+        self.offsets.windows(2).map(move |w| {
+            let (group, after) = std::mem::take(&mut rest).split_at_mut(w[1] - w[0]);
+            rest = after;
+            group
+        })
+    }
+
+    /// As the partial state: a list of times and a list of masks per group.
+    fn into_lists(self) -> Result<Vec<ArrayRef>> {
+        if i32::try_from(self.events.len()).is_err() {
+            return plan_err!(
+                "{} events in one state: more than a list holds; group more finely",
+                self.events.len()
+            );
+        }
+        let lengths = self.offsets.windows(2).map(|w| w[1] - w[0]);
+        let offsets = OffsetBuffer::<i32>::from_lengths(lengths);
+        let ts = Int64Array::from_iter_values(self.events.iter().map(|e| e.0));
+        let masks = UInt32Array::from_iter_values(self.events.iter().map(|e| e.1));
+        Ok(vec![
+            Arc::new(ListArray::try_new(
+                Arc::new(Field::new_list_field(DataType::Int64, true)),
+                offsets.clone(),
+                Arc::new(ts),
+                None,
+            )?),
+            Arc::new(ListArray::try_new(
+                Arc::new(Field::new_list_field(DataType::UInt32, true)),
+                offsets,
+                Arc::new(masks),
+                None,
+            )?),
+        ])
+    }
 }
 
 /// The constant arguments of a call.
@@ -182,16 +242,6 @@ fn state_events(
     Ok(())
 }
 
-fn lists(groups: &[Vec<(i64, u32)>]) -> Vec<ArrayRef> {
-    let ts = ListArray::from_iter_primitive::<Int64Type, _, _>(
-        groups.iter().map(|g| Some(g.iter().map(|e| Some(e.0)))),
-    );
-    let masks = ListArray::from_iter_primitive::<UInt32Type, _, _>(
-        groups.iter().map(|g| Some(g.iter().map(|e| Some(e.1)))),
-    );
-    vec![Arc::new(ts), Arc::new(masks)]
-}
-
 /// A behavioural function as a DataFusion aggregate.
 #[derive(Debug)]
 pub struct EventsUdaf<F> {
@@ -271,8 +321,8 @@ impl<F: EventFunction> AggregateUDFImpl for EventsUdaf<F> {
     ) -> Result<Box<dyn GroupsAccumulator>> {
         Ok(Box::new(Groups {
             function: parameters::<F>(&args)?,
-            groups: Vec::new(),
-            capacity: 0,
+            events: Vec::new(),
+            groups: 0,
         }))
     }
 }
@@ -296,7 +346,7 @@ impl<F: EventFunction> Accumulator for GroupAccumulator<F> {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let lists = lists(std::slice::from_ref(&self.events));
+        let lists = Grouped::one(self.events.clone()).into_lists()?;
         Ok(vec![
             ScalarValue::List(Arc::new(lists[0].as_list::<i32>().clone())),
             ScalarValue::List(Arc::new(lists[1].as_list::<i32>().clone())),
@@ -305,7 +355,7 @@ impl<F: EventFunction> Accumulator for GroupAccumulator<F> {
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
         // Window frames call this once per row: the events stay.
-        let answer = self.function.evaluate(vec![self.events.clone()])?;
+        let answer = self.function.evaluate(Grouped::one(self.events.clone()))?;
         ScalarValue::try_from_array(&answer, 0)
     }
 
@@ -314,32 +364,77 @@ impl<F: EventFunction> Accumulator for GroupAccumulator<F> {
     }
 }
 
-/// Every group's events, by group index: DataFusion's fast path for GROUP BY.
+/// Every group's events: DataFusion's fast path for GROUP BY.
+///
+/// Events are appended flat, each with its group, and sorted into groups (a counting sort
+/// on the dense group indices) only when emitted: no vector per group to grow, which with a
+/// million customers cost more than the functions themselves.
 #[derive(Debug)]
 struct Groups<F> {
     function: F,
-    groups: Vec<Vec<(i64, u32)>>,
-    /// Sum of the groups' capacities, in events, kept as they grow: DataFusion asks for
-    /// `size()` after every batch, and summing a million groups each time made GROUP BY
-    /// quadratic in the number of customers.
-    capacity: usize,
+    /// The events not emitted yet, in arrival order.
+    events: Vec<GroupEvent>,
+    /// Groups DataFusion has numbered and not taken yet (some may have no events).
+    groups: usize,
 }
 
-/// Appends an event to a group, keeping the capacity total.
-#[inline]
-fn push_event(groups: &mut [Vec<(i64, u32)>], capacity: &mut usize, g: usize, event: (i64, u32)) {
-    let group = &mut groups[g];
-    let before = group.capacity();
-    group.push(event);
-    *capacity += group.capacity() - before;
+#[derive(Clone, Copy, Debug)]
+struct GroupEvent {
+    ts: i64,
+    mask: u32,
+    group: u32,
 }
 
 impl<F> Groups<F> {
-    /// Takes the groups to emit, taking their events out of the capacity total.
-    fn take(&mut self, emit_to: EmitTo) -> Vec<Vec<(i64, u32)>> {
-        let taken = emit_to.take_needed(&mut self.groups);
-        self.capacity -= taken.iter().map(Vec::capacity).sum::<usize>();
-        taken
+    fn grow(&mut self, total_num_groups: usize) -> Result<()> {
+        if total_num_groups > u32::MAX as usize {
+            return plan_err!(
+                "more than {} groups in one aggregation; group more coarsely",
+                u32::MAX
+            );
+        }
+        self.groups = self.groups.max(total_num_groups);
+        Ok(())
+    }
+
+    /// Takes the groups to emit, renumbering those that stay.
+    fn take(&mut self, emit_to: EmitTo) -> Grouped {
+        let n = match emit_to {
+            EmitTo::All => self.groups,
+            EmitTo::First(n) => n.min(self.groups),
+        };
+        let mut offsets = vec![0usize; n + 1];
+        for e in &self.events {
+            if (e.group as usize) < n {
+                offsets[e.group as usize + 1] += 1;
+            }
+        }
+        for g in 0..n {
+            offsets[g + 1] += offsets[g];
+        }
+        let mut events = vec![(0i64, 0u32); offsets[n]];
+        let mut next = offsets.clone();
+        let mut kept = 0;
+        for i in 0..self.events.len() {
+            let e = self.events[i];
+            let g = e.group as usize;
+            if g < n {
+                events[next[g]] = (e.ts, e.mask);
+                next[g] += 1;
+            } else {
+                self.events[kept] = GroupEvent {
+                    group: e.group - n as u32,
+                    ..e
+                };
+                kept += 1;
+            }
+        }
+        self.events.truncate(kept);
+        if kept == 0 {
+            self.events = Vec::new();
+        }
+        self.groups -= n;
+        Grouped { events, offsets }
     }
 }
 
@@ -351,10 +446,12 @@ impl<F: EventFunction> GroupsAccumulator for Groups<F> {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.groups.resize_with(total_num_groups, Vec::new);
-        let (groups, capacity) = (&mut self.groups, &mut self.capacity);
-        events(&self.function, values, opt_filter, |row, t, m| {
-            push_event(groups, capacity, group_indices[row], (t, m))
+        self.grow(total_num_groups)?;
+        let list = &mut self.events;
+        events(&self.function, values, opt_filter, |row, ts, mask| {
+            // Below `total_num_groups`, checked to fit.
+            let group = group_indices[row] as u32;
+            list.push(GroupEvent { ts, mask, group })
         })
     }
 
@@ -364,10 +461,11 @@ impl<F: EventFunction> GroupsAccumulator for Groups<F> {
         group_indices: &[usize],
         total_num_groups: usize,
     ) -> Result<()> {
-        self.groups.resize_with(total_num_groups, Vec::new);
-        let (groups, capacity) = (&mut self.groups, &mut self.capacity);
-        state_events(F::NAME, values, |row, t, m| {
-            push_event(groups, capacity, group_indices[row], (t, m))
+        self.grow(total_num_groups)?;
+        let list = &mut self.events;
+        state_events(F::NAME, values, |row, ts, mask| {
+            let group = group_indices[row] as u32;
+            list.push(GroupEvent { ts, mask, group })
         })
     }
 
@@ -377,7 +475,7 @@ impl<F: EventFunction> GroupsAccumulator for Groups<F> {
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        Ok(lists(&self.take(emit_to)))
+        self.take(emit_to).into_lists()
     }
 
     /// Rows straight to partial states (DataFusion skips partial aggregation when groups are
@@ -387,14 +485,68 @@ impl<F: EventFunction> GroupsAccumulator for Groups<F> {
         values: &[ArrayRef],
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
-        let mut rows: Vec<Vec<(i64, u32)>> = vec![Vec::new(); values[F::PARAMETERS].len()];
+        let rows = values[F::PARAMETERS].len();
+        let mut offsets = vec![0usize; rows + 1];
+        let mut list = Vec::new();
         events(&self.function, values, opt_filter, |row, t, m| {
-            rows[row].push((t, m))
+            list.push((t, m));
+            offsets[row + 1] = 1;
         })?;
-        Ok(lists(&rows))
+        for r in 0..rows {
+            offsets[r + 1] += offsets[r];
+        }
+        Grouped {
+            events: list,
+            offsets,
+        }
+        .into_lists()
     }
 
     fn size(&self) -> usize {
-        self.groups.capacity() * 24 + self.capacity * 16
+        self.events.capacity() * std::mem::size_of::<GroupEvent>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grouped(g: Grouped) -> Vec<Vec<i64>> {
+        let mut g = g;
+        g.each_mut()
+            .map(|events| events.iter().map(|e| e.0).collect())
+            .collect()
+    }
+
+    #[test]
+    fn emitting_the_first_groups_renumbers_the_rest() {
+        let mut groups = Groups {
+            function: (),
+            events: Vec::new(),
+            groups: 0,
+        };
+        groups.grow(4).unwrap();
+        for (ts, group) in [(1, 2), (2, 0), (3, 1), (4, 2), (5, 0), (6, 3)] {
+            groups.events.push(GroupEvent { ts, mask: 1, group });
+        }
+        // Groups 0 and 1, each in arrival order.
+        assert_eq!(
+            grouped(groups.take(EmitTo::First(2))),
+            [vec![2, 5], vec![3]]
+        );
+        // Groups 2 and 3 are now 0 and 1.
+        assert_eq!(groups.groups, 2);
+        groups.grow(3).unwrap();
+        groups.events.push(GroupEvent {
+            ts: 7,
+            mask: 1,
+            group: 0,
+        });
+        assert_eq!(
+            grouped(groups.take(EmitTo::All)),
+            [vec![1, 4, 7], vec![6], vec![]]
+        );
+        assert!(groups.events.is_empty() && groups.groups == 0);
+        assert!(groups.grow(u32::MAX as usize + 1).is_err());
     }
 }

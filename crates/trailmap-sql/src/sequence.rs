@@ -8,7 +8,7 @@
 //! meeting condition 1 first), which is ClickHouse's answer when rows arrive in that order,
 //! and the same answer on every run.
 
-use crate::events::{EventFunction, EventsUdaf, text_parameter};
+use crate::events::{EventFunction, EventsUdaf, Grouped, text_parameter};
 use arrow::array::{ArrayRef, BooleanArray, UInt64Array};
 use arrow::datatypes::DataType;
 use datafusion::common::{DataFusionError, Result, ScalarValue};
@@ -56,12 +56,12 @@ impl EventFunction for SequenceMatchFn {
         false
     }
 
-    fn evaluate(&mut self, groups: Vec<Vec<(i64, u32)>>) -> Result<ArrayRef> {
+    fn evaluate(&mut self, mut groups: Grouped) -> Result<ArrayRef> {
         let mut out = Vec::with_capacity(groups.len());
-        for mut g in groups {
-            ordered(&mut g);
+        for g in groups.each_mut() {
+            ordered(g);
             out.push(Some(
-                self.0.matches(&g).map_err(|e| too_slow(Self::NAME, e))?,
+                self.0.matches(g).map_err(|e| too_slow(Self::NAME, e))?,
             ));
         }
         Ok(Arc::new(BooleanArray::from(out)))
@@ -88,11 +88,11 @@ impl EventFunction for SequenceCountFn {
         false
     }
 
-    fn evaluate(&mut self, groups: Vec<Vec<(i64, u32)>>) -> Result<ArrayRef> {
+    fn evaluate(&mut self, mut groups: Grouped) -> Result<ArrayRef> {
         let mut out = Vec::with_capacity(groups.len());
-        for mut g in groups {
-            ordered(&mut g);
-            out.push(self.0.count(&g).map_err(|e| too_slow(Self::NAME, e))?);
+        for g in groups.each_mut() {
+            ordered(g);
+            out.push(self.0.count(g).map_err(|e| too_slow(Self::NAME, e))?);
         }
         Ok(Arc::new(UInt64Array::from(out)))
     }

@@ -1,24 +1,34 @@
 //! The journey tables over a stitched [`JourneyLog`]: `events`, `journeys`, `transitions`.
 //!
-//! Each table is a view of the log's columns, materialized at scan time and only for the
-//! columns the query reads. Names (customers, touchpoints, stages, sources) are dictionary
-//! columns; each batch's dictionary holds just the names its rows use (see [`dictionary`]).
+//! Each table is a view of the log's columns, built a batch at a time as a scan pulls it
+//! and only for the columns the query reads. Scans split by customer, each partition
+//! holding the customers DataFusion's hash repartitioning would send it, and declare it, so
+//! GROUP BY customer needs no repartition (see [`RowsTable`]). Names (customers,
+//! touchpoints, stages, sources) are dictionary columns; each batch's dictionary holds just
+//! the names its rows use (see [`dictionary`]).
 
 use crate::Journeys;
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, DictionaryArray, Float64Array, ListArray, RecordBatch, StringArray,
-    TimestampMicrosecondArray, UInt32Array,
+    ArrayRef, BooleanArray, DictionaryArray, Float64Array, ListArray, RecordBatch,
+    RecordBatchOptions, StringArray, TimestampMicrosecondArray, UInt32Array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, UInt32Type};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{Result, project_schema};
+use datafusion::common::hash_utils::create_hashes;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Result, internal_err, project_schema};
 use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::repartition::REPARTITION_RANDOM_STATE;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
@@ -26,15 +36,23 @@ use trailmap_mine::funnel::FunnelSpec;
 use trailmap_mine::{Aggregate, Funnel};
 use trailmap_model::config::Scope;
 
-/// Rows per batch, so a scan splits across both cores.
+/// Rows per batch.
 const BATCH: usize = 64 * 1024;
 
 /// A table whose columns are computed from the log on demand.
+///
+/// Rows come grouped by customer (each customer's rows contiguous, customers in the log's
+/// order), which is what lets a scan hand each partition whole customers.
 pub(crate) trait Rows: Send + Sync + 'static {
+    /// Index of the `customer` column in [`Rows::schema`].
+    const CUSTOMER: usize;
     fn schema(&self) -> SchemaRef;
     fn num_rows(&self) -> usize;
-    /// Column `index` for `rows`.
-    fn column(&self, index: usize, rows: Range<usize>) -> Result<ArrayRef>;
+    /// Where each customer's rows start, in customer order, then the number of rows.
+    fn customer_starts(&self) -> Vec<usize>;
+    fn shared(&self) -> &Shared;
+    /// Column `index` for the rows `rows`, in that order.
+    fn column(&self, index: usize, rows: &[Range<usize>]) -> Result<ArrayRef>;
 }
 
 /// A [`TableProvider`] over [`Rows`]: scans build only the projected columns, a batch at
@@ -67,7 +85,7 @@ impl<R: Rows> TableProvider for RowsTable<R> {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         limit: Option<usize>,
@@ -78,78 +96,188 @@ impl<R: Rows> TableProvider for RowsTable<R> {
             Some(p) => p.clone(),
             None => (0..schema.fields().len()).collect(),
         };
-        let n = limit.map_or(self.0.num_rows(), |l| l.min(self.0.num_rows()));
-        // Two partitions, whole batches each, so scans and aggregations start on both cores.
-        let half = n.div_ceil(BATCH).div_ceil(2) * BATCH;
-        let partitions: Vec<Arc<dyn PartitionStream>> = [0..half.min(n), half.min(n)..n]
-            .into_iter()
-            .filter(|r| !r.is_empty())
-            .map(|range| {
-                Arc::new(RowsStream {
-                    rows: self.0.clone(),
-                    schema: projected.clone(),
-                    columns: columns.clone(),
-                    range,
-                }) as Arc<dyn PartitionStream>
-            })
-            .collect();
-        // The streams build the projected columns themselves: no projection on top.
-        Ok(Arc::new(StreamingTableExec::try_new(
-            projected,
-            partitions,
-            None,
-            Vec::new(),
-            false,
-            None,
-        )?))
+        let count = state.config().target_partitions().max(1);
+        let parts = self
+            .0
+            .shared()
+            .customer_partitions(&self.0.customer_starts(), count, limit)?;
+        // Each partition holds exactly the customers DataFusion's own hash repartitioning
+        // would send to it, so saying so is true, and GROUP BY customer (the behavioural
+        // functions' usual shape) aggregates each partition alone: no partial states, no
+        // repartition, no merge. Joins on `customer` between these tables line up too.
+        let partitioning = match columns.iter().position(|&c| c == R::CUSTOMER) {
+            Some(at) => Partitioning::Hash(
+                vec![Arc::new(Column::new("customer", at)) as Arc<dyn PhysicalExpr>],
+                count,
+            ),
+            None => Partitioning::UnknownPartitioning(count),
+        };
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(projected.clone()),
+            partitioning,
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Arc::new(JourneyScanExec {
+            rows: self.0.clone(),
+            columns,
+            parts: parts.into_iter().map(Arc::new).collect(),
+            properties: Arc::new(properties),
+        }))
     }
 }
 
-/// One partition of a scan: the rows `range`, as batches of [`BATCH`].
-struct RowsStream<R> {
+/// The scan of a journey table: partition `p` streams the rows `parts[p]`, a batch of
+/// [`BATCH`] rows at a time, built as the plan pulls them.
+struct JourneyScanExec<R> {
     rows: Arc<R>,
-    schema: SchemaRef,
+    /// The table's columns to build, in output order.
     columns: Vec<usize>,
-    range: Range<usize>,
+    parts: Vec<Arc<Vec<Range<usize>>>>,
+    properties: Arc<PlanProperties>,
 }
 
-impl<R> fmt::Debug for RowsStream<R> {
+impl<R> fmt::Debug for JourneyScanExec<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RowsStream({:?})", self.range)
+        write!(f, "JourneyScanExec({:?})", self.columns)
     }
 }
 
-impl<R: Rows> PartitionStream for RowsStream<R> {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
+impl<R: Rows> DisplayAs for JourneyScanExec<R> {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let names: Vec<&str> = self
+            .properties
+            .eq_properties
+            .schema()
+            .fields()
+            .iter()
+            .map(|field| field.name().as_str())
+            .collect();
+        write!(
+            f,
+            "JourneyScanExec: partitioning={}, projection=[{}]",
+            self.properties.partitioning,
+            names.join(", ")
+        )
+    }
+}
+
+impl<R: Rows> ExecutionPlan for JourneyScanExec<R> {
+    fn name(&self) -> &str {
+        "JourneyScanExec"
     }
 
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let (rows, schema, columns) =
-            (self.rows.clone(), self.schema.clone(), self.columns.clone());
-        let end = self.range.end;
-        let batches = self.range.clone().step_by(BATCH).map(move |start| {
-            let range = start..(start + BATCH).min(end);
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let Some(ranges) = self.parts.get(partition).cloned() else {
+            return internal_err!(
+                "JourneyScanExec has {} partitions, not {}",
+                self.parts.len(),
+                partition + 1
+            );
+        };
+        let (rows, columns) = (self.rows.clone(), self.columns.clone());
+        let schema = self.properties.eq_properties.schema().clone();
+        let batch_schema = schema.clone();
+        let batches = batches_of(ranges).map(move |batch| {
             let arrays = columns
                 .iter()
-                .map(|&c| rows.column(c, range.clone()))
+                .map(|&c| rows.column(c, &batch))
                 .collect::<Result<Vec<_>>>()?;
-            Ok(if arrays.is_empty() {
-                RecordBatch::try_new_with_options(
-                    schema.clone(),
-                    arrays,
-                    &datafusion::arrow::array::RecordBatchOptions::new()
-                        .with_row_count(Some(range.len())),
-                )?
-            } else {
-                RecordBatch::try_new(schema.clone(), arrays)?
-            })
+            let options = RecordBatchOptions::new().with_row_count(Some(total(&batch)));
+            Ok(RecordBatch::try_new_with_options(
+                batch_schema.clone(),
+                arrays,
+                &options,
+            )?)
         });
-        Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
             futures::stream::iter(batches),
-        ))
+        )))
     }
+}
+
+fn total(ranges: &[Range<usize>]) -> usize {
+    ranges.iter().map(Range::len).sum()
+}
+
+/// `ranges` cut into batches of [`BATCH`] rows (the last one shorter).
+fn batches_of(ranges: Arc<Vec<Range<usize>>>) -> impl Iterator<Item = Vec<Range<usize>>> {
+    let mut at = (0, ranges.first().map_or(0, |r| r.start));
+    std::iter::from_fn(move || {
+        let mut batch = Vec::new();
+        let mut room = BATCH;
+        while room > 0 && at.0 < ranges.len() {
+            let range = &ranges[at.0];
+            let end = range.end.min(at.1 + room);
+            if end > at.1 {
+                batch.push(at.1..end);
+                room -= end - at.1;
+            }
+            if end == range.end {
+                at.0 += 1;
+                at.1 = ranges.get(at.0).map_or(0, |r| r.start);
+            } else {
+                at.1 = end;
+            }
+        }
+        (!batch.is_empty()).then_some(batch)
+    })
+}
+
+/// The values of `column` at `rows`, in order.
+fn gather<T: Copy>(column: &[T], rows: &[Range<usize>]) -> Vec<T> {
+    let mut out = Vec::with_capacity(total(rows));
+    for r in rows {
+        out.extend_from_slice(&column[r.clone()]);
+    }
+    out
+}
+
+/// For rows whose `key` never decreases, where each customer's rows start: the first row
+/// whose key is at least the customer's `lowest` key; then the number of rows.
+fn starts_by_key(
+    lowest: impl Iterator<Item = usize>,
+    rows: usize,
+    key: impl Fn(usize) -> usize,
+) -> Vec<usize> {
+    let mut row = 0;
+    let mut starts: Vec<usize> = lowest
+        .map(|low| {
+            while row < rows && key(row) < low {
+                row += 1;
+            }
+            row
+        })
+        .collect();
+    starts.push(rows);
+    starts
 }
 
 fn names_type() -> DataType {
@@ -204,6 +332,8 @@ fn timestamps(micros: Vec<i64>) -> ArrayRef {
 pub(crate) struct Shared {
     journeys: Journeys,
     customer_names: OnceLock<ArrayRef>,
+    /// Per customer: DataFusion's repartitioning hash of its name.
+    customer_hashes: OnceLock<Vec<u64>>,
     touchpoint_names: ArrayRef,
     stage_names: ArrayRef,
     source_names: ArrayRef,
@@ -224,6 +354,7 @@ impl Shared {
         Arc::new(Shared {
             journeys,
             customer_names: OnceLock::new(),
+            customer_hashes: OnceLock::new(),
             touchpoint_names,
             stage_names,
             source_names,
@@ -239,6 +370,55 @@ impl Shared {
                 (0..log.num_customers() as u32).map(|c| log.customer_key(c)),
             ))
         })
+    }
+
+    fn customer_hashes(&self) -> Result<&[u64]> {
+        if self.customer_hashes.get().is_none() {
+            let names = self.customer_names();
+            let mut hashes = vec![0; names.len()];
+            create_hashes(
+                [names],
+                REPARTITION_RANDOM_STATE.random_state(),
+                &mut hashes,
+            )?;
+            // A racing scan may have set them first: the same values.
+            let _ = self.customer_hashes.set(hashes);
+        }
+        Ok(self.customer_hashes.get().map_or(&[], Vec::as_slice))
+    }
+
+    /// The rows of each of `count` partitions, whole customers each: customer `c`'s rows
+    /// `starts[c]..starts[c + 1]` go to the partition DataFusion's hash repartitioning
+    /// sends its name to. With a `limit`, each partition stops after that many rows.
+    fn customer_partitions(
+        &self,
+        starts: &[usize],
+        count: usize,
+        limit: Option<usize>,
+    ) -> Result<Vec<Vec<Range<usize>>>> {
+        let hashes = self.customer_hashes()?;
+        if hashes.len() + 1 != starts.len() {
+            return internal_err!(
+                "{} customers, but rows for {}",
+                hashes.len(),
+                starts.len().saturating_sub(1)
+            );
+        }
+        let mut parts: Vec<Vec<Range<usize>>> = vec![Vec::new(); count];
+        let mut room = vec![limit.unwrap_or(usize::MAX); count];
+        for (hash, w) in hashes.iter().zip(starts.windows(2)) {
+            let p = (hash % count as u64) as usize;
+            let rows = w[0]..w[1].min(w[0].saturating_add(room[p]));
+            if rows.is_empty() {
+                continue;
+            }
+            room[p] -= rows.len();
+            match parts[p].last_mut() {
+                Some(last) if last.end == rows.start => last.end = rows.end,
+                _ => parts[p].push(rows),
+            }
+        }
+        Ok(parts)
     }
 
     fn customer_of(&self) -> &[u32] {
@@ -309,6 +489,8 @@ impl Events {
 }
 
 impl Rows for Events {
+    const CUSTOMER: usize = 0;
+
     fn schema(&self) -> SchemaRef {
         Events::table_schema()
     }
@@ -317,17 +499,33 @@ impl Rows for Events {
         self.0.journeys.log.num_events()
     }
 
-    fn column(&self, index: usize, rows: Range<usize>) -> Result<ArrayRef> {
+    fn customer_starts(&self) -> Vec<usize> {
+        let offsets = &self.0.journeys.log.offsets;
+        if offsets.is_empty() {
+            vec![0]
+        } else {
+            offsets.clone()
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.0
+    }
+
+    fn column(&self, index: usize, rows: &[Range<usize>]) -> Result<ArrayRef> {
         let s = &self.0;
         let log = &s.journeys.log;
         match index {
-            0 => dictionary(s.customer_of()[rows].to_vec(), s.customer_names()),
-            1 => Ok(Arc::new(UInt32Array::from(s.session_of()[rows].to_vec()))),
-            2 => Ok(timestamps(log.ts[rows].to_vec())),
-            3 => dictionary(log.touchpoint[rows].to_vec(), &s.touchpoint_names),
-            4 => dictionary(log.touchpoint[rows].to_vec(), &s.stage_names),
+            0 => dictionary(gather(s.customer_of(), rows), s.customer_names()),
+            1 => Ok(Arc::new(UInt32Array::from(gather(s.session_of(), rows)))),
+            2 => Ok(timestamps(gather(&log.ts, rows))),
+            3 => dictionary(gather(&log.touchpoint, rows), &s.touchpoint_names),
+            4 => dictionary(gather(&log.touchpoint, rows), &s.stage_names),
             _ => dictionary(
-                log.source[rows].iter().map(|&x| u32::from(x)).collect(),
+                gather(&log.source, rows)
+                    .into_iter()
+                    .map(u32::from)
+                    .collect(),
                 &s.source_names,
             ),
         }
@@ -377,6 +575,8 @@ impl Transitions {
 }
 
 impl Rows for Transitions {
+    const CUSTOMER: usize = 2;
+
     fn schema(&self) -> SchemaRef {
         Transitions::table_schema()
     }
@@ -385,10 +585,26 @@ impl Rows for Transitions {
         self.transition_starts().len()
     }
 
-    fn column(&self, index: usize, rows: Range<usize>) -> Result<ArrayRef> {
+    fn customer_starts(&self) -> Vec<usize> {
+        let (offsets, from) = (&self.shared.journeys.log.offsets, self.transition_starts());
+        starts_by_key(
+            offsets
+                .iter()
+                .copied()
+                .take(offsets.len().saturating_sub(1)),
+            from.len(),
+            |t| from[t] as usize,
+        )
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn column(&self, index: usize, rows: &[Range<usize>]) -> Result<ArrayRef> {
         let s = &self.shared;
         let log = &s.journeys.log;
-        let from = &self.transition_starts()[rows];
+        let from = gather(self.transition_starts(), rows);
         let at = |shift: usize| from.iter().map(move |&i| i as usize + shift);
         match index {
             0 => dictionary(
@@ -496,6 +712,8 @@ impl JourneyRows {
 }
 
 impl Rows for JourneyRows {
+    const CUSTOMER: usize = 0;
+
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
@@ -505,12 +723,31 @@ impl Rows for JourneyRows {
         s.journeys.log.num_journeys(s.scope())
     }
 
-    fn column(&self, index: usize, rows: Range<usize>) -> Result<ArrayRef> {
+    fn customer_starts(&self) -> Vec<usize> {
+        let log = &self.shared.journeys.log;
+        let customers = log.num_customers();
+        match self.shared.scope() {
+            Scope::Customer => (0..=customers).collect(),
+            Scope::Session => starts_by_key(0..customers, log.num_sessions(), |s| {
+                log.session_customer[s] as usize
+            }),
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn column(&self, index: usize, rows: &[Range<usize>]) -> Result<ArrayRef> {
         let s = &self.shared;
         let log = &s.journeys.log;
-        let ranges = rows.clone().map(|j| s.journey_range(j));
+        let journeys = || rows.iter().flat_map(Range::clone);
+        let ranges = journeys().map(|j| s.journey_range(j));
         let list_offsets =
-            || OffsetBuffer::from_lengths(rows.clone().map(|j| s.journey_range(j).len()));
+            || OffsetBuffer::from_lengths(journeys().map(|j| s.journey_range(j).len()));
+        // The events of the rows, in order: each range of rows is a range of events.
+        let events = || rows.iter().map(|r| s.events_of(r)).collect::<Vec<_>>();
+        let n = total(rows);
         match index {
             0 => dictionary(
                 ranges.map(|r| s.customer_of()[r.start]).collect(),
@@ -520,7 +757,7 @@ impl Rows for JourneyRows {
                 Scope::Session => {
                     UInt32Array::from_iter_values(ranges.map(|r| s.session_of()[r.start]))
                 }
-                Scope::Customer => UInt32Array::new_null(rows.len()),
+                Scope::Customer => UInt32Array::new_null(n),
             })),
             2 => Ok(timestamps(ranges.map(|r| log.ts[r.start]).collect())),
             3 => Ok(timestamps(ranges.map(|r| log.ts[r.end - 1]).collect())),
@@ -528,11 +765,10 @@ impl Rows for JourneyRows {
                 ranges.map(|r| r.len() as u32),
             ))),
             5 => {
-                let events = s.events_of(&rows);
                 let values = StringArray::from_iter_values(
-                    log.touchpoint[events]
-                        .iter()
-                        .map(|&t| log.touchpoints[t as usize].as_str()),
+                    gather(&log.touchpoint, &events())
+                        .into_iter()
+                        .map(|t| log.touchpoints[t as usize].as_str()),
                 );
                 Ok(Arc::new(ListArray::try_new(
                     Arc::new(Field::new("item", DataType::Utf8, false)),
@@ -544,12 +780,12 @@ impl Rows for JourneyRows {
             6 => Ok(Arc::new(ListArray::try_new(
                 Arc::new(Field::new("item", ts_type(), false)),
                 list_offsets(),
-                timestamps(log.ts[s.events_of(&rows)].to_vec()),
+                timestamps(gather(&log.ts, &events())),
                 None,
             )?)),
             k => {
                 let flags = &self.converted()[k - JOURNEY_COLUMNS];
-                Ok(Arc::new(BooleanArray::from(flags[rows].to_vec())))
+                Ok(Arc::new(BooleanArray::from(gather(flags, rows))))
             }
         }
     }
@@ -588,5 +824,31 @@ mod tests {
         assert_eq!(names(&column), ["b", "a", "b"]);
         assert_eq!(column.as_dictionary::<UInt32Type>().values().len(), 2);
         assert_eq!(dictionary(vec![], &all).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn partitions_are_cut_into_batches_across_ranges() {
+        let ranges = Arc::new(vec![0..BATCH - 10, BATCH..BATCH + 30, 3 * BATCH..5 * BATCH]);
+        let batches: Vec<Vec<Range<usize>>> = batches_of(ranges).collect();
+        assert_eq!(
+            batches,
+            [
+                vec![0..BATCH - 10, BATCH..BATCH + 10],
+                vec![BATCH + 10..BATCH + 30, 3 * BATCH..4 * BATCH - 20],
+                vec![4 * BATCH - 20..5 * BATCH - 20],
+                vec![5 * BATCH - 20..5 * BATCH],
+            ]
+        );
+        assert_eq!(batches_of(Arc::new(Vec::new())).count(), 0);
+    }
+
+    #[test]
+    fn customers_start_at_their_first_row() {
+        // Rows keyed by first event: customers own events 0..3, 3..3 (none), 3..7.
+        let keys = [0, 1, 3, 5, 6];
+        assert_eq!(
+            starts_by_key([0, 3, 3].into_iter(), keys.len(), |r| keys[r]),
+            [0, 2, 2, 5]
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! funnel` runs, so SQL and CLI cannot disagree. Events meeting no condition are kept only
 //! under `strict_order`, where they break a chain.
 
-use crate::events::{EventFunction, EventsUdaf, text_parameter};
+use crate::events::{EventFunction, EventsUdaf, Grouped, text_parameter};
 use arrow::array::{ArrayRef, UInt8Array};
 use arrow::datatypes::DataType;
 use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
@@ -56,11 +56,8 @@ impl EventFunction for WindowFunnelFn {
         self.0.modes().strict_order
     }
 
-    fn evaluate(&mut self, groups: Vec<Vec<(i64, u32)>>) -> Result<ArrayRef> {
-        let levels: UInt8Array = groups
-            .into_iter()
-            .map(|mut g| Some(self.0.level(&mut g)))
-            .collect();
+    fn evaluate(&mut self, mut groups: Grouped) -> Result<ArrayRef> {
+        let levels: UInt8Array = groups.each_mut().map(|g| Some(self.0.level(g))).collect();
         Ok(Arc::new(levels))
     }
 }
