@@ -10,7 +10,7 @@
 use crate::Journeys;
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, DictionaryArray, Float64Array, ListArray, RecordBatch,
-    RecordBatchOptions, StringArray, TimestampMicrosecondArray, UInt32Array,
+    RecordBatchOptions, StringArray, StringViewArray, TimestampMicrosecondArray, UInt32Array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, UInt32Type};
@@ -291,10 +291,10 @@ fn ts_type() -> DataType {
 /// A batch's dictionary column over the log's names `values`.
 ///
 /// Each batch carries only the names its keys use: DataFusion's grouping and row format
-/// convert every value of a batch's dictionary, so handing the whole customer list (a
-/// million names) to each 64k-row batch made GROUP BY customer quadratic. Keys of the
-/// customer columns are contiguous (rows are in journey order), so the common case is a
-/// zero-copy slice; scattered keys get their own small dictionary.
+/// convert every value of a batch's dictionary, so handing a large name list (a million
+/// customers did, before they became string views) to each 64k-row batch makes GROUP BY
+/// quadratic. Contiguous keys get a zero-copy slice; scattered keys their own small
+/// dictionary.
 fn dictionary(mut keys: Vec<u32>, values: &ArrayRef) -> Result<ArrayRef> {
     let narrowed = if values.len() <= keys.len() {
         values.clone()
@@ -337,8 +337,6 @@ pub(crate) struct Shared {
     touchpoint_names: ArrayRef,
     stage_names: ArrayRef,
     source_names: ArrayRef,
-    /// Per event: its customer.
-    customer_of: OnceLock<Vec<u32>>,
     /// Per event: its session's number within its customer, from 0.
     session_of: OnceLock<Vec<u32>>,
 }
@@ -358,18 +356,32 @@ impl Shared {
             touchpoint_names,
             stage_names,
             source_names,
-            customer_of: OnceLock::new(),
             session_of: OnceLock::new(),
         })
     }
 
+    /// Every customer's name, as string views: a column of customers is a `take` of
+    /// these, copying 16 bytes a row and no names.
     fn customer_names(&self) -> &ArrayRef {
         self.customer_names.get_or_init(|| {
             let log = &self.journeys.log;
-            Arc::new(StringArray::from_iter_values(
+            Arc::new(StringViewArray::from_iter_values(
                 (0..log.num_customers() as u32).map(|c| log.customer_key(c)),
             ))
         })
+    }
+
+    /// The `customer` column of rows whose customers are `customers`.
+    ///
+    /// String views rather than a dictionary: grouping by customer (what the behavioural
+    /// functions do) hashes views directly, where a dictionary column goes through
+    /// DataFusion's generic row format, and short names live inside the view.
+    fn customer_column(&self, customers: Vec<u32>) -> Result<ArrayRef> {
+        Ok(datafusion::arrow::compute::take(
+            self.customer_names(),
+            &UInt32Array::from(customers),
+            None,
+        )?)
     }
 
     fn customer_hashes(&self) -> Result<&[u64]> {
@@ -421,15 +433,28 @@ impl Shared {
         Ok(parts)
     }
 
-    fn customer_of(&self) -> &[u32] {
-        self.customer_of.get_or_init(|| {
-            let log = &self.journeys.log;
-            let mut of = vec![0u32; log.num_events()];
-            for c in 0..log.num_customers() {
-                of[log.offsets[c]..log.offsets[c + 1]].fill(c as u32);
-            }
-            of
-        })
+    /// The customers of `events`. Scans read events in increasing order, so this walks
+    /// along the customers' offsets (searching only on a jump) rather than keeping a
+    /// customer per event (80 MB for 20M events).
+    fn customers_of(&self, events: impl Iterator<Item = usize>) -> Vec<u32> {
+        let offsets = &self.journeys.log.offsets;
+        let mut c = 0;
+        events
+            .map(|e| {
+                if !(offsets[c]..offsets[c + 1]).contains(&e) {
+                    c = if offsets
+                        .get(c + 2)
+                        .is_some_and(|&end| e >= offsets[c + 1] && e < end)
+                    {
+                        c + 1
+                    } else {
+                        // The last customer starting at or before `e` (past empty ones).
+                        offsets.partition_point(|&o| o <= e).saturating_sub(1)
+                    };
+                }
+                c as u32
+            })
+            .collect()
     }
 
     fn session_of(&self) -> &[u32] {
@@ -478,7 +503,7 @@ pub(crate) struct Events(pub Arc<Shared>);
 impl Events {
     pub(crate) fn table_schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
-            Field::new("customer", names_type(), false),
+            Field::new("customer", DataType::Utf8View, false),
             Field::new("session", DataType::UInt32, false),
             Field::new("ts", ts_type(), false),
             Field::new("touchpoint", names_type(), false),
@@ -516,7 +541,7 @@ impl Rows for Events {
         let s = &self.0;
         let log = &s.journeys.log;
         match index {
-            0 => dictionary(gather(s.customer_of(), rows), s.customer_names()),
+            0 => s.customer_column(s.customers_of(rows.iter().flat_map(Range::clone))),
             1 => Ok(Arc::new(UInt32Array::from(gather(s.session_of(), rows)))),
             2 => Ok(timestamps(gather(&log.ts, rows))),
             3 => dictionary(gather(&log.touchpoint, rows), &s.touchpoint_names),
@@ -552,7 +577,7 @@ impl Transitions {
         Arc::new(Schema::new(vec![
             Field::new("from", names_type(), false),
             Field::new("to", names_type(), false),
-            Field::new("customer", names_type(), false),
+            Field::new("customer", DataType::Utf8View, false),
             Field::new("session", DataType::UInt32, false),
             Field::new("ts", ts_type(), false),
             Field::new("duration", DataType::Float64, false),
@@ -615,10 +640,7 @@ impl Rows for Transitions {
                 at(1).map(|i| log.touchpoint[i]).collect(),
                 &s.touchpoint_names,
             ),
-            2 => dictionary(
-                at(0).map(|i| s.customer_of()[i]).collect(),
-                s.customer_names(),
-            ),
+            2 => s.customer_column(s.customers_of(at(0))),
             3 => Ok(Arc::new(UInt32Array::from_iter_values(
                 at(0).map(|i| s.session_of()[i]),
             ))),
@@ -647,9 +669,8 @@ impl JourneyRows {
     pub(crate) fn new(shared: Arc<Shared>) -> Result<Self> {
         let config = &shared.journeys.config;
         let log = &shared.journeys.log;
-        let as_of = log.ts.iter().copied().max().unwrap_or(0);
         let mut fields = vec![
-            Field::new("customer", names_type(), false),
+            Field::new("customer", DataType::Utf8View, false),
             Field::new("session", DataType::UInt32, true),
             Field::new("start", ts_type(), false),
             Field::new("end", ts_type(), false),
@@ -668,8 +689,10 @@ impl JourneyRows {
         let mut funnels = Vec::new();
         for (name, journey) in &config.journeys {
             // A funnel naming touchpoints this log lacks still resolves; nobody converts.
-            let (spec, _unknown) =
-                FunnelSpec::resolve(journey, &log.touchpoints, as_of).map_err(|e| {
+            // Maturity is as of the last event, found when a query first reads the flags
+            // (a pass over every event that most queries never need).
+            let (spec, _unknown) = FunnelSpec::resolve(journey, &log.touchpoints, i64::MAX)
+                .map_err(|e| {
                     datafusion::common::DataFusionError::Plan(format!("journey {name}: {e}"))
                 })?;
             fields.push(Field::new(
@@ -691,13 +714,18 @@ impl JourneyRows {
         self.converted.get_or_init(|| {
             let s = &self.shared;
             let log = &s.journeys.log;
+            let as_of = log.ts.iter().copied().max().unwrap_or(0);
             self.funnels
                 .iter()
                 .map(|spec| {
                     // Exactly what `trailmap funnel` counts (exclusions, attempts, gaps):
                     // a journey converted when adding it raised the last step's tally.
-                    let mut funnel = Funnel::new(spec.clone(), None);
+                    let spec = FunnelSpec {
+                        as_of,
+                        ..spec.clone()
+                    };
                     let last = spec.num_steps() - 1;
+                    let mut funnel = Funnel::new(spec, None);
                     (0..self.num_rows())
                         .map(|j| {
                             let before = funnel.tallies.reached(last);
@@ -749,10 +777,7 @@ impl Rows for JourneyRows {
         let events = || rows.iter().map(|r| s.events_of(r)).collect::<Vec<_>>();
         let n = total(rows);
         match index {
-            0 => dictionary(
-                ranges.map(|r| s.customer_of()[r.start]).collect(),
-                s.customer_names(),
-            ),
+            0 => s.customer_column(s.customers_of(ranges.map(|r| r.start))),
             1 => Ok(Arc::new(match s.scope() {
                 Scope::Session => {
                     UInt32Array::from_iter_values(ranges.map(|r| s.session_of()[r.start]))

@@ -22,6 +22,15 @@ use trailmap_sql::{Analyst, Journeys};
 
 const CUSTOMERS: usize = 300;
 
+/// Short names and, for every third customer, one too long to live inside a string view.
+fn name(c: u64) -> String {
+    if c % 3 == 0 {
+        format!("customer-with-a-longer-name-{c:04}")
+    } else {
+        format!("cust-{c:04}")
+    }
+}
+
 /// 300 customers of 1 to 12 events each, over a few touchpoints, some with long gaps (so
 /// some have several sessions), rows interleaved across customers.
 fn journeys(scope: &str) -> (Journeys, BTreeMap<String, i64>) {
@@ -46,14 +55,15 @@ fn journeys(scope: &str) -> (Journeys, BTreeMap<String, i64>) {
             let hours = round * 2 + (next() % 3) * 24 * (round % 2);
             let minute = next() % 60;
             let touchpoint = touchpoints[(next() % 5) as usize];
+            let customer = name(c);
             writeln!(
                 csv,
-                "cust-{c:04},2026-01-{:02}T{:02}:{minute:02}:00Z,{touchpoint}",
+                "{customer},2026-01-{:02}T{:02}:{minute:02}:00Z,{touchpoint}",
                 1 + hours / 24,
                 hours % 24
             )
             .expect("write");
-            *events.entry(format!("cust-{c:04}")).or_default() += 1;
+            *events.entry(customer).or_default() += 1;
         }
     }
     drop(csv);
