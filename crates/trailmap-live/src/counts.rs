@@ -366,6 +366,20 @@ impl FunnelTrend {
     }
 }
 
+/// Buckets from which [`LiveMap::sum`] splits the work across two threads.
+const PARALLEL_SUM: usize = 1024;
+
+/// `maps` summed into the first.
+fn fold(maps: Vec<LiveMap>) -> LiveMap {
+    let mut maps = maps.into_iter();
+    let mut sum = maps.next().unwrap_or_default();
+    for m in maps {
+        sum.merge(&m);
+    }
+    sum.prune();
+    sum
+}
+
 /// Counts by minute.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveMap {
@@ -514,14 +528,36 @@ impl LiveMap {
         sum
     }
 
-    /// Adds another map into this one, taking it: into an empty map it moves whole.
-    pub fn absorb(&mut self, other: LiveMap) {
-        if self.buckets.is_empty() {
-            *self = other;
-            self.prune();
-        } else {
-            self.merge(&other);
-        }
+    /// The sum of `maps`, taking them.
+    ///
+    /// The end of a run waits for this (the shards' maps summed into one), so a large sum
+    /// is split by time and its halves summed on two threads; the first map of each half
+    /// is kept as it is and the others merged into it.
+    pub fn sum(maps: Vec<LiveMap>) -> LiveMap {
+        let mut maps: Vec<LiveMap> = maps.into_iter().filter(|m| !m.buckets.is_empty()).collect();
+        let split = maps
+            .first()
+            .filter(|first| maps.len() > 1 && first.buckets.len() >= PARALLEL_SUM)
+            .and_then(|first| first.buckets.keys().nth(first.buckets.len() / 2).copied());
+        let Some(split) = split else {
+            return fold(maps);
+        };
+        let later: Vec<LiveMap> = maps
+            .iter_mut()
+            .map(|m| LiveMap {
+                buckets: m.buckets.split_off(&split),
+            })
+            .collect();
+        let (mut early, mut late) = std::thread::scope(|scope| {
+            let later = scope.spawn(|| fold(later));
+            let early = fold(maps);
+            let later = later
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (early, later)
+        });
+        early.buckets.append(&mut late.buckets);
+        early
     }
 
     /// Adds another map's buckets into this one.
@@ -562,6 +598,35 @@ mod tests {
         assert!(m.is_empty());
         assert!(m.total().is_empty());
         assert_eq!(m.total(), LiveCounts::default());
+    }
+
+    #[test]
+    fn a_sum_split_across_threads_equals_merging_one_by_one() {
+        let m = BUCKET_MICROS;
+        // Three maps over overlapping and disjoint minutes, some counts cancelling out.
+        let maps: Vec<LiveMap> = (0..3i64)
+            .map(|k| {
+                let mut map = LiveMap::default();
+                for minute in (k * 500)..(k * 500 + 2 * PARALLEL_SUM as i64) {
+                    let c = map.at(minute * m);
+                    let by = if k == 2 && minute % 7 == 0 { -1 } else { 1 };
+                    c.events += by;
+                    c.visit((minute % 5) as u32, by);
+                    c.transition(1, (minute % 3) as u32, 1_000_000, by);
+                    c.funnel_level(0, (minute % 4) as usize, by);
+                    c.open_window(0, WHOLE, (minute + 30) * m, 1, by);
+                }
+                map
+            })
+            .collect();
+        let mut one_by_one = LiveMap::default();
+        for map in &maps {
+            one_by_one.merge(map);
+        }
+        let sum = LiveMap::sum(maps);
+        assert_eq!(sum, one_by_one);
+        assert!(sum.buckets().count() > 2 * PARALLEL_SUM);
+        assert_eq!(LiveMap::sum(Vec::new()), LiveMap::default());
     }
 
     #[test]

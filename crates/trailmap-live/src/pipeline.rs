@@ -1024,20 +1024,25 @@ impl LiveHandle {
         if let Ok(s) = ingest.lock() {
             s.fill(&mut status);
         }
-        let mut map = LiveMap::default();
-        let mut segments: BTreeMap<u32, LiveMap> = BTreeMap::new();
+        let mut wholes = Vec::with_capacity(shard_tasks.len());
+        let mut of_segments: BTreeMap<u32, Vec<LiveMap>> = BTreeMap::new();
         for task in shard_tasks {
             let (shard, latencies) = task
                 .await
                 .map_err(|e| Error::Other(format!("a shard failed: {e}")))?;
             add_shard(&mut status, &ShardStatus::of(&shard, &latencies));
-            // Maps are taken, not copied: the first of each is kept as it is.
-            let (whole, of_segments) = shard.into_maps();
-            map.absorb(whole);
-            for (v, m) in of_segments {
-                segments.entry(v).or_default().absorb(m);
+            // Maps are taken, not copied.
+            let (whole, segments) = shard.into_maps();
+            wholes.push(whole);
+            for (v, m) in segments {
+                of_segments.entry(v).or_default().push(m);
             }
         }
+        let map = LiveMap::sum(wholes);
+        let segments: BTreeMap<u32, LiveMap> = of_segments
+            .into_iter()
+            .map(|(v, maps)| (v, LiveMap::sum(maps)))
+            .collect();
         status.freshness = Freshness::of(&status.freshness_histogram);
         let late = late?;
         let names = names.read().map(|n| n.clone()).unwrap_or_default();
