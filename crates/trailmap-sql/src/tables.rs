@@ -852,6 +852,8 @@ mod tests {
     }
 
     #[test]
+    // Batches of one range are meant: a batch is a list of ranges.
+    #[allow(clippy::single_range_in_vec_init)]
     fn partitions_are_cut_into_batches_across_ranges() {
         let ranges = Arc::new(vec![0..BATCH - 10, BATCH..BATCH + 30, 3 * BATCH..5 * BATCH]);
         let batches: Vec<Vec<Range<usize>>> = batches_of(ranges).collect();

@@ -24,7 +24,7 @@ const CUSTOMERS: usize = 300;
 
 /// Short names and, for every third customer, one too long to live inside a string view.
 fn name(c: u64) -> String {
-    if c % 3 == 0 {
+    if c.is_multiple_of(3) {
         format!("customer-with-a-longer-name-{c:04}")
     } else {
         format!("cust-{c:04}")
