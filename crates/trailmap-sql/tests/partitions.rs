@@ -13,12 +13,10 @@ use futures::TryStreamExt;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
-use trailmap_ingest::DeadLetters;
-use trailmap_ingest::file::{self, FileInput, IngestOptions, Projection};
-use trailmap_model::config::{SourceConfig, SourceKind};
-use trailmap_model::{Catalog, Config};
-use trailmap_sessionize::JourneyBuilder;
+use trailmap_model::Config;
 use trailmap_sql::{Analyst, Journeys};
+
+mod common;
 
 const CUSTOMERS: usize = 300;
 
@@ -69,26 +67,7 @@ fn journeys(scope: &str) -> (Journeys, BTreeMap<String, i64>) {
     drop(csv);
     let config =
         Config::from_toml_str(&format!("[sessions]\nscope = \"{scope}\"\n")).expect("config");
-    let input = FileInput::new(&path, SourceConfig::of_kind(SourceKind::Generic)).expect("csv");
-    let options = IngestOptions {
-        catalog: Arc::new(Catalog::compile(&config.catalog).expect("catalog")),
-        batch_size: 97,
-        projection: Projection::minimal(),
-    };
-    let mut dead = DeadLetters::new(dir.path().join("dead.ndjson"), Some(0));
-    let mut source = file::open(&input, &options).expect("open");
-    let mut builder = JourneyBuilder::new();
-    while let Some(batch) = source.next_batch(&mut dead).expect("read") {
-        builder.push_batch(&batch).expect("stitch");
-    }
-    let log = builder.finish(&config.sessions);
-    (
-        Journeys {
-            log: Arc::new(log),
-            config: Arc::new(config),
-        },
-        events,
-    )
+    (common::stitch_csv(&path, config, 97), events)
 }
 
 async fn analyst(journeys: &Journeys, partitions: usize) -> Analyst {

@@ -7,13 +7,10 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::DataFusionError;
 use sqllogictest::{DBOutput, DefaultColumnType};
 use std::path::Path;
-use std::sync::Arc;
-use trailmap_ingest::DeadLetters;
-use trailmap_ingest::file::{self, FileInput, IngestOptions, Projection};
-use trailmap_model::config::{SourceConfig, SourceKind};
-use trailmap_model::{Catalog, Config};
-use trailmap_sessionize::JourneyBuilder;
+use trailmap_model::Config;
 use trailmap_sql::{Analyst, Journeys};
+
+mod common;
 
 /// One configured funnel (for `journeys.converted_signup_to_purchase` and `funnel(…)`);
 /// everything else is the shipped default.
@@ -28,29 +25,7 @@ fn shop(sql_dir: &Path) -> Journeys {
     config
         .journeys
         .retain(|name, _| name == "signup_to_purchase");
-    let input = FileInput::new(
-        sql_dir.join("data/shop.csv"),
-        SourceConfig::of_kind(SourceKind::Generic),
-    )
-    .expect("shop.csv");
-    let options = IngestOptions {
-        catalog: Arc::new(Catalog::compile(&config.catalog).expect("catalog")),
-        batch_size: 1024,
-        projection: Projection::minimal(),
-    };
-    let dead_path =
-        std::env::temp_dir().join(format!("trailmap-slt-dead-{}.ndjson", std::process::id()));
-    let mut dead = DeadLetters::new(dead_path, Some(0));
-    let mut source = file::open(&input, &options).expect("open shop.csv");
-    let mut builder = JourneyBuilder::new();
-    while let Some(batch) = source.next_batch(&mut dead).expect("read shop.csv") {
-        builder.push_batch(&batch).expect("stitch");
-    }
-    let log = builder.finish(&config.sessions);
-    Journeys {
-        log: Arc::new(log),
-        config: Arc::new(config),
-    }
+    common::stitch_csv(&sql_dir.join("data/shop.csv"), config, 1024)
 }
 
 struct Db {
