@@ -184,8 +184,11 @@ impl<R: Rows> ExecutionPlan for JourneyScanExec<R> {
 
     fn with_new_children(
         self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !children.is_empty() {
+            return internal_err!("JourneyScanExec is a leaf: it takes no children");
+        }
         Ok(self)
     }
 
@@ -418,13 +421,21 @@ impl Shared {
         }
         let mut parts: Vec<Vec<Range<usize>>> = vec![Vec::new(); count];
         let mut room = vec![limit.unwrap_or(usize::MAX); count];
+        // Partitions out of room: with a limit, the rest of the customers need no look.
+        let mut full = if limit == Some(0) { count } else { 0 };
         for (hash, w) in hashes.iter().zip(starts.windows(2)) {
+            if full == count {
+                break;
+            }
             let p = (hash % count as u64) as usize;
             let rows = w[0]..w[1].min(w[0].saturating_add(room[p]));
             if rows.is_empty() {
                 continue;
             }
             room[p] -= rows.len();
+            if room[p] == 0 {
+                full += 1;
+            }
             match parts[p].last_mut() {
                 Some(last) if last.end == rows.start => last.end = rows.end,
                 _ => parts[p].push(rows),
@@ -777,7 +788,11 @@ impl Rows for JourneyRows {
         let events = || rows.iter().map(|r| s.events_of(r)).collect::<Vec<_>>();
         let n = total(rows);
         match index {
-            0 => s.customer_column(s.customers_of(ranges.map(|r| r.start))),
+            // Row `j` is customer `j`, or session `j` of its customer.
+            0 => s.customer_column(match s.scope() {
+                Scope::Customer => journeys().map(|j| j as u32).collect(),
+                Scope::Session => journeys().map(|j| log.session_customer[j]).collect(),
+            }),
             1 => Ok(Arc::new(match s.scope() {
                 Scope::Session => {
                     UInt32Array::from_iter_values(ranges.map(|r| s.session_of()[r.start]))

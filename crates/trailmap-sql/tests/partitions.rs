@@ -7,10 +7,13 @@ use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::common::hash_utils::create_hashes;
 use datafusion::datasource::MemTable;
-use datafusion::physical_plan::execute_stream_partitioned;
-use datafusion::physical_plan::repartition::REPARTITION_RANDOM_STATE;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::physical_expr::expressions::col;
+use datafusion::physical_plan::repartition::{REPARTITION_RANDOM_STATE, RepartitionExec};
+use datafusion::physical_plan::{ExecutionPlan, Partitioning, collect, execute_stream_partitioned};
+use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::sync::Arc;
 use trailmap_model::Config;
@@ -157,6 +160,64 @@ async fn every_row_is_in_the_partition_datafusion_would_hash_it_to() {
                 );
             }
         }
+    }
+}
+
+/// The customers of each partition of `plan`'s output.
+async fn customers_by_partition(
+    plan: Arc<dyn ExecutionPlan>,
+    ctx: &SessionContext,
+) -> Vec<BTreeSet<String>> {
+    let mut parts = Vec::new();
+    for stream in execute_stream_partitioned(plan, ctx.task_ctx()).expect("execute") {
+        let batches: Vec<RecordBatch> = stream.try_collect().await.expect("scan");
+        let mut customers = BTreeSet::new();
+        for b in &batches {
+            let names =
+                datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).expect("text");
+            let names = names.as_string::<i32>();
+            customers.extend((0..b.num_rows()).map(|i| names.value(i).to_string()));
+        }
+        parts.push(customers);
+    }
+    parts
+}
+
+/// Against DataFusion's own repartitioning, not just its hash function: the rows of the
+/// scan, gathered into one partition and repartitioned by customer, land in the same
+/// partitions the scan put them in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_hold_what_datafusions_repartitioning_would_put_there() {
+    let (journeys, _) = journeys("session");
+    for partitions in [2, 3] {
+        let analyst = analyst(&journeys, partitions).await;
+        let scan = analyst
+            .ctx
+            .sql("SELECT customer, ts FROM events")
+            .await
+            .expect("plan")
+            .create_physical_plan()
+            .await
+            .expect("physical plan");
+        let schema = scan.schema();
+        let ours = customers_by_partition(scan.clone(), &analyst.ctx).await;
+        let all: Vec<RecordBatch> = collect(scan, analyst.ctx.task_ctx())
+            .await
+            .expect("collect");
+        let gathered =
+            MemorySourceConfig::try_new_exec(&[all], schema.clone(), None).expect("memory");
+        let customer = col("customer", &schema).expect("column");
+        let repartitioned = Arc::new(
+            RepartitionExec::try_new(gathered, Partitioning::Hash(vec![customer], partitions))
+                .expect("repartition"),
+        );
+        let theirs = customers_by_partition(repartitioned, &analyst.ctx).await;
+        assert_eq!(ours, theirs, "{partitions} partitions");
+        assert_eq!(
+            ours.iter().map(BTreeSet::len).sum::<usize>(),
+            CUSTOMERS,
+            "every customer in exactly one partition"
+        );
     }
 }
 
