@@ -138,16 +138,20 @@ mod tests {
     use super::*;
     use trailmap_model::config::SourceKind;
 
-    fn decoder() -> JsonDecoder {
-        let source = SourceConfig::of_kind(SourceKind::Generic);
-        let mapping = source.mapping().unwrap();
+    /// A decoder of `source` records under `mapping`, every touchpoint kept as it comes.
+    fn decoder_over(source: &SourceConfig, mapping: &FieldMapping) -> JsonDecoder {
         JsonDecoder::new(
-            &source,
-            &mapping,
+            source,
+            mapping,
             Arc::new(Catalog::passthrough()),
             Projection::default(),
         )
         .unwrap()
+    }
+
+    fn decoder() -> JsonDecoder {
+        let source = SourceConfig::of_kind(SourceKind::Generic);
+        decoder_over(&source, &source.mapping().unwrap())
     }
 
     #[test]
@@ -171,16 +175,10 @@ mod tests {
         let source = SourceConfig::of_kind(kind);
         let mut mapping = source.mapping().unwrap();
         edit(&mut mapping);
-        let make = || {
-            JsonDecoder::new(
-                &source,
-                &mapping,
-                Arc::new(Catalog::passthrough()),
-                Projection::default(),
-            )
-            .unwrap()
-        };
-        (make(), make())
+        (
+            decoder_over(&source, &mapping),
+            decoder_over(&source, &mapping),
+        )
     }
 
     /// Decodes every record both ways and checks that outcomes, rejection reasons and rows
