@@ -29,6 +29,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
@@ -49,7 +50,7 @@ pub(crate) trait Rows: Send + Sync + 'static {
     fn schema(&self) -> SchemaRef;
     fn num_rows(&self) -> usize;
     /// Where each customer's rows start, in customer order, then the number of rows.
-    fn customer_starts(&self) -> Vec<usize>;
+    fn customer_starts(&self) -> Cow<'_, [usize]>;
     fn shared(&self) -> &Shared;
     /// Column `index` for the rows `rows`, in that order.
     fn column(&self, index: usize, rows: &[Range<usize>]) -> Result<ArrayRef>;
@@ -535,12 +536,13 @@ impl Rows for Events {
         self.0.journeys.log.num_events()
     }
 
-    fn customer_starts(&self) -> Vec<usize> {
+    fn customer_starts(&self) -> Cow<'_, [usize]> {
+        // An event's row is its index: the customers' offsets are their starts.
         let offsets = &self.0.journeys.log.offsets;
         if offsets.is_empty() {
-            vec![0]
+            Cow::Owned(vec![0])
         } else {
-            offsets.clone()
+            Cow::Borrowed(offsets)
         }
     }
 
@@ -621,16 +623,16 @@ impl Rows for Transitions {
         self.transition_starts().len()
     }
 
-    fn customer_starts(&self) -> Vec<usize> {
+    fn customer_starts(&self) -> Cow<'_, [usize]> {
         let (offsets, from) = (&self.shared.journeys.log.offsets, self.transition_starts());
-        starts_by_key(
+        Cow::Owned(starts_by_key(
             offsets
                 .iter()
                 .copied()
                 .take(offsets.len().saturating_sub(1)),
             from.len(),
             |t| from[t] as usize,
-        )
+        ))
     }
 
     fn shared(&self) -> &Shared {
@@ -762,15 +764,15 @@ impl Rows for JourneyRows {
         s.journeys.log.num_journeys(s.scope())
     }
 
-    fn customer_starts(&self) -> Vec<usize> {
+    fn customer_starts(&self) -> Cow<'_, [usize]> {
         let log = &self.shared.journeys.log;
         let customers = log.num_customers();
-        match self.shared.scope() {
+        Cow::Owned(match self.shared.scope() {
             Scope::Customer => (0..=customers).collect(),
             Scope::Session => starts_by_key(0..customers, log.num_sessions(), |s| {
                 log.session_customer[s] as usize
             }),
-        }
+        })
     }
 
     fn shared(&self) -> &Shared {
