@@ -417,6 +417,15 @@ impl JourneyBuilder {
     }
 
     /// Keeps `attribute` per event, for breakdowns. Call before the first batch.
+    /// Makes room for `events` more events, when the input says how many it holds: the
+    /// columns then grow once instead of by doubling.
+    pub fn reserve(&mut self, events: usize) {
+        self.ts.reserve(events);
+        self.touchpoint.reserve(events);
+        self.node.reserve(events);
+        self.source.reserve(events);
+    }
+
     pub fn keep_attribute(&mut self, attribute: Attribute) {
         let mut values = Names::default();
         values.id(NO_VALUE);
@@ -789,21 +798,12 @@ impl JourneyBuilder {
             arrival[r].copy_from_slice(&a);
         }
 
-        // Session cuts on both cores, each half of the customers. Customer names are made
-        // when first asked for: mining never needs them.
-        let mid = customers / 2;
-        let (mut session_offsets, mut session_customer) = std::thread::scope(|scope| {
-            let upper = scope.spawn(|| cut_sessions(&ts, &offsets, mid..customers, sessions));
-            let (mut lower_offsets, mut lower_customer) =
-                cut_sessions(&ts, &offsets, 0..mid, sessions);
-            let (upper_offsets, upper_customer) = join(upper);
-            lower_offsets.extend(upper_offsets);
-            lower_customer.extend(upper_customer);
-            (lower_offsets, lower_customer)
-        });
-        session_offsets.push(n);
-        session_offsets.shrink_to_fit();
-        session_customer.shrink_to_fit();
+        // Sessions are cut when first asked for: customer-scope mining never needs them.
+        let sessions = LazySessions {
+            gap: sessions.gap.micros(),
+            max_duration: sessions.max_duration.micros(),
+            cut: OnceLock::new(),
+        };
         let identifiers = self.graph.len();
         let attribute = self
             .attribute
@@ -827,8 +827,7 @@ impl JourneyBuilder {
             touchpoint,
             source,
             arrival,
-            session_offsets,
-            session_customer,
+            sessions,
             links: self.links,
             identifiers,
         }
@@ -896,9 +895,9 @@ fn cut_sessions(
     ts: &[i64],
     offsets: &[usize],
     range: std::ops::Range<usize>,
-    sessions: &SessionConfig,
+    gap: i64,
+    max: i64,
 ) -> (Vec<usize>, Vec<u32>) {
-    let (gap, max) = (sessions.gap.micros(), sessions.max_duration.micros());
     let mut session_offsets = Vec::with_capacity(range.len() + 1);
     let mut session_customer = Vec::with_capacity(range.len());
     for c in range {
@@ -953,14 +952,22 @@ pub struct JourneyLog {
     pub source: Vec<u16>,
     /// Arrival index of each event (its position in the input), for joining back.
     pub arrival: Vec<u32>,
-    pub session_offsets: Vec<usize>,
-    pub session_customer: Vec<u32>,
+    sessions: LazySessions,
     /// Identity-only records.
     pub links: u64,
     /// Distinct identifiers stitched.
     pub identifiers: usize,
     /// The attribute kept per event, if [`JourneyBuilder::keep_attribute`] asked for one.
     pub attribute: Option<AttributeColumn>,
+}
+
+/// A log's sessions, cut on first use by the rules the log was built with.
+#[derive(Debug, Clone)]
+struct LazySessions {
+    gap: i64,
+    max_duration: i64,
+    /// Where each session starts (and, last, the number of events), and its customer.
+    cut: OnceLock<(Vec<usize>, Vec<u32>)>,
 }
 
 /// One customer's or one session's ordered events.
@@ -1009,8 +1016,60 @@ impl JourneyLog {
         &names[start..ends[c]]
     }
 
+    /// Sessions' first events (and, last, the number of events): session `s` is
+    /// `session_offsets()[s]..session_offsets()[s + 1]`. The first call cuts them.
+    pub fn session_offsets(&self) -> &[usize] {
+        &self.sessions().0
+    }
+
+    /// Each session's customer.
+    pub fn session_customer(&self) -> &[u32] {
+        &self.sessions().1
+    }
+
+    fn sessions(&self) -> &(Vec<usize>, Vec<u32>) {
+        self.sessions.cut.get_or_init(|| {
+            // On both cores, each half of the customers.
+            let (ts, offsets) = (&self.ts, &self.offsets);
+            let (gap, max) = (self.sessions.gap, self.sessions.max_duration);
+            let customers = self.num_customers();
+            let mid = customers / 2;
+            let (mut session_offsets, mut session_customer) = std::thread::scope(|scope| {
+                let upper = scope.spawn(|| cut_sessions(ts, offsets, mid..customers, gap, max));
+                let (mut lower_offsets, mut lower_customer) =
+                    cut_sessions(ts, offsets, 0..mid, gap, max);
+                let (upper_offsets, upper_customer) = join(upper);
+                lower_offsets.extend(upper_offsets);
+                lower_customer.extend(upper_customer);
+                (lower_offsets, lower_customer)
+            });
+            session_offsets.push(ts.len());
+            session_offsets.shrink_to_fit();
+            session_customer.shrink_to_fit();
+            (session_offsets, session_customer)
+        })
+    }
+
     pub fn num_sessions(&self) -> usize {
-        self.session_customer.len()
+        self.session_customer().len()
+    }
+
+    /// The time of the latest event (`None` without events): the last of some customer's.
+    pub fn last_time(&self) -> Option<i64> {
+        self.offsets
+            .windows(2)
+            .filter(|w| w[1] > w[0])
+            .map(|w| self.ts[w[1] - 1])
+            .max()
+    }
+
+    /// The time of the earliest event: the first of some customer's.
+    pub fn first_time(&self) -> Option<i64> {
+        self.offsets
+            .windows(2)
+            .filter(|w| w[1] > w[0])
+            .map(|w| self.ts[w[0]])
+            .min()
     }
 
     pub fn customer(&self, c: u32) -> Journey<'_> {
@@ -1028,8 +1087,8 @@ impl JourneyLog {
     /// Journey `i` of a scope (`i < num_journeys(scope)`).
     pub fn journey(&self, scope: Scope, i: usize) -> Journey<'_> {
         let (offsets, customer) = match scope {
-            Scope::Customer => (&self.offsets, i as u32),
-            Scope::Session => (&self.session_offsets, self.session_customer[i]),
+            Scope::Customer => (self.offsets.as_slice(), i as u32),
+            Scope::Session => (self.session_offsets(), self.session_customer()[i]),
         };
         let r = offsets[i]..offsets[i + 1];
         Journey {
@@ -1069,8 +1128,8 @@ impl JourneyLog {
             identifiers: self.identifiers as u64,
             cross_source_customers: cross_source as u64,
             touchpoints: self.touchpoints.len() as u64,
-            first_ts: self.ts.iter().min().copied(),
-            last_ts: self.ts.iter().max().copied(),
+            first_ts: self.first_time(),
+            last_ts: self.last_time(),
         }
     }
 }

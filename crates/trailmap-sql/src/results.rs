@@ -200,7 +200,7 @@ fn funnel_spec(journeys: &Journeys, args: &[String]) -> Result<(JourneyConfig, F
         .validate()
         .map_err(|(field, message)| DataFusionError::Plan(format!("funnel: {field} {message}")))?;
     let log = &journeys.log;
-    let as_of = log.ts.iter().copied().max().unwrap_or(0);
+    let as_of = log.last_time().unwrap_or(0);
     let (spec, _unknown) = FunnelSpec::resolve(&journey, &log.touchpoints, as_of)
         .map_err(|e| DataFusionError::Plan(format!("funnel: {e}")))?;
     Ok((journey, spec))

@@ -476,10 +476,10 @@ impl Shared {
             let mut previous = u32::MAX;
             let mut k = 0u32;
             for s in 0..log.num_sessions() {
-                let c = log.session_customer[s];
+                let c = log.session_customer()[s];
                 k = if c == previous { k + 1 } else { 0 };
                 previous = c;
-                of[log.session_offsets[s]..log.session_offsets[s + 1]].fill(k);
+                of[log.session_offsets()[s]..log.session_offsets()[s + 1]].fill(k);
             }
             of
         })
@@ -494,7 +494,7 @@ impl Shared {
         let log = &self.journeys.log;
         match self.scope() {
             Scope::Customer => log.offsets[i]..log.offsets[i + 1],
-            Scope::Session => log.session_offsets[i]..log.session_offsets[i + 1],
+            Scope::Session => log.session_offsets()[i]..log.session_offsets()[i + 1],
         }
     }
 }
@@ -727,7 +727,7 @@ impl JourneyRows {
         self.converted.get_or_init(|| {
             let s = &self.shared;
             let log = &s.journeys.log;
-            let as_of = log.ts.iter().copied().max().unwrap_or(0);
+            let as_of = log.last_time().unwrap_or(0);
             self.funnels
                 .iter()
                 .map(|spec| {
@@ -770,7 +770,7 @@ impl Rows for JourneyRows {
         Cow::Owned(match self.shared.scope() {
             Scope::Customer => (0..=customers).collect(),
             Scope::Session => starts_by_key(0..customers, log.num_sessions(), |s| {
-                log.session_customer[s] as usize
+                log.session_customer()[s] as usize
             }),
         })
     }
@@ -793,7 +793,7 @@ impl Rows for JourneyRows {
             // Row `j` is customer `j`, or session `j` of its customer.
             0 => s.customer_column(match s.scope() {
                 Scope::Customer => journeys().map(|j| j as u32).collect(),
-                Scope::Session => journeys().map(|j| log.session_customer[j]).collect(),
+                Scope::Session => journeys().map(|j| log.session_customer()[j]).collect(),
             }),
             1 => Ok(Arc::new(match s.scope() {
                 Scope::Session => {

@@ -229,7 +229,7 @@ async fn group_by_customer_aggregates_each_partition_alone_and_joins_stay_right(
     // Transitions per customer: events less sessions.
     let mut sessions: BTreeMap<String, i64> = BTreeMap::new();
     for s in 0..journeys.log.num_sessions() {
-        let c = journeys.log.session_customer[s];
+        let c = journeys.log.session_customer()[s];
         *sessions
             .entry(journeys.log.customer_key(c).to_string())
             .or_default() += 1;

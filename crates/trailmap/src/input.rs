@@ -241,6 +241,10 @@ impl InputArgs {
         // this one, so both cores work; the bounded channel keeps memory flat.
         let started = std::time::Instant::now();
         let mut journeys = JourneyBuilder::new();
+        // Room for every event at once where the files say how many they hold: growing
+        // columns of tens of millions of events by doubling costs a quarter of the load.
+        let hint: u64 = inputs.iter().filter_map(file::records_hint).sum();
+        journeys.reserve(usize::try_from(hint).unwrap_or(0));
         if let Some(attribute) = attribute {
             journeys.keep_attribute(attribute);
         }

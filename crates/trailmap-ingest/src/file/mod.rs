@@ -204,6 +204,16 @@ pub fn open(input: &FileInput, options: &IngestOptions) -> Result<Box<dyn BatchS
     }
 }
 
+/// How many records a file holds, when its format says so without reading it (Parquet's
+/// footer): a reader can then make room for them at once. `None` for the text formats, or
+/// when the footer cannot be read (opening the file reports why).
+pub fn records_hint(input: &FileInput) -> Option<u64> {
+    match input.format {
+        FileFormat::Parquet => parquet::records_in(&input.path),
+        FileFormat::Csv | FileFormat::Ndjson | FileFormat::Xes => None,
+    }
+}
+
 /// Reads every file in order, handing each batch to `sink`.
 pub fn read_all(
     inputs: &[FileInput],

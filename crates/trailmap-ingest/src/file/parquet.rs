@@ -53,6 +53,30 @@ pub(crate) struct ParquetSource {
     file_len: u64,
     stats: IngestStats,
     done: bool,
+    constants: Constants,
+}
+
+/// Columns that are the same in every batch of a size: canonical columns the file does not
+/// have (all null) and the source's name. Made once and shared by the batches: a batch of
+/// 8192 rows would otherwise allocate and zero a quarter of a megabyte for them.
+#[derive(Default)]
+struct Constants {
+    rows: usize,
+    /// By canonical column index.
+    columns: Vec<Option<ArrayRef>>,
+}
+
+impl Constants {
+    fn get(&mut self, rows: usize, column: usize, make: impl FnOnce() -> ArrayRef) -> ArrayRef {
+        if rows != self.rows {
+            self.rows = rows;
+            self.columns.clear();
+        }
+        if self.columns.len() <= column {
+            self.columns.resize(column + 1, None);
+        }
+        self.columns[column].get_or_insert_with(make).clone()
+    }
 }
 
 fn resolve(schema: &Schema, name: &str, segments: &[String]) -> Option<ColumnPath> {
@@ -74,6 +98,15 @@ fn resolve(schema: &Schema, name: &str, segments: &[String]) -> Option<ColumnPat
         root: root.clone(),
         children: rest.to_vec(),
     })
+}
+
+/// Rows in a Parquet file, from its footer.
+pub(crate) fn records_in(path: &std::path::Path) -> Option<u64> {
+    let file = File::open(path).ok()?;
+    let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&file)
+        .ok()?;
+    u64::try_from(metadata.file_metadata().num_rows()).ok()
 }
 
 impl ParquetSource {
@@ -185,6 +218,7 @@ impl ParquetSource {
             file_len,
             stats: IngestStats::default(),
             done: false,
+            constants: Constants::default(),
         })
     }
 }
@@ -359,7 +393,14 @@ impl super::BatchSource for ParquetSource {
                     .zip(&needed)
                     .map(|(k, need)| if *need { col(k) } else { None })
                     .collect();
-                if let Some(fast) = columnar(plan, &mut self.mapper, &batch, &cols, &self.keys) {
+                if let Some(fast) = columnar(
+                    plan,
+                    &mut self.mapper,
+                    &batch,
+                    &cols,
+                    &self.keys,
+                    &mut self.constants,
+                ) {
                     let n = batch.num_rows() as u64;
                     self.stats.records += n;
                     self.stats.events += n;
@@ -423,6 +464,7 @@ fn columnar(
     batch: &RecordBatch,
     cols: &[Option<Col>],
     keys: &[ColumnPath],
+    constants: &mut Constants,
 ) -> Option<RecordBatch> {
     let n = batch.num_rows();
     // Event time.
@@ -559,7 +601,7 @@ fn columnar(
             .collect()
     };
     let mut stage_names = Vec::new();
-    let stage_keys = UInt32Array::from(keys_of(&stages, &mut stage_names));
+    let stage_keys = nullable_keys(keys_of(&stages, &mut stage_names));
     let stage_values = StringArray::from(stage_names);
     // Channel: the catalog's, else the record's, else the source default.
     let mut channel_names = Vec::new();
@@ -592,7 +634,7 @@ fn columnar(
             }
         }
     }
-    let channel_keys = UInt32Array::from(channel_keys);
+    let channel_keys = nullable_keys(channel_keys);
     let channel_values = StringArray::from(channel_names);
     let touchpoint =
         DictionaryArray::<UInt32Type>::try_new(dict.keys().clone(), Arc::new(touchpoints.finish()))
@@ -600,19 +642,19 @@ fn columnar(
     let stage = DictionaryArray::<UInt32Type>::try_new(stage_keys, Arc::new(stage_values)).ok()?;
     let channel =
         DictionaryArray::<UInt32Type>::try_new(channel_keys, Arc::new(channel_values)).ok()?;
-    let source = DictionaryArray::<UInt32Type>::try_new(
-        UInt32Array::from(vec![0u32; n]),
-        Arc::new(StringArray::from(vec![mapper.source_name()])),
-    )
-    .ok()?;
 
     let ts = TimestampMicrosecondArray::new(ts, None).with_timezone("UTC");
     let canonical = trailmap_model::event_schema();
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(canonical.fields().len());
-    for field in canonical.fields() {
+    for (i, field) in canonical.fields().iter().enumerate() {
         let name = field.name().as_str();
         let column: ArrayRef = match name {
-            schema::SOURCE => Arc::new(source.clone()),
+            schema::SOURCE => constants.get(n, i, || {
+                Arc::new(DictionaryArray::<UInt32Type>::new(
+                    UInt32Array::from(vec![0u32; n]),
+                    Arc::new(StringArray::from(vec![mapper.source_name()])),
+                ))
+            }),
             schema::TS => {
                 Arc::new(TimestampMicrosecondArray::from(ts.clone()).with_timezone("UTC"))
             }
@@ -621,7 +663,7 @@ fn columnar(
             schema::CHANNEL => Arc::new(channel.clone()),
             other => match identity_columns.iter().find(|(k, _)| k.column() == other) {
                 Some((_, a)) => a.clone(),
-                None => new_null_array(field.data_type(), n),
+                None => constants.get(n, i, || new_null_array(field.data_type(), n)),
             },
         };
         columns.push(column);
@@ -644,6 +686,16 @@ fn columnar(
         Arc::new(Schema::new(fields))
     };
     RecordBatch::try_new(schema, columns).ok()
+}
+
+/// Dictionary keys, with a validity bitmap only when some are missing (most batches have
+/// a stage and a channel on every row).
+fn nullable_keys(keys: Vec<Option<u32>>) -> UInt32Array {
+    if keys.iter().all(Option::is_some) {
+        UInt32Array::from_iter_values(keys.into_iter().flatten())
+    } else {
+        UInt32Array::from(keys)
+    }
 }
 
 fn dict_type() -> DataType {

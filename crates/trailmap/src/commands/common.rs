@@ -49,7 +49,7 @@ pub fn warn_unknown(log: &JourneyLog, unknown: &[String]) {
 pub fn as_of(log: &JourneyLog, flag: Option<&str>) -> anyhow::Result<i64> {
     match flag {
         Some(text) => instant("--as-of", text),
-        None => Ok(log.ts.iter().copied().max().unwrap_or(0)),
+        None => Ok(log.last_time().unwrap_or(0)),
     }
 }
 

@@ -67,7 +67,7 @@ impl SessionsArgs {
         let loaded = self.input.load(Projection::minimal())?;
         let log = &loaded.log;
         let summary = log.summary();
-        let sessions = log.session_offsets.windows(2);
+        let sessions = log.session_offsets().windows(2);
         let lengths: Vec<f64> = sessions.clone().map(|w| (w[1] - w[0]) as f64).collect();
         let durations: Vec<f64> = sessions
             .map(|w| (log.ts[w[1] - 1] - log.ts[w[0]]) as f64 / 1e6)
