@@ -211,6 +211,8 @@ struct DictNodes {
 struct DictIds<'a> {
     keys: &'a arrow::array::UInt32Array,
     global: Vec<u32>,
+    /// Whether a row names each value.
+    used: Vec<bool>,
 }
 
 impl<'a> DictIds<'a> {
@@ -244,17 +246,28 @@ impl<'a> DictIds<'a> {
         Ok(DictIds {
             keys: dict.keys(),
             global,
+            used,
         })
     }
 
-    /// Whether every row's key names a value (no null keys, no null values).
+    /// Whether every row's key names a value (no null keys, no null values). A dictionary
+    /// array's keys are in range, so the values rows use are the ones to look at.
     fn all_rows_named(&self) -> bool {
         self.keys.null_count() == 0
-            && self.keys.values().iter().all(|&k| {
-                self.global
-                    .get(k as usize)
-                    .is_some_and(|&id| id != u32::MAX)
-            })
+            && self
+                .used
+                .iter()
+                .zip(&self.global)
+                .all(|(&used, &id)| !used || id != u32::MAX)
+    }
+
+    /// The one id every row has, when they all name the same value.
+    fn single(&self) -> Option<u32> {
+        let mut ids = self.used.iter().zip(&self.global).filter(|(u, _)| **u);
+        match (ids.next(), ids.next()) {
+            (Some((_, &id)), None) if self.keys.null_count() == 0 && id != u32::MAX => Some(id),
+            _ => None,
+        }
     }
 
     fn get(&self, row: usize) -> Option<u32> {
@@ -644,14 +657,20 @@ impl JourneyBuilder {
                 .iter()
                 .map(|&k| global[k as usize]),
         );
-        let source = &sources.global;
-        self.source.extend(
-            sources
-                .keys
-                .values()
-                .iter()
-                .map(|&k| source[k as usize] as u16),
-        );
+        match sources.single() {
+            // A file is one source: no need to look at every row.
+            Some(id) => self.source.resize(self.source.len() + rows, id as u16),
+            None => {
+                let source = &sources.global;
+                self.source.extend(
+                    sources
+                        .keys
+                        .values()
+                        .iter()
+                        .map(|&k| source[k as usize] as u16),
+                );
+            }
+        }
         // Stages are learnt once per touchpoint: after the first batches there is nothing
         // left to learn, and no need to look at every row.
         let stages_known = global

@@ -4,6 +4,7 @@
 mod csv;
 mod ndjson;
 mod parquet;
+mod row_groups;
 mod xes;
 
 use crate::dead_letter::{DeadLetters, Location};

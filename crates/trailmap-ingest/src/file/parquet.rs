@@ -16,9 +16,9 @@ use arrow::datatypes::Field;
 use arrow::datatypes::UInt32Type;
 use arrow::datatypes::{DataType, Schema, TimeUnit, TimestampMicrosecondType};
 use parquet::arrow::ProjectionMask;
+use super::row_groups::RowGroupReader;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
-    ParquetRecordBatchReaderBuilder,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
 use std::borrow::Cow;
 use std::fs::File;
@@ -40,7 +40,7 @@ pub(crate) struct ParquetSource {
     path: PathBuf,
     /// Seeds the event ids of rows, which have no raw bytes to hash.
     path_hash: u64,
-    reader: ParquetRecordBatchReader,
+    reader: RowGroupReader,
     mapper: RowMapper<usize>,
     /// Set when the mapping can be applied column by column (see [`SimplePlan`]).
     plan: Option<SimplePlan<usize>>,
@@ -159,7 +159,7 @@ impl ParquetSource {
         // The columnar path classifies touchpoints (and channels) per dictionary value and
         // interns identifiers per dictionary value: ask the reader for dictionary arrays, so
         // dictionary-encoded pages are neither expanded into strings nor hashed again.
-        let builder = match &plan {
+        let hint = match &plan {
             Some(plan) => {
                 let dict_roots: Vec<&str> = [Some(plan.touchpoint), plan.channel]
                     .into_iter()
@@ -176,34 +176,25 @@ impl ParquetSource {
                         if dict_roots.contains(&f.name().as_str())
                             && f.data_type() == &DataType::Utf8
                         {
-                            Field::new(
-                                f.name(),
-                                DataType::Dictionary(
-                                    Box::new(DataType::Int32),
-                                    Box::new(DataType::Utf8),
-                                ),
-                                f.is_nullable(),
-                            )
+                            // With the canonical u32 keys, so no batch needs its keys cast.
+                            Field::new(f.name(), dict_type(), f.is_nullable())
                         } else {
                             f.as_ref().clone()
                         }
                     })
                     .collect();
-                // Same footer, new schema: the metadata already parsed is reused.
-                let options = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(fields)));
-                let metadata = ArrowReaderMetadata::try_new(builder.metadata().clone(), options)
-                    .map_err(|e| Error::input(path, format!("cannot read Parquet: {e}")))?;
-                let file = File::open(path).map_err(|e| Error::io(path, e))?;
-                ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
+                ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(fields)))
             }
-            None => builder,
+            None => ArrowReaderOptions::new(),
         };
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(options.batch_size)
-            .build()
+        // Same footer, maybe a new schema: the metadata already parsed is reused.
+        let metadata = ArrowReaderMetadata::try_new(builder.metadata().clone(), hint)
             .map_err(|e| Error::input(path, format!("cannot read Parquet: {e}")))?;
+        let mask = ProjectionMask::roots(metadata.parquet_schema(), roots);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let reader =
+            RowGroupReader::start(path, &metadata, &mask, options.batch_size, threads)
+                .map_err(|e| Error::io(path, e))?;
         Ok(ParquetSource {
             path_hash: stable_hash(path.to_string_lossy().as_bytes()),
             path: path.clone(),

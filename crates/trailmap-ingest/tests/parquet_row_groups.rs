@@ -1,0 +1,121 @@
+//! Parquet row groups are decoded on several threads: rows still come out in file order,
+//! a bad row is rejected at its own row number, and a corrupt page stops the read with a
+//! reason after the rows before it.
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::TimestampMicrosecondType;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use std::path::Path;
+use std::sync::Arc;
+use trailmap_ingest::DeadLetters;
+use trailmap_ingest::file::{self, FileInput, IngestOptions, IngestStats};
+use trailmap_model::config::{SourceConfig, SourceKind};
+use trailmap_model::time::TimeUnit;
+
+const ROWS: i64 = 200;
+/// Row groups of 7 rows read in batches of 5: batches end inside row groups and at their ends.
+const ROW_GROUP: usize = 7;
+
+/// Writes `ROWS` rows: row `i` at second `i`, customers taking turns, one touchpoint each
+/// unless `blank_touchpoint_at` names a row whose touchpoint is missing.
+fn write(path: &Path, blank_touchpoint_at: Option<i64>) {
+    let customers: Vec<String> = (0..ROWS).map(|i| format!("c{}", i % 13)).collect();
+    let touchpoints: Vec<Option<String>> = (0..ROWS)
+        .map(|i| (Some(i) != blank_touchpoint_at).then(|| format!("step_{}", i % 5)))
+        .collect();
+    let batch = RecordBatch::try_from_iter([
+        (
+            "customer_id",
+            Arc::new(StringArray::from(customers)) as ArrayRef,
+        ),
+        ("ts", Arc::new(Int64Array::from_iter_values(0..ROWS)) as ArrayRef),
+        ("touchpoint", Arc::new(StringArray::from(touchpoints)) as ArrayRef),
+    ])
+    .unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_size(ROW_GROUP)
+        .set_compression(Compression::UNCOMPRESSED)
+        .build();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+/// Reads a file through the Parquet source: event times in the order read (seconds), what
+/// ingest counted and the dead letters' text.
+fn read(path: &Path, dir: &Path) -> (Vec<i64>, IngestStats, String) {
+    let mut source = SourceConfig::of_kind(SourceKind::Generic);
+    source.time_unit = Some(TimeUnit::S);
+    let input = FileInput::new(path, source).unwrap();
+    let options = IngestOptions {
+        batch_size: 5,
+        ..IngestOptions::default()
+    };
+    let dead_letters = dir.join("dead.ndjson");
+    let mut dead = DeadLetters::new(&dead_letters, None);
+    let mut seconds = Vec::new();
+    let stats = file::read_all(&[input], &options, &mut dead, |batch| {
+        let ts = batch
+            .column_by_name("ts")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::PrimitiveArray<TimestampMicrosecondType>>()
+            .unwrap();
+        seconds.extend(ts.values().iter().map(|t| t / 1_000_000));
+        Ok(())
+    })
+    .unwrap();
+    dead.flush().unwrap();
+    let text = std::fs::read_to_string(&dead_letters).unwrap_or_default();
+    (seconds, stats, text)
+}
+
+#[test]
+fn rows_come_out_in_file_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.parquet");
+    write(&path, None);
+    let (seconds, stats, _) = read(&path, dir.path());
+    assert_eq!(seconds, (0..ROWS).collect::<Vec<_>>());
+    assert_eq!((stats.records, stats.events, stats.rejected), (200, 200, 0));
+}
+
+#[test]
+fn a_bad_row_is_rejected_at_its_row_and_the_rest_keep_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.parquet");
+    // Row 100 is in the 15th row group, read by another thread than the first.
+    write(&path, Some(100));
+    let (seconds, stats, dead) = read(&path, dir.path());
+    let expected: Vec<i64> = (0..ROWS).filter(|&i| i != 100).collect();
+    assert_eq!(seconds, expected);
+    assert_eq!((stats.records, stats.events, stats.rejected), (200, 199, 1));
+    let letter: serde_json::Value = serde_json::from_str(dead.trim()).unwrap();
+    assert_eq!(letter["row"], 100, "{letter}");
+}
+
+#[test]
+fn a_corrupt_page_stops_the_read_after_the_rows_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.parquet");
+    write(&path, None);
+    // Garble the first page header of the timestamps of row group 20 (rows 140..147).
+    let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&std::fs::File::open(&path).unwrap())
+        .unwrap();
+    let column = metadata.row_group(20).column(1);
+    let at = column
+        .dictionary_page_offset()
+        .unwrap_or(column.data_page_offset()) as usize;
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[at..at + 16].fill(0xff);
+    std::fs::write(&path, bytes).unwrap();
+
+    let (seconds, stats, dead) = read(&path, dir.path());
+    assert_eq!(seconds, (0..140).collect::<Vec<_>>());
+    assert_eq!(stats.rejected, 1, "{stats:?}");
+    assert!(dead.contains("corrupt Parquet data, reading stopped"), "{dead}");
+}
