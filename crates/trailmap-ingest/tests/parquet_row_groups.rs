@@ -30,8 +30,14 @@ fn write(path: &Path, blank_touchpoint_at: Option<i64>) {
             "customer_id",
             Arc::new(StringArray::from(customers)) as ArrayRef,
         ),
-        ("ts", Arc::new(Int64Array::from_iter_values(0..ROWS)) as ArrayRef),
-        ("touchpoint", Arc::new(StringArray::from(touchpoints)) as ArrayRef),
+        (
+            "ts",
+            Arc::new(Int64Array::from_iter_values(0..ROWS)) as ArrayRef,
+        ),
+        (
+            "touchpoint",
+            Arc::new(StringArray::from(touchpoints)) as ArrayRef,
+        ),
     ])
     .unwrap();
     let props = WriterProperties::builder()
@@ -117,5 +123,8 @@ fn a_corrupt_page_stops_the_read_after_the_rows_before_it() {
     let (seconds, stats, dead) = read(&path, dir.path());
     assert_eq!(seconds, (0..140).collect::<Vec<_>>());
     assert_eq!(stats.rejected, 1, "{stats:?}");
-    assert!(dead.contains("corrupt Parquet data, reading stopped"), "{dead}");
+    assert!(
+        dead.contains("corrupt Parquet data, reading stopped"),
+        "{dead}"
+    );
 }

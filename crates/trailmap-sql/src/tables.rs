@@ -469,6 +469,25 @@ impl Shared {
             .collect()
     }
 
+    /// The customers of the events in `rows`: a customer's events are contiguous, so each
+    /// range is filled a run per customer rather than looked at event by event.
+    fn customers_in(&self, rows: &[Range<usize>]) -> Vec<u32> {
+        let offsets = &self.journeys.log.offsets;
+        let mut out = Vec::with_capacity(rows.iter().map(Range::len).sum());
+        for r in rows.iter().filter(|r| !r.is_empty()) {
+            // The last customer starting at or before the range (past empty ones).
+            let mut c = offsets.partition_point(|&o| o <= r.start).saturating_sub(1);
+            let mut at = r.start;
+            while at < r.end {
+                let end = offsets[c + 1].min(r.end);
+                out.resize(out.len() + (end - at), c as u32);
+                at = end;
+                c += 1;
+            }
+        }
+        out
+    }
+
     fn session_of(&self) -> &[u32] {
         self.session_of.get_or_init(|| {
             let log = &self.journeys.log;
@@ -554,7 +573,7 @@ impl Rows for Events {
         let s = &self.0;
         let log = &s.journeys.log;
         match index {
-            0 => s.customer_column(s.customers_of(rows.iter().flat_map(Range::clone))),
+            0 => s.customer_column(s.customers_in(rows)),
             1 => Ok(Arc::new(UInt32Array::from(gather(s.session_of(), rows)))),
             2 => Ok(timestamps(gather(&log.ts, rows))),
             3 => dictionary(gather(&log.touchpoint, rows), &s.touchpoint_names),

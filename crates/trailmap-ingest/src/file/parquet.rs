@@ -2,6 +2,7 @@
 //! (plus the rest when properties are wanted). Fields address top-level columns or struct
 //! children (`context/traits/email`).
 
+use super::row_groups::RowGroupReader;
 use super::{FileInput, IngestOptions, IngestStats, book, reject};
 use crate::dead_letter::{DeadLetters, Location};
 use crate::mapper::{Record, RowMapper, SimplePlan, stable_hash};
@@ -16,7 +17,6 @@ use arrow::datatypes::Field;
 use arrow::datatypes::UInt32Type;
 use arrow::datatypes::{DataType, Schema, TimeUnit, TimestampMicrosecondType};
 use parquet::arrow::ProjectionMask;
-use super::row_groups::RowGroupReader;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
@@ -192,9 +192,8 @@ impl ParquetSource {
             .map_err(|e| Error::input(path, format!("cannot read Parquet: {e}")))?;
         let mask = ProjectionMask::roots(metadata.parquet_schema(), roots);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let reader =
-            RowGroupReader::start(path, &metadata, &mask, options.batch_size, threads)
-                .map_err(|e| Error::io(path, e))?;
+        let reader = RowGroupReader::start(path, &metadata, &mask, options.batch_size, threads)
+            .map_err(|e| Error::io(path, e))?;
         Ok(ParquetSource {
             path_hash: stable_hash(path.to_string_lossy().as_bytes()),
             path: path.clone(),

@@ -55,7 +55,14 @@ impl RowGroupReader {
             let handle = std::thread::Builder::new()
                 .name(format!("parquet-decode-{k}"))
                 .spawn(move || {
-                    decode(file, metadata, mask, batch_size, (k..row_groups).step_by(threads), tx)
+                    decode(
+                        file,
+                        metadata,
+                        mask,
+                        batch_size,
+                        (k..row_groups).step_by(threads),
+                        tx,
+                    )
                 })?;
             receivers.push(rx);
             handles.push(handle);
