@@ -41,7 +41,7 @@ fn write(path: &Path, blank_touchpoint_at: Option<i64>) {
     ])
     .unwrap();
     let props = WriterProperties::builder()
-        .set_max_row_group_size(ROW_GROUP)
+        .set_max_row_group_row_count(Some(ROW_GROUP))
         .set_compression(Compression::UNCOMPRESSED)
         .build();
     let file = std::fs::File::create(path).unwrap();
