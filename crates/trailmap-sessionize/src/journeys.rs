@@ -432,11 +432,17 @@ impl JourneyBuilder {
     /// Keeps `attribute` per event, for breakdowns. Call before the first batch.
     /// Makes room for `events` more events, when the input says how many it holds: the
     /// columns then grow once instead of by doubling.
+    ///
+    /// A hint only: it comes from the input's own account of itself, so past what a run can
+    /// hold (2^32 events) it is capped, and when the memory cannot be had the columns grow
+    /// as they go instead.
     pub fn reserve(&mut self, events: usize) {
-        self.ts.reserve(events);
-        self.touchpoint.reserve(events);
-        self.node.reserve(events);
-        self.source.reserve(events);
+        let events = events.min(u32::MAX as usize);
+        let _ = self.ts.try_reserve(events).and_then(|()| {
+            self.touchpoint.try_reserve(events)?;
+            self.node.try_reserve(events)?;
+            self.source.try_reserve(events)
+        });
     }
 
     pub fn keep_attribute(&mut self, attribute: Attribute) {
