@@ -429,7 +429,6 @@ impl JourneyBuilder {
         self.ts.len()
     }
 
-    /// Keeps `attribute` per event, for breakdowns. Call before the first batch.
     /// Makes room for `events` more events, when the input says how many it holds: the
     /// columns then grow once instead of by doubling.
     ///
@@ -438,13 +437,20 @@ impl JourneyBuilder {
     /// as they go instead.
     pub fn reserve(&mut self, events: usize) {
         let events = events.min(u32::MAX as usize);
-        let _ = self.ts.try_reserve(events).and_then(|()| {
+        let room = self.ts.try_reserve(events).and_then(|()| {
             self.touchpoint.try_reserve(events)?;
             self.node.try_reserve(events)?;
             self.source.try_reserve(events)
         });
+        if room.is_err() {
+            self.ts.shrink_to_fit();
+            self.touchpoint.shrink_to_fit();
+            self.node.shrink_to_fit();
+            self.source.shrink_to_fit();
+        }
     }
 
+    /// Keeps `attribute` per event, for breakdowns. Call before the first batch.
     pub fn keep_attribute(&mut self, attribute: Attribute) {
         let mut values = Names::default();
         values.id(NO_VALUE);
@@ -780,6 +786,13 @@ impl JourneyBuilder {
             for (i, a) in arrival.iter_mut().enumerate() {
                 *a = i as u32;
             }
+            // Columns reserved for more rows than became events (identity-only or rejected
+            // rows) give the room back when it is much.
+            let (mut ts_in, mut tp_in, mut source_in) = (ts_in, tp_in, source_in);
+            trim(&mut ts_in);
+            trim(&mut tp_in);
+            trim(&mut source_in);
+            trim(&mut arrival);
             (ts_in, tp_in, source_in, arrival)
         } else {
             let mut cursor = offsets.clone();
@@ -872,6 +885,13 @@ fn property(json: &str, key: &str) -> Option<String> {
         serde_json::Value::Null => None,
         serde_json::Value::String(s) => Some(s.clone()),
         other => Some(other.to_string()),
+    }
+}
+
+/// Gives back a column's room when it is more than twice what it holds.
+fn trim<T>(column: &mut Vec<T>) {
+    if column.capacity() > 2 * column.len() {
+        column.shrink_to_fit();
     }
 }
 

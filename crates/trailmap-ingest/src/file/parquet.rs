@@ -61,21 +61,30 @@ pub(crate) struct ParquetSource {
 /// 8192 rows would otherwise allocate and zero a quarter of a megabyte for them.
 #[derive(Default)]
 struct Constants {
-    rows: usize,
-    /// By canonical column index.
-    columns: Vec<Option<ArrayRef>>,
+    /// By batch size, then by canonical column index. Two sizes are kept: full batches,
+    /// and the shorter last batch of each row group.
+    by_rows: Vec<(usize, Vec<Option<ArrayRef>>)>,
 }
 
 impl Constants {
     fn get(&mut self, rows: usize, column: usize, make: impl FnOnce() -> ArrayRef) -> ArrayRef {
-        if rows != self.rows {
-            self.rows = rows;
-            self.columns.clear();
+        let slot = match self.by_rows.iter().position(|(r, _)| *r == rows) {
+            Some(slot) => slot,
+            None => {
+                if self.by_rows.len() == 2 {
+                    // Give up the smaller size: the full one comes back most.
+                    let smaller = usize::from(self.by_rows[1].0 < self.by_rows[0].0);
+                    self.by_rows.swap_remove(smaller);
+                }
+                self.by_rows.push((rows, Vec::new()));
+                self.by_rows.len() - 1
+            }
+        };
+        let columns = &mut self.by_rows[slot].1;
+        if columns.len() <= column {
+            columns.resize(column + 1, None);
         }
-        if self.columns.len() <= column {
-            self.columns.resize(column + 1, None);
-        }
-        self.columns[column].get_or_insert_with(make).clone()
+        columns[column].get_or_insert_with(make).clone()
     }
 }
 

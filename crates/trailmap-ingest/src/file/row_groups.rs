@@ -6,6 +6,7 @@
 //! The order of rows is the file's, as with one reader (ties in time keep it).
 
 use arrow::array::RecordBatch;
+use arrow::error::ArrowError;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use parquet::errors::ParquetError;
@@ -16,7 +17,7 @@ use std::thread::JoinHandle;
 
 /// What a decode thread hands on: a batch of the row group being read, or its end.
 enum Decoded {
-    Batch(Result<RecordBatch, ParquetError>),
+    Batch(Result<RecordBatch, ArrowError>),
     End,
 }
 
@@ -27,7 +28,8 @@ const AHEAD: usize = 4;
 /// Row groups decoded on `threads` threads.
 pub(crate) struct RowGroupReader {
     receivers: Vec<Receiver<Decoded>>,
-    threads: Vec<JoinHandle<()>>,
+    /// Each thread's, until joined.
+    threads: Vec<Option<JoinHandle<()>>>,
     /// The row group whose batches come next, and how many there are.
     current: usize,
     row_groups: usize,
@@ -65,7 +67,7 @@ impl RowGroupReader {
                     )
                 })?;
             receivers.push(rx);
-            handles.push(handle);
+            handles.push(Some(handle));
         }
         Ok(RowGroupReader {
             receivers,
@@ -98,13 +100,12 @@ fn decode(
         let reader = match reader {
             Ok(r) => r,
             Err(e) => {
-                let _ = tx.send(Decoded::Batch(Err(e)));
+                let _ = tx.send(Decoded::Batch(Err(e.into())));
                 return;
             }
         };
         for batch in reader {
             let failed = batch.is_err();
-            let batch = batch.map_err(|e| ParquetError::External(Box::new(e)));
             if tx.send(Decoded::Batch(batch)).is_err() || failed {
                 return;
             }
@@ -116,19 +117,25 @@ fn decode(
 }
 
 impl Iterator for RowGroupReader {
-    type Item = Result<RecordBatch, ParquetError>;
+    type Item = Result<RecordBatch, ArrowError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         while self.current < self.row_groups {
-            let rx = &self.receivers[self.current % self.receivers.len()];
-            match rx.recv() {
+            let k = self.current % self.receivers.len();
+            match self.receivers[k].recv() {
                 Ok(Decoded::Batch(batch)) => return Some(batch),
                 Ok(Decoded::End) => self.current += 1,
-                // The thread stopped after sending its error, which was handed on: the
-                // reader does not ask again after an error.
+                // A thread hangs up early only after sending its error, which was handed on
+                // (the reader does not ask again after an error), or by panicking: the
+                // panic is the reader's, as it was when decoding ran on its own thread.
                 Err(_) => {
                     self.current = self.row_groups;
-                    return Some(Err(ParquetError::General(
+                    if let Some(thread) = self.threads.get_mut(k).and_then(Option::take)
+                        && let Err(panic) = thread.join()
+                    {
+                        std::panic::resume_unwind(panic);
+                    }
+                    return Some(Err(ArrowError::ExternalError(
                         "a Parquet decode thread stopped early".into(),
                     )));
                 }
@@ -142,8 +149,83 @@ impl Drop for RowGroupReader {
     fn drop(&mut self) {
         // Hanging up first lets threads blocked on a full channel stop.
         self.receivers.clear();
-        for thread in self.threads.drain(..) {
+        for thread in self.threads.drain(..).flatten() {
+            // A panic while the reader is going away is not worth a second one.
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array};
+    use parquet::arrow::ArrowWriter;
+    use parquet::arrow::arrow_reader::ArrowReaderOptions;
+    use parquet::file::properties::WriterProperties;
+
+    /// A file of `rows` rows `0..rows` in row groups of `group` rows.
+    fn file(dir: &Path, rows: i64, group: usize) -> (std::path::PathBuf, ArrowReaderMetadata) {
+        let path = dir.join(format!("{rows}-{group}.parquet"));
+        let batch = RecordBatch::try_from_iter([(
+            "n",
+            std::sync::Arc::new(Int64Array::from_iter_values(0..rows)) as _,
+        )])
+        .unwrap();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(group))
+            .build();
+        let mut w = ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), Some(props))
+            .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let metadata =
+            ArrowReaderMetadata::load(&File::open(&path).unwrap(), ArrowReaderOptions::new())
+                .unwrap();
+        (path, metadata)
+    }
+
+    fn numbers(reader: RowGroupReader) -> Vec<i64> {
+        reader
+            .flat_map(|b| {
+                let b = b.unwrap();
+                let n = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                n.values().to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn three_threads_hand_rows_on_in_file_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, metadata) = file(dir.path(), 1000, 37);
+        let mask = ProjectionMask::all();
+        for (threads, batch) in [(3, 10), (3, 1000), (5, 7), (1, 64)] {
+            let reader = RowGroupReader::start(&path, &metadata, &mask, batch, threads).unwrap();
+            assert_eq!(
+                numbers(reader),
+                (0..1000).collect::<Vec<_>>(),
+                "{threads} threads"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_without_rows_has_no_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, metadata) = file(dir.path(), 0, 10);
+        let reader = RowGroupReader::start(&path, &metadata, &ProjectionMask::all(), 8, 3).unwrap();
+        assert!(numbers(reader).is_empty());
+    }
+
+    #[test]
+    fn dropping_the_reader_early_stops_its_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, metadata) = file(dir.path(), 100_000, 100);
+        let mut reader =
+            RowGroupReader::start(&path, &metadata, &ProjectionMask::all(), 10, 3).unwrap();
+        assert!(reader.next().is_some_and(|b| b.is_ok()));
+        // Threads blocked on full channels must notice the hang-up; Drop joins them.
+        drop(reader);
     }
 }
