@@ -1038,11 +1038,18 @@ impl LiveHandle {
                 of_segments.entry(v).or_default().push(m);
             }
         }
-        let map = LiveMap::sum(wholes);
-        let segments: BTreeMap<u32, LiveMap> = of_segments
-            .into_iter()
-            .map(|(v, maps)| (v, LiveMap::sum(maps)))
-            .collect();
+        // Summing is CPU work of its own (on two threads for large maps): off the async
+        // workers, which other tasks (the HTTP server's) share.
+        let (map, segments) = tokio::task::spawn_blocking(move || {
+            let map = LiveMap::sum(wholes);
+            let segments: BTreeMap<u32, LiveMap> = of_segments
+                .into_iter()
+                .map(|(v, maps)| (v, LiveMap::sum(maps)))
+                .collect();
+            (map, segments)
+        })
+        .await
+        .map_err(|e| Error::Other(format!("summing the shards' maps failed: {e}")))?;
         status.freshness = Freshness::of(&status.freshness_histogram);
         let late = late?;
         let names = names.read().map(|n| n.clone()).unwrap_or_default();
