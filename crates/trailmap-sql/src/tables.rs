@@ -337,7 +337,8 @@ pub(crate) struct Shared {
     journeys: Journeys,
     customer_names: OnceLock<ArrayRef>,
     /// Per customer: DataFusion's repartitioning hash of its name.
-    customer_hashes: OnceLock<Vec<u64>>,
+    /// Hashes of the names, or why they could not be made.
+    customer_hashes: OnceLock<std::result::Result<Vec<u64>, String>>,
     touchpoint_names: ArrayRef,
     stage_names: ArrayRef,
     source_names: ArrayRef,
@@ -388,19 +389,39 @@ impl Shared {
         )?)
     }
 
+    /// DataFusion's repartitioning hash of every customer's name. Made once: the scan's
+    /// partitions all wait for it before their first row, so it is made on both cores.
     fn customer_hashes(&self) -> Result<&[u64]> {
-        if self.customer_hashes.get().is_none() {
+        let made = self.customer_hashes.get_or_init(|| {
             let names = self.customer_names();
             let mut hashes = vec![0; names.len()];
-            create_hashes(
-                [names],
-                REPARTITION_RANDOM_STATE.random_state(),
-                &mut hashes,
-            )?;
-            // A racing scan may have set them first: the same values.
-            let _ = self.customer_hashes.set(hashes);
+            let mid = names.len() / 2;
+            let (low, high) = hashes.split_at_mut(mid);
+            let hash = |from: usize, into: &mut [u64]| {
+                create_hashes(
+                    [&names.slice(from, into.len())],
+                    REPARTITION_RANDOM_STATE.random_state(),
+                    into,
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            };
+            std::thread::scope(|scope| {
+                let upper = scope.spawn(|| hash(mid, high));
+                let lower = hash(0, low);
+                let upper = upper
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                lower.and(upper)
+            })?;
+            Ok(hashes)
+        });
+        match made {
+            Ok(hashes) => Ok(hashes),
+            Err(why) => Err(datafusion::common::DataFusionError::Execution(format!(
+                "cannot hash the customers for partitioning: {why}"
+            ))),
         }
-        Ok(self.customer_hashes.get().map_or(&[], Vec::as_slice))
     }
 
     /// The rows of each of `count` partitions, whole customers each: customer `c`'s rows
