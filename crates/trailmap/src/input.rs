@@ -237,13 +237,18 @@ impl InputArgs {
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        // Reading (decompression, parsing, mapping) runs on one thread and stitching on
-        // this one, so both cores work; the bounded channel keeps memory flat.
+        // Reading (decompression, parsing, mapping; Parquet decodes row groups on threads of
+        // its own) runs on one thread and stitching on this one, so both cores work; the
+        // bounded channels keep memory flat.
         let started = std::time::Instant::now();
         let mut journeys = JourneyBuilder::new();
         // Room for every event at once where the files say how many they hold: growing
         // columns of tens of millions of events by doubling costs a quarter of the load.
-        let hint: u64 = inputs.iter().filter_map(file::records_hint).sum();
+        // (Footers are the files' own say: added without overflowing.)
+        let hint = inputs
+            .iter()
+            .filter_map(file::records_hint)
+            .fold(0u64, u64::saturating_add);
         journeys.reserve(usize::try_from(hint).unwrap_or(0));
         if let Some(attribute) = attribute {
             journeys.keep_attribute(attribute);
