@@ -80,8 +80,8 @@ struct InSegment<'a, A> {
     inner: A,
 }
 
-impl<A: Aggregate> Aggregate for InSegment<'_, A> {
-    fn add(&mut self, journey: &Journey<'_>) {
+impl<'log, A: Aggregate<'log>> Aggregate<'log> for InSegment<'_, A> {
+    fn add(&mut self, journey: &Journey<'log>) {
         if self.of_event[journey.start] == self.value {
             self.inner.add(journey);
         }
@@ -93,8 +93,8 @@ impl<A: Aggregate> Aggregate for InSegment<'_, A> {
 }
 
 /// `fold` over every session, or over one segment's.
-fn fold_in<A: Aggregate>(
-    log: &JourneyLog,
+fn fold_in<'log, A: Aggregate<'log>>(
+    log: &'log JourneyLog,
     segment: Option<(u32, &[u32])>,
     make: impl Fn() -> A + Sync,
 ) -> A {

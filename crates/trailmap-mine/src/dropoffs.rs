@@ -87,7 +87,7 @@ impl Dropoffs {
     }
 }
 
-impl Aggregate for Dropoffs {
+impl Aggregate<'_> for Dropoffs {
     fn add(&mut self, journey: &Journey<'_>) {
         let tp = journey.touchpoint;
         let Some(&last) = tp.last() else {

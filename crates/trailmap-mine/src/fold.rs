@@ -4,14 +4,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use trailmap_model::config::Scope;
 use trailmap_sessionize::{Journey, JourneyLog};
 
-/// A mergeable partial result.
+/// A mergeable partial result over journeys that live for `'log`.
 ///
 /// `merge` must be associative and must not depend on how journeys were split between
 /// parts: aggregating two halves and merging gives the whole-input answer. A property test
-/// per aggregate checks exactly that.
-pub trait Aggregate: Send + Sized {
+/// per aggregate checks exactly that. The lifetime lets a partial state borrow from the log
+/// it reads (variants keep their touchpoint sequences that way, rather than copying the
+/// log's touchpoints once more).
+pub trait Aggregate<'log>: Send + Sized {
     /// Adds one journey (events in order; ties already in arrival order).
-    fn add(&mut self, journey: &Journey<'_>);
+    fn add(&mut self, journey: &Journey<'log>);
 
     /// Folds another partial state into this one.
     fn merge(&mut self, other: Self);
@@ -23,7 +25,11 @@ const CHUNK: usize = 4096;
 
 /// Aggregates every journey of `scope`, on all cores, each thread into its own partial
 /// state from `make`, then merges the parts.
-pub fn fold<A: Aggregate>(log: &JourneyLog, scope: Scope, make: impl Fn() -> A + Sync) -> A {
+pub fn fold<'log, A: Aggregate<'log>>(
+    log: &'log JourneyLog,
+    scope: Scope,
+    make: impl Fn() -> A + Sync,
+) -> A {
     let n = log.num_journeys(scope);
     let threads = std::thread::available_parallelism()
         .map_or(1, |t| t.get())
@@ -62,8 +68,8 @@ pub fn fold<A: Aggregate>(log: &JourneyLog, scope: Scope, make: impl Fn() -> A +
 
 /// Aggregates journeys `range` of `scope` on this thread: what one partition of a larger
 /// input does.
-pub fn fold_range<A: Aggregate>(
-    log: &JourneyLog,
+pub fn fold_range<'log, A: Aggregate<'log>>(
+    log: &'log JourneyLog,
     scope: Scope,
     range: std::ops::Range<usize>,
     mut acc: A,

@@ -992,7 +992,7 @@ fn unordered_level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
     }
 }
 
-impl Aggregate for Funnel<'_> {
+impl Aggregate<'_> for Funnel<'_> {
     fn add(&mut self, journey: &Journey<'_>) {
         if journey.ts.is_empty() {
             return;

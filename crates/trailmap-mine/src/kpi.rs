@@ -62,7 +62,7 @@ impl<'a> Kpis<'a> {
     }
 }
 
-impl Aggregate for Kpis<'_> {
+impl Aggregate<'_> for Kpis<'_> {
     fn add(&mut self, journey: &Journey<'_>) {
         let (ts, tp) = (journey.ts, journey.touchpoint);
         for (spec, tally) in self.specs.iter().zip(&mut self.tallies) {

@@ -16,15 +16,17 @@ use trailmap_sessionize::Journey;
 /// (4 MiB at most); larger ones through a hash map.
 const DENSE_LIMIT: usize = 1024;
 
-/// One directly-follows relation.
+/// One directly-follows relation `from → to`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TransitionStats {
     pub count: u64,
     pub durations: DurationHistogram,
+    /// Back-and-forth that this transition closes: `to → from → to`.
+    back_and_forth: BackAndForth,
 }
 
 /// Back-and-forth between two touchpoints: `a → b → a`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct BackAndForth {
     /// Occurrences of `a → b → a`.
     pub count: u64,
@@ -34,12 +36,32 @@ pub struct BackAndForth {
     last_journey: usize,
 }
 
+/// Equal counts (which journey came last is bookkeeping, not part of the result).
+impl PartialEq for BackAndForth {
+    fn eq(&self, other: &Self) -> bool {
+        (self.count, self.journeys) == (other.count, other.journeys)
+    }
+}
+
+impl Eq for BackAndForth {}
+
+impl Default for BackAndForth {
+    fn default() -> Self {
+        BackAndForth {
+            count: 0,
+            journeys: 0,
+            // No journey starts here: the first one seen always counts.
+            last_journey: usize::MAX,
+        }
+    }
+}
+
 /// Options of a [`PathStats`] pass.
 #[derive(Debug, Clone, Copy)]
 pub struct PathOptions {
     /// Record transition durations (a histogram update per transition).
     pub durations: bool,
-    /// Collect variants (an arena holding each distinct sequence once).
+    /// Collect variants (a table holding each distinct sequence once, borrowed from the log).
     pub variants: bool,
 }
 
@@ -52,9 +74,9 @@ impl Default for PathOptions {
     }
 }
 
-/// Paths over a set of journeys.
+/// Paths over a set of journeys that live for `'log`.
 #[derive(Debug, Clone)]
-pub struct PathStats {
+pub struct PathStats<'log> {
     options: PathOptions,
     pub journeys: u64,
     pub events: u64,
@@ -68,11 +90,10 @@ pub struct PathStats {
     sparse: FxHashMap<(u32, u32), u32>,
     starts: Vec<u64>,
     ends: Vec<u64>,
-    variants: Variants,
-    back_and_forth: FxHashMap<(u32, u32), BackAndForth>,
+    variants: Variants<'log>,
 }
 
-impl PathStats {
+impl<'log> PathStats<'log> {
     /// An empty state for a catalog of `touchpoints` names (more may appear; they take the
     /// slower path).
     pub fn new(touchpoints: usize, options: PathOptions) -> Self {
@@ -93,7 +114,6 @@ impl PathStats {
             starts: Vec::new(),
             ends: Vec::new(),
             variants: Variants::default(),
-            back_and_forth: FxHashMap::default(),
         }
     }
 
@@ -101,16 +121,26 @@ impl PathStats {
     fn slot(&mut self, from: u32, to: u32) -> usize {
         let (f, t) = (from as usize, to as usize);
         if f < self.dense_n && t < self.dense_n {
-            let cell = &mut self.dense[f * self.dense_n + t];
-            if *cell == 0 {
-                self.keys.push((from, to));
-                self.stats.push(TransitionStats::default());
-                *cell = self.keys.len() as u32;
+            let cell = self.dense[f * self.dense_n + t];
+            if cell != 0 {
+                return cell as usize - 1;
             }
-            return *cell as usize - 1;
         }
+        self.new_or_sparse_slot(from, to)
+    }
+
+    /// A transition seen for the first time, or one outside the dense table.
+    #[cold]
+    #[inline(never)]
+    fn new_or_sparse_slot(&mut self, from: u32, to: u32) -> usize {
+        let (f, t) = (from as usize, to as usize);
         let next = self.keys.len() as u32;
-        let slot = *self.sparse.entry((from, to)).or_insert(next);
+        let slot = if f < self.dense_n && t < self.dense_n {
+            self.dense[f * self.dense_n + t] = next + 1;
+            next
+        } else {
+            *self.sparse.entry((from, to)).or_insert(next)
+        };
         if slot == next {
             self.keys.push((from, to));
             self.stats.push(TransitionStats::default());
@@ -145,8 +175,11 @@ impl PathStats {
     }
 
     /// Distinct variants and their counts, in no particular order.
-    pub fn variants(&self) -> impl Iterator<Item = (&[u32], u64)> {
-        self.variants.iter()
+    pub fn variants(&self) -> impl Iterator<Item = (&'log [u32], u64)> + '_ {
+        self.variants
+            .table
+            .iter()
+            .map(|&(_, path, count)| (path, count))
     }
 
     pub fn num_variants(&self) -> usize {
@@ -155,7 +188,10 @@ impl PathStats {
 
     /// `a → b → a` loops, keyed `(a, b)`.
     pub fn back_and_forth(&self) -> impl Iterator<Item = ((u32, u32), &BackAndForth)> {
-        self.back_and_forth.iter().map(|(&k, v)| (k, v))
+        // Transition `b → a` holds the loops it closes.
+        self.transitions()
+            .filter(|(_, _, s)| s.back_and_forth.count > 0)
+            .map(|(b, a, s)| ((a, b), &s.back_and_forth))
     }
 }
 
@@ -167,8 +203,8 @@ fn nonzero(counts: &[u64]) -> impl Iterator<Item = (u32, u64)> + '_ {
         .map(|(t, &c)| (t as u32, c))
 }
 
-impl Aggregate for PathStats {
-    fn add(&mut self, journey: &Journey<'_>) {
+impl<'log> Aggregate<'log> for PathStats<'log> {
+    fn add(&mut self, journey: &Journey<'log>) {
         let (tp, ts) = (journey.touchpoint, journey.ts);
         let (Some(&first), Some(&last)) = (tp.first(), tp.last()) else {
             return;
@@ -177,23 +213,26 @@ impl Aggregate for PathStats {
         self.events += tp.len() as u64;
         Self::bump(&mut self.starts, first, 1);
         Self::bump(&mut self.ends, last, 1);
+        // One pass over the transitions: counts, durations and `a → b → a` (`before` is
+        // the touchpoint two back; u32::MAX, no touchpoint's id, at the start).
+        let (mut before, mut prev) = (u32::MAX, first);
         for i in 1..tp.len() {
-            let slot = self.slot(tp[i - 1], tp[i]);
+            let next = tp[i];
+            let slot = self.slot(prev, next);
             let stats = &mut self.stats[slot];
             stats.count += 1;
             if self.options.durations {
                 stats.durations.record(ts[i].saturating_sub(ts[i - 1]));
             }
-        }
-        for i in 2..tp.len() {
-            if tp[i] == tp[i - 2] && tp[i] != tp[i - 1] {
-                let loop_ = self.back_and_forth.entry((tp[i], tp[i - 1])).or_default();
+            if next == before && next != prev {
+                let loop_ = &mut stats.back_and_forth;
                 loop_.count += 1;
-                if loop_.journeys == 0 || loop_.last_journey != journey.start {
+                if loop_.last_journey != journey.start {
                     loop_.journeys += 1;
                     loop_.last_journey = journey.start;
                 }
             }
+            (before, prev) = (prev, next);
         }
         if self.options.variants {
             self.variants.add(tp, 1);
@@ -208,6 +247,9 @@ impl Aggregate for PathStats {
             let mine = &mut self.stats[slot];
             mine.count += stats.count;
             mine.durations.merge(&stats.durations);
+            mine.back_and_forth.count += stats.back_and_forth.count;
+            // Parts hold disjoint journeys, so journey counts add.
+            mine.back_and_forth.journeys += stats.back_and_forth.journeys;
         }
         for (t, c) in nonzero(&other.starts) {
             Self::bump(&mut self.starts, t, c);
@@ -222,59 +264,50 @@ impl Aggregate for PathStats {
             (other.variants, std::mem::take(&mut self.variants))
         };
         into.table.reserve(from.table.len(), |e| e.0);
-        for &(hash, start, len, count) in from.table.iter() {
-            into.add_hashed(hash, &from.arena[start..start + len], count);
+        for (hash, path, count) in from.table {
+            into.add_hashed(hash, path, count);
         }
         self.variants = into;
-        for (key, theirs) in other.back_and_forth {
-            let mine = self.back_and_forth.entry(key).or_default();
-            mine.count += theirs.count;
-            // Parts hold disjoint journeys, so journey counts add.
-            mine.journeys += theirs.journeys;
-        }
     }
 }
 
-/// Distinct touchpoint sequences with counts; each sequence stored once in an arena.
+/// Distinct touchpoint sequences with counts. A sequence is the journey's own slice of the
+/// log: with a million distinct variants in 20M events, copying them would copy the log's
+/// touchpoints once more.
 #[derive(Debug, Clone, Default)]
-struct Variants {
-    arena: Vec<u32>,
-    /// (hash, start in arena, length, count)
-    table: HashTable<(u64, usize, usize, u64)>,
+struct Variants<'log> {
+    /// (hash, sequence, count)
+    table: HashTable<(u64, &'log [u32], u64)>,
 }
 
+/// A sequence's hash, two touchpoints per step (the multiply chain is the cost).
 fn hash_path(path: &[u32]) -> u64 {
     let mut h = FxHasher::default();
     h.write_usize(path.len());
-    for &t in path {
-        h.write_u32(t);
+    let mut pairs = path.chunks_exact(2);
+    for pair in &mut pairs {
+        h.write_u64(u64::from(pair[0]) | u64::from(pair[1]) << 32);
+    }
+    if let [last] = pairs.remainder() {
+        h.write_u32(*last);
     }
     h.finish()
 }
 
-impl Variants {
-    fn add(&mut self, path: &[u32], count: u64) {
+impl<'log> Variants<'log> {
+    fn add(&mut self, path: &'log [u32], count: u64) {
         self.add_hashed(hash_path(path), path, count);
     }
 
-    fn add_hashed(&mut self, hash: u64, path: &[u32], count: u64) {
-        let arena = &self.arena;
-        match self.table.find_mut(hash, |&(h, start, len, _)| {
-            h == hash && &arena[start..start + len] == path
-        }) {
-            Some(entry) => entry.3 += count,
+    fn add_hashed(&mut self, hash: u64, path: &'log [u32], count: u64) {
+        match self
+            .table
+            .find_mut(hash, |&(h, seen, _)| h == hash && seen == path)
+        {
+            Some(entry) => entry.2 += count,
             None => {
-                let start = self.arena.len();
-                self.arena.extend_from_slice(path);
-                self.table
-                    .insert_unique(hash, (hash, start, path.len(), count), |e| e.0);
+                self.table.insert_unique(hash, (hash, path, count), |e| e.0);
             }
         }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&[u32], u64)> {
-        self.table
-            .iter()
-            .map(|&(_, start, len, count)| (&self.arena[start..start + len], count))
     }
 }

@@ -201,7 +201,7 @@ impl PathTree {
     }
 }
 
-impl Aggregate for PathTree {
+impl Aggregate<'_> for PathTree {
     fn add(&mut self, journey: &Journey<'_>) {
         let tp = journey.touchpoint;
         let anchor = self.spec.anchor;

@@ -21,8 +21,8 @@ fn journeys() -> impl Strategy<Value = Vec<Vec<(i64, u32)>>> {
 
 /// Aggregates `parts` of the journeys separately and merges them as `(a + b) + c` and as
 /// `a + (b + c)`; returns the whole, and both merges.
-fn split<A: Aggregate + Clone>(
-    j: &Journeys,
+fn split<'j, A: Aggregate<'j> + Clone>(
+    j: &'j Journeys,
     cuts: (usize, usize),
     make: impl Fn() -> A,
 ) -> (A, A, A) {

@@ -20,7 +20,7 @@ const B: u32 = 1;
 const C: u32 = 2;
 const X: u32 = 5;
 
-fn run<Agg: Aggregate>(journeys: &[Vec<(i64, u32)>], mut agg: Agg) -> Agg {
+fn run<Agg: for<'j> Aggregate<'j>>(journeys: &[Vec<(i64, u32)>], mut agg: Agg) -> Agg {
     let j = Journeys::new(journeys);
     for i in 0..j.len() {
         agg.add(&j.get(i));
@@ -168,13 +168,15 @@ fn dropoffs_count_journeys_once_per_touchpoint() {
 
 #[test]
 fn back_and_forth_and_loops() {
-    let p = run(
-        &[
-            vec![(0, A), (1, B), (2, A), (3, B), (4, A)],
-            vec![(0, A), (1, C)],
-        ],
-        PathStats::new(6, PathOptions::default()),
-    );
+    // Paths borrow their variants from the journeys, so these outlive them.
+    let j = Journeys::new(&[
+        vec![(0, A), (1, B), (2, A), (3, B), (4, A)],
+        vec![(0, A), (1, C)],
+    ]);
+    let mut p = PathStats::new(6, PathOptions::default());
+    for i in 0..j.len() {
+        p.add(&j.get(i));
+    }
     let bf: Vec<_> = {
         let mut v: Vec<_> = p
             .back_and_forth()
@@ -387,4 +389,43 @@ fn many_repeats_of_each_step_do_not_multiply_chains() {
         spec(&[A, B, C, X], 24 * H, Modes::parse("strict_once").unwrap()),
     );
     assert_eq!(f.tallies.levels, vec![0, 0, 0, 1, 0]);
+}
+
+proptest::proptest! {
+    /// The top variants are the first of all variants listed most common first, ties by
+    /// names, whatever the ties: the listing picks them by count before it reads names.
+    #[test]
+    fn the_top_variants_are_the_head_of_all_variants(
+        journeys in proptest::collection::vec(proptest::collection::vec(0u32..3, 1..4), 0..60),
+        top in 1usize..8,
+    ) {
+        let j = Journeys::new(
+            &journeys
+                .iter()
+                .map(|tps| tps.iter().enumerate().map(|(t, &tp)| (t as i64, tp)).collect())
+                .collect::<Vec<_>>(),
+        );
+        let mut p = PathStats::new(3, PathOptions::default());
+        for i in 0..j.len() {
+            p.add(&j.get(i));
+        }
+        // Names out of id order, so name order is not id order.
+        let names = ["zeta".to_string(), "alpha".to_string(), "mu".to_string()];
+        let names = trailmap_mine::report::Names { touchpoints: &names };
+        let listed = |k| {
+            trailmap_mine::report::PathsReport::new(&p, names, k, 0)
+                .variants
+                .into_iter()
+                .map(|v| (v.path, v.count))
+                .collect::<Vec<_>>()
+        };
+        let all = listed(0);
+        let mut expected = all.clone();
+        expected.truncate(top);
+        proptest::prop_assert_eq!(listed(top), expected);
+        // And `all` is in order: counts descending, ties by names.
+        for w in all.windows(2) {
+            proptest::prop_assert!(w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0), "{w:?}");
+        }
+    }
 }
