@@ -143,8 +143,16 @@ impl PathsReport {
                 })
         };
         if top_variants > 0 && variants.len() > top_variants {
-            variants.select_nth_unstable_by(top_variants - 1, order);
-            variants.truncate(top_variants);
+            // The k-th largest count first, comparing counts alone (a variant's path lies
+            // somewhere in the log; reading it is a cache miss): only variants at least that
+            // common can be listed, and names break the ties among those.
+            variants.select_nth_unstable_by(top_variants - 1, |a, b| b.1.cmp(&a.1));
+            let least = variants[top_variants - 1].1;
+            variants.retain(|v| v.1 >= least);
+            if variants.len() > top_variants {
+                variants.select_nth_unstable_by(top_variants - 1, order);
+                variants.truncate(top_variants);
+            }
         }
         variants.sort_unstable_by(order);
         let variants = variants
