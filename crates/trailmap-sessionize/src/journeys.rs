@@ -749,11 +749,15 @@ impl JourneyBuilder {
         // appearance (logs exported per customer or case): then the order is the identity.
         let mut grouped = true;
         let mut previous = 0u32;
-        // A run of one node (one identifier on consecutive events) is looked up once.
-        let mut last_node = u32::MAX;
-        for &node in &self.node {
+        // A run of one node (one identifier on consecutive events) is looked up once and
+        // counted at once (one counter bumped per event is a chain of stores to one place).
+        let (mut last_node, mut run_start) = (u32::MAX, 0);
+        for (i, &node) in self.node.iter().enumerate() {
             if node != last_node {
-                last_node = node;
+                if i > run_start {
+                    offsets[previous as usize + 1] += i - run_start;
+                }
+                (last_node, run_start) = (node, i);
                 let root = self.graph.find(node) as usize;
                 if customer_of_root[root] == u32::MAX {
                     customer_of_root[root] = roots.len() as u32;
@@ -764,7 +768,9 @@ impl JourneyBuilder {
                 grouped &= c >= previous;
                 previous = c;
             }
-            offsets[previous as usize + 1] += 1;
+        }
+        if n > run_start {
+            offsets[previous as usize + 1] += n - run_start;
         }
         let customers = roots.len();
         for c in 0..customers {
@@ -781,11 +787,9 @@ impl JourneyBuilder {
             std::mem::take(&mut self.source),
         );
         let (mut ts, mut touchpoint, mut source, mut arrival) = if grouped {
-            // The node column's memory, already paged in, becomes the arrival order.
+            // The node column's memory, already paged in, becomes the arrival order (filled
+            // in by `order_by_time`, on both cores).
             let mut arrival = std::mem::take(&mut self.node);
-            for (i, a) in arrival.iter_mut().enumerate() {
-                *a = i as u32;
-            }
             // Columns reserved for more rows than became events (identity-only or rejected
             // rows) give the room back when it is much.
             let (mut ts_in, mut tp_in, mut source_in) = (ts_in, tp_in, source_in);
@@ -816,25 +820,25 @@ impl JourneyBuilder {
             (ts, touchpoint, source, arrival)
         };
         drop(customer_of_root);
-        for c in 0..customers {
-            let r = offsets[c]..offsets[c + 1];
-            if ts[r.clone()].windows(2).all(|w| w[0] <= w[1]) {
-                continue;
-            }
-            // Out of order in the input: sort this customer's events by (ts, arrival).
-            let mut perm: Vec<usize> = r.clone().collect();
-            perm.sort_by_key(|&p| (ts[p], arrival[p]));
-            let (t, tp, s, a): (Vec<_>, Vec<_>, Vec<_>, Vec<_>) = (
-                perm.iter().map(|&p| ts[p]).collect(),
-                perm.iter().map(|&p| touchpoint[p]).collect(),
-                perm.iter().map(|&p| source[p]).collect(),
-                perm.iter().map(|&p| arrival[p]).collect(),
+        // Each half of the customers (by events) on a core of its own.
+        let half = offsets.partition_point(|&o| o < n / 2).min(customers);
+        let cut = offsets[half];
+        let (ts_lo, ts_hi) = ts.split_at_mut(cut);
+        let (tp_lo, tp_hi) = touchpoint.split_at_mut(cut);
+        let (source_lo, source_hi) = source.split_at_mut(cut);
+        let (arrival_lo, arrival_hi) = arrival.split_at_mut(cut);
+        std::thread::scope(|scope| {
+            let upper = scope.spawn(|| {
+                let columns = (ts_hi, tp_hi, source_hi, arrival_hi);
+                order_by_time(&offsets[half..], columns, grouped);
+            });
+            order_by_time(
+                &offsets[..=half],
+                (ts_lo, tp_lo, source_lo, arrival_lo),
+                grouped,
             );
-            ts[r.clone()].copy_from_slice(&t);
-            touchpoint[r.clone()].copy_from_slice(&tp);
-            source[r.clone()].copy_from_slice(&s);
-            arrival[r].copy_from_slice(&a);
-        }
+            join(upper);
+        });
 
         // Sessions are cut when first asked for: customer-scope mining never needs them.
         let sessions = LazySessions {
@@ -885,6 +889,41 @@ fn property(json: &str, key: &str) -> Option<String> {
         serde_json::Value::Null => None,
         serde_json::Value::String(s) => Some(s.clone()),
         other => Some(other.to_string()),
+    }
+}
+
+/// Sorts each customer's events by (time, arrival): customer `c` holds events
+/// `offsets[c]..offsets[c + 1]`, relative to `offsets[0]`, where the columns start. With
+/// `fill_arrival`, the input was grouped already and arrival is the position in it.
+fn order_by_time(
+    offsets: &[usize],
+    (ts, touchpoint, source, arrival): (&mut [i64], &mut [u32], &mut [u16], &mut [u32]),
+    fill_arrival: bool,
+) {
+    let base = offsets[0];
+    if fill_arrival {
+        for (i, a) in arrival.iter_mut().enumerate() {
+            *a = (base + i) as u32;
+        }
+    }
+    for w in offsets.windows(2) {
+        let r = w[0] - base..w[1] - base;
+        if ts[r.clone()].windows(2).all(|w| w[0] <= w[1]) {
+            continue;
+        }
+        // Out of order in the input: sort this customer's events by (ts, arrival).
+        let mut perm: Vec<usize> = r.clone().collect();
+        perm.sort_by_key(|&p| (ts[p], arrival[p]));
+        let (t, tp, s, a): (Vec<_>, Vec<_>, Vec<_>, Vec<_>) = (
+            perm.iter().map(|&p| ts[p]).collect(),
+            perm.iter().map(|&p| touchpoint[p]).collect(),
+            perm.iter().map(|&p| source[p]).collect(),
+            perm.iter().map(|&p| arrival[p]).collect(),
+        );
+        ts[r.clone()].copy_from_slice(&t);
+        touchpoint[r.clone()].copy_from_slice(&tp);
+        source[r.clone()].copy_from_slice(&s);
+        arrival[r].copy_from_slice(&a);
     }
 }
 

@@ -259,6 +259,57 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Each customer's events in (time, arrival) order, whether the input came grouped by
+    /// customer (logs exported per case) or interleaved, and however many customers there are
+    /// on each side of where the work is split between cores: the log's columns against a
+    /// sort of the input.
+    #[test]
+    fn events_are_ordered_by_time_then_arrival(
+        times in prop::collection::vec(prop::collection::vec(0i64..6, 1..9), 1..30),
+        grouped in any::<bool>(),
+    ) {
+        // (customer, ts, touchpoint = input position)
+        let mut rows: Vec<(usize, i64)> = Vec::new();
+        if grouped {
+            for (c, ts) in times.iter().enumerate() {
+                rows.extend(ts.iter().map(|&t| (c, t)));
+            }
+        } else {
+            for k in 0..times.iter().map(Vec::len).max().unwrap_or(0) {
+                rows.extend(times.iter().enumerate().filter_map(|(c, ts)| ts.get(k).map(|&t| (c, t))));
+            }
+        }
+        let events: Vec<Ev> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &(c, t))| ("s", vec![id(IdentityKind::CustomerId, &format!("c{c}"))], t * MIN, Some(format!("{i}"))))
+            .collect();
+        let log = build(&events, 7, &SessionConfig::default());
+        prop_assert_eq!(log.num_customers(), times.len());
+        for c in 0..log.num_customers() {
+            let j = log.customer(c as u32);
+            let key = log.customer_key(j.customer).to_string();
+            let mut expected: Vec<(i64, usize)> = rows
+                .iter()
+                .enumerate()
+                .filter(|(_, (rc, _))| format!("c{rc}") == key)
+                .map(|(i, &(_, t))| (t * MIN, i))
+                .collect();
+            expected.sort();
+            let r = log.offsets[c]..log.offsets[c + 1];
+            let got: Vec<(i64, usize)> = log.ts[r.clone()]
+                .iter()
+                .zip(&log.arrival[r.clone()])
+                .map(|(&t, &a)| (t, a as usize))
+                .collect();
+            prop_assert_eq!(&got, &expected);
+            let names: Vec<usize> = log.names(&j).iter().map(|n| n.parse().unwrap()).collect();
+            prop_assert_eq!(names, expected.iter().map(|e| e.1).collect::<Vec<_>>());
+        }
+    }
+}
+
 #[test]
 fn unused_dictionary_values_are_not_touchpoints() {
     use arrow::array::{ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt32Array};
