@@ -17,6 +17,11 @@ pub trait Aggregate<'log>: Send + Sized {
 
     /// Folds another partial state into this one.
     fn merge(&mut self, other: Self);
+
+    /// Called on a part's own thread once it has seen its journeys, before parts merge:
+    /// work that makes merging cheaper (sorting, compacting) belongs here, where it runs
+    /// on every core rather than in the serial merge.
+    fn seal(&mut self) {}
 }
 
 /// Journeys handed to a thread at a time: big enough that the shared counter is cold, small
@@ -41,6 +46,7 @@ pub fn fold<'log, A: Aggregate<'log>>(
         loop {
             let lo = next.fetch_add(1, Ordering::Relaxed) * CHUNK;
             if lo >= n {
+                acc.seal();
                 break acc;
             }
             for i in lo..(lo + CHUNK).min(n) {
@@ -77,5 +83,6 @@ pub fn fold_range<'log, A: Aggregate<'log>>(
     for i in range {
         acc.add(&log.journey(scope, i));
     }
+    acc.seal();
     acc
 }

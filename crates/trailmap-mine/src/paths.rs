@@ -7,7 +7,6 @@
 
 use crate::fold::Aggregate;
 use crate::hist::DurationHistogram;
-use hashbrown::HashTable;
 use rustc_hash::{FxHashMap, FxHasher};
 use std::hash::Hasher;
 use trailmap_sessionize::Journey;
@@ -61,7 +60,7 @@ impl Default for BackAndForth {
 pub struct PathOptions {
     /// Record transition durations (a histogram update per transition).
     pub durations: bool,
-    /// Collect variants (a table holding each distinct sequence once, borrowed from the log).
+    /// Collect variants (each distinct sequence once, borrowed from the log).
     pub variants: bool,
 }
 
@@ -175,15 +174,8 @@ impl<'log> PathStats<'log> {
     }
 
     /// Distinct variants and their counts, in no particular order.
-    pub fn variants(&self) -> impl Iterator<Item = (&'log [u32], u64)> + '_ {
-        self.variants
-            .table
-            .iter()
-            .map(|&(_, path, count)| (path, count))
-    }
-
-    pub fn num_variants(&self) -> usize {
-        self.variants.table.len()
+    pub fn variants(&self) -> Vec<(&'log [u32], u64)> {
+        self.variants.distinct()
     }
 
     /// `a → b → a` loops, keyed `(a, b)`.
@@ -235,8 +227,12 @@ impl<'log> Aggregate<'log> for PathStats<'log> {
             (before, prev) = (prev, next);
         }
         if self.options.variants {
-            self.variants.add(tp, 1);
+            self.variants.add(tp);
         }
+    }
+
+    fn seal(&mut self) {
+        self.variants.compact();
     }
 
     fn merge(&mut self, other: Self) {
@@ -257,28 +253,46 @@ impl<'log> Aggregate<'log> for PathStats<'log> {
         for (t, c) in nonzero(&other.ends) {
             Self::bump(&mut self.ends, t, c);
         }
-        // The larger table absorbs the smaller, re-using the stored hashes.
-        let (mut into, from) = if self.variants.table.len() >= other.variants.table.len() {
-            (std::mem::take(&mut self.variants), other.variants)
-        } else {
-            (other.variants, std::mem::take(&mut self.variants))
-        };
-        into.table.reserve(from.table.len(), |e| e.0);
-        for (hash, path, count) in from.table {
-            into.add_hashed(hash, path, count);
-        }
-        self.variants = into;
+        self.variants.merge(other.variants);
     }
 }
 
-/// Distinct touchpoint sequences with counts. A sequence is the journey's own slice of the
-/// log: with a million distinct variants in 20M events, copying them would copy the log's
-/// touchpoints once more.
+/// Distinct touchpoint sequences with counts, each sequence the journey's own slice of the
+/// log (with a million distinct variants in 20M events, copying them would copy the log's
+/// touchpoints once more).
+///
+/// Journeys are appended as they come and compacted in runs: sorted by hash, equal
+/// sequences folded. A hash table would do the same with a cache miss per journey and a
+/// serial re-insert of one part into the other at merge; sorted runs merge in one linear
+/// pass. Compacting whenever the appended part is as large as the compacted one bounds the
+/// memory by twice the distinct variants (plus a small batch) and the work by a sort.
 #[derive(Debug, Clone, Default)]
 struct Variants<'log> {
-    /// (hash, sequence, count)
-    table: HashTable<(u64, &'log [u32], u64)>,
+    /// Distinct sequences, ordered by (hash, sequence).
+    counted: Vec<Variant<'log>>,
+    /// Journeys appended since the last compaction.
+    pending: Vec<Variant<'log>>,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct Variant<'log> {
+    hash: u64,
+    path: &'log [u32],
+    count: u64,
+}
+
+impl Variant<'_> {
+    fn order(&self, other: &Self) -> std::cmp::Ordering {
+        // Sequences are read only when hashes are equal: a read is a cache miss.
+        self.hash
+            .cmp(&other.hash)
+            .then_with(|| self.path.cmp(other.path))
+    }
+}
+
+/// Appended journeys compacted at once, at least: below this, compaction is more call than
+/// work.
+const VARIANT_BATCH: usize = 1 << 14;
 
 /// A sequence's hash, two touchpoints per step (the multiply chain is the cost).
 fn hash_path(path: &[u32]) -> u64 {
@@ -295,18 +309,116 @@ fn hash_path(path: &[u32]) -> u64 {
 }
 
 impl<'log> Variants<'log> {
-    fn add(&mut self, path: &'log [u32], count: u64) {
-        self.add_hashed(hash_path(path), path, count);
+    fn add(&mut self, path: &'log [u32]) {
+        self.pending.push(Variant {
+            hash: hash_path(path),
+            path,
+            count: 1,
+        });
+        if self.pending.len() >= self.counted.len().max(VARIANT_BATCH) {
+            self.compact();
+        }
     }
 
-    fn add_hashed(&mut self, hash: u64, path: &'log [u32], count: u64) {
-        match self
-            .table
-            .find_mut(hash, |&(h, seen, _)| h == hash && seen == path)
-        {
-            Some(entry) => entry.2 += count,
-            None => {
-                self.table.insert_unique(hash, (hash, path, count), |e| e.0);
+    /// Folds the appended journeys into the distinct sequences.
+    fn compact(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.sort_unstable_by(Variant::order);
+        let counted = std::mem::take(&mut self.counted);
+        self.counted = merge_sorted(counted, pending);
+    }
+
+    fn merge(&mut self, mut other: Variants<'log>) {
+        self.compact();
+        other.compact();
+        let counted = std::mem::take(&mut self.counted);
+        self.counted = merge_sorted(counted, other.counted);
+    }
+
+    fn distinct(&self) -> Vec<(&'log [u32], u64)> {
+        let compacted;
+        let counted = if self.pending.is_empty() {
+            &self.counted
+        } else {
+            let mut copy = self.clone();
+            copy.compact();
+            compacted = copy.counted;
+            &compacted
+        };
+        counted.iter().map(|v| (v.path, v.count)).collect()
+    }
+}
+
+/// Two runs ordered by [`Variant::order`] (each may repeat a sequence) as one run of
+/// distinct sequences.
+fn merge_sorted<'log>(a: Vec<Variant<'log>>, b: Vec<Variant<'log>>) -> Vec<Variant<'log>> {
+    let mut out: Vec<Variant<'log>> = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => {
+                if x.order(y).is_le() {
+                    a.next()
+                } else {
+                    b.next()
+                }
+            }
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => break,
+        };
+        let Some(v) = next else { break };
+        match out.last_mut() {
+            Some(last) if last.hash == v.hash && last.path == v.path => last.count += v.count,
+            _ => out.push(v),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use std::collections::HashMap;
+
+    /// Many more journeys than a compaction batch, few distinct sequences and many: the
+    /// distinct variants and counts are those of a plain count, added in one part or in
+    /// several merged ones.
+    #[test]
+    fn variants_compacted_in_runs_count_every_journey() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for alphabet in [2u32, 50] {
+            let paths: Vec<Vec<u32>> = (0..5 * VARIANT_BATCH)
+                .map(|_| {
+                    let len = rng.random_range(1..6);
+                    (0..len).map(|_| rng.random_range(0..alphabet)).collect()
+                })
+                .collect();
+            let mut expected: HashMap<&[u32], u64> = HashMap::new();
+            for p in &paths {
+                *expected.entry(p).or_default() += 1;
+            }
+            let mut whole = Variants::default();
+            let mut parts = [
+                Variants::default(),
+                Variants::default(),
+                Variants::default(),
+            ];
+            for (i, p) in paths.iter().enumerate() {
+                whole.add(p);
+                parts[i % 3].add(p);
+            }
+            let [mut merged, b, c] = parts;
+            merged.merge(b);
+            merged.merge(c);
+            for v in [whole, merged] {
+                let got: HashMap<&[u32], u64> = v.distinct().into_iter().collect();
+                assert_eq!(got.len(), v.distinct().len(), "each sequence once");
+                assert_eq!(got, expected);
             }
         }
     }

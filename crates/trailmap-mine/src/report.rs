@@ -133,7 +133,8 @@ impl PathsReport {
         });
         // Most common first, ties by path names. Inputs with a million distinct variants are
         // common, so the top k are selected first and only they are sorted.
-        let mut variants: Vec<(&[u32], u64)> = paths.variants().collect();
+        let mut variants: Vec<(&[u32], u64)> = paths.variants();
+        let distinct_variants = variants.len();
         let order = |a: &(&[u32], u64), b: &(&[u32], u64)| {
             // Lexicographic by names: the first touchpoint that differs, else the shorter.
             b.1.cmp(&a.1)
@@ -204,7 +205,7 @@ impl PathsReport {
             transitions,
             starts: counts(paths.starts(), names),
             ends: counts(paths.ends(), names),
-            distinct_variants: paths.num_variants(),
+            distinct_variants,
             variants,
             loops: top(loops, top_loops),
             back_and_forth: top(back, top_loops),

@@ -64,7 +64,7 @@ fn paths_view(p: &PathStats) -> impl PartialEq + std::fmt::Debug {
         sorted(p.transitions().map(|(f, t, s)| ((f, t), s.clone()))),
         p.starts().collect::<Vec<_>>(),
         p.ends().collect::<Vec<_>>(),
-        sorted(p.variants().map(|(v, c)| (v.to_vec(), c))),
+        sorted(p.variants().into_iter().map(|(v, c)| (v.to_vec(), c))),
         sorted(p.back_and_forth().map(|(k, l)| (k, (l.count, l.journeys)))),
     )
 }
