@@ -90,6 +90,10 @@ impl<'log, A: Aggregate<'log>> Aggregate<'log> for InSegment<'_, A> {
     fn merge(&mut self, other: Self) {
         self.inner.merge(other.inner);
     }
+
+    fn seal(&mut self) {
+        self.inner.seal();
+    }
 }
 
 /// `fold` over every session, or over one segment's.
