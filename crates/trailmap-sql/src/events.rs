@@ -7,7 +7,7 @@
 //! fast path and `convert_to_state` for every function built this way.
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, UInt32Array};
-use arrow::buffer::OffsetBuffer;
+use arrow::buffer::{BooleanBuffer, OffsetBuffer};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field, FieldRef, Int64Type, TimeUnit, UInt32Type};
 use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
@@ -166,7 +166,7 @@ fn events<F: EventFunction>(
     f: &F,
     values: &[ArrayRef],
     filter: Option<&BooleanArray>,
-    mut add: impl FnMut(usize, i64, u32),
+    add: impl FnMut(usize, i64, u32),
 ) -> Result<()> {
     let ts = micros(F::NAME, &values[F::PARAMETERS])?;
     let conditions: Vec<&BooleanArray> = values[F::PARAMETERS + 1..]
@@ -181,23 +181,63 @@ fn events<F: EventFunction>(
             })
         })
         .collect::<Result<_>>()?;
-    let keep_all = f.keeps_unmatched();
-    for row in 0..ts.len() {
-        if ts.is_null(row) || filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) {
-            continue;
-        }
-        let mut mask = 0u32;
-        for (k, c) in conditions.iter().enumerate() {
-            // NULL is false, as in ClickHouse.
-            if c.is_valid(row) && c.value(row) {
-                mask |= 1 << k;
-            }
-        }
-        if mask != 0 || keep_all {
-            add(row, ts.value(row), mask);
+    each_event(&ts, &conditions, filter, f.keeps_unmatched(), add);
+    Ok(())
+}
+
+/// Calls `add(row, time, conditions met)` for each row that is an event: a valid time,
+/// through the filter, and a condition met (or any row, with `keep_all`).
+fn each_event(
+    ts: &Int64Array,
+    conditions: &[&BooleanArray],
+    filter: Option<&BooleanArray>,
+    keep_all: bool,
+    mut add: impl FnMut(usize, i64, u32),
+) {
+    let n = ts.len();
+    // Word-wise over the bitmaps, 64 rows at a time: a row is read only when it can be an
+    // event (a valid time, through the filter, and some condition true unless unmatched
+    // rows count), so a batch costs a few operations per 64 rows plus its events.
+    let mut allowed = BooleanBuffer::new_set(n);
+    if let Some(nulls) = ts.nulls() {
+        allowed = &allowed & nulls.inner();
+    }
+    if let Some(filter) = filter {
+        allowed = &allowed & filter.values();
+        if let Some(nulls) = filter.nulls() {
+            allowed = &allowed & nulls.inner();
         }
     }
-    Ok(())
+    // NULL is false, as in ClickHouse.
+    let trues: Vec<BooleanBuffer> = conditions
+        .iter()
+        .map(|c| match c.nulls() {
+            Some(nulls) => c.values() & nulls.inner(),
+            None => c.values().clone(),
+        })
+        .collect();
+    let chunks: Vec<_> = trues.iter().map(BooleanBuffer::bit_chunks).collect();
+    let mut words: Vec<_> = chunks.iter().map(|c| c.iter_padded()).collect();
+    let mut met = vec![0u64; words.len()];
+    let times = ts.values();
+    for (chunk, allowed) in allowed.bit_chunks().iter_padded().enumerate() {
+        let mut any = 0;
+        for (word, met) in words.iter_mut().zip(met.iter_mut()) {
+            *met = word.next().unwrap_or(0);
+            any |= *met;
+        }
+        let mut rows = if keep_all { allowed } else { allowed & any };
+        while rows != 0 {
+            let bit = rows.trailing_zeros();
+            rows &= rows - 1;
+            let mask = met
+                .iter()
+                .enumerate()
+                .fold(0u32, |m, (k, w)| m | (((w >> bit) & 1) as u32) << k);
+            let row = chunk * 64 + bit as usize;
+            add(row, times[row], mask);
+        }
+    }
 }
 
 fn state_fields(name: &str) -> Vec<FieldRef> {
@@ -510,6 +550,46 @@ impl<F: EventFunction> GroupsAccumulator for Groups<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The word-wise walk finds the events a row-by-row look finds: NULL times and
+        /// conditions, a filter with NULLs, sliced arrays (bitmaps not starting at a word).
+        #[test]
+        fn each_event_equals_a_row_by_row_look(
+            rows in prop::collection::vec((prop::option::of(0i64..100), prop::collection::vec(prop::option::weighted(0.9, prop::bool::weighted(0.1)), 3), prop::option::weighted(0.9, any::<bool>())), 0..300),
+            skip in 0usize..70,
+            filtered in any::<bool>(),
+            keep_all in any::<bool>(),
+        ) {
+            let skip = skip.min(rows.len());
+            let ts = Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>()).slice(skip, rows.len() - skip);
+            let conditions: Vec<BooleanArray> = (0..3)
+                .map(|k| BooleanArray::from(rows.iter().map(|r| r.1[k]).collect::<Vec<_>>()).slice(skip, rows.len() - skip))
+                .collect();
+            let filter = BooleanArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>()).slice(skip, rows.len() - skip);
+            let filter = filtered.then_some(&filter);
+            let mut expected = Vec::new();
+            for row in 0..ts.len() {
+                if ts.is_null(row) || filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) {
+                    continue;
+                }
+                let mut mask = 0u32;
+                for (k, c) in conditions.iter().enumerate() {
+                    if c.is_valid(row) && c.value(row) {
+                        mask |= 1 << k;
+                    }
+                }
+                if mask != 0 || keep_all {
+                    expected.push((row, ts.value(row), mask));
+                }
+            }
+            let mut got = Vec::new();
+            let conditions: Vec<&BooleanArray> = conditions.iter().collect();
+            each_event(&ts, &conditions, filter, keep_all, |row, t, mask| got.push((row, t, mask)));
+            prop_assert_eq!(got, expected);
+        }
+    }
 
     fn grouped(g: Grouped) -> Vec<Vec<i64>> {
         let mut g = g;
