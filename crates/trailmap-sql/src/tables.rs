@@ -284,6 +284,25 @@ fn starts_by_key(
     starts
 }
 
+/// The last `i` with `offsets[i] <= e` in ascending `offsets`, searched from `from`
+/// outwards (steps doubling, then a binary search within the last step) when
+/// `offsets[from] <= e`, over everything otherwise.
+fn last_at_or_before(offsets: &[usize], from: usize, e: usize) -> usize {
+    if offsets.get(from).is_none_or(|&o| o > e) {
+        return offsets.partition_point(|&o| o <= e).saturating_sub(1);
+    }
+    let (mut lo, mut step) = (from, 1);
+    // offsets[lo] <= e throughout; offsets[hi] > e once the loop ends (or hi is past the end).
+    let mut hi = lo + 1;
+    while hi < offsets.len() && offsets[hi] <= e {
+        lo = hi;
+        step *= 2;
+        hi = lo + step;
+    }
+    let hi = hi.min(offsets.len());
+    lo + offsets[lo + 1..hi].partition_point(|&o| o <= e)
+}
+
 fn names_type() -> DataType {
     DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8))
 }
@@ -495,9 +514,12 @@ impl Shared {
     fn customers_in(&self, rows: &[Range<usize>]) -> Vec<u32> {
         let offsets = &self.journeys.log.offsets;
         let mut out = Vec::with_capacity(rows.iter().map(Range::len).sum());
+        let mut c = 0;
         for r in rows.iter().filter(|r| !r.is_empty()) {
-            // The last customer starting at or before the range (past empty ones).
-            let mut c = offsets.partition_point(|&o| o <= r.start).saturating_sub(1);
+            // The last customer starting at or before the range (past empty ones). Ranges
+            // come in increasing order, a few customers apart (the others are in other
+            // partitions): searched from the previous one outwards, not over all of them.
+            c = last_at_or_before(offsets, c, r.start);
             let mut at = r.start;
             while at < r.end {
                 let end = offsets[c + 1].min(r.end);
@@ -885,6 +907,23 @@ mod tests {
             .iter()
             .map(|k| values.value(k.unwrap_or(0) as usize).to_string())
             .collect()
+    }
+
+    /// The search from a starting point finds what a search over everything finds, with
+    /// empty customers (repeated offsets) and from any start, good or not.
+    #[test]
+    fn searching_from_a_customer_equals_searching_all() {
+        let offsets = [0, 0, 3, 3, 3, 4, 9, 9, 20, 21, 21, 40];
+        for e in 0..=40 {
+            let expected = offsets.partition_point(|&o| o <= e).saturating_sub(1);
+            for from in 0..=offsets.len() {
+                assert_eq!(
+                    last_at_or_before(&offsets, from, e),
+                    expected,
+                    "e {e} from {from}"
+                );
+            }
+        }
     }
 
     #[test]
