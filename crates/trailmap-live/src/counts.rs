@@ -5,7 +5,6 @@
 //! again with the opposite sign. Counts merge by addition: shards, buckets and windows
 //! combine in any order.
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -18,6 +17,18 @@ pub fn bucket_of(ts: i64) -> i64 {
     ts.div_euclid(BUCKET_MICROS)
 }
 
+/// Values a [`Sparse`] holds: counts that add, zero being "nothing counted".
+pub trait Count: Copy + Default + PartialEq {
+    fn add(&mut self, other: &Self);
+}
+
+impl Count for i64 {
+    #[inline]
+    fn add(&mut self, other: &Self) {
+        *self += other;
+    }
+}
+
 /// One transition's count and total duration (for the mean).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransitionCount {
@@ -26,58 +37,134 @@ pub struct TransitionCount {
     pub duration_micros: i64,
 }
 
-/// Signed counts by touchpoint id, dense: a handful to a few thousand touchpoints, touched
-/// for nearly every event, so an index beats a hash.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ByTouchpoint(Vec<i64>);
-
-impl ByTouchpoint {
+impl Count for TransitionCount {
     #[inline]
-    fn add(&mut self, touchpoint: u32, by: i64) {
-        let i = touchpoint as usize;
-        if i >= self.0.len() {
-            self.0.resize(i + 1, 0);
+    fn add(&mut self, other: &Self) {
+        self.count += other.count;
+        self.duration_micros += other.duration_micros;
+    }
+}
+
+/// What is counted per touchpoint; see [`LiveCounts`] for which bucket counts what.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TouchpointCounts {
+    /// Events.
+    pub visits: i64,
+    /// Journeys that visit it at least once.
+    pub through: i64,
+    /// Journeys that start at it.
+    pub starts: i64,
+    /// Journeys that end at it (so far, for open ones).
+    pub exits: i64,
+}
+
+impl Count for TouchpointCounts {
+    #[inline]
+    fn add(&mut self, other: &Self) {
+        self.visits += other.visits;
+        self.through += other.through;
+        self.starts += other.starts;
+        self.exits += other.exits;
+    }
+}
+
+/// Counts by key, sorted by key, holding only keys whose count is not zero.
+///
+/// A minute's bucket touches a handful to a few dozen touchpoints and transitions, and a
+/// live map holds a bucket per minute per segment: a sorted vector is one small allocation
+/// with no empty slots (a hash table, or a dense array over every touchpoint, took several
+/// times the memory), finds a key in a few compares, and merges with another in one pass.
+/// Because zeros are never kept, equal counts are equal vectors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sparse<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for Sparse<K, V> {
+    fn default() -> Self {
+        Sparse(Vec::new())
+    }
+}
+
+impl<K: Ord + Copy, V: Count> Sparse<K, V> {
+    /// Changes the count of `key` by `f`; a count that becomes zero is dropped.
+    #[inline]
+    pub(crate) fn update(&mut self, key: K, f: impl FnOnce(&mut V)) {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => {
+                f(&mut self.0[i].1);
+                if self.0[i].1 == V::default() {
+                    self.0.remove(i);
+                }
+            }
+            Err(i) => {
+                let mut v = V::default();
+                f(&mut v);
+                if v != V::default() {
+                    self.0.insert(i, (key, v));
+                }
+            }
         }
-        self.0[i] += by;
     }
 
-    /// The count of a touchpoint (0 if never counted).
-    pub fn get(&self, touchpoint: u32) -> i64 {
-        self.0.get(touchpoint as usize).copied().unwrap_or(0)
+    /// The count of `key` (zero if none).
+    pub fn get(&self, key: K) -> V {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => self.0[i].1,
+            Err(_) => V::default(),
+        }
     }
 
-    /// Touchpoints with a count other than 0.
-    pub fn iter(&self) -> impl Iterator<Item = (u32, i64)> + '_ {
-        self.0
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| **v != 0)
-            .map(|(i, &v)| (i as u32, v))
+    /// Keys with their counts (none zero), in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.iter().all(|&v| v == 0)
+        self.0.is_empty()
     }
 
-    fn merge(&mut self, other: &ByTouchpoint) {
-        if other.0.len() > self.0.len() {
-            self.0.resize(other.0.len(), 0);
+    /// Adds `other`'s counts in: one pass over both.
+    fn merge(&mut self, other: &Sparse<K, V>) {
+        if other.0.is_empty() {
+            return;
         }
-        for (a, b) in self.0.iter_mut().zip(&other.0) {
-            *a += b;
+        if self.0.is_empty() {
+            self.0.clone_from(&other.0);
+            return;
         }
+        let (a, b) = (&self.0, &other.0);
+        let mut merged = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            let (x, y) = (a[i], b[j]);
+            match x.0.cmp(&y.0) {
+                std::cmp::Ordering::Less => {
+                    merged.push(x);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    merged.push(y);
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    let mut v = x.1;
+                    v.add(&y.1);
+                    if v != V::default() {
+                        merged.push((x.0, v));
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        merged.extend_from_slice(&a[i..]);
+        merged.extend_from_slice(&b[j..]);
+        self.0 = merged;
     }
 }
-
-impl PartialEq for ByTouchpoint {
-    /// Equal counts, however many trailing touchpoints were never (or no longer) counted.
-    fn eq(&self, other: &Self) -> bool {
-        let n = self.0.len().max(other.0.len());
-        (0..n as u32).all(|t| self.get(t) == other.get(t))
-    }
-}
-
-impl Eq for ByTouchpoint {}
 
 /// Counts of journeys (sessions) over some span of time: one bucket, or a window summed.
 ///
@@ -89,27 +176,21 @@ impl Eq for ByTouchpoint {}
 pub struct LiveCounts {
     pub events: i64,
     pub journeys: i64,
-    /// Events per touchpoint.
-    pub visits: ByTouchpoint,
-    /// Journeys that visit a touchpoint at least once.
-    pub through: ByTouchpoint,
-    /// Journeys that start at a touchpoint.
-    pub starts: ByTouchpoint,
-    /// Journeys that end at a touchpoint (so far, for open ones).
-    pub exits: ByTouchpoint,
-    pub transitions: FxHashMap<(u32, u32), TransitionCount>,
+    /// Visits, journeys through, starts and exits, by touchpoint id.
+    pub touchpoints: Sparse<u32, TouchpointCounts>,
+    pub transitions: Sparse<(u32, u32), TransitionCount>,
     /// Per configured journey (funnel), journeys by deepest step: `funnels[j][k]` reached
     /// exactly `k` steps (as [`StepTallies::levels`](trailmap_mine::funnel::StepTallies)).
     pub funnels: Vec<Vec<i64>>,
-    /// For funnels broken down by an attribute (alert breakdowns): `(funnel j, value)` →
-    /// journeys by deepest step, of those that entered the funnel with that value (level
-    /// 0, never entered, has no value).
-    pub funnel_values: FxHashMap<(u32, u32), Vec<i64>>,
+    /// For funnels broken down by an attribute (alert breakdowns): `(funnel j, value,
+    /// level k)` → journeys that entered the funnel with that value and reached exactly
+    /// `k` steps (level 0, never entered, has no value).
+    pub funnel_values: Sparse<(u32, u32, u32), i64>,
     /// Of those short of the last step, the ones that can still go on, by when: `(funnel j,
-    /// value, minute m)` → by level, journeys whose window ends by the start of minute `m`
-    /// (and after the start of `m - 1`); value [`WHOLE`] for the funnel as a whole. They
-    /// are maturing until then; see [`maturing`](Self::maturing).
-    pub open_windows: FxHashMap<(u32, u32, i64), Vec<i64>>,
+    /// value, minute m, level k)` → journeys at level `k` whose window ends by the start of
+    /// minute `m` (and after the start of `m - 1`); value [`WHOLE`] for the funnel as a
+    /// whole. They are maturing until then; see [`maturing`](Self::maturing).
+    pub open_windows: Sparse<(u32, u32, i64, u32), i64>,
 }
 
 /// The value that stands for a whole funnel, not broken down.
@@ -126,32 +207,42 @@ pub fn window_elapsed_by(end: i64) -> i64 {
 
 impl LiveCounts {
     #[inline]
-    pub(crate) fn visit(&mut self, touchpoint: u32, by: i64) {
-        self.visits.add(touchpoint, by);
+    pub(crate) fn touchpoint(&mut self, touchpoint: u32, f: impl FnOnce(&mut TouchpointCounts)) {
+        self.touchpoints.update(touchpoint, f);
     }
 
+    #[cfg(test)]
+    fn visit(&mut self, touchpoint: u32, by: i64) {
+        self.touchpoint(touchpoint, |c| c.visits += by);
+    }
+
+    /// An event, and whether it is its journey's first visit to the touchpoint.
     #[inline]
-    pub(crate) fn through(&mut self, touchpoint: u32, by: i64) {
-        self.through.add(touchpoint, by);
+    pub(crate) fn visit_through(&mut self, touchpoint: u32, first_visit: bool, by: i64) {
+        self.touchpoint(touchpoint, |c| {
+            c.visits += by;
+            if first_visit {
+                c.through += by;
+            }
+        });
     }
 
     #[inline]
     pub(crate) fn start(&mut self, touchpoint: u32, by: i64) {
-        self.starts.add(touchpoint, by);
+        self.touchpoint(touchpoint, |c| c.starts += by);
     }
 
     #[inline]
     pub(crate) fn exit(&mut self, touchpoint: u32, by: i64) {
-        self.exits.add(touchpoint, by);
+        self.touchpoint(touchpoint, |c| c.exits += by);
     }
 
+    #[inline]
     pub(crate) fn transition(&mut self, from: u32, to: u32, duration: i64, by: i64) {
-        let t = self.transitions.entry((from, to)).or_default();
-        t.count += by;
-        t.duration_micros += by * duration;
-        if t.count == 0 && t.duration_micros == 0 {
-            self.transitions.remove(&(from, to));
-        }
+        self.transitions.update((from, to), |t| {
+            t.count += by;
+            t.duration_micros += by * duration;
+        });
     }
 
     pub(crate) fn funnel_level(&mut self, funnel: usize, level: usize, by: i64) {
@@ -170,11 +261,8 @@ impl LiveCounts {
 
     /// A journey of funnel `funnel` that entered with breakdown `value` reached `level`.
     pub(crate) fn value_level(&mut self, funnel: usize, value: u32, level: usize, by: i64) {
-        let key = (funnel as u32, value);
-        add_level(self.funnel_values.entry(key).or_default(), level, by);
-        if self.funnel_values[&key].iter().all(|&l| l == 0) {
-            self.funnel_values.remove(&key);
-        }
+        self.funnel_values
+            .update((funnel as u32, value, level as u32), |n| *n += by);
     }
 
     /// A journey of funnel `funnel` (of breakdown `value`, or [`WHOLE`]) stopped at
@@ -187,11 +275,8 @@ impl LiveCounts {
         level: usize,
         by: i64,
     ) {
-        let key = (funnel as u32, value, window_elapsed_by(end));
-        add_level(self.open_windows.entry(key).or_default(), level, by);
-        if self.open_windows[&key].iter().all(|&l| l == 0) {
-            self.open_windows.remove(&key);
-        }
+        let key = (funnel as u32, value, window_elapsed_by(end), level as u32);
+        self.open_windows.update(key, |n| *n += by);
     }
 
     /// Journeys of funnel `j` still maturing as of minute `as_of` (minutes since the epoch),
@@ -201,12 +286,22 @@ impl LiveCounts {
     /// value: [`LiveMap::funnel_levels_by_value`].)
     pub fn maturing(&self, j: usize, as_of: i64) -> Vec<i64> {
         let mut levels = Vec::new();
-        for (&(funnel, v, by), counts) in &self.open_windows {
-            if funnel as usize == j && v == WHOLE && by > as_of {
-                add_levels(&mut levels, counts);
-            }
-        }
+        self.add_maturing(j, as_of, &mut levels);
         levels
+    }
+
+    /// Adds funnel `j`'s journeys (as a whole) maturing as of minute `as_of`.
+    fn add_maturing(&self, j: usize, as_of: i64, into: &mut Vec<i64>) {
+        let j = j as u32;
+        // Keys sort by funnel, value, then minute: the ones asked for are one run.
+        let windows = &self.open_windows.0;
+        let from = windows.partition_point(|&((f, v, by, _), _)| (f, v, by) <= (j, WHOLE, as_of));
+        for &((f, v, _, level), n) in &windows[from..] {
+            if (f, v) != (j, WHOLE) {
+                break;
+            }
+            add_level(into, level as usize, n);
+        }
     }
 
     /// Funnel `j`'s levels, with those maturing as of minute `as_of` (none without one).
@@ -220,18 +315,8 @@ impl LiveCounts {
     pub fn merge(&mut self, other: &LiveCounts) {
         self.events += other.events;
         self.journeys += other.journeys;
-        self.visits.merge(&other.visits);
-        self.through.merge(&other.through);
-        self.starts.merge(&other.starts);
-        self.exits.merge(&other.exits);
-        for (&(a, b), t) in &other.transitions {
-            let mine = self.transitions.entry((a, b)).or_default();
-            mine.count += t.count;
-            mine.duration_micros += t.duration_micros;
-            if *mine == TransitionCount::default() {
-                self.transitions.remove(&(a, b));
-            }
-        }
+        self.touchpoints.merge(&other.touchpoints);
+        self.transitions.merge(&other.transitions);
         for (j, levels) in other.funnels.iter().enumerate() {
             for (k, &n) in levels.iter().enumerate() {
                 if n != 0 {
@@ -239,30 +324,15 @@ impl LiveCounts {
                 }
             }
         }
-        for (&key, theirs) in &other.funnel_values {
-            let mine = self.funnel_values.entry(key).or_default();
-            add_levels(mine, theirs);
-            if mine.iter().all(|&l| l == 0) {
-                self.funnel_values.remove(&key);
-            }
-        }
-        for (&key, theirs) in &other.open_windows {
-            let mine = self.open_windows.entry(key).or_default();
-            add_levels(mine, theirs);
-            if mine.iter().all(|&l| l == 0) {
-                self.open_windows.remove(&key);
-            }
-        }
+        self.funnel_values.merge(&other.funnel_values);
+        self.open_windows.merge(&other.open_windows);
     }
 
     /// Whether nothing is counted (everything retracted).
     pub fn is_empty(&self) -> bool {
         self.events == 0
             && self.journeys == 0
-            && self.visits.is_empty()
-            && self.through.is_empty()
-            && self.starts.is_empty()
-            && self.exits.is_empty()
+            && self.touchpoints.is_empty()
             && self.transitions.is_empty()
             && self.funnels.is_empty()
             && self.funnel_values.is_empty()
@@ -307,10 +377,8 @@ impl FunnelLevels {
         if let Some(levels) = c.funnels.get(j) {
             add_levels(&mut self.levels, levels);
         }
-        if let Some(as_of) = as_of
-            && !c.open_windows.is_empty()
-        {
-            add_levels(&mut self.maturing, &c.maturing(j, as_of));
+        if let Some(as_of) = as_of {
+            c.add_maturing(j, as_of, &mut self.maturing);
         }
     }
 
@@ -430,8 +498,8 @@ impl LiveMap {
             let per_funnel = trend.days.entry(day).or_default();
             let funnels = c.funnels.len().max(
                 c.open_windows
-                    .keys()
-                    .map(|&(j, _, _)| j as usize + 1)
+                    .iter()
+                    .map(|(&(j, _, _, _), _)| j as usize + 1)
                     .max()
                     .unwrap_or(0),
             );
@@ -500,14 +568,14 @@ impl LiveMap {
         let mut by = ByValue::new();
         let j32 = j as u32;
         for c in self.in_ranges(minutes) {
-            for (&(f, v), levels) in &c.funnel_values {
+            for (&(f, v, level), &n) in c.funnel_values.iter() {
                 if f == j32 {
-                    add_levels(&mut by.entry(v).or_default().levels, levels);
+                    add_level(&mut by.entry(v).or_default().levels, level as usize, n);
                 }
             }
-            for (&(f, v, elapsed_by), levels) in &c.open_windows {
+            for (&(f, v, elapsed_by, level), &n) in c.open_windows.iter() {
                 if f == j32 && v != WHOLE && elapsed_by > as_of {
-                    add_levels(&mut by.entry(v).or_default().maturing, levels);
+                    add_level(&mut by.entry(v).or_default().maturing, level as usize, n);
                 }
             }
         }
@@ -694,16 +762,46 @@ mod tests {
         assert!(g.maturing.iter().all(|&n| n == 0));
     }
 
+    proptest::proptest! {
+        /// Counts kept apart and merged equal the same counts kept in one, whatever the
+        /// split; zeros are never kept, so equal counts are equal vectors.
+        #[test]
+        fn sparse_counts_merge_as_if_kept_together(
+            ops in proptest::collection::vec((0u32..12, -3i64..4, proptest::bool::ANY), 0..80)
+        ) {
+            let (mut whole, mut a, mut b) =
+                (Sparse::<u32, i64>::default(), Sparse::default(), Sparse::default());
+            for &(key, by, first) in &ops {
+                whole.update(key, |n| *n += by);
+                let part = if first { &mut a } else { &mut b };
+                part.update(key, |n| *n += by);
+            }
+            let mut expected = std::collections::BTreeMap::new();
+            for &(key, by, _) in &ops {
+                *expected.entry(key).or_insert(0) += by;
+            }
+            expected.retain(|_, n| *n != 0);
+            let got: Vec<(u32, i64)> = whole.iter().map(|(&k, &n)| (k, n)).collect();
+            proptest::prop_assert_eq!(&got, &expected.into_iter().collect::<Vec<_>>());
+            for (key, _, _) in &ops {
+                proptest::prop_assert_eq!(whole.get(*key), got.iter().find(|e| e.0 == *key).map_or(0, |e| e.1));
+            }
+            a.merge(&b);
+            proptest::prop_assert_eq!(a, whole);
+        }
+    }
+
     #[test]
     fn windows_take_whole_minutes() {
         let mut m = LiveMap::default();
         m.at(0).visit(1, 1);
         m.at(BUCKET_MICROS).visit(1, 2);
         m.at(-1).visit(1, 4);
-        assert_eq!(m.window(0, BUCKET_MICROS).visits.get(1), 1);
-        assert_eq!(m.window(1, BUCKET_MICROS + 1).visits.get(1), 3);
-        assert_eq!(m.window(-BUCKET_MICROS, 0).visits.get(1), 4);
-        assert_eq!(m.total().visits.get(1), 7);
+        let visits = |c: LiveCounts| c.touchpoints.get(1).visits;
+        assert_eq!(visits(m.window(0, BUCKET_MICROS)), 1);
+        assert_eq!(visits(m.window(1, BUCKET_MICROS + 1)), 3);
+        assert_eq!(visits(m.window(-BUCKET_MICROS, 0)), 4);
+        assert_eq!(visits(m.total()), 7);
         assert!(m.window(5, 5).is_empty());
     }
 }

@@ -55,8 +55,8 @@ pub mod timeline;
 pub use alert::{AlertState, AlertStatus, Alerts, AlertsHandle};
 pub use capture::{CaptureInlet, CaptureSource, Refused, capture};
 pub use counts::{
-    BUCKET_MICROS, ByTouchpoint, ByValue, FunnelLevels, FunnelTrend, LiveCounts, LiveMap,
-    TransitionCount, WHOLE, bucket_of,
+    BUCKET_MICROS, ByValue, Count, FunnelLevels, FunnelTrend, LiveCounts, LiveMap, Sparse,
+    TouchpointCounts, TransitionCount, WHOLE, bucket_of,
 };
 pub use durable::DurableSource;
 pub use pipeline::{Freshness, LiveHandle, LiveResult, LiveStatus, Names, PipelineOptions, start};

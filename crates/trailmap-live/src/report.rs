@@ -167,20 +167,18 @@ impl MapReport {
                 .unwrap_or_else(|| format!("#{id}"))
         };
         let mut nodes: Vec<MapNode> = counts
-            .visits
+            .touchpoints
             .iter()
-            .map(|(id, events)| {
-                let (journeys, exits) = (counts.through.get(id), counts.exits.get(id));
-                MapNode {
-                    id: name(id),
-                    touchpoint: name(id),
-                    stage: names.stages.get(id as usize).cloned().flatten(),
-                    events,
-                    journeys,
-                    starts: counts.starts.get(id),
-                    exits,
-                    exit_rate: share(exits, journeys),
-                }
+            .filter(|(_, c)| c.visits != 0)
+            .map(|(&id, c)| MapNode {
+                id: name(id),
+                touchpoint: name(id),
+                stage: names.stages.get(id as usize).cloned().flatten(),
+                events: c.visits,
+                journeys: c.through,
+                starts: c.starts,
+                exits: c.exits,
+                exit_rate: share(c.exits, c.through),
             })
             .collect();
         nodes.sort_by(|a, b| b.events.cmp(&a.events).then_with(|| a.id.cmp(&b.id)));

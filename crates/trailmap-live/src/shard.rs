@@ -397,9 +397,14 @@ impl Shard {
                 in_order
             })
             .count();
+        // The last session's funnel levels are taken back at most once for the run and
+        // counted again once at its end (or when a new session starts), not around every
+        // event: a funnel runs over the whole session, so per event that was quadratic.
+        let mut unsettled = 0;
         for &e in &events[..split] {
-            self.append(&mut state, e);
+            unsettled = self.append(&mut state, e, unsettled);
         }
+        self.settle(&state, unsettled);
         if split < events.len() {
             self.insert(&mut state, &events[split..], false);
         }
@@ -418,21 +423,26 @@ impl Shard {
     }
 
     /// Adds one event after all of the customer's: the last session grows by it, or it
-    /// starts a new session; contributions change by exactly that difference.
-    fn append(&mut self, state: &mut Customer, e: LiveEvent) {
+    /// starts a new session; counts change by exactly that difference. Funnel levels are
+    /// left to [`settle`](Self::settle): `unsettled` has a bit for each funnel whose level
+    /// the last session does not count at the moment, and the bits after this event are
+    /// returned.
+    fn append(&mut self, state: &mut Customer, e: LiveEvent, unsettled: u64) -> u64 {
+        let all = self.all_funnels();
         let Some(&last) = state.events.last() else {
             push_event(&mut state.events, e);
             state.set_last_start(0);
-            self.contribute(&[e], 1);
-            return;
+            self.contribute_events(&[e], 1);
+            return all;
         };
         let session_start = state.events[state.last_start()].ts;
         let (gap, max) = (self.config.gap, self.config.max_duration);
         if starts_session(last.ts, e.ts, session_start, gap, max) {
+            self.settle(state, unsettled);
             state.set_last_start(state.events.len());
             push_event(&mut state.events, e);
-            self.contribute(&[e], 1);
-            return;
+            self.contribute_events(&[e], 1);
+            return all;
         }
         let last_start = state.last_start();
         let first = state.events[last_start];
@@ -442,26 +452,45 @@ impl Shard {
         for m in targets(&mut self.map, &mut self.segments, first.value) {
             m.at(last.ts).exit(last.touchpoint, -1);
             let b = m.at(e.ts);
-            b.exit(e.touchpoint, 1);
             b.events += 1;
-            b.visit(e.touchpoint, 1);
-            if !revisit {
-                b.through(e.touchpoint, 1);
-            }
+            b.touchpoint(e.touchpoint, |c| {
+                c.exits += 1;
+                c.visits += 1;
+                c.through += i64::from(!revisit);
+            });
             b.transition(last.touchpoint, e.touchpoint, e.ts - last.ts, 1);
         }
-        let relevant = self
+        // Funnels this event can change, whose level is still counted: taken back now,
+        // while the session is as it was when they were counted.
+        let retract = self
             .probes
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.matters(e.touchpoint))
+            .filter(|(j, p)| unsettled & (1 << j) == 0 && p.matters(e.touchpoint))
             .fold(0u64, |m, (j, _)| m | 1 << j);
-        if relevant != 0 {
-            self.funnel_levels(&state.events[last_start..], first.ts, relevant, -1);
+        if retract != 0 {
+            self.funnel_levels(&state.events[last_start..], first.ts, retract, -1);
         }
         push_event(&mut state.events, e);
-        if relevant != 0 {
-            self.funnel_levels(&state.events[last_start..], first.ts, relevant, 1);
+        unsettled | retract
+    }
+
+    /// Counts the last session's level in the funnels whose bit is set in `unsettled`.
+    fn settle(&mut self, state: &Customer, unsettled: u64) {
+        if unsettled == 0 {
+            return;
+        }
+        let session = &state.events[state.last_start()..];
+        if let Some(first) = session.first() {
+            self.funnel_levels(session, first.ts, unsettled, 1);
+        }
+    }
+
+    /// A bit for every configured funnel.
+    fn all_funnels(&self) -> u64 {
+        match self.probes.len() {
+            0 => 0,
+            n => u64::MAX >> (64 - n),
         }
     }
 
@@ -632,8 +661,7 @@ impl Shard {
         if let Some(first) = session.first()
             && !self.probes.is_empty()
         {
-            let all = u64::MAX >> (64 - self.probes.len());
-            self.funnel_levels(session, first.ts, all, sign);
+            self.funnel_levels(session, first.ts, self.all_funnels(), sign);
         }
     }
 
@@ -757,10 +785,7 @@ fn count_session(
         seen[tp] = stamp;
         let b = map.at(e.ts);
         b.events += sign;
-        b.visit(e.touchpoint, sign);
-        if first_visit {
-            b.through(e.touchpoint, sign);
-        }
+        b.visit_through(e.touchpoint, first_visit, sign);
         if let Some(p) = prev {
             b.transition(p.touchpoint, e.touchpoint, e.ts - p.ts, sign);
         }

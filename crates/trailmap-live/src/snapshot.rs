@@ -14,7 +14,7 @@ use trailmap_model::config::Config;
 use trailmap_model::{Error, Result};
 
 /// Bumped when what a snapshot holds changes shape.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// The whole state: each part encoded on its own, where it was taken.
 #[derive(Serialize, Deserialize)]

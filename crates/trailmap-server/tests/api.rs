@@ -167,7 +167,7 @@ fn the_map_and_its_views_are_the_pipelines_counts() {
             assert!(n.get(field).is_some(), "node without {field}: {n}");
         }
     }
-    let transitions: i64 = all.transitions.values().map(|t| t.count).sum();
+    let transitions: i64 = all.transitions.iter().map(|(_, t)| t.count).sum();
     assert_eq!(sum(&map["edges"], "count"), transitions);
     assert_eq!(sum(&map["nodes"], "events"), all.events);
 
