@@ -113,6 +113,14 @@ impl<K: Ord + Copy, V: Count> Sparse<K, V> {
         }
     }
 
+    /// The entries whose key `order` says is equal (`Equal`) to what is asked for, given
+    /// that `order` is monotone over the sorted keys: one run, found by binary search.
+    pub(crate) fn run(&self, order: impl Fn(&K) -> std::cmp::Ordering) -> &[(K, V)] {
+        let from = self.0.partition_point(|(k, _)| order(k).is_lt());
+        let to = from + self.0[from..].partition_point(|(k, _)| order(k).is_eq());
+        &self.0[from..to]
+    }
+
     /// Keys with their counts (none zero), in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.0.iter().map(|(k, v)| (k, v))
@@ -124,6 +132,15 @@ impl<K: Ord + Copy, V: Count> Sparse<K, V> {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Adds `other`'s counts in, taking them (moved when these are empty).
+    fn absorb(&mut self, other: Sparse<K, V>) {
+        if self.0.is_empty() {
+            *self = other;
+        } else {
+            self.merge(&other);
+        }
     }
 
     /// Adds `other`'s counts in: one pass over both.
@@ -179,9 +196,10 @@ pub struct LiveCounts {
     /// Visits, journeys through, starts and exits, by touchpoint id.
     pub touchpoints: Sparse<u32, TouchpointCounts>,
     pub transitions: Sparse<(u32, u32), TransitionCount>,
-    /// Per configured journey (funnel), journeys by deepest step: `funnels[j][k]` reached
-    /// exactly `k` steps (as [`StepTallies::levels`](trailmap_mine::funnel::StepTallies)).
-    pub funnels: Vec<Vec<i64>>,
+    /// Per configured journey (funnel), journeys by deepest step: `(funnel j, level k)` →
+    /// journeys that reached exactly `k` steps (as
+    /// [`StepTallies::levels`](trailmap_mine::funnel::StepTallies)).
+    pub funnels: Sparse<(u32, u32), i64>,
     /// For funnels broken down by an attribute (alert breakdowns): `(funnel j, value,
     /// level k)` → journeys that entered the funnel with that value and reached exactly
     /// `k` steps (level 0, never entered, has no value).
@@ -246,17 +264,8 @@ impl LiveCounts {
     }
 
     pub(crate) fn funnel_level(&mut self, funnel: usize, level: usize, by: i64) {
-        if self.funnels.len() <= funnel {
-            self.funnels.resize(funnel + 1, Vec::new());
-        }
-        let levels = &mut self.funnels[funnel];
-        add_level(levels, level, by);
-        if levels.iter().all(|&l| l == 0) {
-            levels.clear();
-        }
-        while self.funnels.last().is_some_and(|l| l.is_empty()) {
-            self.funnels.pop();
-        }
+        self.funnels
+            .update((funnel as u32, level as u32), |n| *n += by);
     }
 
     /// A journey of funnel `funnel` that entered with breakdown `value` reached `level`.
@@ -292,14 +301,16 @@ impl LiveCounts {
 
     /// Adds funnel `j`'s journeys (as a whole) maturing as of minute `as_of`.
     fn add_maturing(&self, j: usize, as_of: i64, into: &mut Vec<i64>) {
-        let j = j as u32;
         // Keys sort by funnel, value, then minute: the ones asked for are one run.
-        let windows = &self.open_windows.0;
-        let from = windows.partition_point(|&((f, v, by, _), _)| (f, v, by) <= (j, WHOLE, as_of));
-        for &((f, v, _, level), n) in &windows[from..] {
-            if (f, v) != (j, WHOLE) {
-                break;
-            }
+        let asked = (j as u32, WHOLE);
+        let windows = self.open_windows.run(|&(f, v, by, _)| {
+            (f, v).cmp(&asked).then(if by > as_of {
+                std::cmp::Ordering::Equal
+            } else {
+                std::cmp::Ordering::Less
+            })
+        });
+        for &((_, _, _, level), n) in windows {
             add_level(into, level as usize, n);
         }
     }
@@ -317,15 +328,20 @@ impl LiveCounts {
         self.journeys += other.journeys;
         self.touchpoints.merge(&other.touchpoints);
         self.transitions.merge(&other.transitions);
-        for (j, levels) in other.funnels.iter().enumerate() {
-            for (k, &n) in levels.iter().enumerate() {
-                if n != 0 {
-                    self.funnel_level(j, k, n);
-                }
-            }
-        }
+        self.funnels.merge(&other.funnels);
         self.funnel_values.merge(&other.funnel_values);
         self.open_windows.merge(&other.open_windows);
+    }
+
+    /// Adds other counts in, taking them.
+    fn absorb(&mut self, other: LiveCounts) {
+        self.events += other.events;
+        self.journeys += other.journeys;
+        self.touchpoints.absorb(other.touchpoints);
+        self.transitions.absorb(other.transitions);
+        self.funnels.absorb(other.funnels);
+        self.funnel_values.absorb(other.funnel_values);
+        self.open_windows.absorb(other.open_windows);
     }
 
     /// Whether nothing is counted (everything retracted).
@@ -374,8 +390,8 @@ impl FunnelLevels {
     /// Adds funnel `j` of one bucket's counts, with its journeys maturing as of minute
     /// `as_of` (none without one).
     fn add_bucket(&mut self, c: &LiveCounts, j: usize, as_of: Option<i64>) {
-        if let Some(levels) = c.funnels.get(j) {
-            add_levels(&mut self.levels, levels);
+        for &((_, level), n) in c.funnels.run(|&(f, _)| f.cmp(&(j as u32))) {
+            add_level(&mut self.levels, level as usize, n);
         }
         if let Some(as_of) = as_of {
             c.add_maturing(j, as_of, &mut self.maturing);
@@ -437,14 +453,32 @@ impl FunnelTrend {
 /// Buckets from which [`LiveMap::sum`] splits the work across two threads.
 const PARALLEL_SUM: usize = 1024;
 
-/// `maps` summed into the first.
+/// `maps` summed, taking them: a minute only one map has is moved, not copied, and the
+/// buckets of two maps are joined in one pass over both (they are in minute order).
 fn fold(maps: Vec<LiveMap>) -> LiveMap {
     let mut maps = maps.into_iter();
     let mut sum = maps.next().unwrap_or_default();
+    let mut pruned = false;
     for m in maps {
-        sum.merge(&m);
+        pruned = true;
+        let mut theirs = m.buckets.into_iter().peekable();
+        let mut mine = std::mem::take(&mut sum.buckets).into_iter().peekable();
+        sum.buckets = std::iter::from_fn(|| match (mine.peek(), theirs.peek()) {
+            (Some(a), Some(b)) if a.0 == b.0 => {
+                let (minute, mut counts) = mine.next()?;
+                counts.absorb(theirs.next()?.1);
+                Some((minute, counts))
+            }
+            (Some(a), Some(b)) if a.0 < b.0 => mine.next(),
+            (Some(_), None) => mine.next(),
+            _ => theirs.next(),
+        })
+        .filter(|(_, c)| !c.is_empty())
+        .collect();
     }
-    sum.prune();
+    if !pruned {
+        sum.prune();
+    }
     sum
 }
 
@@ -496,13 +530,13 @@ impl LiveMap {
             }
             let day = minute.div_euclid(MINUTES_PER_DAY);
             let per_funnel = trend.days.entry(day).or_default();
-            let funnels = c.funnels.len().max(
-                c.open_windows
-                    .iter()
-                    .map(|(&(j, _, _, _), _)| j as usize + 1)
-                    .max()
-                    .unwrap_or(0),
-            );
+            let funnels = c
+                .funnels
+                .iter()
+                .map(|(&(j, _), _)| j)
+                .chain(c.open_windows.iter().map(|(&(j, _, _, _), _)| j))
+                .max()
+                .map_or(0, |j| j as usize + 1);
             if per_funnel.len() < funnels {
                 per_funnel.resize(funnels, FunnelLevels::default());
             }
