@@ -75,7 +75,7 @@ fn main() {
         let paced = Paced::new(Box::new(source), rate, linger).expect("rate");
         let options = PipelineOptions {
             shards: 2,
-            channel_batches: 4,
+            ..PipelineOptions::default()
         };
         let status = runtime.block_on(async {
             let handle = trailmap_live::start(&config, Box::new(paced), &options).expect("start");

@@ -10,7 +10,7 @@
 //! again, recomputed from the events: the live map is always exactly the sum over sessions
 //! of what batch mining would count for them.
 
-use crate::counts::{LiveCounts, LiveMap, WHOLE};
+use crate::counts::{LiveCounts, LiveMap, WHOLE, bucket_of};
 use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -222,9 +222,10 @@ pub struct Shard {
     /// The map per segment value, when segments are kept.
     segments: Option<FxHashMap<u32, LiveMap>>,
     probes: Vec<FunnelProbe>,
-    /// Scratch: a funnel's level changes and attempts for one session.
-    level_deltas: Vec<(usize, i64)>,
-    attempts: Vec<Attempt>,
+    /// Scratch: the funnels' level changes `(funnel, level, by)` and attempts `(funnel,
+    /// attempt)` for one session.
+    level_deltas: Vec<(usize, usize, i64)>,
+    attempts: Vec<(usize, Attempt)>,
     /// Per touchpoint, the stamp of the last session that visited it.
     seen: Vec<u64>,
     stamp: u64,
@@ -257,6 +258,7 @@ impl Shard {
                 }
                 let mut funnel = Funnel::new(spec, None);
                 funnel.record_attempts();
+                funnel.levels_only();
                 FunnelProbe {
                     levels: vec![0; funnel.spec().num_steps() + 1],
                     every_event_matters: funnel.spec().modes.strict_order,
@@ -449,9 +451,16 @@ impl Shard {
         let revisit = state.events[last_start..]
             .iter()
             .any(|x| x.touchpoint == e.touchpoint);
+        // Consecutive events often share a minute: then one bucket lookup serves both.
+        let same_minute = bucket_of(last.ts) == bucket_of(e.ts);
         for m in targets(&mut self.map, &mut self.segments, first.value) {
-            m.at(last.ts).exit(last.touchpoint, -1);
+            if !same_minute {
+                m.at(last.ts).exit(last.touchpoint, -1);
+            }
             let b = m.at(e.ts);
+            if same_minute {
+                b.exit(last.touchpoint, -1);
+            }
             b.events += 1;
             b.touchpoint(e.touchpoint, |c| {
                 c.exits += 1;
@@ -710,13 +719,16 @@ impl Shard {
             ts,
             touchpoint,
         };
+        // Each funnel runs once; what they say is counted in every map the session is in,
+        // in the bucket of its start, looked up once per map.
+        level_deltas.clear();
+        attempts.clear();
+        let mut by_value = false;
         for (j, probe) in probes.iter_mut().enumerate() {
             if which & (1 << j) == 0 {
                 continue;
             }
-            // The funnel runs once; what it says is counted in every map the session is in.
             probe.funnel.add(&journey);
-            level_deltas.clear();
             for (k, (now, before)) in probe
                 .funnel
                 .tallies
@@ -726,30 +738,30 @@ impl Shard {
                 .enumerate()
             {
                 if now != before {
-                    level_deltas.push((k, (now - *before) as i64));
+                    level_deltas.push((j, k, sign * (now - *before) as i64));
                     *before = *now;
                 }
             }
-            attempts.clear();
             if let Some(made) = &mut probe.funnel.attempts_made {
-                attempts.append(made);
+                attempts.extend(made.drain(..).map(|a| (j, a)));
             }
-            for (i, m) in targets(map, segments, segment).enumerate() {
-                let bucket = m.at(start);
-                for &(k, delta) in level_deltas.iter() {
-                    bucket.funnel_level(j, k, sign * delta);
+            by_value |= probe.by_value;
+        }
+        for (i, m) in targets(map, segments, segment).enumerate() {
+            let bucket = m.at(start);
+            for &(j, k, by) in level_deltas.iter() {
+                bucket.funnel_level(j, k, by);
+            }
+            for &(j, a) in attempts.iter() {
+                if let Some(end) = a.window_end {
+                    bucket.open_window(j, WHOLE, end, a.level, sign);
                 }
-                for a in attempts.iter() {
+                // Alert breakdowns read the whole map only.
+                if by_value && i == 0 && probes[j].by_value {
+                    let value = session[a.entry].value;
+                    bucket.value_level(j, value, a.level, sign);
                     if let Some(end) = a.window_end {
-                        bucket.open_window(j, WHOLE, end, a.level, sign);
-                    }
-                    // Alert breakdowns read the whole map only.
-                    if probe.by_value && i == 0 {
-                        let value = session[a.entry].value;
-                        bucket.value_level(j, value, a.level, sign);
-                        if let Some(end) = a.window_end {
-                            bucket.open_window(j, value, end, a.level, sign);
-                        }
+                        bucket.open_window(j, value, end, a.level, sign);
                     }
                 }
             }

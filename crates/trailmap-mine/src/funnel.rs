@@ -391,6 +391,8 @@ pub struct Funnel<'a> {
     /// can then decide maturity when reading, for any "now", and break down by any value of
     /// the entering event (the live map does both).
     pub attempts_made: Option<Vec<Attempt>>,
+    /// Only levels are counted (see [`levels_only`](Self::levels_only)).
+    levels_only: bool,
 }
 
 /// One counted attempt of a journey at a funnel, as [`Funnel::record_attempts`] keeps it.
@@ -425,6 +427,7 @@ impl<'a> Funnel<'a> {
             breakdown: FxHashMap::default(),
             trend: FxHashMap::default(),
             attempts_made: None,
+            levels_only: false,
         }
     }
 
@@ -432,6 +435,13 @@ impl<'a> Funnel<'a> {
     /// [`attempts_made`](Self::attempts_made).
     pub fn record_attempts(&mut self) {
         self.attempts_made.get_or_insert_with(Vec::new);
+    }
+
+    /// Counts, from now on, only levels (tallies and recorded attempts): no times to
+    /// convert, next touchpoints, breakdowns or trends. The live map runs a funnel over a
+    /// session every time the session changes and keeps only what the levels say.
+    pub fn levels_only(&mut self) {
+        self.levels_only = true;
     }
 
     pub fn spec(&self) -> &FunnelSpec {
@@ -507,6 +517,9 @@ impl<'a> Funnel<'a> {
             }
         };
         tally(&mut self.tallies);
+        if self.levels_only {
+            return;
+        }
         for k in 1..out.level {
             let at = ts[chain[k] as usize];
             self.from_previous[k].record(at.saturating_sub(ts[chain[k - 1] as usize]));

@@ -127,6 +127,26 @@ proptest! {
         prop_assert_eq!(funnel_view(&whole), funnel_view(&right));
     }
 
+    /// A funnel counting levels only (as the live map runs it) counts the same levels and
+    /// attempts as one counting everything.
+    #[test]
+    fn a_levels_only_funnel_counts_the_same_levels(j in journeys(), which in 0usize..7) {
+        let j = Journeys::new(&j);
+        let spec = funnel_spec(which);
+        let (mut full, mut lean) = (Funnel::new(spec.clone(), None), Funnel::new(spec, None));
+        full.record_attempts();
+        lean.record_attempts();
+        lean.levels_only();
+        for i in 0..j.len() {
+            full.add(&j.get(i));
+            lean.add(&j.get(i));
+        }
+        prop_assert_eq!(&lean.tallies, &full.tallies);
+        prop_assert_eq!(&lean.attempts_made, &full.attempts_made);
+        prop_assert_eq!((lean.journeys, lean.attempts, lean.excluded), (full.journeys, full.attempts, full.excluded));
+        prop_assert!(lean.next_after.is_empty() && lean.trend.is_empty());
+    }
+
     #[test]
     fn dropoffs_merge(j in journeys(), cuts in (0usize..64, 0usize..64), goal in prop::option::of(0u32..6)) {
         let j = Journeys::new(&j);
