@@ -15,8 +15,14 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "test-write-key";
 
-/// A Python with `segment-analytics-python`, made once.
+/// A Python with `segment-analytics-python`, made once (tests run in parallel: the
+/// first makes it while the others wait).
 fn segment_python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(make_segment_python).clone()
+}
+
+fn make_segment_python() -> PathBuf {
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("segment-venv");
     let python = venv.join("bin/python");
     let ready = |p: &Path| {
