@@ -296,7 +296,8 @@ pub struct LiveHandle {
     stitch: Arc<RwLock<StitchView>>,
     stitcher: Arc<Mutex<Stitcher>>,
     stitcher_task: JoinHandle<Result<Vec<LateEvent>>>,
-    shard_tasks: Vec<JoinHandle<(Shard, Latencies)>>,
+    /// Each shard's state, handed back by its thread when its channel closes.
+    shard_tasks: Vec<oneshot::Receiver<(Shard, Latencies)>>,
     ingest: Arc<Mutex<SourceView>>,
     stop: Arc<AtomicBool>,
     /// `[sessions] allowed_lateness`, µs.
@@ -425,10 +426,23 @@ pub fn start(
     let capacity = options.channel_batches.max(1);
     let mut senders = Vec::with_capacity(shards);
     let mut shard_tasks = Vec::with_capacity(shards);
-    for shard in shard_states {
+    for (i, shard) in shard_states.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel(capacity);
         senders.push(tx);
-        shard_tasks.push(tokio::spawn(run_shard(shard, rx)));
+        // Shards are CPU-bound loops: each runs on a thread of its own, which the OS
+        // schedules beside the stitcher, rather than as a task among the runtime's workers
+        // (there a shard woken by the stitcher waited in that worker's LIFO slot, which the
+        // other worker may not steal from, while a core sat idle). A plain thread, not the
+        // runtime's blocking pool: dropping a runtime waits for its blocking tasks, and a
+        // shard ends only once every sender is gone, which may outlive the runtime.
+        let (done, shard_task) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("trailmap-shard-{i}"))
+            .spawn(move || {
+                let _ = done.send(run_shard(shard, rx));
+            })
+            .map_err(|e| Error::Other(format!("cannot start a shard thread: {e}")))?;
+        shard_tasks.push(shard_task);
     }
 
     let (feed_tx, mut feed_rx) = mpsc::channel::<Result<Feed>>(capacity);
@@ -678,16 +692,16 @@ async fn hand_off(shards: &[mpsc::Sender<ShardMsg>], handoff: Handoff) -> Result
     }
 }
 
-async fn run_shard(mut shard: Shard, mut rx: mpsc::Receiver<ShardMsg>) -> (Shard, Latencies) {
+fn run_shard(mut shard: Shard, mut rx: mpsc::Receiver<ShardMsg>) -> (Shard, Latencies) {
     let mut latencies = Latencies::default();
-    while let Some(msg) = rx.recv().await {
+    while let Some(msg) = rx.blocking_recv() {
         match msg {
             ShardMsg::Events {
                 mut events,
                 arrived,
             } => {
-                // One push per customer, each one's events in arrival order.
-                events.sort_unstable_by_key(|&(customer, e)| (customer, e.seq));
+                // One push per customer: a stable sort keeps each one's arrival order.
+                events.sort_by_key(|&(customer, _)| customer);
                 let mut buf = Vec::new();
                 for run in events.chunk_by(|a, b| a.0 == b.0) {
                     buf.clear();
@@ -1032,9 +1046,9 @@ impl LiveHandle {
         let mut wholes = Vec::with_capacity(shard_tasks.len());
         let mut of_segments: BTreeMap<u32, Vec<LiveMap>> = BTreeMap::new();
         for task in shard_tasks {
-            let (shard, latencies) = task
-                .await
-                .map_err(|e| Error::Other(format!("a shard failed: {e}")))?;
+            let (shard, latencies) = task.await.map_err(|_| {
+                Error::Other("a shard failed: its thread ended without its state".into())
+            })?;
             add_shard(&mut status, &ShardStatus::of(&shard, &latencies));
             // Maps are taken, not copied.
             let (whole, segments) = shard.into_maps();
