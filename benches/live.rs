@@ -14,6 +14,7 @@ mod common;
 
 use common::traffic;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::time::{Duration, Instant};
 use trailmap_live::{BatchReplay, PipelineOptions};
 use trailmap_model::Config;
 
@@ -39,17 +40,27 @@ fn bench(c: &mut Criterion) {
     ] {
         group.bench_function(name, |b| {
             // The final map is built inside the measurement; freeing it afterwards is the
-            // caller's business, so it is dropped outside.
-            b.iter_with_large_drop(|| {
-                runtime.block_on(async {
-                    let source = BatchReplay::new(batches.clone());
-                    let handle =
-                        trailmap_live::start(config, Box::new(source), &PipelineOptions::default())
-                            .expect("start");
-                    let result = handle.finish().await.expect("finish");
+            // caller's business, so it is dropped outside, each one before the next run
+            // (criterion's `iter_with_large_drop` would hold every result of a sample).
+            b.iter_custom(|iters| {
+                let mut took = Duration::ZERO;
+                for _ in 0..iters {
+                    let started = Instant::now();
+                    let result = runtime.block_on(async {
+                        let source = BatchReplay::new(batches.clone());
+                        let handle = trailmap_live::start(
+                            config,
+                            Box::new(source),
+                            &PipelineOptions::default(),
+                        )
+                        .expect("start");
+                        handle.finish().await.expect("finish")
+                    });
+                    took += started.elapsed();
                     assert!(result.status.stitch.events > 0);
-                    result
-                })
+                    drop(result);
+                }
+                took
             })
         });
     }

@@ -1,8 +1,8 @@
-//! The running pipeline: a source thread, the stitcher task and one task per shard, joined
+//! The running pipeline: a source thread, the stitcher task and one thread per shard, joined
 //! by bounded channels.
 //!
 //! ```text
-//!  source thread ──Feed──> stitcher task ──ShardMsg──> shard task × N ──> live map
+//!  source thread ──Feed──> stitcher task ──ShardMsg──> shard thread × N ──> live map
 //!      (blocking reads)     identity, watermark,         sessions, retractions,
 //!                           lateness, routing            time-bucketed counts
 //! ```
