@@ -781,12 +781,12 @@ fn count_session(
     let (Some(first), Some(last)) = (session.first(), session.last()) else {
         return;
     };
-    {
-        let b = map.at(first.ts);
-        b.journeys += sign;
-        b.start(first.touchpoint, sign);
-    }
-    map.at(last.ts).exit(last.touchpoint, sign);
+    // A session's events mostly share few minutes: a bucket is looked up again only when
+    // the minute changes (after the loop, `b` is the last event's bucket).
+    let mut minute = bucket_of(first.ts);
+    let mut b = map.at(first.ts);
+    b.journeys += sign;
+    b.start(first.touchpoint, sign);
     let mut prev: Option<&LiveEvent> = None;
     for e in session {
         let tp = e.touchpoint as usize;
@@ -795,7 +795,10 @@ fn count_session(
         }
         let first_visit = seen[tp] != stamp;
         seen[tp] = stamp;
-        let b = map.at(e.ts);
+        if bucket_of(e.ts) != minute {
+            minute = bucket_of(e.ts);
+            b = map.at(e.ts);
+        }
         b.events += sign;
         b.visit_through(e.touchpoint, first_visit, sign);
         if let Some(p) = prev {
@@ -803,6 +806,7 @@ fn count_session(
         }
         prev = Some(e);
     }
+    b.exit(last.touchpoint, sign);
 }
 
 /// Appends an event, growing the list by half (from one) when full: an open customer holds a
