@@ -37,7 +37,7 @@ use trailmap_sessionize::Attribute;
 /// How the pipeline is laid out.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
-    /// Shards (tasks) customers are spread over; default: the cores.
+    /// Shards (threads) customers are spread over; default: the cores.
     pub shards: usize,
     /// Messages in flight on each channel before the sender waits (a batch is two on a
     /// shard's channel: its events, then the watermark after it).
