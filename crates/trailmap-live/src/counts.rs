@@ -456,11 +456,13 @@ const PARALLEL_SUM: usize = 1024;
 /// `maps` summed, taking them: a minute only one map has is moved, not copied, and the
 /// buckets of two maps are joined in one pass over both (they are in minute order).
 fn fold(maps: Vec<LiveMap>) -> LiveMap {
-    let mut maps = maps.into_iter();
+    let mut maps = maps.into_iter().peekable();
     let mut sum = maps.next().unwrap_or_default();
-    let mut pruned = false;
+    if maps.peek().is_none() {
+        sum.prune();
+        return sum;
+    }
     for m in maps {
-        pruned = true;
         let mut theirs = m.buckets.into_iter().peekable();
         let mut mine = std::mem::take(&mut sum.buckets).into_iter().peekable();
         sum.buckets = std::iter::from_fn(|| match (mine.peek(), theirs.peek()) {
@@ -475,9 +477,6 @@ fn fold(maps: Vec<LiveMap>) -> LiveMap {
         })
         .filter(|(_, c)| !c.is_empty())
         .collect();
-    }
-    if !pruned {
-        sum.prune();
     }
     sum
 }
@@ -601,14 +600,13 @@ impl LiveMap {
     ) -> ByValue {
         let mut by = ByValue::new();
         let j32 = j as u32;
+        // Keys sort by funnel first: funnel `j`'s entries are one run of each.
         for c in self.in_ranges(minutes) {
-            for (&(f, v, level), &n) in c.funnel_values.iter() {
-                if f == j32 {
-                    add_level(&mut by.entry(v).or_default().levels, level as usize, n);
-                }
+            for &((_, v, level), n) in c.funnel_values.run(|&(f, _, _)| f.cmp(&j32)) {
+                add_level(&mut by.entry(v).or_default().levels, level as usize, n);
             }
-            for (&(f, v, elapsed_by, level), &n) in c.open_windows.iter() {
-                if f == j32 && v != WHOLE && elapsed_by > as_of {
+            for &((_, v, elapsed_by, level), n) in c.open_windows.run(|&(f, _, _, _)| f.cmp(&j32)) {
+                if v != WHOLE && elapsed_by > as_of {
                     add_level(&mut by.entry(v).or_default().maturing, level as usize, n);
                 }
             }

@@ -723,7 +723,6 @@ impl Shard {
         // in the bucket of its start, looked up once per map.
         level_deltas.clear();
         attempts.clear();
-        let mut by_value = false;
         for (j, probe) in probes.iter_mut().enumerate() {
             if which & (1 << j) == 0 {
                 continue;
@@ -745,7 +744,6 @@ impl Shard {
             if let Some(made) = &mut probe.funnel.attempts_made {
                 attempts.extend(made.drain(..).map(|a| (j, a)));
             }
-            by_value |= probe.by_value;
         }
         for (i, m) in targets(map, segments, segment).enumerate() {
             let bucket = m.at(start);
@@ -757,7 +755,7 @@ impl Shard {
                     bucket.open_window(j, WHOLE, end, a.level, sign);
                 }
                 // Alert breakdowns read the whole map only.
-                if by_value && i == 0 && probes[j].by_value {
+                if i == 0 && probes[j].by_value {
                     let value = session[a.entry].value;
                     bucket.value_level(j, value, a.level, sign);
                     if let Some(end) = a.window_end {
