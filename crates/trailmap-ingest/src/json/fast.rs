@@ -1,5 +1,6 @@
 //! The borrowed path of [`JsonDecoder`](super::JsonDecoder): a record's top level split into
-//! keys and raw value texts, nothing allocated for values the mapping does not read.
+//! keys and raw value texts in one validating pass, nothing allocated for values the mapping
+//! does not read.
 //!
 //! It must give exactly what the generic path (parse into `serde_json::Value`, look up,
 //! re-serialize) gives, so it only takes records where that can be argued byte for byte:
@@ -7,20 +8,17 @@
 //! - No backslash anywhere. Then every key and string is its own text, borrowed as is, and
 //!   serde_json writes it back unchanged (it escapes only `"`, `\` and control characters,
 //!   which unescaped cannot be inside a valid string).
-//! - serde_json's parse of raw values skips nested values more leniently than a parse into
-//!   `Value`: it has no depth limit and does not check that numbers fit an `f64`. So deep
-//!   nesting, exponents and very long digit runs go the generic way too.
+//! - Bounded nesting, no exponents, no very long digit runs: within those, what a parse into
+//!   `Value` accepts is plain JSON grammar, which [`Scanner`] checks; beyond them (depth
+//!   limits, numbers that overflow an `f64`) the generic path decides.
 //!
-//! Everything else is validated by serde_json itself (the top level is deserialized, raw
-//! values are checked as they are skipped, UTF-8 up front). Duplicate keys resolve as in
-//! `serde_json::Map`: the last value wins.
+//! A record the scanner refuses goes the generic way, which also finds the reason to reject
+//! it; so the scanner may refuse more than serde_json does, never accept more. Duplicate
+//! keys resolve as in `serde_json::Map`: the last value wins.
 
 use crate::mapper::{Record, stable_hash};
 use crate::value::Value;
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::fmt;
 use std::sync::OnceLock;
 use trailmap_model::config::FieldRef;
 
@@ -32,26 +30,60 @@ const MAX_DIGITS: u32 = 300;
 /// Integers written back as read: at most 18 digits always fit an `i64`.
 const MAX_CANONICAL_DIGITS: usize = 18;
 
-/// A JSON object's members in the order they were written, duplicates included.
-pub(super) struct Fields<'a>(Vec<(&'a str, &'a RawValue)>);
+/// A JSON object's members in the order they were written, duplicates included: keys
+/// without their quotes, values as raw JSON texts.
+#[derive(Default)]
+pub(super) struct Fields<'a> {
+    members: Vec<(&'a str, &'a str)>,
+    /// Each key's [`print`], so a lookup compares one word per member, not strings.
+    prints: Vec<u64>,
+}
+
+/// A key's length and first seven bytes in one word: keys that differ here differ. Built
+/// in a register (bytes copied to a stack array and read back as a word stall the load).
+fn print(key: &str) -> u64 {
+    let bytes = key.as_bytes();
+    let head = match bytes.first_chunk::<8>() {
+        Some(word) => u64::from_le_bytes(*word) & 0x00ff_ffff_ffff_ffff,
+        None => bytes
+            .iter()
+            .enumerate()
+            .fold(0, |h, (i, &b)| h | (u64::from(b) << (8 * i))),
+    };
+    head | ((bytes.len().min(255) as u64) << 56)
+}
 
 impl<'a> Fields<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Fields {
+            members: Vec::with_capacity(n),
+            prints: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, key: &'a str, value: &'a str) {
+        self.members.push((key, value));
+        self.prints.push(print(key));
+    }
+
     /// The member `key` as `serde_json::Map` would hold it (the last one written).
-    fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.0
+    fn get(&self, key: &str) -> Option<&'a str> {
+        let wanted = print(key);
+        self.prints
             .iter()
+            .zip(&self.members)
             .rev()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| *v)
+            .find(|(p, (k, _))| **p == wanted && *k == key)
+            .map(|(_, (_, v))| *v)
     }
 
     /// The members as `serde_json::Map` would iterate them: one per key with its last
     /// value, in key order (or, with serde_json's `preserve_order`, where the key was first
     /// written).
-    fn deduplicated(&self) -> Vec<(&'a str, &'a RawValue)> {
-        let mut out: Vec<(&'a str, &'a RawValue)> = Vec::with_capacity(self.0.len());
+    fn deduplicated(&self) -> Vec<(&'a str, &'a str)> {
+        let mut out: Vec<(&'a str, &'a str)> = Vec::with_capacity(self.members.len());
         if map_sorts_keys() {
-            out.extend(self.0.iter().copied());
+            out.extend(self.members.iter().copied());
             // Stable, so equal keys keep their written order and the last one is kept.
             out.sort_by(|a, b| a.0.cmp(b.0));
             out.dedup_by(|later, earlier| {
@@ -63,8 +95,8 @@ impl<'a> Fields<'a> {
                 }
             });
         } else {
-            for (i, (k, _)) in self.0.iter().enumerate() {
-                if self.0[..i].iter().all(|(e, _)| e != k)
+            for (i, (k, _)) in self.members.iter().enumerate() {
+                if self.members[..i].iter().all(|(e, _)| e != k)
                     && let Some(v) = self.get(k)
                 {
                     out.push((k, v));
@@ -72,28 +104,6 @@ impl<'a> Fields<'a> {
             }
         }
         out
-    }
-}
-
-impl<'de> Deserialize<'de> for Fields<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> Visitor<'de> for Members {
-            type Value = Fields<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-                let mut members = Vec::with_capacity(16);
-                while let Some(key) = map.next_key::<&'de str>()? {
-                    members.push((key, map.next_value::<&'de RawValue>()?));
-                }
-                Ok(Fields(members))
-            }
-        }
-        d.deserialize_map(Members)
     }
 }
 
@@ -113,52 +123,207 @@ fn map_sorts_keys() -> bool {
 /// The record's top-level members, when the borrowed path can take it (see the module
 /// doc); `None` sends it the generic way, which also finds the reason to reject it.
 pub(super) fn parse(text: &[u8]) -> Option<Fields<'_>> {
-    if !plain(text) {
+    if memchr::memchr(b'\\', text).is_some() {
         return None;
     }
     let text = std::str::from_utf8(text).ok()?;
-    serde_json::from_str(text).ok()
+    let mut scan = Scanner { text, at: 0 };
+    scan.space();
+    let mut members = Fields::with_capacity(16);
+    scan.object(0, &mut |key, value| members.push(key, value))?;
+    scan.space();
+    (scan.at == text.len()).then_some(members)
 }
 
-/// No backslash, bounded nesting, no exponent, no long digit run. (Outside strings, `e`/`E`
-/// right after a digit can only start an exponent.) Without backslashes a string ends at
-/// the next quote, so string contents, most of a record, are skipped a word at a time.
-fn plain(text: &[u8]) -> bool {
-    if memchr::memchr(b'\\', text).is_some() {
-        return false;
-    }
-    let (mut i, mut depth, mut digits, mut after_digit) = (0, 0u32, 0u32, false);
-    while let Some(&b) = text.get(i) {
-        if b == b'"' {
-            match memchr::memchr(b'"', &text[i + 1..]) {
-                Some(len) => i += len + 2,
-                // Unterminated: serde_json says why.
-                None => return true,
-            }
-            digits = 0;
-            after_digit = false;
-            continue;
+/// Member `key` of an object text the scanner has validated (a nested value), as
+/// [`Fields::get`] would give it: the last one written.
+fn member<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let mut found = None;
+    Scanner { text, at: 0 }.object(0, &mut |k, v| {
+        if k == key {
+            found = Some(v);
         }
-        let digit = b.is_ascii_digit();
-        match b {
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return false;
+    })?;
+    found
+}
+
+/// Item `index` of an array text the scanner has validated.
+fn item(text: &str, index: usize) -> Option<&str> {
+    let (mut n, mut found) = (0, None);
+    Scanner { text, at: 0 }.array(0, &mut |v| {
+        if n == index {
+            found = Some(v);
+        }
+        n += 1;
+    })?;
+    found
+}
+
+/// A validating walk over escape-free UTF-8 JSON text, within the limits of the module
+/// doc. Each method starts at its value's first byte and returns `None` for anything it
+/// does not vouch for.
+struct Scanner<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    /// JSON's whitespace (serde_json's too): space, tab, line feed, carriage return.
+    fn space(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    /// One value of any kind; its raw text.
+    fn value(&mut self, depth: u32) -> Option<&'a str> {
+        let start = self.at;
+        match self.peek()? {
+            b'"' => {
+                self.string()?;
+            }
+            b'{' => self.object(depth, &mut |_, _| {})?,
+            b'[' => self.array(depth, &mut |_| {})?,
+            b't' => self.literal("true")?,
+            b'f' => self.literal("false")?,
+            b'n' => self.literal("null")?,
+            b'-' | b'0'..=b'9' => self.number()?,
+            _ => return None,
+        }
+        self.text.get(start..self.at)
+    }
+
+    /// A string; its contents. Without backslashes it ends at the next quote; control
+    /// characters inside are invalid JSON.
+    fn string(&mut self) -> Option<&'a str> {
+        self.expect(b'"')?;
+        let start = self.at;
+        // Byte by byte: most strings of a record are a few bytes long, shorter than what
+        // a vectorised search gains on.
+        let bytes = self.text.as_bytes();
+        let mut end = start;
+        loop {
+            match *bytes.get(end)? {
+                b'"' => break,
+                0..0x20 => return None,
+                _ => end += 1,
+            }
+        }
+        self.at = end + 1;
+        self.text.get(start..end)
+    }
+
+    fn literal(&mut self, word: &str) -> Option<()> {
+        let end = self.at + word.len();
+        (self.text.as_bytes().get(self.at..end)? == word.as_bytes()).then(|| self.at = end)
+    }
+
+    /// `-?(0|[1-9][0-9]*)(.[0-9]+)?`: no exponent, and no digit run longer than
+    /// `MAX_DIGITS` (a parse into `Value` refuses integer parts that overflow an `f64`).
+    fn number(&mut self) -> Option<()> {
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.peek()? {
+            b'0' => {
+                self.at += 1;
+                if self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                    return None;
                 }
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            b'e' | b'E' if after_digit => return false,
-            _ => {}
+            b'1'..=b'9' => self.digits()?,
+            _ => return None,
         }
-        digits = if digit { digits + 1 } else { 0 };
-        if digits > MAX_DIGITS {
-            return false;
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            if !self.peek()?.is_ascii_digit() {
+                return None;
+            }
+            self.digits()?;
         }
-        after_digit = digit;
-        i += 1;
+        match self.peek() {
+            Some(b'e' | b'E') => None,
+            _ => Some(()),
+        }
     }
-    true
+
+    fn digits(&mut self) -> Option<()> {
+        let run = self.text.as_bytes()[self.at..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        self.at += run;
+        (run as u32 <= MAX_DIGITS).then_some(())
+    }
+
+    /// An object; each member goes to `member`.
+    fn object(&mut self, depth: u32, member: &mut impl FnMut(&'a str, &'a str)) -> Option<()> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        self.expect(b'{')?;
+        self.space();
+        if self.peek()? == b'}' {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            let key = self.string()?;
+            self.space();
+            self.expect(b':')?;
+            self.space();
+            let value = self.value(depth + 1)?;
+            member(key, value);
+            self.space();
+            match self.peek()? {
+                b',' => {
+                    self.at += 1;
+                    self.space();
+                }
+                b'}' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// An array; each item goes to `item`.
+    fn array(&mut self, depth: u32, item: &mut impl FnMut(&'a str)) -> Option<()> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        self.expect(b'[')?;
+        self.space();
+        if self.peek()? == b']' {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            item(self.value(depth + 1)?);
+            self.space();
+            match self.peek()? {
+                b',' => {
+                    self.at += 1;
+                    self.space();
+                }
+                b']' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
 }
 
 /// The record as the mapper sees it on the borrowed path.
@@ -169,8 +334,7 @@ pub(super) struct Row<'a> {
 }
 
 /// A value `Value::from_json` would give for this raw text (`None` for null).
-fn value(raw: &RawValue) -> Option<Value<'_>> {
-    let text = raw.get();
+fn value(text: &str) -> Option<Value<'_>> {
     match text.as_bytes().first()? {
         b'n' => None,
         b't' => Some(Value::Bool(true)),
@@ -287,12 +451,9 @@ fn lookup<'a>(fields: &Fields<'a>, field: &FieldRef) -> Option<Lookup<'a>> {
     };
     let mut v = fields.get(first)?;
     for seg in rest {
-        v = match v.get().as_bytes().first()? {
-            b'{' => serde_json::from_str::<Fields<'a>>(v.get()).ok()?.get(seg)?,
-            b'[' => {
-                let items: Vec<&'a RawValue> = serde_json::from_str(v.get()).ok()?;
-                *items.get(seg.parse::<usize>().ok()?)?
-            }
+        v = match v.as_bytes().first()? {
+            b'{' => member(v, seg)?,
+            b'[' => item(v, seg.parse::<usize>().ok()?)?,
             _ => return None,
         };
     }
@@ -300,7 +461,7 @@ fn lookup<'a>(fields: &Fields<'a>, field: &FieldRef) -> Option<Lookup<'a>> {
 }
 
 enum Lookup<'a> {
-    Raw(&'a RawValue),
+    Raw(&'a str),
     Record,
 }
 
@@ -320,7 +481,7 @@ impl Record<FieldRef> for Row<'_> {
             .fields
             .deduplicated()
             .into_iter()
-            .filter(|(k, v)| v.get() != "null" && !self.used.iter().any(|u| u.as_str() == *k))
+            .filter(|(k, v)| *v != "null" && !self.used.iter().any(|u| u.as_str() == *k))
             .collect();
         if rest.is_empty() {
             return None;
@@ -331,7 +492,7 @@ impl Record<FieldRef> for Row<'_> {
             out.push('"');
             out.push_str(k);
             out.push_str("\":");
-            out.push_str(&json_text(v.get()));
+            out.push_str(&json_text(v));
         }
         out.push('}');
         Some(out)
