@@ -7,7 +7,7 @@ use crate::client;
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use std::path::Path;
@@ -100,8 +100,10 @@ impl ProducerContext for Delivery {
     }
 }
 
+/// Polled by its owner (when sending, settling, flushing) rather than by a thread of its
+/// own: rdkafka's polling thread sleeps in steps of 100 ms, which closing had to wait out.
 pub struct DeadLetterTopic {
-    producer: ThreadedProducer<Delivery>,
+    producer: BaseProducer<Delivery>,
     topic: String,
     /// Where letters the topic did not take go.
     file: DeadLetters,
@@ -121,7 +123,7 @@ pub struct Rejected<'a> {
 
 impl DeadLetterTopic {
     pub fn new(config: &KafkaConfig, file: DeadLetters) -> Result<Self> {
-        let producer: ThreadedProducer<Delivery> = client::producer(config)
+        let producer: BaseProducer<Delivery> = client::producer(config)
             .create_with_context(Delivery::default())
             .map_err(|e| {
                 Error::Other(format!(
@@ -177,11 +179,12 @@ impl DeadLetterTopic {
             match self.producer.send(record) {
                 Ok(()) => {
                     self.sent += 1;
+                    self.producer.poll(Duration::ZERO);
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
-                    std::thread::sleep(Duration::from_millis(5));
+                    self.producer.poll(Duration::from_millis(5));
                 }
                 Err((e, _)) => {
                     let letter = Undelivered::new(
@@ -199,6 +202,8 @@ impl DeadLetterTopic {
 
     /// Moves letters whose delivery failed to the file.
     pub fn settle(&mut self) -> Result<()> {
+        // Serves the delivery reports that have come in.
+        self.producer.poll(Duration::ZERO);
         let undelivered = match self.delivery.undelivered.lock() {
             Ok(mut u) => std::mem::take(&mut *u),
             Err(_) => Vec::new(),

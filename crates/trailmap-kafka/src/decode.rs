@@ -2,30 +2,35 @@
 //!
 //! The source's thread polls the consumer and copies each message into its partition's
 //! [`Chunk`]; worker threads (one per core, at most [`MAX_WORKERS`]) decode chunks into the
-//! partitions' micro-batches, each partition always on the same worker. Polling
-//! (librdkafka's queue, copying payloads) overlaps decoding, and partitions decode in
-//! parallel.
+//! partitions' micro-batches. Polling (librdkafka's queue, copying payloads) overlaps
+//! decoding, and partitions decode in parallel.
 //!
-//! Everything that orders a partition's feeds goes through its worker's FIFO queue of
-//! [`Work`]: chunks, flushes, and the `Idle`/`End` marks, so a mark always comes after the
-//! batches of what was read before it. Each piece of work answers with exactly one
-//! [`Done`], and a worker answers in the order it was asked (answers of different
-//! partitions may interleave):
+//! A partition is decoded by one worker at a time, but by any: a partition with work
+//! waiting is queued for the next free worker, which takes one piece of work, answers and
+//! queues the partition again if more is waiting. Pinning partitions to workers would
+//! leave a core idle whenever partitions do not divide evenly among workers (3 partitions
+//! on 2 workers: one worker decodes two thirds).
+//!
+//! Everything that orders a partition's feeds goes through its FIFO queue of [`Work`]:
+//! chunks, flushes, and the `Idle`/`End` marks, so a mark always comes after the batches of
+//! what was read before it. Each piece of work answers with exactly one [`Done`], sent
+//! before the partition is free for another worker, so a partition's answers arrive in the
+//! order it was asked (answers of different partitions may interleave):
 //! the rejections it found (to be sent as dead letters before anything is handed on), the
 //! stats it counted and the feeds it made. The source hands feeds on only after it has
 //! sent the letters of the same and earlier answers, so a batch's position never covers a
 //! message whose dead letter was not sent yet.
 //!
-//! The queue of work is bounded: when decoding falls behind, the source's thread blocks on
-//! it and stops polling (librdkafka's own prefetch queue is bounded too). Answers are not
+//! The work waiting is bounded: when decoding falls behind, the source's thread blocks
+//! and stops polling (librdkafka's own prefetch queue is bounded too). Answers are not
 //! bounded, but the source collects them before it polls again, so there are never more
 //! than the work items in flight.
 
 use rdkafka::message::{BorrowedMessage, Message};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use trailmap_ingest::{IngestStats, JsonDecoder};
@@ -36,7 +41,7 @@ use trailmap_model::{Error, Result};
 /// Messages a chunk holds before it is handed to the worker: enough to make the hand-over
 /// cheap per message, few enough that the worker starts early.
 pub const CHUNK_MESSAGES: usize = 256;
-/// Work items queued for each worker before the polling thread waits (with
+/// Work items waiting per worker before the polling thread waits (with
 /// [`CHUNK_MESSAGES`], what is read ahead of decoding).
 const QUEUE: usize = 8;
 /// Decode threads at most: the polling thread, librdkafka's and the pipeline's want cores
@@ -50,8 +55,6 @@ struct Raw {
     payload: Option<Range<usize>>,
     /// The Kafka timestamp, in ms since the epoch.
     timestamp: Option<i64>,
-    /// When it was read.
-    read: Instant,
 }
 
 /// Messages of one partition read since they were last handed to the worker.
@@ -60,10 +63,26 @@ pub struct Chunk {
     /// Keys and payloads, back to back.
     bytes: Vec<u8>,
     messages: Vec<Raw>,
+    /// When its first message was read: the clock is read once per chunk, not per message
+    /// (it only stands in for a message's Kafka timestamp when that is missing).
+    read: Option<Instant>,
 }
 
 impl Chunk {
+    /// An empty chunk with room for one like `like`, so filling it does not grow it step
+    /// by step.
+    pub fn sized_like(like: &Chunk) -> Chunk {
+        Chunk {
+            bytes: Vec::with_capacity(like.bytes.len()),
+            messages: Vec::with_capacity(like.messages.len()),
+            read: None,
+        }
+    }
+
     pub fn push(&mut self, message: &BorrowedMessage<'_>) {
+        if self.read.is_none() {
+            self.read = Some(Instant::now());
+        }
         let mut copy = |b: Option<&[u8]>| {
             b.map(|b| {
                 let start = self.bytes.len();
@@ -78,7 +97,6 @@ impl Chunk {
             key,
             payload,
             timestamp: message.timestamp().to_millis(),
-            read: Instant::now(),
         });
     }
 
@@ -106,8 +124,8 @@ impl Chunk {
             key: None,
             payload,
             timestamp: None,
-            read: Instant::now(),
         });
+        self.read.get_or_insert_with(Instant::now);
     }
 }
 
@@ -151,8 +169,9 @@ pub struct Done {
     pub feeds: Vec<Feed>,
 }
 
-/// One partition as the worker sees it: its micro-batch in the making.
-struct WorkerSlot {
+/// One partition as the workers see it: its micro-batch in the making. It moves with the
+/// partition from worker to worker.
+pub struct WorkerSlot {
     decoder: Box<JsonDecoder>,
     topic: String,
     partition: i32,
@@ -163,7 +182,7 @@ struct WorkerSlot {
 }
 
 impl Work {
-    /// The partition (slot) the work is about, which picks its worker.
+    /// The partition (slot) the work is about, whose queue it joins.
     fn slot(&self) -> usize {
         match self {
             Work::Open { slot, .. } | Work::Decode { slot, .. } | Work::Flush { slot, .. } => *slot,
@@ -176,10 +195,9 @@ impl Work {
     }
 }
 
-/// A decode worker's state: its partitions' decoders and pending batches.
+/// How work is done, the same for every worker and partition.
+#[derive(Clone)]
 pub struct Decoding {
-    /// By slot index; `None` for the partitions of other workers.
-    slots: Vec<Option<WorkerSlot>>,
     batch_size: usize,
     /// Where each partition resumes after a rebalance (shared with the consumer's
     /// context): updated as batches are handed on.
@@ -188,26 +206,21 @@ pub struct Decoding {
 
 impl Decoding {
     pub fn new(batch_size: usize, resume: Arc<Mutex<HashMap<(String, i32), i64>>>) -> Self {
-        Decoding {
-            slots: Vec::new(),
-            batch_size,
-            resume,
-        }
+        Decoding { batch_size, resume }
     }
 
-    pub fn run(&mut self, work: Work) -> Done {
+    /// Does `work` for its partition, whose state is `slot` (`None` until it is opened).
+    pub fn run(&self, slot: &mut Option<WorkerSlot>, work: Work) -> Done {
         let mut done = Done::default();
+        let ix = work.slot();
         match work {
             Work::Open {
-                slot,
                 decoder,
                 topic,
                 partition,
+                ..
             } => {
-                if self.slots.len() <= slot {
-                    self.slots.resize_with(slot + 1, || None);
-                }
-                self.slots[slot] = Some(WorkerSlot {
+                *slot = Some(WorkerSlot {
                     decoder,
                     topic,
                     partition,
@@ -215,9 +228,15 @@ impl Decoding {
                     produced: None,
                 });
             }
-            Work::Decode { slot, chunk } => self.decode(slot, &chunk, &mut done),
-            Work::Flush { slot, then } => {
-                self.flush(slot, &mut done);
+            Work::Decode { chunk, .. } => {
+                if let Some(slot) = slot {
+                    self.decode(ix, slot, &chunk, &mut done);
+                }
+            }
+            Work::Flush { then, .. } => {
+                if let Some(slot) = slot {
+                    self.flush(ix, slot, &mut done);
+                }
                 done.feeds.extend(then);
             }
             Work::Mark(feed) => done.feeds.push(feed),
@@ -225,11 +244,8 @@ impl Decoding {
         done
     }
 
-    fn decode(&mut self, ix: usize, chunk: &Chunk, done: &mut Done) {
+    fn decode(&self, ix: usize, slot: &mut WorkerSlot, chunk: &Chunk, done: &mut Done) {
         for m in &chunk.messages {
-            let Some(Some(slot)) = self.slots.get_mut(ix) else {
-                return;
-            };
             slot.next = m.offset + 1;
             let payload = chunk.bytes(&m.payload);
             let decoded = match payload {
@@ -256,19 +272,17 @@ impl Decoding {
                 }
             }
             if slot.produced.is_none() && slot.decoder.pending() > 0 {
-                slot.produced = Some(produced_at(m.timestamp, m.read));
+                let read = chunk.read.unwrap_or_else(Instant::now);
+                slot.produced = Some(produced_at(m.timestamp, read));
             }
             if slot.decoder.pending() >= self.batch_size {
-                self.flush(ix, done);
+                self.flush(ix, slot, done);
             }
         }
     }
 
     /// Hands on the partition's pending batch.
-    fn flush(&mut self, ix: usize, done: &mut Done) {
-        let Some(Some(slot)) = self.slots.get_mut(ix) else {
-            return;
-        };
+    fn flush(&self, ix: usize, slot: &mut WorkerSlot, done: &mut Done) {
         let arrived = slot.produced.take().unwrap_or_else(Instant::now);
         if let Some(batch) = slot.decoder.take_batch() {
             let position = (slot.next >= 0).then(|| Position {
@@ -290,8 +304,9 @@ impl Decoding {
 }
 
 /// When a message reached Kafka (its timestamp: create or log-append time), as an instant
-/// of this process's clock, so freshness counts the time it spent in the broker; when it
-/// was read if it has no timestamp, or one ahead of this clock.
+/// of this process's clock, so freshness counts the time it spent in the broker; when its
+/// chunk began to be read (`read`, at most a chunk's fill time early) if it has no
+/// timestamp, or one ahead of this clock.
 fn produced_at(timestamp_ms: Option<i64>, read: Instant) -> Instant {
     let Some(ms) = timestamp_ms else {
         return read;
@@ -302,10 +317,50 @@ fn produced_at(timestamp_ms: Option<i64>, read: Instant) -> Instant {
     now.checked_sub(age).unwrap_or(now).min(read)
 }
 
-/// The worker threads and the source's ends of their queues.
+/// A partition's queue of work.
+#[derive(Default)]
+struct Queue {
+    work: VecDeque<Work>,
+    /// Its state, while no worker has it.
+    slot: Option<WorkerSlot>,
+    /// Whether a worker has it (then it is not in `Board::ready`).
+    taken: bool,
+}
+
+/// What the source and the workers share, under one lock.
+#[derive(Default)]
+struct Board {
+    /// By slot index.
+    queues: Vec<Queue>,
+    /// Partitions with work waiting and no worker, in the order they became so.
+    ready: VecDeque<usize>,
+    /// Work items queued and not yet taken, against the bound.
+    waiting: usize,
+    /// Set when the source is gone: workers stop.
+    closed: bool,
+    /// Workers running; none left (one panicked) fails the source instead of blocking it.
+    live: usize,
+}
+
+struct Shared {
+    board: Mutex<Board>,
+    /// Signalled when a partition becomes ready (or the board closes).
+    ready: Condvar,
+    /// Signalled when a worker takes work, so a blocked source may queue more.
+    room: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> Result<MutexGuard<'_, Board>> {
+        self.board.lock().map_err(|_| stopped())
+    }
+}
+
+/// The worker threads and the source's end of their work.
 pub struct Worker {
-    /// One queue per worker; slot `i` is decoded by worker `i % len`.
-    work: Vec<SyncSender<Work>>,
+    shared: Arc<Shared>,
+    /// Work items waiting (not yet taken) at most.
+    capacity: usize,
     /// Every worker answers here.
     done: Receiver<Done>,
     /// Work sent whose answer has not been collected.
@@ -317,46 +372,125 @@ fn stopped() -> Error {
     Error::Other("a Kafka decode thread stopped".into())
 }
 
+/// Counts a worker out when its thread ends, however it ends.
+struct Leaving<'a>(&'a Shared);
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        let mut board = self
+            .0
+            .board
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        board.live -= 1;
+        self.0.room.notify_all();
+    }
+}
+
+/// A worker's life: take a ready partition's next work, answer, give the partition back.
+fn work_loop(shared: &Shared, decoding: &Decoding, outbox: &Sender<Done>) {
+    let _leaving = Leaving(shared);
+    loop {
+        let (ix, mut slot, work) = {
+            let Ok(mut board) = shared.board.lock() else {
+                return;
+            };
+            loop {
+                if board.closed {
+                    return;
+                }
+                if let Some(ix) = board.ready.pop_front() {
+                    let board = &mut *board;
+                    let queue = &mut board.queues[ix];
+                    if let Some(work) = queue.work.pop_front() {
+                        queue.taken = true;
+                        board.waiting -= 1;
+                        let slot = queue.slot.take();
+                        shared.room.notify_one();
+                        break (ix, slot, work);
+                    }
+                    continue;
+                }
+                board = match shared.ready.wait(board) {
+                    Ok(board) => board,
+                    Err(_) => return,
+                };
+            }
+        };
+        // Answered before the partition is given back, so its answers stay in order.
+        if outbox.send(decoding.run(&mut slot, work)).is_err() {
+            return;
+        }
+        let Ok(mut board) = shared.board.lock() else {
+            return;
+        };
+        let queue = &mut board.queues[ix];
+        queue.slot = slot;
+        queue.taken = false;
+        if !queue.work.is_empty() {
+            board.ready.push_back(ix);
+            shared.ready.notify_one();
+        }
+    }
+}
+
 impl Worker {
-    /// Starts `workers` threads (at least one), each with a `Decoding` from `decoding`.
-    pub fn start(workers: usize, decoding: impl Fn() -> Decoding) -> Result<Worker> {
+    /// Starts `workers` threads (at least one), all doing work as `decoding` says.
+    pub fn start(workers: usize, decoding: Decoding) -> Result<Worker> {
         let (outbox, done): (Sender<Done>, _) = std::sync::mpsc::channel();
+        let workers = workers.max(1);
+        let shared = Arc::new(Shared {
+            board: Mutex::new(Board {
+                live: workers,
+                ..Board::default()
+            }),
+            ready: Condvar::new(),
+            room: Condvar::new(),
+        });
         let mut pool = Worker {
-            work: Vec::new(),
+            shared: shared.clone(),
+            capacity: QUEUE * workers,
             done,
             in_flight: 0,
             threads: Vec::new(),
         };
-        for n in 0..workers.max(1) {
-            let (work, inbox) = std::sync::mpsc::sync_channel::<Work>(QUEUE);
-            let (outbox, mut decoding) = (outbox.clone(), decoding());
+        for n in 0..workers {
+            let (outbox, decoding, shared) = (outbox.clone(), decoding.clone(), shared.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("kafka-decode-{n}"))
-                .spawn(move || {
-                    while let Ok(work) = inbox.recv() {
-                        if outbox.send(decoding.run(work)).is_err() {
-                            return;
-                        }
-                    }
-                })
+                .spawn(move || work_loop(&shared, &decoding, &outbox))
                 .map_err(|e| Error::Other(format!("cannot start a Kafka decode thread: {e}")))?;
-            pool.work.push(work);
             pool.threads.push(thread);
         }
         Ok(pool)
     }
 
-    /// Queues work on its partition's worker; blocks while that queue is full
-    /// (backpressure).
+    /// Queues work on its partition; blocks while as much work as the bound allows is
+    /// waiting (backpressure).
     pub fn send(&mut self, work: Work) -> Result<()> {
-        let queue = self
-            .work
-            .get(work.slot() % self.work.len().max(1))
-            .ok_or_else(stopped)?;
-        queue.send(work).map_err(|_| stopped())?;
+        let ix = work.slot();
+        let mut board = self.shared.lock()?;
+        while board.waiting >= self.capacity {
+            if board.live == 0 {
+                return Err(stopped());
+            }
+            board = self.shared.room.wait(board).map_err(|_| stopped())?;
+        }
+        if board.queues.len() <= ix {
+            board.queues.resize_with(ix + 1, Queue::default);
+        }
+        let queue = &mut board.queues[ix];
+        queue.work.push_back(work);
+        let runnable = !queue.taken && queue.work.len() == 1;
+        board.waiting += 1;
+        if runnable {
+            board.ready.push_back(ix);
+            self.shared.ready.notify_one();
+        }
         self.in_flight += 1;
         Ok(())
     }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
@@ -395,8 +529,11 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // Closing the queues ends the threads once they have answered what they hold.
-        self.work.clear();
+        // Work not yet answered will not be collected: the threads stop at once.
+        if let Ok(mut board) = self.shared.board.lock() {
+            board.closed = true;
+        }
+        self.shared.ready.notify_all();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -465,15 +602,16 @@ mod tests {
     #[test]
     fn batches_cut_by_size_cover_their_rejections_and_marks_follow() {
         let resume = Arc::new(Mutex::new(HashMap::new()));
-        let mut d = Decoding::new(2, resume.clone());
-        d.run(open(0));
+        let d = Decoding::new(2, resume.clone());
+        let mut slot = None;
+        d.run(&mut slot, open(0));
         let mut chunk = Chunk::default();
         chunk.push_raw(10, Some(&event(0)));
         chunk.push_raw(11, Some(&event(1)));
         chunk.push_raw(12, Some(b"{oops"));
         chunk.push_raw(13, Some(&event(3)));
         chunk.push_raw(14, None);
-        let done = d.run(Work::Decode { slot: 0, chunk });
+        let done = d.run(&mut slot, Work::Decode { slot: 0, chunk });
         assert_eq!(shape(&done.feeds), ["batch 0: 2 rows to Some(12)"]);
         let rejected: Vec<_> = done
             .rejected
@@ -485,10 +623,13 @@ mod tests {
         assert_eq!((done.stats.records, done.stats.events), (5, 3));
         assert_eq!(done.stats.rejected_by_source.get("generic"), Some(&2));
         // The flush hands on row 13 with a position past the rejection at 14, then the mark.
-        let done = d.run(Work::Flush {
-            slot: 0,
-            then: Some(Feed::Idle { partition: 0 }),
-        });
+        let done = d.run(
+            &mut slot,
+            Work::Flush {
+                slot: 0,
+                then: Some(Feed::Idle { partition: 0 }),
+            },
+        );
         assert_eq!(
             shape(&done.feeds),
             ["batch 0: 1 rows to Some(15)", "idle 0"]
@@ -502,10 +643,13 @@ mod tests {
             Some(15)
         );
         // Nothing pending: a flush hands on only its mark.
-        let done = d.run(Work::Flush {
-            slot: 0,
-            then: Some(Feed::End { partition: 0 }),
-        });
+        let done = d.run(
+            &mut slot,
+            Work::Flush {
+                slot: 0,
+                then: Some(Feed::End { partition: 0 }),
+            },
+        );
         assert_eq!(shape(&done.feeds), ["end 0"]);
     }
 
@@ -513,15 +657,14 @@ mod tests {
     /// rows arrive once and in order, and each `End` after its partition's batches.
     #[test]
     fn the_workers_answer_in_partition_order() {
-        for workers in [1, 2] {
+        for workers in [1, 2, 4] {
             answers_in_order(workers);
         }
     }
 
     fn answers_in_order(workers: usize) {
         let resume = Arc::new(Mutex::new(HashMap::new()));
-        let mut worker =
-            Worker::start(workers, || Decoding::new(7, resume.clone())).expect("worker");
+        let mut worker = Worker::start(workers, Decoding::new(7, resume.clone())).expect("worker");
         let mut answers = Vec::new();
         let mut send = |worker: &mut Worker, work: Work| {
             worker.send(work).expect("send");

@@ -263,9 +263,10 @@ impl KafkaSource {
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(MAX_WORKERS);
-        let worker = Worker::start(workers, || {
-            Decoding::new(options.batch_size, resume_at.clone())
-        })?;
+        let worker = Worker::start(
+            workers,
+            Decoding::new(options.batch_size, resume_at.clone()),
+        )?;
         let mut reader = Reader {
             topics,
             linger: config.ingest.linger.duration(),
@@ -403,6 +404,21 @@ impl KafkaSource {
             self.reader.flush(ix, then)?;
         }
         Ok(())
+    }
+}
+
+impl Drop for KafkaSource {
+    /// rdkafka's own drop closes the consumer by polling in steps of 100 ms, so a close
+    /// done in a millisecond still took 100; closing here in short steps first leaves its
+    /// drop nothing to wait for.
+    fn drop(&mut self) {
+        if self.consumer.close_queue().is_err() {
+            return;
+        }
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        while !self.consumer.closed() && Instant::now() < deadline {
+            let _ = self.consumer.poll(Duration::from_millis(2));
+        }
     }
 }
 
@@ -561,7 +577,8 @@ impl Reader {
         if self.slots[ix].chunk.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::take(&mut self.slots[ix].chunk);
+        let next = Chunk::sized_like(&self.slots[ix].chunk);
+        let chunk = std::mem::replace(&mut self.slots[ix].chunk, next);
         self.worker.send(Work::Decode { slot: ix, chunk })
     }
 
