@@ -126,6 +126,11 @@ impl Nisshi {
         }
     }
 
+    /// The broker's process id, while it runs (benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("nisshi.log")).unwrap_or_default()
     }
