@@ -1,7 +1,7 @@
 //! Kafka consumption through nisshi: a bare rdkafka consumer against trailmap's Kafka
 //! source (decoding into canonical batches) and the whole live pipeline, on the same topic.
 //!
-//!     cargo bench -p trailmap-kafka --bench consume            # 1M messages, best of 3
+//!     cargo bench -p trailmap-kafka --bench consume            # 1M messages, best of 3 rounds
 //!     EVENTS=200000 REPEAT=1 cargo bench -p trailmap-kafka --bench consume
 //!     ROWS=source REPEAT=5 cargo bench -p trailmap-kafka --bench consume  # bare always runs
 //!

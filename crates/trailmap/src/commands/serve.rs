@@ -90,7 +90,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     data_dir: Option<String>,
 
-    /// Shards customers are spread over [default: the cores].
+    /// Shards customers are spread over [default: one fewer than the cores, at least one;
+    /// the stitcher takes a core].
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
 
