@@ -555,8 +555,12 @@ impl Minutes {
 
     /// Keeps the buckets whose counts `keep` says.
     fn retain(&mut self, mut keep: impl FnMut(&LiveCounts) -> bool) {
-        let mut kept = 0;
-        for i in 0..self.minutes.len() {
+        // Usually every bucket is kept: then nothing moves.
+        let Some(first) = self.counts.iter().position(|c| !keep(c)) else {
+            return;
+        };
+        let mut kept = first;
+        for i in first + 1..self.minutes.len() {
             if keep(&self.counts[i]) {
                 self.minutes.swap(kept, i);
                 self.counts.swap(kept, i);
