@@ -266,57 +266,50 @@ impl<'a> Scanner<'a> {
 
     /// An object; each member goes to `member`.
     fn object(&mut self, depth: u32, member: &mut impl FnMut(&'a str, &'a str)) -> Option<()> {
-        if depth >= MAX_DEPTH {
-            return None;
-        }
-        self.expect(b'{')?;
-        self.space();
-        if self.peek()? == b'}' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
-            let key = self.string()?;
-            self.space();
-            self.expect(b':')?;
-            self.space();
-            let value = self.value(depth + 1)?;
-            member(key, value);
-            self.space();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.space();
-                }
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
+        self.items(depth, b'{', b'}', |scan| {
+            let key = scan.string()?;
+            scan.space();
+            scan.expect(b':')?;
+            scan.space();
+            member(key, scan.value(depth + 1)?);
+            Some(())
+        })
     }
 
     /// An array; each item goes to `item`.
     fn array(&mut self, depth: u32, item: &mut impl FnMut(&'a str)) -> Option<()> {
+        self.items(depth, b'[', b']', |scan| {
+            item(scan.value(depth + 1)?);
+            Some(())
+        })
+    }
+
+    /// A container between `open` and `close` whose comma-separated items `one` reads.
+    fn items(
+        &mut self,
+        depth: u32,
+        open: u8,
+        close: u8,
+        mut one: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
         if depth >= MAX_DEPTH {
             return None;
         }
-        self.expect(b'[')?;
+        self.expect(open)?;
         self.space();
-        if self.peek()? == b']' {
+        if self.peek()? == close {
             self.at += 1;
             return Some(());
         }
         loop {
-            item(self.value(depth + 1)?);
+            one(self)?;
             self.space();
             match self.peek()? {
                 b',' => {
                     self.at += 1;
                     self.space();
                 }
-                b']' => {
+                b if b == close => {
                     self.at += 1;
                     return Some(());
                 }
