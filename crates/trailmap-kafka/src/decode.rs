@@ -338,7 +338,8 @@ struct Board {
     waiting: usize,
     /// Set when the source is gone: workers stop.
     closed: bool,
-    /// Workers running; none left (one panicked) fails the source instead of blocking it.
+    /// Workers running. While the source is there a worker ends only by panicking, and
+    /// the partition it held would never answer again: the source fails rather than wait.
     live: usize,
 }
 
@@ -361,6 +362,8 @@ pub struct Worker {
     shared: Arc<Shared>,
     /// Work items waiting (not yet taken) at most.
     capacity: usize,
+    /// Workers started.
+    workers: usize,
     /// Every worker answers here.
     done: Receiver<Done>,
     /// Work sent whose answer has not been collected.
@@ -450,6 +453,7 @@ impl Worker {
         let mut pool = Worker {
             shared: shared.clone(),
             capacity: QUEUE * workers,
+            workers,
             done,
             in_flight: 0,
             threads: Vec::new(),
@@ -471,7 +475,7 @@ impl Worker {
         let ix = work.slot();
         let mut board = self.shared.lock()?;
         while board.waiting >= self.capacity {
-            if board.live == 0 {
+            if board.live < self.workers {
                 return Err(stopped());
             }
             board = self.shared.room.wait(board).map_err(|_| stopped())?;
@@ -515,6 +519,9 @@ impl Worker {
     pub fn wait_done(&mut self, wait: Duration) -> Result<Option<Done>> {
         if self.in_flight == 0 {
             return Ok(None);
+        }
+        if self.shared.lock()?.live < self.workers {
+            return Err(stopped());
         }
         match self.done.recv_timeout(wait) {
             Ok(done) => {
