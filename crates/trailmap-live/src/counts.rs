@@ -834,23 +834,8 @@ impl LiveMap {
 
     /// Adds another map's buckets into this one.
     pub fn merge(&mut self, other: &LiveMap) {
-        // One ordered pass over both: minute by minute, inserts into the middle would move
-        // every later bucket each time.
-        let mine = std::mem::take(&mut self.buckets);
-        let mut theirs = other.buckets.iter().peekable();
-        let mut entries = Vec::with_capacity(mine.len().max(other.buckets.len()));
-        for (minute, mut counts) in mine {
-            while let Some((t, c)) = theirs.next_if(|(t, _)| *t < minute) {
-                entries.push((t, c.clone()));
-            }
-            if let Some((_, c)) = theirs.next_if(|(t, _)| *t == minute) {
-                counts.merge(c);
-            }
-            entries.push((minute, counts));
-        }
-        entries.extend(theirs.map(|(t, c)| (t, c.clone())));
-        self.buckets = entries.into_iter().collect();
-        self.prune();
+        // The sum's ordered join, over a copy of `other`'s buckets.
+        *self = fold(vec![std::mem::take(self), other.clone()]);
     }
 
     /// Non-empty buckets: `(minute since the epoch, counts)`.

@@ -32,7 +32,6 @@ const MAX_CANONICAL_DIGITS: usize = 18;
 
 /// A JSON object's members in the order they were written, duplicates included: keys
 /// without their quotes, values as raw JSON texts.
-#[derive(Default)]
 pub(super) struct Fields<'a> {
     members: Vec<(&'a str, &'a str)>,
     /// Each key's [`print`], so a lookup compares one word per member, not strings.
