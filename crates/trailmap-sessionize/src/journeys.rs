@@ -195,6 +195,18 @@ impl<'a> IdColumn<'a> {
     }
 }
 
+/// A dictionary<u32, utf8> column's keys and values.
+fn dictionary(array: &dyn Array) -> Result<(&arrow::array::UInt32Array, &StringArray), String> {
+    let dict = array
+        .as_dictionary_opt::<UInt32Type>()
+        .ok_or("dictionary column is not dictionary<u32, utf8>")?;
+    let values = dict
+        .values()
+        .as_string_opt::<i32>()
+        .ok_or("dictionary values are not utf8")?;
+    Ok((dict.keys(), values))
+}
+
 /// Nodes of a dictionary's values, kept while the batches share that dictionary (a Parquet
 /// column chunk's batches all do): each distinct identifier is interned once per chunk,
 /// not once per batch or per row.
@@ -211,24 +223,16 @@ struct DictNodes {
 struct DictIds<'a> {
     keys: &'a arrow::array::UInt32Array,
     global: Vec<u32>,
-    /// Whether a row names each value.
-    used: Vec<bool>,
 }
 
 impl<'a> DictIds<'a> {
     fn new(array: &'a dyn Array, names: &mut Names) -> Result<Self, String> {
-        let dict = array
-            .as_dictionary_opt::<UInt32Type>()
-            .ok_or("dictionary column is not dictionary<u32, utf8>")?;
-        let values: &StringArray = dict
-            .values()
-            .as_string_opt::<i32>()
-            .ok_or("dictionary values are not utf8")?;
+        let (keys, values) = dictionary(array)?;
         // Only values some row refers to become names: a Parquet reader hands every batch
         // the whole column chunk's dictionary, most of it unused by this batch.
         let mut used = vec![false; values.len()];
-        for (row, k) in dict.keys().values().iter().enumerate() {
-            if dict.keys().is_valid(row)
+        for (row, k) in keys.values().iter().enumerate() {
+            if keys.is_valid(row)
                 && let Some(u) = used.get_mut(*k as usize)
             {
                 *u = true;
@@ -243,31 +247,7 @@ impl<'a> DictIds<'a> {
                 }
             })
             .collect();
-        Ok(DictIds {
-            keys: dict.keys(),
-            global,
-            used,
-        })
-    }
-
-    /// Whether every row's key names a value (no null keys, no null values). A dictionary
-    /// array's keys are in range, so the values rows use are the ones to look at.
-    fn all_rows_named(&self) -> bool {
-        self.keys.null_count() == 0
-            && self
-                .used
-                .iter()
-                .zip(&self.global)
-                .all(|(&used, &id)| !used || id != u32::MAX)
-    }
-
-    /// The one id every row has, when they all name the same value.
-    fn single(&self) -> Option<u32> {
-        let mut ids = self.used.iter().zip(&self.global).filter(|(u, _)| **u);
-        match (ids.next(), ids.next()) {
-            (Some((_, &id)), None) if self.keys.null_count() == 0 && id != u32::MAX => Some(id),
-            _ => None,
-        }
+        Ok(DictIds { keys, global })
     }
 
     fn get(&self, row: usize) -> Option<u32> {
@@ -514,10 +494,6 @@ impl JourneyBuilder {
         let ts = column(batch, schema::TS)?
             .as_primitive_opt::<TimestampMicrosecondType>()
             .ok_or("`ts` is not timestamp(µs)")?;
-        let touchpoints = DictIds::new(column(batch, schema::TOUCHPOINT)?, &mut self.touchpoints)?;
-        let mut stage_names = Names::default();
-        let stages = DictIds::new(column(batch, schema::STAGE)?, &mut stage_names)?;
-        let sources = DictIds::new(column(batch, schema::SOURCE)?, &mut self.sources)?;
         let ids: Vec<(IdentityKind, IdColumn<'_>)> = IdentityKind::ALL
             .iter()
             .filter_map(|k| {
@@ -525,7 +501,6 @@ impl JourneyBuilder {
                 (c.null_count() < c.len()).then_some((*k, c))
             })
             .collect();
-        self.stages.resize(self.touchpoints.names.len(), None);
         // Arrival positions and node ids are u32 and source ids u16, to keep per-event
         // state small: past those sizes, say so rather than wrap around.
         let rows = batch.num_rows();
@@ -544,12 +519,17 @@ impl JourneyBuilder {
             ));
         }
         let attribute = self.attribute_ids(batch)?;
-        if self.push_bulk(&ids, ts, &touchpoints, &stages, &stage_names, &sources) {
+        if self.push_bulk(batch, &ids, ts)? {
             if let (Some((_, _, kept)), Some(a)) = (&mut self.attribute, attribute) {
                 kept.extend_from_slice(&a);
             }
             return Ok(());
         }
+        let touchpoints = DictIds::new(column(batch, schema::TOUCHPOINT)?, &mut self.touchpoints)?;
+        let mut stage_names = Names::default();
+        let stages = DictIds::new(column(batch, schema::STAGE)?, &mut stage_names)?;
+        let sources = DictIds::new(column(batch, schema::SOURCE)?, &mut self.sources)?;
+        self.stages.resize(self.touchpoints.names.len(), None);
 
         // Logs are usually grouped by customer (process logs by case, exports by user), so
         // an identifier tends to repeat on consecutive rows: remembering the last one per
@@ -608,35 +588,54 @@ impl JourneyBuilder {
     }
 
     /// The common case of a whole batch at once: one identity column and no missing
-    /// values, as the columnar readers produce. Columns are appended in bulk and only the
-    /// identifier needs a look per row. Returns false, having added nothing, otherwise.
+    /// values, as the columnar readers produce. Columns are appended in one pass each,
+    /// dictionary values interned the first time a row uses them. Returns false, having
+    /// added nothing, otherwise.
     fn push_bulk(
         &mut self,
+        batch: &RecordBatch,
         ids: &[(IdentityKind, IdColumn<'_>)],
         ts: &arrow::array::TimestampMicrosecondArray,
-        touchpoints: &DictIds<'_>,
-        stages: &DictIds<'_>,
-        stage_names: &Names,
-        sources: &DictIds<'_>,
-    ) -> bool {
+    ) -> Result<bool, String> {
         let [(kind, col)] = ids else {
-            return false;
+            return Ok(false);
         };
-        let rows = ts.len();
+        let touchpoints = dictionary(column(batch, schema::TOUCHPOINT)?)?;
+        let sources = dictionary(column(batch, schema::SOURCE)?)?;
         if col.null_count() > 0
             || ts.null_count() > 0
-            || touchpoints.keys.null_count() > 0
-            || sources.keys.null_count() > 0
-            || !touchpoints.all_rows_named()
-            || !sources.all_rows_named()
+            || touchpoints.0.null_count() > 0
+            || sources.0.null_count() > 0
         {
-            return false;
+            return Ok(false);
         }
-        let nodes = match *col {
+        let (first, nodes_before) = (self.touchpoint.len(), self.node.len());
+        let undo = |me: &mut Self| {
+            me.touchpoint.truncate(first);
+            me.node.truncate(nodes_before);
+        };
+        // Touchpoints: each value named once per batch, when a row first uses it.
+        let (keys, values) = touchpoints;
+        let mut global = vec![u32::MAX; values.len()];
+        for &k in keys.values() {
+            let Some(slot) = global.get_mut(k as usize) else {
+                undo(self);
+                return Ok(false);
+            };
+            if *slot == u32::MAX {
+                if values.is_null(k as usize) {
+                    undo(self);
+                    return Ok(false);
+                }
+                *slot = self.touchpoints.id(values.value(k as usize));
+            }
+            self.touchpoint.push(*slot);
+        }
+        let nodes_ok = match *col {
             IdColumn::Text(text) => {
-                let mut nodes = Vec::with_capacity(rows);
                 let mut last: Option<(&str, u32)> = None;
-                for row in 0..rows {
+                let mut ok = true;
+                for row in 0..text.len() {
                     let value = text.value(row);
                     let node = match last {
                         Some((prev, node)) if same(prev, value) => node,
@@ -646,49 +645,60 @@ impl JourneyBuilder {
                                 node
                             }
                             // A blank identifier: the row path counts it.
-                            None => return false,
+                            None => {
+                                ok = false;
+                                break;
+                            }
                         },
                     };
-                    nodes.push(node);
+                    self.node.push(node);
                 }
-                nodes
+                ok
             }
-            IdColumn::Dict { keys, values } => match self.dict_nodes(*kind, keys, values) {
-                Some(nodes) => nodes,
-                None => return false,
-            },
+            IdColumn::Dict { keys, values } => self.dict_nodes(*kind, keys, values),
         };
-        self.node.extend_from_slice(&nodes);
-        self.ts.extend_from_slice(ts.values());
-        let global = &touchpoints.global;
-        let first = self.touchpoint.len();
-        self.touchpoint.extend(
-            touchpoints
-                .keys
-                .values()
-                .iter()
-                .map(|&k| global[k as usize]),
-        );
-        match sources.single() {
+        if !nodes_ok {
+            undo(self);
+            return Ok(false);
+        }
+        let rows = ts.len();
+        let (source_keys, source_values) = sources;
+        if source_values.len() == 1 && source_values.is_valid(0) {
             // A file is one source: no need to look at every row.
-            Some(id) => self.source.resize(self.source.len() + rows, id as u16),
-            None => {
-                let source = &sources.global;
-                self.source.extend(
-                    sources
-                        .keys
-                        .values()
-                        .iter()
-                        .map(|&k| source[k as usize] as u16),
-                );
+            let id = self.sources.id(source_values.value(0)) as u16;
+            self.source.resize(self.source.len() + rows, id);
+        } else {
+            let mut source_ids = vec![u32::MAX; source_values.len()];
+            let at = self.source.len();
+            for &k in source_keys.values() {
+                let Some(slot) = source_ids.get_mut(k as usize) else {
+                    undo(self);
+                    self.source.truncate(at);
+                    return Ok(false);
+                };
+                if *slot == u32::MAX {
+                    if source_values.is_null(k as usize) {
+                        undo(self);
+                        self.source.truncate(at);
+                        return Ok(false);
+                    }
+                    *slot = self.sources.id(source_values.value(k as usize));
+                }
+                self.source.push(*slot as u16);
             }
         }
+        self.ts.extend_from_slice(ts.values());
         // Stages are learnt once per touchpoint: after the first batches there is nothing
         // left to learn, and no need to look at every row.
+        self.stages.resize(self.touchpoints.names.len(), None);
         let stages_known = global
             .iter()
             .all(|&tp| tp == u32::MAX || self.stages[tp as usize].is_some());
-        if !stages_known {
+        let stage_column = column(batch, schema::STAGE)?;
+        // A batch without stages (the catalog gives none) has nothing to teach either.
+        if !stages_known && stage_column.logical_null_count() < rows {
+            let mut stage_names = Names::default();
+            let stages = DictIds::new(stage_column, &mut stage_names)?;
             for (row, &tp) in self.touchpoint[first..].iter().enumerate() {
                 if self.stages[tp as usize].is_none()
                     && let Some(stage) = stages.get(row)
@@ -697,18 +707,18 @@ impl JourneyBuilder {
                 }
             }
         }
-        true
+        Ok(true)
     }
 
-    /// Nodes of a dictionary-encoded identity column's rows, interning each value the
-    /// first time a row uses it. `None` (nothing interned for the failing row) when a value
-    /// is null or blank: the row path handles those batches.
+    /// Appends the nodes of a dictionary-encoded identity column's rows, interning each
+    /// value the first time a row uses it. False (having appended some) when a value is
+    /// null or blank: the row path handles those batches.
     fn dict_nodes(
         &mut self,
         kind: IdentityKind,
         keys: &arrow::array::UInt32Array,
         values: &StringArray,
-    ) -> Option<Vec<u32>> {
+    ) -> bool {
         let same_dictionary = self.dict_nodes.as_ref().is_some_and(|d| {
             d.kind == kind
                 && d.values.len() == values.len()
@@ -722,19 +732,25 @@ impl JourneyBuilder {
                 nodes: vec![u32::MAX; values.len()],
             });
         }
-        let cache = self.dict_nodes.as_mut()?;
-        let mut out = Vec::with_capacity(keys.len());
+        let Some(cache) = self.dict_nodes.as_mut() else {
+            return false;
+        };
         for &k in keys.values() {
-            let slot = cache.nodes.get_mut(k as usize)?;
+            let Some(slot) = cache.nodes.get_mut(k as usize) else {
+                return false;
+            };
             if *slot == u32::MAX {
                 if values.is_null(k as usize) {
-                    return None;
+                    return false;
                 }
-                *slot = self.graph.node(kind, values.value(k as usize))?;
+                match self.graph.node(kind, values.value(k as usize)) {
+                    Some(node) => *slot = node,
+                    None => return false,
+                }
             }
-            out.push(*slot);
+            self.node.push(*slot);
         }
-        Some(out)
+        true
     }
 
     /// Groups events per customer, orders each journey by (ts, arrival) and cuts sessions.

@@ -54,6 +54,7 @@ pub(crate) struct ParquetSource {
     stats: IngestStats,
     done: bool,
     constants: Constants,
+    named: NamedDictionary,
 }
 
 /// Columns that are the same in every batch of a size: canonical columns the file does not
@@ -85,6 +86,29 @@ impl Constants {
             columns.resize(column + 1, None);
         }
         columns[column].get_or_insert_with(make).clone()
+    }
+}
+
+/// The last identity dictionary seen, and whether all its values are identifiers (none
+/// null or blank). A column chunk's batches share one dictionary: it is checked once,
+/// not once per batch (a customer dictionary holds tens of thousands of values).
+#[derive(Default)]
+struct NamedDictionary {
+    last: Option<(StringArray, bool)>,
+}
+
+impl NamedDictionary {
+    fn all_named(&mut self, values: &StringArray) -> bool {
+        if let Some((last, named)) = &self.last
+            && last.len() == values.len()
+            && last.values().as_ptr() == values.values().as_ptr()
+            && last.offsets().as_ptr() == values.offsets().as_ptr()
+        {
+            return *named;
+        }
+        let named = values.null_count() == 0 && values.iter().flatten().all(|v| !is_blank(v));
+        self.last = Some((values.clone(), named));
+        named
     }
 }
 
@@ -218,6 +242,7 @@ impl ParquetSource {
             stats: IngestStats::default(),
             done: false,
             constants: Constants::default(),
+            named: NamedDictionary::default(),
         })
     }
 }
@@ -399,6 +424,7 @@ impl super::BatchSource for ParquetSource {
                     &cols,
                     &self.keys,
                     &mut self.constants,
+                    &mut self.named,
                 ) {
                     let n = batch.num_rows() as u64;
                     self.stats.records += n;
@@ -464,6 +490,7 @@ fn columnar(
     cols: &[Option<Col>],
     keys: &[ColumnPath],
     constants: &mut Constants,
+    named: &mut NamedDictionary,
 ) -> Option<RecordBatch> {
     let n = batch.num_rows();
     // Event time.
@@ -485,12 +512,15 @@ fn columnar(
     // Identities: every row needs at least one non-blank identifier. A blank identifier is
     // no identifier: the row path stores it as null, so such batches are left to it.
     let mut identity_columns: Vec<(IdentityKind, ArrayRef)> = Vec::new();
-    let mut has_id = vec![false; n];
+    // Either one column names every row, or each row is ticked off.
+    let mut every_row = false;
+    let mut has_id: Option<Vec<bool>> = None;
     for (kind, key) in &plan.identities {
         let raw = column_at(batch, keys.get(*key)?)?;
         let column: ArrayRef = match raw.data_type() {
             DataType::Utf8 => {
                 let a = raw.as_string::<i32>();
+                let has_id = has_id.get_or_insert_with(|| vec![false; n]);
                 for (i, flag) in has_id.iter_mut().enumerate() {
                     if a.is_valid(i) {
                         if is_blank(a.value(i)) {
@@ -504,25 +534,34 @@ fn columnar(
             // Dictionary pages: each value is checked once, and stays a dictionary (with
             // the canonical u32 keys) for the stitcher to intern once.
             DataType::Dictionary(_, value) if value.as_ref() == &DataType::Utf8 => {
-                let dict = cast_with_options(&raw, &dict_type(), &CastOptions::default()).ok()?;
+                let dict = if raw.data_type() == &dict_type() {
+                    raw
+                } else {
+                    cast_with_options(&raw, &dict_type(), &CastOptions::default()).ok()?
+                };
                 let d = dict.as_dictionary_opt::<UInt32Type>()?;
                 let values = d.values().as_string_opt::<i32>()?;
-                let mut checked = vec![0u8; values.len()];
-                for (i, flag) in has_id.iter_mut().enumerate() {
-                    if d.keys().is_valid(i) {
-                        let k = d.keys().value(i) as usize;
-                        let state = checked.get_mut(k)?;
-                        if *state == 0 {
-                            *state = if values.is_valid(k) && !is_blank(values.value(k)) {
-                                1
-                            } else {
-                                2
-                            };
+                if d.keys().null_count() == 0 && named.all_named(values) {
+                    every_row = true;
+                } else {
+                    let has_id = has_id.get_or_insert_with(|| vec![false; n]);
+                    let mut checked = vec![0u8; values.len()];
+                    for (i, flag) in has_id.iter_mut().enumerate() {
+                        if d.keys().is_valid(i) {
+                            let k = d.keys().value(i) as usize;
+                            let state = checked.get_mut(k)?;
+                            if *state == 0 {
+                                *state = if values.is_valid(k) && !is_blank(values.value(k)) {
+                                    1
+                                } else {
+                                    2
+                                };
+                            }
+                            if *state == 2 {
+                                return None;
+                            }
+                            *flag = true;
                         }
-                        if *state == 2 {
-                            return None;
-                        }
-                        *flag = true;
                     }
                 }
                 dict
@@ -531,7 +570,7 @@ fn columnar(
         };
         identity_columns.push((*kind, column));
     }
-    if !has_id.iter().all(|x| *x) {
+    if !every_row && !has_id.is_some_and(|h| h.iter().all(|x| *x)) {
         return None;
     }
     // Touchpoints: classify each distinct raw value once.
@@ -577,73 +616,45 @@ fn columnar(
         catalog_named.push(c.channel.is_some());
         channels.push(c.channel.clone().or_else(|| default_channel.clone()));
     }
-    // Labels per touchpoint dictionary value become per-row dictionary keys.
-    let keys_of = |labels: &[Option<Arc<str>>], names: &mut Vec<String>| -> Vec<Option<u32>> {
-        let index: Vec<Option<u32>> = labels
-            .iter()
-            .map(|label| {
-                label
-                    .as_deref()
-                    .map(|l| match names.iter().position(|x| x == l) {
-                        Some(p) => p as u32,
-                        None => {
-                            names.push(l.to_string());
-                            (names.len() - 1) as u32
-                        }
-                    })
-            })
-            .collect();
-        dict.keys()
-            .values()
-            .iter()
-            .map(|k| index.get(*k as usize).copied().flatten())
-            .collect()
-    };
-    let mut stage_names = Vec::new();
-    let stage_keys = nullable_keys(keys_of(&stages, &mut stage_names));
-    let stage_values = StringArray::from(stage_names);
-    // Channel: the catalog's, else the record's, else the source default.
-    let mut channel_names = Vec::new();
-    let mut channel_keys = keys_of(&channels, &mut channel_names);
-    if let Some(key) = plan.channel {
-        let record = column_at(batch, keys.get(key)?)?;
-        if !text_like(record.data_type()) {
-            return None;
-        }
-        let record = cast_with_options(&record, &dict_type, &CastOptions::default()).ok()?;
-        let record = record.as_dictionary_opt::<UInt32Type>()?;
-        let record_values = record.values().as_string_opt::<i32>()?;
-        let offset = channel_names.len() as u32;
-        channel_names.extend((0..record_values.len()).map(|i| record_values.value(i).to_string()));
-        // Blankness per dictionary value, not per row.
-        let blank: Vec<bool> = (0..record_values.len())
-            .map(|i| record_values.is_null(i) || record_values.value(i).trim().is_empty())
-            .collect();
-        let tp_keys = dict.keys().values();
-        for (row, slot) in channel_keys.iter_mut().enumerate() {
-            let named = catalog_named
-                .get(tp_keys[row] as usize)
-                .copied()
-                .unwrap_or(false);
-            if !named && record.is_valid(row) {
-                let k = record.keys().value(row);
-                if !blank.get(k as usize).copied().unwrap_or(true) {
-                    *slot = Some(offset + k);
-                }
+    // Stage and channel are labels of the touchpoint value: their columns mostly share the
+    // touchpoint's keys, with no work per row (see `label_column`).
+    let canonical = trailmap_model::event_schema();
+    let position = |name: &str| canonical.index_of(name).ok();
+    let stage = label_column(dict, &stages, &used, position(schema::STAGE)?, constants)?;
+    let channel: ArrayRef = match plan.channel {
+        None => label_column(
+            dict,
+            &channels,
+            &used,
+            position(schema::CHANNEL)?,
+            constants,
+        )?,
+        // Channel: the catalog's, else the record's, else the source default.
+        Some(key) => {
+            let record = column_at(batch, keys.get(key)?)?;
+            if !text_like(record.data_type()) {
+                return None;
+            }
+            let record = cast_with_options(&record, &dict_type, &CastOptions::default()).ok()?;
+            let record_dict = record.as_dictionary_opt::<UInt32Type>()?;
+            let record_values = record_dict.values().as_string_opt::<i32>()?;
+            // Blankness per dictionary value, not per row.
+            let blank: Vec<bool> = (0..record_values.len())
+                .map(|i| record_values.is_null(i) || record_values.value(i).trim().is_empty())
+                .collect();
+            let catalog_names_some = catalog_named.iter().zip(&used).any(|(c, u)| *c && *u);
+            if !catalog_names_some && record_dict.null_count() == 0 && !blank.contains(&true) {
+                // Every row's own channel stands: the record's column as it is.
+                record
+            } else {
+                record_channels(dict, &channels, &catalog_named, record_dict, &blank)?
             }
         }
-    }
-    let channel_keys = nullable_keys(channel_keys);
-    let channel_values = StringArray::from(channel_names);
-    let touchpoint =
-        DictionaryArray::<UInt32Type>::try_new(dict.keys().clone(), Arc::new(touchpoints.finish()))
-            .ok()?;
-    let stage = DictionaryArray::<UInt32Type>::try_new(stage_keys, Arc::new(stage_values)).ok()?;
-    let channel =
-        DictionaryArray::<UInt32Type>::try_new(channel_keys, Arc::new(channel_values)).ok()?;
+    };
+    // The raw keys again, over the cleaned names (one per raw value, in its position).
+    let touchpoint = dict.with_values(Arc::new(touchpoints.finish()));
 
     let ts = TimestampMicrosecondArray::new(ts, None).with_timezone("UTC");
-    let canonical = trailmap_model::event_schema();
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(canonical.fields().len());
     for (i, field) in canonical.fields().iter().enumerate() {
         let name = field.name().as_str();
@@ -658,8 +669,8 @@ fn columnar(
                 Arc::new(TimestampMicrosecondArray::from(ts.clone()).with_timezone("UTC"))
             }
             schema::TOUCHPOINT => Arc::new(touchpoint.clone()),
-            schema::STAGE => Arc::new(stage.clone()),
-            schema::CHANNEL => Arc::new(channel.clone()),
+            schema::STAGE => stage.clone(),
+            schema::CHANNEL => channel.clone(),
             other => match identity_columns.iter().find(|(k, _)| k.column() == other) {
                 Some((_, a)) => a.clone(),
                 None => constants.get(n, i, || new_null_array(field.data_type(), n)),
@@ -685,6 +696,102 @@ fn columnar(
         Arc::new(Schema::new(fields))
     };
     RecordBatch::try_new(schema, columns).ok()
+}
+
+/// Per-row keys of labels given per touchpoint dictionary value (`None`: no label), the
+/// distinct labels added to `names`.
+fn keys_of(
+    touchpoints: &DictionaryArray<UInt32Type>,
+    labels: &[Option<Arc<str>>],
+    names: &mut Vec<String>,
+) -> Vec<Option<u32>> {
+    let index: Vec<Option<u32>> = labels
+        .iter()
+        .map(|label| {
+            label
+                .as_deref()
+                .map(|l| match names.iter().position(|x| x == l) {
+                    Some(p) => p as u32,
+                    None => {
+                        names.push(l.to_string());
+                        (names.len() - 1) as u32
+                    }
+                })
+        })
+        .collect();
+    touchpoints
+        .keys()
+        .values()
+        .iter()
+        .map(|k| index.get(*k as usize).copied().flatten())
+        .collect()
+}
+
+/// Channels row by row: the catalog's for touchpoints it names, else the record's own when
+/// not blank, else the label given per touchpoint value (the source default).
+fn record_channels(
+    touchpoints: &DictionaryArray<UInt32Type>,
+    labels: &[Option<Arc<str>>],
+    catalog_named: &[bool],
+    record: &DictionaryArray<UInt32Type>,
+    blank: &[bool],
+) -> Option<ArrayRef> {
+    let mut names = Vec::new();
+    let mut channel_keys = keys_of(touchpoints, labels, &mut names);
+    let record_values = record.values().as_string_opt::<i32>()?;
+    let offset = names.len() as u32;
+    names.extend((0..record_values.len()).map(|i| record_values.value(i).to_string()));
+    let tp_keys = touchpoints.keys().values();
+    for (row, slot) in channel_keys.iter_mut().enumerate() {
+        let named = catalog_named
+            .get(tp_keys[row] as usize)
+            .copied()
+            .unwrap_or(false);
+        if !named && record.is_valid(row) {
+            let k = record.keys().value(row);
+            if !blank.get(k as usize).copied().unwrap_or(true) {
+                *slot = Some(offset + k);
+            }
+        }
+    }
+    let channels = DictionaryArray::<UInt32Type>::try_new(
+        nullable_keys(channel_keys),
+        Arc::new(StringArray::from(names)),
+    )
+    .ok()?;
+    Some(Arc::new(channels))
+}
+
+/// A column of labels given per touchpoint dictionary value (stage, or channel from the
+/// catalog), as a dictionary. When every value some row uses has a label, the column is
+/// the touchpoint's own keys over the labels in dictionary position (a dictionary may
+/// repeat values); when none has, it is the shared all-null column; only a mix is built
+/// row by row.
+fn label_column(
+    touchpoints: &DictionaryArray<UInt32Type>,
+    labels: &[Option<Arc<str>>],
+    used: &[bool],
+    column: usize,
+    constants: &mut Constants,
+) -> Option<ArrayRef> {
+    let n = touchpoints.len();
+    let mut in_use = labels.iter().zip(used).filter(|(_, u)| **u);
+    if in_use.clone().all(|(l, _)| l.is_none()) {
+        return Some(constants.get(n, column, || new_null_array(&dict_type(), n)));
+    }
+    if in_use.all(|(l, _)| l.is_some()) {
+        // Unused positions hold an empty name no row points at.
+        let values: StringArray = labels
+            .iter()
+            .map(|l| Some(l.as_deref().unwrap_or("")))
+            .collect();
+        return Some(Arc::new(touchpoints.with_values(Arc::new(values))));
+    }
+    let mut names = Vec::new();
+    let keys = nullable_keys(keys_of(touchpoints, labels, &mut names));
+    Some(Arc::new(
+        DictionaryArray::<UInt32Type>::try_new(keys, Arc::new(StringArray::from(names))).ok()?,
+    ))
 }
 
 /// Dictionary keys, with a validity bitmap only when some are missing (most batches have
