@@ -411,3 +411,102 @@ fn dictionary_encoded_identifiers_stitch_like_text() {
     );
     assert_eq!(log(&[with_dictionary(0..6)]), expected);
 }
+
+/// Batches as the columnar Parquet reader hands them over: the stage column is the
+/// touchpoint's keys over per-touchpoint labels, or all null; the source column one
+/// dictionary for the whole file, or several sources. Stages are learnt from the first
+/// batch that has them, sources kept per event.
+#[test]
+fn bulk_batches_learn_stages_and_keep_sources() {
+    use arrow::array::{ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt32Array};
+    use arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
+    let batch = |start: i64,
+                 touchpoints: &[&str],
+                 keys: &[u32],
+                 stages: Option<&[&str]>,
+                 sources: (&[&str], &[u32])| {
+        let mut b = EventBatchBuilder::new();
+        for (i, _) in keys.iter().enumerate() {
+            let mut row = EventRow {
+                source: "placeholder",
+                ts: start + i as i64,
+                touchpoint: Some("placeholder"),
+                ..Default::default()
+            };
+            row.identities[IdentityKind::CustomerId.index()] =
+                Some(if i % 2 == 0 { "c1" } else { "c2" });
+            b.push(&row);
+        }
+        let text = b.finish();
+        let dict = |keys: &[u32], values: &[&str]| -> ArrayRef {
+            Arc::new(
+                DictionaryArray::try_new(
+                    UInt32Array::from(keys.to_vec()),
+                    Arc::new(StringArray::from(values.to_vec())),
+                )
+                .unwrap(),
+            )
+        };
+        let mut columns = text.columns().to_vec();
+        let at = |name: &str| text.schema().index_of(name).unwrap();
+        columns[at("touchpoint")] = dict(keys, touchpoints);
+        columns[at("stage")] = match stages {
+            Some(labels) => dict(keys, labels),
+            None => arrow::array::new_null_array(columns[at("stage")].data_type(), keys.len()),
+        };
+        columns[at("source")] = dict(sources.1, sources.0);
+        let fields: Vec<Field> = text
+            .schema()
+            .fields()
+            .iter()
+            .zip(&columns)
+            .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+            .collect();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    };
+    let mut jb = JourneyBuilder::new();
+    // No stages yet: nothing to learn.
+    let one_source: (&[&str], &[u32]) = (&["web"], &[0, 0, 0, 0]);
+    jb.push_batch(&batch(0, &["a", "b"], &[0, 1, 0, 1], None, one_source))
+        .unwrap();
+    // Stages per touchpoint value, sharing its keys; "b" is used, "x" is not.
+    jb.push_batch(&batch(
+        10,
+        &["x", "a", "b", "c"],
+        &[1, 2, 3, 1],
+        Some(&["never", "awareness", "consideration", "purchase"]),
+        (&["web", "crm"], &[0, 1, 1, 0]),
+    ))
+    .unwrap();
+    // A later stage for "a" does not replace the first.
+    jb.push_batch(&batch(
+        20,
+        &["a"],
+        &[0, 0],
+        Some(&["support"]),
+        (&["web"], &[0, 0]),
+    ))
+    .unwrap();
+    let log = jb.finish(&SessionConfig::default());
+    let stage_of = |tp: &str| {
+        let i = log.touchpoints.iter().position(|t| t == tp).unwrap();
+        log.stages[i].clone()
+    };
+    assert_eq!(log.touchpoints.len(), 3, "{:?}", log.touchpoints);
+    assert_eq!(stage_of("a").as_deref(), Some("awareness"));
+    assert_eq!(stage_of("b").as_deref(), Some("consideration"));
+    assert_eq!(stage_of("c").as_deref(), Some("purchase"));
+    // Sources per event, in journey order: c1 then c2, each by time.
+    let names: Vec<&str> = log
+        .source
+        .iter()
+        .map(|&s| log.sources[s as usize].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "web", "web", "web", "crm", "web", "web", "web", "crm", "web", "web"
+        ],
+    );
+}
