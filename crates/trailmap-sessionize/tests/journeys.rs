@@ -48,6 +48,25 @@ fn by_customer(log: &JourneyLog, scope: Scope) -> BTreeMap<String, Vec<Vec<Strin
     out
 }
 
+/// `batch`'s schema over other columns, each field typed as its new column is.
+fn with_columns(
+    batch: &arrow::array::RecordBatch,
+    columns: Vec<arrow::array::ArrayRef>,
+) -> arrow::array::RecordBatch {
+    let fields: Vec<arrow::datatypes::Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+        .collect();
+    arrow::array::RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns,
+    )
+    .unwrap()
+}
+
 fn id(kind: IdentityKind, v: &str) -> (IdentityKind, String) {
     (kind, v.to_string())
 }
@@ -347,7 +366,7 @@ fn unused_dictionary_values_are_not_touchpoints() {
 /// sends the batch down the row path, where it is no identifier.
 #[test]
 fn dictionary_encoded_identifiers_stitch_like_text() {
-    use arrow::array::{Array, ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt32Array};
+    use arrow::array::{ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt32Array};
     use std::sync::Arc;
     let rows = [
         ("c2", "a"),
@@ -382,14 +401,7 @@ fn dictionary_encoded_identifiers_stitch_like_text() {
         );
         let mut columns: Vec<ArrayRef> = text.slice(range.start, range.len()).columns().to_vec();
         columns[i] = ids.clone();
-        let fields: Vec<arrow::datatypes::Field> = text
-            .schema()
-            .fields()
-            .iter()
-            .zip(&columns)
-            .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
-            .collect();
-        RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns).unwrap()
+        with_columns(&text, columns)
     };
     let log = |batches: &[RecordBatch]| {
         let mut jb = JourneyBuilder::new();
@@ -418,8 +430,7 @@ fn dictionary_encoded_identifiers_stitch_like_text() {
 /// batch that has them, sources kept per event.
 #[test]
 fn bulk_batches_learn_stages_and_keep_sources() {
-    use arrow::array::{ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt32Array};
-    use arrow::datatypes::{Field, Schema};
+    use arrow::array::{ArrayRef, DictionaryArray, StringArray, UInt32Array};
     use std::sync::Arc;
     let batch = |start: i64,
                  touchpoints: &[&str],
@@ -456,14 +467,7 @@ fn bulk_batches_learn_stages_and_keep_sources() {
             None => arrow::array::new_null_array(columns[at("stage")].data_type(), keys.len()),
         };
         columns[at("source")] = dict(sources.1, sources.0);
-        let fields: Vec<Field> = text
-            .schema()
-            .fields()
-            .iter()
-            .zip(&columns)
-            .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
-            .collect();
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+        with_columns(&text, columns)
     };
     let mut jb = JourneyBuilder::new();
     // No stages yet: nothing to learn.
