@@ -207,6 +207,28 @@ fn dictionary(array: &dyn Array) -> Result<(&arrow::array::UInt32Array, &StringA
     Ok((dict.keys(), values))
 }
 
+/// Pushes the id of each row of a dictionary column, naming each value once, when a row
+/// first uses it. Returns every value's id (`u32::MAX` for values no row uses), or `None`
+/// (having pushed some) at a row whose value is null.
+fn lazy_ids(
+    (keys, values): (&arrow::array::UInt32Array, &StringArray),
+    names: &mut Names,
+    mut push: impl FnMut(u32),
+) -> Option<Vec<u32>> {
+    let mut ids = vec![u32::MAX; values.len()];
+    for &k in keys.values() {
+        let slot = ids.get_mut(k as usize)?;
+        if *slot == u32::MAX {
+            if values.is_null(k as usize) {
+                return None;
+            }
+            *slot = names.id(values.value(k as usize));
+        }
+        push(*slot);
+    }
+    Some(ids)
+}
+
 /// Nodes of a dictionary's values, kept while the batches share that dictionary (a Parquet
 /// column chunk's batches all do): each distinct identifier is interned once per chunk,
 /// not once per batch or per row.
@@ -615,22 +637,12 @@ impl JourneyBuilder {
             me.node.truncate(nodes_before);
         };
         // Touchpoints: each value named once per batch, when a row first uses it.
-        let (keys, values) = touchpoints;
-        let mut global = vec![u32::MAX; values.len()];
-        for &k in keys.values() {
-            let Some(slot) = global.get_mut(k as usize) else {
-                undo(self);
-                return Ok(false);
-            };
-            if *slot == u32::MAX {
-                if values.is_null(k as usize) {
-                    undo(self);
-                    return Ok(false);
-                }
-                *slot = self.touchpoints.id(values.value(k as usize));
-            }
-            self.touchpoint.push(*slot);
-        }
+        let Some(global) = lazy_ids(touchpoints, &mut self.touchpoints, |id| {
+            self.touchpoint.push(id)
+        }) else {
+            undo(self);
+            return Ok(false);
+        };
         let nodes_ok = match *col {
             IdColumn::Text(text) => {
                 let mut last: Option<(&str, u32)> = None;
@@ -662,29 +674,18 @@ impl JourneyBuilder {
             return Ok(false);
         }
         let rows = ts.len();
-        let (source_keys, source_values) = sources;
+        let (_, source_values) = sources;
         if source_values.len() == 1 && source_values.is_valid(0) {
             // A file is one source: no need to look at every row.
             let id = self.sources.id(source_values.value(0)) as u16;
             self.source.resize(self.source.len() + rows, id);
         } else {
-            let mut source_ids = vec![u32::MAX; source_values.len()];
             let at = self.source.len();
-            for &k in source_keys.values() {
-                let Some(slot) = source_ids.get_mut(k as usize) else {
-                    undo(self);
-                    self.source.truncate(at);
-                    return Ok(false);
-                };
-                if *slot == u32::MAX {
-                    if source_values.is_null(k as usize) {
-                        undo(self);
-                        self.source.truncate(at);
-                        return Ok(false);
-                    }
-                    *slot = self.sources.id(source_values.value(k as usize));
-                }
-                self.source.push(*slot as u16);
+            let ids = lazy_ids(sources, &mut self.sources, |id| self.source.push(id as u16));
+            if ids.is_none() {
+                undo(self);
+                self.source.truncate(at);
+                return Ok(false);
             }
         }
         self.ts.extend_from_slice(ts.values());

@@ -640,7 +640,7 @@ fn columnar(
             let record_values = record_dict.values().as_string_opt::<i32>()?;
             // Blankness per dictionary value, not per row.
             let blank: Vec<bool> = (0..record_values.len())
-                .map(|i| record_values.is_null(i) || record_values.value(i).trim().is_empty())
+                .map(|i| record_values.is_null(i) || is_blank(record_values.value(i)))
                 .collect();
             let catalog_names_some = catalog_named.iter().zip(&used).any(|(c, u)| *c && *u);
             if !catalog_names_some && record_dict.null_count() == 0 && !blank.contains(&true) {
