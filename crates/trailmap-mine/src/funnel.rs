@@ -393,6 +393,24 @@ pub struct Funnel<'a> {
     pub attempts_made: Option<Vec<Attempt>>,
     /// Only levels are counted (see [`levels_only`](Self::levels_only)).
     levels_only: bool,
+    /// While "now" is not known yet (see [`defer_maturity`](Self::defer_maturity)): attempts
+    /// whose window may still be open then, their maturity decided by [`settle`](Self::settle).
+    open: Option<Vec<OpenAttempt>>,
+    /// Windows ending at or before this time are over whatever "now" turns out to be.
+    settled_until: i64,
+}
+
+/// An attempt short of the last step whose maturity waits for "now": what its tallies and
+/// next touchpoint need once it is known.
+#[derive(Debug, Clone, Copy)]
+struct OpenAttempt {
+    window_end: i64,
+    level: usize,
+    /// The touchpoint after the step it stopped at (`u32::MAX`: the journey ended), when
+    /// next touchpoints are counted.
+    next: Option<u32>,
+    period: Option<i64>,
+    value: Option<u32>,
 }
 
 /// One counted attempt of a journey at a funnel, as [`Funnel::record_attempts`] keeps it.
@@ -428,6 +446,52 @@ impl<'a> Funnel<'a> {
             trend: FxHashMap::default(),
             attempts_made: None,
             levels_only: false,
+            open: None,
+            settled_until: i64::MIN,
+        }
+    }
+
+    /// Counts, from now on, without knowing the data's "now" (`spec.as_of` is ignored): a
+    /// reader that streams journeys learns the last event's time only at the end. Attempts
+    /// whose window ends after every time seen so far (see
+    /// [`settled_until`](Self::settled_until)) wait, in a few bytes each, for
+    /// [`settle`](Self::settle); the result is then the same as with `as_of` known up front.
+    pub fn defer_maturity(&mut self) {
+        self.open.get_or_insert_with(Vec::new);
+    }
+
+    /// Says that "now" will be at least `t` (the latest event time seen so far): attempts
+    /// whose window ends by then are not maturing, and need not wait.
+    pub fn settled_until(&mut self, t: i64) {
+        self.settled_until = self.settled_until.max(t);
+    }
+
+    /// Decides the maturity of the attempts that waited, now that "now" is `as_of`, and
+    /// counts from now on with it known.
+    pub fn settle(&mut self, as_of: i64) {
+        self.spec.as_of = as_of;
+        let n = self.spec.num_steps();
+        for a in self.open.take().unwrap_or_default() {
+            if a.window_end > as_of {
+                self.tallies.maturing[a.level] += 1;
+                if let Some(v) = a.value {
+                    self.breakdown
+                        .entry(v)
+                        .or_insert_with(|| StepTallies::new(n))
+                        .maturing[a.level] += 1;
+                }
+                if let Some(p) = a.period {
+                    self.trend
+                        .entry(p)
+                        .or_insert_with(|| StepTallies::new(n))
+                        .maturing[a.level] += 1;
+                }
+            } else if let Some(next) = a.next {
+                *self
+                    .next_after
+                    .entry((a.level as u32 - 1, next))
+                    .or_default() += 1;
+            }
         }
     }
 
@@ -509,7 +573,9 @@ impl<'a> Funnel<'a> {
                 window_end,
             });
         }
-        let maturing = window_end.is_some_and(|end| end > self.spec.as_of);
+        // Deferred: the window may still be open at a "now" not known yet.
+        let waits = self.open.is_some() && window_end.is_some_and(|end| end > self.settled_until);
+        let maturing = self.open.is_none() && window_end.is_some_and(|end| end > self.spec.as_of);
         let tally = |t: &mut StepTallies| {
             t.levels[out.level] += 1;
             if maturing {
@@ -517,36 +583,51 @@ impl<'a> Funnel<'a> {
             }
         };
         tally(&mut self.tallies);
-        if self.levels_only {
-            return;
+        let mut open = OpenAttempt {
+            window_end: window_end.unwrap_or(i64::MIN),
+            level: out.level,
+            next: None,
+            period: None,
+            value: None,
+        };
+        if !self.levels_only {
+            for k in 1..out.level {
+                let at = ts[chain[k] as usize];
+                self.from_previous[k].record(at.saturating_sub(ts[chain[k - 1] as usize]));
+                self.from_first[k].record(at.saturating_sub(start));
+                self.bins[k][human_bin(at.saturating_sub(start))] += 1;
+            }
+            if out.level < n {
+                open.next = Some(tp.get(hi + 1).copied().unwrap_or(u32::MAX));
+            }
+            if let Some(attr) = self.attribute {
+                let value = attr[journey.start + first];
+                open.value = Some(value);
+                tally(
+                    self.breakdown
+                        .entry(value)
+                        .or_insert_with(|| StepTallies::new(n)),
+                );
+            }
+            if let Some(period) = self.spec.trend {
+                let period = period.period_day(start);
+                open.period = Some(period);
+                tally(
+                    self.trend
+                        .entry(period)
+                        .or_insert_with(|| StepTallies::new(n)),
+                );
+            }
         }
-        for k in 1..out.level {
-            let at = ts[chain[k] as usize];
-            self.from_previous[k].record(at.saturating_sub(ts[chain[k - 1] as usize]));
-            self.from_first[k].record(at.saturating_sub(start));
-            self.bins[k][human_bin(at.saturating_sub(start))] += 1;
-        }
-        if out.level < n && !maturing {
-            let next = tp.get(hi + 1).copied().unwrap_or(u32::MAX);
-            *self
-                .next_after
-                .entry((out.level as u32 - 1, next))
-                .or_default() += 1;
-        }
-        if let Some(attr) = self.attribute {
-            let value = attr[journey.start + first];
-            tally(
-                self.breakdown
-                    .entry(value)
-                    .or_insert_with(|| StepTallies::new(n)),
-            );
-        }
-        if let Some(period) = self.spec.trend {
-            tally(
-                self.trend
-                    .entry(period.period_day(start))
-                    .or_insert_with(|| StepTallies::new(n)),
-            );
+        match (&mut self.open, open.next) {
+            (Some(waiting), _) if waits => waiting.push(open),
+            (_, Some(next)) if !maturing => {
+                *self
+                    .next_after
+                    .entry((out.level as u32 - 1, next))
+                    .or_default() += 1;
+            }
+            _ => {}
         }
     }
 }
@@ -1113,6 +1194,9 @@ impl Aggregate<'_> for Funnel<'_> {
             self.attempts_made
                 .get_or_insert_with(Vec::new)
                 .extend(theirs);
+        }
+        if let Some(theirs) = other.open {
+            self.open.get_or_insert_with(Vec::new).extend(theirs);
         }
     }
 }
