@@ -11,9 +11,9 @@ use trailmap_model::{IdentityKind, schema};
 
 /// Interns low-cardinality names (touchpoints, sources) to dense ids.
 #[derive(Default, Clone)]
-struct Names {
+pub(crate) struct Names {
     ids: FxHashMap<String, u32>,
-    names: Vec<String>,
+    pub(crate) names: Vec<String>,
 }
 
 /// Stored as the list; the index is rebuilt on load.
@@ -36,7 +36,7 @@ impl<'de> Deserialize<'de> for Names {
 }
 
 impl Names {
-    fn id(&mut self, name: &str) -> u32 {
+    pub(crate) fn id(&mut self, name: &str) -> u32 {
         if let Some(&id) = self.ids.get(name) {
             return id;
         }
@@ -122,7 +122,7 @@ pub struct JourneyBuilder {
     unidentified: u64,
 }
 
-fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, String> {
+pub(crate) fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, String> {
     batch
         .column_by_name(name)
         .map(|c| c.as_ref())
@@ -132,7 +132,7 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, Strin
 /// Equality for short identifiers, inlined: a call to `memcmp` per row costs more than
 /// comparing a dozen bytes.
 #[inline]
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
@@ -140,7 +140,7 @@ fn same(a: &str, b: &str) -> bool {
 /// hands over dictionary pages as they are; a customer id repeated on a run of rows is then
 /// one key).
 #[derive(Clone, Copy)]
-enum IdColumn<'a> {
+pub(crate) enum IdColumn<'a> {
     Text(&'a StringArray),
     Dict {
         keys: &'a arrow::array::UInt32Array,
@@ -149,7 +149,7 @@ enum IdColumn<'a> {
 }
 
 impl<'a> IdColumn<'a> {
-    fn of(array: &'a dyn Array) -> Option<Self> {
+    pub(crate) fn of(array: &'a dyn Array) -> Option<Self> {
         if let Some(text) = array.as_string_opt::<i32>() {
             return Some(IdColumn::Text(text));
         }
@@ -160,7 +160,7 @@ impl<'a> IdColumn<'a> {
         })
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             IdColumn::Text(a) => a.len(),
             IdColumn::Dict { keys, .. } => keys.len(),
@@ -168,14 +168,14 @@ impl<'a> IdColumn<'a> {
     }
 
     /// Null rows, not counting keys that point at a null value (rare; `is_null` sees them).
-    fn null_count(&self) -> usize {
+    pub(crate) fn null_count(&self) -> usize {
         match self {
             IdColumn::Text(a) => a.null_count(),
             IdColumn::Dict { keys, .. } => keys.null_count(),
         }
     }
 
-    fn is_null(&self, row: usize) -> bool {
+    pub(crate) fn is_null(&self, row: usize) -> bool {
         match self {
             IdColumn::Text(a) => a.is_null(row),
             IdColumn::Dict { keys, values } => {
@@ -187,7 +187,7 @@ impl<'a> IdColumn<'a> {
     }
 
     /// The value of a row that is not null.
-    fn value(&self, row: usize) -> &'a str {
+    pub(crate) fn value(&self, row: usize) -> &'a str {
         match self {
             IdColumn::Text(a) => a.value(row),
             IdColumn::Dict { keys, values } => values.value(keys.value(row) as usize),
@@ -196,7 +196,9 @@ impl<'a> IdColumn<'a> {
 }
 
 /// A dictionary<u32, utf8> column's keys and values.
-fn dictionary(array: &dyn Array) -> Result<(&arrow::array::UInt32Array, &StringArray), String> {
+pub(crate) fn dictionary(
+    array: &dyn Array,
+) -> Result<(&arrow::array::UInt32Array, &StringArray), String> {
     let dict = array
         .as_dictionary_opt::<UInt32Type>()
         .ok_or("dictionary column is not dictionary<u32, utf8>")?;

@@ -10,13 +10,19 @@
 //!   ties in arrival order (a stable sort, as pm4py does), and cuts sessions. The result, a
 //!   [`JourneyLog`], is columnar: dense customer and touchpoint ids, `i64` microseconds, and
 //!   offsets into them; mining walks it without touching a string.
+//! - [`grouped`]: [`GroupedJourneys`], for input already grouped by customer (exports by
+//!   user, logs by case): each journey is handed to an aggregate as soon as the next
+//!   customer's events begin, with no log kept. It checks the grouping as it goes and says
+//!   when the input needs the builder instead.
 //!
 //! Nothing here depends on where batches come from: batch import and the live pipeline
 //! share this code.
 
+pub mod grouped;
 pub mod journeys;
 pub mod stitch;
 
+pub use grouped::{GroupedError, GroupedJourneys, GroupedSummary, NotGrouped};
 pub use journeys::{
     Arrived, Attribute, AttributeColumn, Journey, JourneyBuilder, JourneyLog, NO_VALUE,
     SessionSummary, session_starts, starts_session,

@@ -1,0 +1,217 @@
+//! Streaming customer-grouped input journey by journey gives exactly the journeys the
+//! builder gives (order, ties, sessions, blank and padded identifiers, identity-only rows),
+//! and says when the input is not grouped or needs stitching.
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use proptest::prelude::*;
+use std::sync::Arc;
+use trailmap_model::config::{Scope, SessionConfig};
+use trailmap_model::time::Span;
+use trailmap_model::{EventBatchBuilder, EventRow, IdentityKind};
+use trailmap_sessionize::{GroupedError, GroupedJourneys, JourneyBuilder, NotGrouped};
+
+const MIN: i64 = 60_000_000;
+
+/// (identifier as written, ts, touchpoint or None for an identity-only row)
+type Row = (String, i64, Option<u8>);
+
+/// Canonical batches of `rows` cut every `size` rows, the identifier in `kind`'s column, as
+/// text or dictionary-encoded (as the Parquet reader hands it over).
+fn batches(rows: &[Row], kind: IdentityKind, size: usize, dictionary: bool) -> Vec<RecordBatch> {
+    rows.chunks(size.max(1))
+        .map(|chunk| {
+            let mut b = EventBatchBuilder::new();
+            for (id, ts, tp) in chunk {
+                let name = tp.map(|t| format!("tp{t}"));
+                let mut row = EventRow {
+                    source: "s",
+                    ts: *ts,
+                    touchpoint: name.as_deref(),
+                    ..Default::default()
+                };
+                row.identities[kind.index()] = Some(id);
+                b.push(&row);
+            }
+            let batch = b.finish();
+            if !dictionary {
+                return batch;
+            }
+            let i = batch.schema().index_of(kind.column()).unwrap();
+            let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+            let to = DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8));
+            columns[i] = arrow::compute::cast(&columns[i], &to).unwrap();
+            let fields: Vec<Field> = batch
+                .schema()
+                .fields()
+                .iter()
+                .zip(&columns)
+                .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+                .collect();
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+        })
+        .collect()
+}
+
+/// Journeys as (times, touchpoint names), in the order they come.
+type Journeys = Vec<(Vec<i64>, Vec<String>)>;
+
+fn built(batches: &[RecordBatch], sessions: &SessionConfig, scope: Scope) -> (Journeys, u64) {
+    let mut jb = JourneyBuilder::new();
+    for b in batches {
+        jb.push_batch(b).unwrap();
+    }
+    let log = jb.finish(sessions);
+    let journeys = log
+        .journeys(scope)
+        .map(|j| {
+            let names = log.names(&j).into_iter().map(String::from).collect();
+            (j.ts.to_vec(), names)
+        })
+        .collect();
+    (journeys, log.num_customers() as u64)
+}
+
+fn streamed(
+    batches: &[RecordBatch],
+    sessions: &SessionConfig,
+    scope: Scope,
+) -> Result<(Journeys, trailmap_sessionize::GroupedSummary), GroupedError> {
+    let mut stream = GroupedJourneys::new(scope, sessions);
+    let mut got: Vec<(Vec<i64>, Vec<u32>)> = Vec::new();
+    let mut sink = |j: &trailmap_sessionize::Journey<'_>| {
+        got.push((j.ts.to_vec(), j.touchpoint.to_vec()));
+    };
+    for b in batches {
+        stream.push_batch(b, &mut sink)?;
+    }
+    let summary = stream.finish(&mut sink);
+    let journeys = got
+        .into_iter()
+        .map(|(ts, tp)| {
+            let names = tp
+                .iter()
+                .map(|&t| summary.touchpoints[t as usize].clone())
+                .collect();
+            (ts, names)
+        })
+        .collect();
+    Ok((journeys, summary))
+}
+
+/// Customers one after another, each with a few events at coarse times (ties and
+/// out-of-order times within a customer are common, as are 30-minute session gaps), some
+/// identity-only rows and rows with a blank identifier, and the identifier written with
+/// surrounding spaces or (emails) in capitals now and then.
+fn grouped_rows() -> impl Strategy<Value = (Vec<Row>, IdentityKind)> {
+    let event = (0i64..10, prop::option::weighted(0.9, 0u8..5), 0u8..8);
+    (
+        prop::collection::vec(prop::collection::vec(event, 1..10), 1..14),
+        any::<bool>(),
+    )
+        .prop_map(|(customers, email)| {
+            let kind = if email {
+                IdentityKind::Email
+            } else {
+                IdentityKind::CustomerId
+            };
+            let mut rows = Vec::new();
+            for (c, events) in customers.iter().enumerate() {
+                for &(t, tp, spelling) in events {
+                    let base = format!("c{c}@x.io");
+                    let id = match spelling {
+                        0 => format!("  {base} "),
+                        1 if email => base.to_uppercase(),
+                        // A blank identifier: no customer, in the middle of one's events.
+                        2 => " ".to_string(),
+                        _ => base,
+                    };
+                    rows.push((id, t * 20 * MIN, tp));
+                }
+            }
+            (rows, kind)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn streamed_journeys_are_the_builders(
+        (rows, kind) in grouped_rows(),
+        size in 1usize..40,
+        dictionary in any::<bool>(),
+        sessions in any::<bool>(),
+    ) {
+        let config = SessionConfig {
+            gap: Span::from_secs(30 * 60),
+            max_duration: Span::from_secs(if sessions { 70 * 60 } else { 0 }),
+            ..SessionConfig::default()
+        };
+        let batches = batches(&rows, kind, size, dictionary);
+        for scope in [Scope::Customer, Scope::Session] {
+            let (expected, customers) = built(&batches, &config, scope);
+            let (got, summary) = streamed(&batches, &config, scope).unwrap();
+            prop_assert_eq!(&got, &expected);
+            prop_assert_eq!(summary.customers, customers);
+            prop_assert_eq!(summary.journeys as usize, expected.len());
+            prop_assert_eq!(summary.events as usize, expected.iter().map(|j| j.0.len()).sum::<usize>());
+            prop_assert_eq!(summary.last_ts, expected.iter().filter_map(|j| j.0.last().copied()).max());
+            prop_assert_eq!(summary.first_ts, expected.iter().filter_map(|j| j.0.first().copied()).min());
+        }
+    }
+
+    /// A customer whose events come back after another's: the stream says so, naming them.
+    #[test]
+    fn a_customer_met_again_is_not_grouped(
+        (mut rows, kind) in grouped_rows(),
+        size in 1usize..40,
+        dictionary in any::<bool>(),
+    ) {
+        // Customers are met through their events (identity-only rows make none).
+        let customer = |r: &Row| Some(r.0.trim().to_lowercase()).filter(|id| !id.is_empty() && r.2.is_some());
+        let first = rows.iter().find_map(customer);
+        let last = rows.iter().rev().find_map(customer);
+        prop_assume!(first.is_some() && first != last);
+        let first = first.unwrap();
+        rows.push((first.clone(), 0, Some(1)));
+        let batches = batches(&rows, kind, size, dictionary);
+        let got = streamed(&batches, &SessionConfig::default(), Scope::Customer);
+        prop_assert_eq!(got.err(), Some(GroupedError::NotGrouped(NotGrouped::Interleaved(first))));
+    }
+}
+
+#[test]
+fn several_identity_columns_need_stitching() {
+    let mut b = EventBatchBuilder::new();
+    let mut row = EventRow {
+        source: "s",
+        ts: 1,
+        touchpoint: Some("a"),
+        ..Default::default()
+    };
+    row.identities[IdentityKind::AnonymousId.index()] = Some("anon");
+    row.identities[IdentityKind::UserId.index()] = Some("user");
+    b.push(&row);
+    let got = streamed(&[b.finish()], &SessionConfig::default(), Scope::Customer);
+    assert_eq!(
+        got.err(),
+        Some(GroupedError::NotGrouped(NotGrouped::Stitching))
+    );
+}
+
+/// Names given ahead of the input keep their ids and are not "seen" until an event has them.
+#[test]
+fn names_given_ahead_are_not_seen_until_used() {
+    let rows: Vec<Row> = vec![("c1".into(), 0, Some(3)), ("c1".into(), 1, Some(1))];
+    let batches = batches(&rows, IdentityKind::CustomerId, 10, true);
+    let mut stream = GroupedJourneys::new(Scope::Customer, &SessionConfig::default());
+    assert_eq!(stream.touchpoint_id("tp1"), 0);
+    assert_eq!(stream.touchpoint_id("tp9"), 1);
+    let mut got = Vec::new();
+    let mut sink = |j: &trailmap_sessionize::Journey<'_>| got.push(j.touchpoint.to_vec());
+    stream.push_batch(&batches[0], &mut sink).unwrap();
+    let summary = stream.finish(&mut sink);
+    assert_eq!(got, vec![vec![2, 0]]);
+    assert_eq!(summary.touchpoints, ["tp1", "tp9", "tp3"]);
+    assert_eq!(summary.seen, [true, false, true]);
+}
