@@ -684,3 +684,124 @@ fn commands_agree_on_generated_journeys() {
         );
     }
 }
+
+/// `trailmap funnel` counts input grouped by customer as it reads it (no journey log), and
+/// anything else through the general load: on the same events, grouped and interleaved
+/// (each customer's rows in the same order), every mode, order type, exclusion, count,
+/// gap, trend, scope and "now" gives the same report, and each input took the path it
+/// should.
+#[test]
+fn streamed_funnels_equal_the_general_load() {
+    // A tiny LCG: the same events on every run.
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    const TOUCHPOINTS: [&str; 7] = ["a", "b", "c", "x", "o", "p", "a"];
+    let mut customers: Vec<Vec<String>> = Vec::new();
+    for c in 0..400 {
+        let mut rows = Vec::new();
+        let mut minute = next(60 * 24 * 40) as i64;
+        for _ in 0..1 + next(24) {
+            // Coarse times (ties), sometimes back in time (out of order in the file).
+            minute += next(7) as i64 * 30 - 40;
+            let ts = 1_767_225_600 + minute.max(0) * 60;
+            let tp = TOUCHPOINTS[next(TOUCHPOINTS.len() as u64) as usize];
+            rows.push(format!("cust{c},{ts},{tp}\n"));
+        }
+        customers.push(rows);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let header = "customer_id,ts,touchpoint\n";
+    let grouped = dir.path().join("grouped.csv");
+    let interleaved = dir.path().join("interleaved.csv");
+    std::fs::write(&grouped, header.to_string() + &customers.concat().concat()).unwrap();
+    let longest = customers.iter().map(Vec::len).max().unwrap_or(0);
+    let mut text = header.to_string();
+    for k in 0..longest {
+        for rows in &customers {
+            if let Some(r) = rows.get(k) {
+                text.push_str(r);
+            }
+        }
+    }
+    std::fs::write(&interleaved, text).unwrap();
+    let dl = dir.path().join("dead.ndjson");
+    let run = |file: &std::path::Path, options: &[&str]| -> (Value, String) {
+        let mut args = vec!["funnel", "--input", s(file), "--dead-letter", s(&dl)];
+        args.extend(["--format", "json", "--window", "3d"]);
+        if !options.contains(&"--steps") {
+            args.extend(["--steps", "a,b,c"]);
+        }
+        args.extend(options);
+        let out = bin()
+            .args(&args)
+            .env("TRAILMAP_TIMINGS", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+    };
+    let cases: &[&[&str]] = &[
+        &[],
+        &["--mode", "strict_deduplication"],
+        &["--mode", "strict_order"],
+        &["--mode", "strict_increase"],
+        &["--mode", "strict_once"],
+        &["--mode", "allow_reentry,strict_order"],
+        &["--order", "strict"],
+        &["--order", "unordered"],
+        &["--exclude", "x"],
+        &["--count", "attempts"],
+        &[
+            "--count",
+            "attempts",
+            "--exclude",
+            "x",
+            "--mode",
+            "strict_once",
+        ],
+        &["--min-gap", "1h,0", "--max-gap", "0,1d"],
+        &["--trend", "day"],
+        &["--trend", "week", "--count", "attempts"],
+        &["--scope", "session", "--gap", "2h"],
+        &[
+            "--scope",
+            "session",
+            "--gap",
+            "2h",
+            "--max-duration",
+            "3h",
+            "--count",
+            "attempts",
+        ],
+        &["--as-of", "2026-01-20T00:00:00Z"],
+        &["--steps", "a,nope", "--exclude", "x"],
+    ];
+    for options in cases {
+        let (streamed, how_streamed) = run(&grouped, options);
+        assert!(
+            how_streamed.contains("streamed"),
+            "{options:?}: {how_streamed}"
+        );
+        let (general, how) = run(&interleaved, options);
+        assert!(how.contains("streaming stopped"), "{options:?}: {how}");
+        assert_eq!(streamed, general, "{options:?}");
+        if options.contains(&"a,nope") {
+            for stderr in [&how_streamed, &how] {
+                assert!(
+                    stderr.contains("no event has touchpoint `nope`"),
+                    "{stderr}"
+                );
+            }
+        }
+        assert!(
+            streamed["customers"].as_u64().unwrap() >= 400,
+            "{options:?}: {streamed}"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! `paths`, `funnel`, `dropoffs` and `sql`.
 
 use anyhow::{Context, bail};
+use arrow::array::RecordBatch;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -219,27 +220,6 @@ impl InputArgs {
         }
         let config = self.config()?;
         let inputs = self.file_inputs(&config)?;
-        let options = IngestOptions {
-            catalog: Arc::new(Catalog::compile(&config.catalog)?),
-            batch_size: config.ingest.batch_size,
-            projection,
-        };
-        let mut dead = DeadLetters::new(&config.ingest.dead_letter, config.ingest.max_errors);
-        let total_bytes: u64 = inputs
-            .iter()
-            .filter_map(|i| std::fs::metadata(&i.path).ok())
-            .map(|m| m.len())
-            .sum();
-        let progress = ProgressBar::new(total_bytes);
-        progress.set_style(
-            ProgressStyle::with_template(
-                "{spinner} reading {msg} {bar:30} {bytes}/{total_bytes} ({eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        // Reading (decompression, parsing, mapping; Parquet decodes row groups on threads of
-        // its own) runs on one thread and stitching on this one, so both cores work; the
-        // bounded channels keep memory flat.
         let started = std::time::Instant::now();
         let mut journeys = JourneyBuilder::new();
         // Room for every event at once where the files say how many they hold: growing
@@ -253,73 +233,131 @@ impl InputArgs {
         if let Some(attribute) = attribute {
             journeys.keep_attribute(attribute);
         }
-        let (tx, rx) = std::sync::mpsc::sync_channel(8);
-        let (read, stitched) = std::thread::scope(|scope| {
-            let (inputs, options, dead, progress) = (&inputs, &options, &mut dead, &progress);
-            // `tx` moves into the reader so the channel closes when reading ends.
-            let reader = scope.spawn(move || -> Result<IngestStats, Error> {
-                let mut ingest = IngestStats::default();
-                let mut done_bytes = 0;
-                for input in inputs {
-                    progress.set_message(input.path.display().to_string());
-                    let mut source = file::open(input, options)?;
-                    while let Some(batch) = source.next_batch(dead)? {
-                        if tx.send(batch).is_err() {
-                            // The stitcher stopped; its error is the one to report.
-                            return Ok(ingest);
-                        }
-                        progress.set_position(done_bytes + source.bytes_read());
-                    }
-                    done_bytes += std::fs::metadata(&input.path).map(|m| m.len()).unwrap_or(0);
-                    ingest.add(source.stats());
-                }
-                dead.flush()?;
-                Ok(ingest)
-            });
-            let mut stitched = Ok(());
-            for batch in rx {
-                if let Err(e) = journeys.push_batch(&batch) {
-                    stitched = Err(Error::Other(e));
-                    break;
-                }
-            }
-            let read = reader
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (read, stitched)
-        });
-        progress.finish_and_clear();
-        // A read error (a bad file, the error budget spent) explains a stitching error that
-        // follows from it, so it is reported first.
-        let read = match (read, stitched) {
-            (Ok(_), Err(e)) => Err(e),
-            (read, _) => read,
-        };
-        let ingest = match read {
-            Ok(ingest) => ingest,
-            Err(e @ Error::TooManyErrors { .. }) => {
-                let reasons: Vec<String> = dead
-                    .by_reason()
-                    .iter()
-                    .map(|(r, n)| format!("  {n} × {r}"))
-                    .collect();
-                bail!("{e}\nrejected by reason:\n{}", reasons.join("\n"));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let read = started.elapsed();
+        let read = read_inputs(&config, &inputs, projection, &mut |batch| {
+            journeys.push_batch(batch).map_err(Error::Other)
+        })?;
+        let took = started.elapsed();
         let log = journeys.finish(&config.sessions);
-        timing("read + stitch", read);
-        timing("group + order + sessions", started.elapsed() - read);
+        timing("read + stitch", took);
+        timing("group + order + sessions", started.elapsed() - took);
         Ok(Loaded {
-            dead_letters: dead.path().to_path_buf(),
-            rejected_by_reason: dead.by_reason().clone(),
+            dead_letters: read.dead_letters,
+            rejected_by_reason: read.rejected_by_reason,
             config,
             log,
-            ingest,
+            ingest: read.ingest,
             files: inputs.into_iter().map(|i| i.path).collect(),
         })
     }
+
+    /// Reads every input into `consume`, batch by batch (for readers that keep no log,
+    /// like [`GroupedJourneys`](trailmap_sessionize::GroupedJourneys)). An error from
+    /// `consume` stops the reading and is returned.
+    pub fn read_with(
+        &self,
+        config: &Config,
+        projection: Projection,
+        consume: &mut dyn FnMut(&RecordBatch) -> Result<(), Error>,
+    ) -> anyhow::Result<Read> {
+        let inputs = self.file_inputs(config)?;
+        read_inputs(config, &inputs, projection, consume)
+    }
+}
+
+/// What reading the inputs saw, besides the batches.
+pub struct Read {
+    pub ingest: IngestStats,
+    pub dead_letters: PathBuf,
+    pub rejected_by_reason: std::collections::BTreeMap<String, u64>,
+}
+
+/// Reads `inputs` into `consume`, with a progress bar, dead letters and the error budget.
+fn read_inputs(
+    config: &Config,
+    inputs: &[FileInput],
+    projection: Projection,
+    consume: &mut dyn FnMut(&RecordBatch) -> Result<(), Error>,
+) -> anyhow::Result<Read> {
+    let options = IngestOptions {
+        catalog: Arc::new(Catalog::compile(&config.catalog)?),
+        batch_size: config.ingest.batch_size,
+        projection,
+    };
+    let mut dead = DeadLetters::new(&config.ingest.dead_letter, config.ingest.max_errors);
+    let total_bytes: u64 = inputs
+        .iter()
+        .filter_map(|i| std::fs::metadata(&i.path).ok())
+        .map(|m| m.len())
+        .sum();
+    let progress = ProgressBar::new(total_bytes);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{spinner} reading {msg} {bar:30} {bytes}/{total_bytes} ({eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    // Reading (decompression, parsing, mapping; Parquet decodes row groups on threads of
+    // its own) runs on one thread and the consumer (the stitcher) on this one, so both
+    // cores work; the bounded channel keeps memory flat.
+    let (tx, rx) = std::sync::mpsc::sync_channel(8);
+    let (read, consumed) = std::thread::scope(|scope| {
+        let (options, dead, progress) = (&options, &mut dead, &progress);
+        // `tx` moves into the reader so the channel closes when reading ends.
+        let reader = scope.spawn(move || -> Result<IngestStats, Error> {
+            let mut ingest = IngestStats::default();
+            let mut done_bytes = 0;
+            for input in inputs {
+                progress.set_message(input.path.display().to_string());
+                let mut source = file::open(input, options)?;
+                while let Some(batch) = source.next_batch(dead)? {
+                    if tx.send(batch).is_err() {
+                        // The consumer stopped; its error is the one to report.
+                        return Ok(ingest);
+                    }
+                    progress.set_position(done_bytes + source.bytes_read());
+                }
+                done_bytes += std::fs::metadata(&input.path).map(|m| m.len()).unwrap_or(0);
+                ingest.add(source.stats());
+            }
+            dead.flush()?;
+            Ok(ingest)
+        });
+        let mut consumed = Ok(());
+        for batch in rx {
+            if let Err(e) = consume(&batch) {
+                consumed = Err(e);
+                break;
+            }
+        }
+        let read = reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (read, consumed)
+    });
+    progress.finish_and_clear();
+    // A read error (a bad file, the error budget spent) explains a consumer's error that
+    // follows from it, so it is reported first.
+    let read = match (read, consumed) {
+        (Ok(_), Err(e)) => Err(e),
+        (read, _) => read,
+    };
+    let ingest = match read {
+        Ok(ingest) => ingest,
+        Err(e @ Error::TooManyErrors { .. }) => {
+            let reasons: Vec<String> = dead
+                .by_reason()
+                .iter()
+                .map(|(r, n)| format!("  {n} × {r}"))
+                .collect();
+            bail!("{e}\nrejected by reason:\n{}", reasons.join("\n"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Read {
+        ingest,
+        dead_letters: dead.path().to_path_buf(),
+        rejected_by_reason: dead.by_reason().clone(),
+    })
 }
 
 /// With `TRAILMAP_TIMINGS` set, how long a phase took, on stderr (for profiling runs).

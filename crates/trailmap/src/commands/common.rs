@@ -16,14 +16,14 @@ pub fn require_touchpoint(log: &JourneyLog, flag: &str, name: &str) -> anyhow::R
     touchpoint_id(log, name).with_context(|| {
         format!(
             "{flag} {name}: no event has this touchpoint; touchpoints in the input: {}",
-            known(log)
+            known(&log.touchpoints)
         )
     })
 }
 
-/// The touchpoints of a log, for error messages.
-pub fn known(log: &JourneyLog) -> String {
-    let mut names: Vec<&str> = log.touchpoints.iter().map(String::as_str).collect();
+/// Touchpoint names, for error messages.
+pub fn known(touchpoints: &[String]) -> String {
+    let mut names: Vec<&str> = touchpoints.iter().map(String::as_str).collect();
     if names.is_empty() {
         return "none (no events were read)".into();
     }
@@ -36,11 +36,11 @@ pub fn known(log: &JourneyLog) -> String {
 }
 
 /// Warns about step or exclusion names no event has: they match nothing.
-pub fn warn_unknown(log: &JourneyLog, unknown: &[String]) {
+pub fn warn_unknown(touchpoints: &[String], unknown: &[String]) {
     for name in unknown {
         eprintln!(
             "warning: no event has touchpoint `{name}`; it matches nothing (touchpoints: {})",
-            known(log)
+            known(touchpoints)
         );
     }
 }

@@ -1,17 +1,21 @@
 //! `trailmap funnel`: conversion through ordered steps within a window.
 
-use super::common::{as_of, duration, percent, say, title, warn_unknown};
+use super::common::{as_of, duration, instant, percent, say, title, warn_unknown};
 use crate::input::InputArgs;
 use crate::output::{Format, print_rows, thousands};
 use anyhow::{Context, bail};
 use clap::Args;
 use trailmap_ingest::Projection;
+use trailmap_mine::Aggregate;
+use trailmap_mine::funnel::TrendPeriod;
 use trailmap_mine::funnel::{FunnelSpec, Modes};
 use trailmap_mine::report::{BreakdownNames, FunnelReport, Names, parse_trend};
 use trailmap_mine::{Funnel, fold};
+use trailmap_model::Error;
 use trailmap_model::config::{CountBy, JourneyConfig, StepOrder};
 use trailmap_model::time::Span;
 use trailmap_sessionize::{Attribute, JourneyLog};
+use trailmap_sessionize::{GroupedError, GroupedJourneys};
 
 /// The funnel definition flags, shared with `trailmap dropoffs`.
 #[derive(Args, Clone)]
@@ -147,7 +151,7 @@ impl FunnelFlags {
         let now = as_of(log, self.as_of.as_deref())?;
         let (spec, unknown) =
             FunnelSpec::resolve(&journey, &log.touchpoints, now).map_err(anyhow::Error::msg)?;
-        warn_unknown(log, &unknown);
+        warn_unknown(&log.touchpoints, &unknown);
         Ok((name, journey.steps, spec))
     }
 }
@@ -192,6 +196,15 @@ pub struct FunnelArgs {
     trend: Option<String>,
 }
 
+/// A counted funnel with what its report needs to name things.
+struct Counted<'a> {
+    name: String,
+    steps: Vec<String>,
+    funnel: Funnel<'a>,
+    touchpoints: &'a [String],
+    breakdown: Option<BreakdownNames<'a>>,
+}
+
 impl FunnelArgs {
     pub fn run(self) -> anyhow::Result<()> {
         // Flag errors before the input is read.
@@ -203,10 +216,23 @@ impl FunnelArgs {
             .map(parse_trend)
             .transpose()
             .map_err(anyhow::Error::msg)?;
+        // Input grouped by customer (exports by user, logs by case) is counted journey by
+        // journey as it is read, with no journey log: a breakdown needs the log's values.
+        if self.breakdown.is_none()
+            && let Some((name, steps, funnel, touchpoints)) = self.streamed(&config, trend)?
+        {
+            return self.print(Counted {
+                name,
+                steps,
+                funnel,
+                touchpoints: &touchpoints,
+                breakdown: None,
+            });
+        }
         let attribute = self.breakdown.as_deref().map(Attribute::parse);
         let loaded = self.input.load_keeping(Projection::minimal(), attribute)?;
         let log = &loaded.log;
-        let (name, step_names, mut spec) = self.funnel.spec(&loaded.config, log)?;
+        let (name, steps, mut spec) = self.funnel.spec(&loaded.config, log)?;
         spec.trend = trend;
         let attr = log.attribute.as_ref();
         let scope = loaded.config.sessions.scope;
@@ -215,15 +241,99 @@ impl FunnelArgs {
             Funnel::new(spec.clone(), attr.map(|a| a.of_event.as_slice()))
         });
         crate::input::timing("funnel", started.elapsed());
-        let names = Names {
+        self.print(Counted {
+            name,
+            steps,
+            funnel,
             touchpoints: &log.touchpoints,
+            breakdown: attr.map(|a| BreakdownNames {
+                by: &a.name,
+                values: &a.values,
+                top: self.top,
+            }),
+        })
+    }
+
+    /// The funnel counted while the input is read, each customer's journey as soon as the
+    /// next customer's events begin: the steps get their touchpoint ids before any event,
+    /// and maturity waits for the last event's time. `None` when the input turns out not
+    /// to be grouped by customer, or to need stitching: the general load counts it then.
+    #[allow(clippy::type_complexity)]
+    fn streamed(
+        &self,
+        config: &trailmap_model::Config,
+        trend: Option<TrendPeriod>,
+    ) -> anyhow::Result<Option<(String, Vec<String>, Funnel<'static>, Vec<String>)>> {
+        let (name, journey) = self.funnel.journey_config(config)?;
+        let now = self
+            .funnel
+            .as_of
+            .as_deref()
+            .map(|t| instant("--as-of", t))
+            .transpose()?;
+        let mut stream = GroupedJourneys::new(config.sessions.scope, &config.sessions);
+        let mut ahead: Vec<String> = Vec::new();
+        for step in journey.steps.iter().chain(&journey.exclusions) {
+            if !ahead.contains(step) {
+                stream.touchpoint_id(step);
+                ahead.push(step.clone());
+            }
+        }
+        let (mut spec, _) =
+            FunnelSpec::resolve(&journey, &ahead, now.unwrap_or(0)).map_err(anyhow::Error::msg)?;
+        spec.trend = trend;
+        let mut funnel = Funnel::new(spec, None);
+        if now.is_none() {
+            funnel.defer_maturity();
+        }
+        let started = std::time::Instant::now();
+        let mut not_grouped = None;
+        let read = self
+            .input
+            .read_with(config, Projection::minimal(), &mut |batch| match stream
+                .push_batch(batch, &mut |j| funnel.add(j))
+            {
+                Ok(()) => {
+                    if let Some(t) = stream.latest() {
+                        funnel.settled_until(t);
+                    }
+                    Ok(())
+                }
+                Err(GroupedError::NotGrouped(why)) => {
+                    let stop = Error::Other(why.to_string());
+                    not_grouped = Some(why);
+                    Err(stop)
+                }
+                Err(GroupedError::Batch(e)) => Err(Error::Other(e)),
+            });
+        if let Some(why) = not_grouped {
+            crate::input::timing(&format!("streaming stopped ({why})"), started.elapsed());
+            return Ok(None);
+        }
+        read?;
+        let summary = stream.finish(&mut |j| funnel.add(j));
+        if now.is_none() {
+            funnel.settle(summary.last_ts.unwrap_or(0));
+        }
+        crate::input::timing("read + funnel, streamed", started.elapsed());
+        let seen: Vec<String> = summary
+            .touchpoints
+            .iter()
+            .zip(&summary.seen)
+            .filter(|(_, seen)| **seen)
+            .map(|(t, _)| t.clone())
+            .collect();
+        let unknown: Vec<String> = ahead.into_iter().filter(|t| !seen.contains(t)).collect();
+        warn_unknown(&seen, &unknown);
+        Ok(Some((name, journey.steps, funnel, summary.touchpoints)))
+    }
+
+    fn print(&self, counted: Counted<'_>) -> anyhow::Result<()> {
+        let names = Names {
+            touchpoints: counted.touchpoints,
         };
-        let breakdown = attr.map(|a| BreakdownNames {
-            by: &a.name,
-            values: &a.values,
-            top: self.top,
-        });
-        let report = FunnelReport::new(&funnel, &step_names, names, breakdown);
+        let report = FunnelReport::new(&counted.funnel, &counted.steps, names, counted.breakdown);
+        let name = counted.name;
         let format = Format::resolve(self.format);
         let header = [
             "step",

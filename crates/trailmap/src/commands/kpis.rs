@@ -77,7 +77,7 @@ impl KpisArgs {
                 within: k.within.micros(),
             })
             .collect();
-        warn_unknown(log, &unknown);
+        warn_unknown(&log.touchpoints, &unknown);
         let now = as_of(log, self.as_of.as_deref())?;
         let attr = log.attribute.as_ref();
         let kpis = fold(log, loaded.config.sessions.scope, || {
