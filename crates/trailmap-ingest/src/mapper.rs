@@ -123,7 +123,14 @@ impl<K> RowMapper<K> {
             event_id: Resolved::new(&mapping.event_id, &mut resolve),
             ts,
             touchpoint,
-            channel: Resolved::new(&mapping.channel, &mut resolve),
+            channel: Resolved::new(
+                if projection.channel {
+                    &mapping.channel
+                } else {
+                    &[]
+                },
+                &mut resolve,
+            ),
             properties_rest: mapping.properties.is_empty(),
             properties,
             identities,

@@ -7,25 +7,31 @@
 //! journey instead of the whole input, and nothing is grouped or gathered afterwards.
 //!
 //! The journeys are exactly the ones [`JourneyBuilder`](crate::JourneyBuilder) would build,
-//! as long as two things hold, which [`GroupedJourneys::push_batch`] checks as it goes:
-//! no customer's events come back after another customer's ([`NotGrouped::Interleaved`]),
-//! and no stitching is needed: batches carry one identity column ([`NotGrouped::Stitching`]).
-//! When either fails, the caller reads the input again the general way.
+//! as long as two things hold: no customer's events come back after another customer's
+//! ([`NotGrouped::Interleaved`]), and no stitching is needed: batches carry one identity
+//! column ([`NotGrouped::Stitching`]). When either fails, the caller reads the input again
+//! the general way. The first customers are checked as they come, so an interleaved log
+//! (ordered by time, say) is found out within its first batches; after them, a customer met
+//! again is found at the end, by sorting the hashes of all customers (a set of millions of
+//! hashes, probed at random, cost more than everything else the stream does per customer).
 
 use crate::Journey;
 use crate::journeys::{IdColumn, Names, column, dictionary, same, session_starts};
 use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{StringArray, UInt32Array};
 use arrow::datatypes::TimestampMicrosecondType;
 use rustc_hash::{FxBuildHasher, FxHashSet};
 use std::hash::BuildHasher;
+use std::ops::Range;
 use trailmap_model::config::{Scope, SessionConfig};
 use trailmap_model::{IdentityKind, schema};
 
 /// Why an input cannot be streamed journey by journey.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotGrouped {
-    /// Events of this customer come again after another customer's.
-    Interleaved(String),
+    /// Events of a customer come again after another customer's: the customer, when it is
+    /// known (the check at the end of the input knows only that some customer does).
+    Interleaved(Option<String>),
     /// Events carry several kinds of identifiers: linking them needs the whole input.
     Stitching,
 }
@@ -33,8 +39,11 @@ pub enum NotGrouped {
 impl std::fmt::Display for NotGrouped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NotGrouped::Interleaved(c) => {
+            NotGrouped::Interleaved(Some(c)) => {
                 write!(f, "events of customer `{c}` come after another customer's")
+            }
+            NotGrouped::Interleaved(None) => {
+                f.write_str("events of some customer come after another customer's")
             }
             NotGrouped::Stitching => f.write_str("events carry several kinds of identifiers"),
         }
@@ -76,6 +85,9 @@ pub struct GroupedSummary {
 const UNMAPPED: u32 = u32::MAX;
 const NO_TOUCHPOINT: u32 = u32::MAX - 1;
 
+/// Customers checked as they come by default (see [`GroupedJourneys::check_early`]).
+const EARLY_CUSTOMERS: usize = 1 << 16;
+
 /// Turns canonical batches of customer-grouped input into journeys, one customer at a time.
 pub struct GroupedJourneys {
     scope: Scope,
@@ -83,22 +95,36 @@ pub struct GroupedJourneys {
     max_duration: i64,
     touchpoints: Names,
     seen: Vec<bool>,
-    /// Hashes of the customers met so far: meeting one again after another customer means
-    /// the input is not grouped. (A collision says so wrongly, and costs a second read,
-    /// never a wrong answer.)
-    met: FxHashSet<u64>,
+    /// Hashes of every customer met, in order: a hash met twice means the input is not
+    /// grouped. (A collision says so wrongly, and costs a second read, never a wrong
+    /// answer.)
+    met: Vec<u64>,
+    /// The hashes of the first `early` customers, as a set, to find out early.
+    early_met: FxHashSet<u64>,
+    early: usize,
     hasher: FxBuildHasher,
     /// The customer whose events are being collected, normalized.
     current: Option<(IdentityKind, String)>,
-    /// Its events so far, in arrival order.
+    /// Its events from earlier batches (or split by rows that are not its events), in
+    /// arrival order.
     ts: Vec<i64>,
     touchpoint: Vec<u32>,
-    /// Reused buffers: the per-batch touchpoint map, orders and session starts.
+    /// The batch's touchpoint ids per row (`NO_TOUCHPOINT` for none), and per dictionary
+    /// value.
+    tp_rows: Vec<u32>,
     tp_map: Vec<u32>,
+    /// Reused buffers: orders and session starts.
     order: Vec<usize>,
     sorted: (Vec<i64>, Vec<u32>),
     starts: Vec<usize>,
     summary: GroupedSummary,
+}
+
+/// A batch's columns as the stream reads them.
+struct Rows<'a> {
+    ts: &'a arrow::array::TimestampMicrosecondArray,
+    /// No row lacks a touchpoint or a time: a customer's rows are all events.
+    clean: bool,
 }
 
 impl GroupedJourneys {
@@ -109,17 +135,27 @@ impl GroupedJourneys {
             max_duration: sessions.max_duration.micros(),
             touchpoints: Names::default(),
             seen: Vec::new(),
-            met: FxHashSet::default(),
+            met: Vec::new(),
+            early_met: FxHashSet::default(),
+            early: EARLY_CUSTOMERS,
             hasher: FxBuildHasher,
             current: None,
             ts: Vec::new(),
             touchpoint: Vec::new(),
+            tp_rows: Vec::new(),
             tp_map: Vec::new(),
             order: Vec::new(),
             sorted: (Vec::new(), Vec::new()),
             starts: Vec::new(),
             summary: GroupedSummary::default(),
         }
+    }
+
+    /// How many of the first customers are checked as they come (default 65,536); a
+    /// customer met again after them is found when the input ends.
+    pub fn check_early(mut self, customers: usize) -> Self {
+        self.early = customers;
+        self
     }
 
     /// The id of a touchpoint name, given before any event has it (a funnel's steps are
@@ -156,124 +192,192 @@ impl GroupedJourneys {
         if ids.next().is_some() {
             return Err(GroupedError::NotGrouped(NotGrouped::Stitching));
         }
-        let (tp_keys, tp_values) = dictionary(column(batch, schema::TOUCHPOINT)?)?;
-        self.tp_map.clear();
-        self.tp_map.resize(tp_values.len(), UNMAPPED);
-        // The identifier of the last event row, to see a repeat without normalizing it.
-        let mut last: Option<usize> = None;
-        for row in 0..batch.num_rows() {
-            let repeat = last.is_some_and(|prev| match id {
-                IdColumn::Dict { keys, .. } => {
-                    keys.is_valid(row) && keys.value(row) == keys.value(prev)
-                }
-                IdColumn::Text(text) => {
-                    text.is_valid(row) && same(text.value(prev), text.value(row))
-                }
-            });
-            let value = if repeat {
-                None
-            } else {
-                // Blank identifiers are none, as the stitcher has them.
-                match (!id.is_null(row))
-                    .then(|| kind.normalize(id.value(row)))
-                    .flatten()
+        let missing = self.map_touchpoints(dictionary(column(batch, schema::TOUCHPOINT)?)?);
+        let rows = Rows {
+            ts,
+            clean: !missing && ts.null_count() == 0,
+        };
+        // Rows of the current customer in this batch not handed on or buffered yet: runs of
+        // one identifier, contiguous.
+        let mut open: Range<usize> = 0..0;
+        let mut row = 0;
+        let n = batch.num_rows();
+        while row < n {
+            let end = run_end(&id, row, n);
+            let value = (!id.is_null(row))
+                .then(|| kind.normalize(id.value(row)))
+                .flatten();
+            match value {
+                // No identifier (or a blank one): not events of anyone.
+                None => {}
+                Some(value)
+                    if self
+                        .current
+                        .as_ref()
+                        .is_some_and(|(k, c)| *k == kind && same(c, &value)) =>
                 {
-                    Some(v) => Some(v),
-                    None => continue,
-                }
-            };
-            let tp = match tp_keys.is_valid(row) {
-                true => self.touchpoint_of(tp_keys.value(row), tp_values),
-                false => NO_TOUCHPOINT,
-            };
-            if tp == NO_TOUCHPOINT {
-                self.summary.identity_links += 1;
-                continue;
-            }
-            if ts.is_null(row) {
-                continue;
-            }
-            if let Some(value) = value {
-                let known = self
-                    .current
-                    .as_ref()
-                    .is_some_and(|(k, c)| *k == kind && c.as_str() == value.as_ref());
-                if !known {
-                    self.flush(sink);
-                    let hash = self.hasher.hash_one((kind.index(), value.as_ref()));
-                    if !self.met.insert(hash) {
-                        return Err(GroupedError::NotGrouped(NotGrouped::Interleaved(
-                            value.into_owned(),
-                        )));
+                    if open.end == row && !open.is_empty() {
+                        open.end = end;
+                    } else {
+                        self.buffer(&rows, open);
+                        open = row..end;
                     }
+                }
+                Some(value) => {
+                    self.hand_on(&rows, open, sink);
+                    self.meet(kind, &value)?;
                     let current = self.current.get_or_insert_with(|| (kind, String::new()));
                     current.0 = kind;
                     current.1.clear();
                     current.1.push_str(&value);
+                    open = row..end;
                 }
-                last = Some(row);
             }
-            self.ts.push(ts.value(row));
-            self.touchpoint.push(tp);
+            row = end;
+        }
+        // The current customer may go on in the next batch.
+        self.buffer(&rows, open);
+        Ok(())
+    }
+
+    /// Records a new customer; an error when it was met before (among the early ones).
+    fn meet(&mut self, kind: IdentityKind, value: &str) -> Result<(), GroupedError> {
+        let hash = self.hasher.hash_one((kind.index(), value));
+        self.met.push(hash);
+        if self.met.len() <= self.early && !self.early_met.insert(hash) {
+            return Err(GroupedError::NotGrouped(NotGrouped::Interleaved(Some(
+                value.to_string(),
+            ))));
         }
         Ok(())
     }
 
-    /// The global id of a batch's touchpoint key, named the first time a row uses it.
-    #[inline]
-    fn touchpoint_of(&mut self, key: u32, values: &arrow::array::StringArray) -> u32 {
-        let Some(&id) = self.tp_map.get(key as usize) else {
-            return NO_TOUCHPOINT;
-        };
-        if id != UNMAPPED {
-            return id;
+    /// Fills the batch's touchpoint id per row, naming each dictionary value the first time
+    /// a row uses it. Whether some row has none.
+    fn map_touchpoints(&mut self, (keys, values): (&UInt32Array, &StringArray)) -> bool {
+        self.tp_map.clear();
+        self.tp_map.resize(values.len(), UNMAPPED);
+        self.tp_rows.clear();
+        self.tp_rows.reserve(keys.len());
+        let mut missing = false;
+        for (row, &key) in keys.values().iter().enumerate() {
+            let id = match self.tp_map.get(key as usize) {
+                _ if keys.is_null(row) => NO_TOUCHPOINT,
+                Some(&UNMAPPED) => self.name_touchpoint(key as usize, values),
+                Some(&id) => id,
+                None => NO_TOUCHPOINT,
+            };
+            missing |= id == NO_TOUCHPOINT;
+            self.tp_rows.push(id);
         }
-        let id = if values.is_null(key as usize) {
+        missing
+    }
+
+    #[cold]
+    fn name_touchpoint(&mut self, key: usize, values: &StringArray) -> u32 {
+        let id = if values.is_null(key) {
             NO_TOUCHPOINT
         } else {
-            let id = self.touchpoints.id(values.value(key as usize));
+            let id = self.touchpoints.id(values.value(key));
             self.seen.resize(self.touchpoints.names.len(), false);
             self.seen[id as usize] = true;
             id
         };
-        self.tp_map[key as usize] = id;
+        self.tp_map[key] = id;
         id
     }
 
-    /// Hands on the last journey and says what was streamed.
-    pub fn finish(mut self, sink: &mut impl FnMut(&Journey<'_>)) -> GroupedSummary {
-        self.flush(sink);
+    /// Appends the events among `rows` of the batch to the current customer's buffer.
+    fn buffer(&mut self, batch: &Rows<'_>, rows: Range<usize>) {
+        if batch.clean {
+            self.ts.extend_from_slice(&batch.ts.values()[rows.clone()]);
+            self.touchpoint.extend_from_slice(&self.tp_rows[rows]);
+            return;
+        }
+        for row in rows {
+            match self.tp_rows[row] {
+                NO_TOUCHPOINT => self.summary.identity_links += 1,
+                _ if batch.ts.is_null(row) => {}
+                tp => {
+                    self.ts.push(batch.ts.value(row));
+                    self.touchpoint.push(tp);
+                }
+            }
+        }
+    }
+
+    /// Hands on the current customer's journey: its buffered events, then `rows` of the
+    /// batch (straight from the batch when nothing is buffered and every row is an event).
+    fn hand_on(
+        &mut self,
+        batch: &Rows<'_>,
+        rows: Range<usize>,
+        sink: &mut impl FnMut(&Journey<'_>),
+    ) {
+        if self.ts.is_empty() && batch.clean && !rows.is_empty() {
+            let ts = &batch.ts.values()[rows.clone()];
+            let tp = std::mem::take(&mut self.tp_rows);
+            self.emit(ts, &tp[rows], sink);
+            self.tp_rows = tp;
+            return;
+        }
+        self.buffer(batch, rows);
+        self.hand_on_buffered(sink);
+    }
+
+    /// Hands on the current customer's buffered events.
+    fn hand_on_buffered(&mut self, sink: &mut impl FnMut(&Journey<'_>)) {
+        let (ts, tp) = (
+            std::mem::take(&mut self.ts),
+            std::mem::take(&mut self.touchpoint),
+        );
+        self.emit(&ts, &tp, sink);
+        (self.ts, self.touchpoint) = (ts, tp);
+        self.ts.clear();
+        self.touchpoint.clear();
+    }
+
+    /// Hands on the last journey and says what was streamed, or that a customer met again
+    /// after the early ones (see [`check_early`](Self::check_early)) makes the input not
+    /// grouped after all.
+    pub fn finish(
+        mut self,
+        sink: &mut impl FnMut(&Journey<'_>),
+    ) -> Result<GroupedSummary, NotGrouped> {
+        self.hand_on_buffered(sink);
+        if self.met.len() > self.early && any_twice(&self.met) {
+            return Err(NotGrouped::Interleaved(None));
+        }
         let mut summary = self.summary;
         summary.touchpoints = self.touchpoints.names;
         summary.seen = self.seen;
-        summary
+        Ok(summary)
     }
 
-    /// Orders the current customer's events by (time, arrival), cuts them into sessions
-    /// when the scope asks, and hands them on.
-    fn flush(&mut self, sink: &mut impl FnMut(&Journey<'_>)) {
-        let n = self.ts.len();
+    /// Orders a customer's events by (time, arrival), cuts them into sessions when the
+    /// scope asks, and hands them on.
+    fn emit(&mut self, ts: &[i64], touchpoint: &[u32], sink: &mut impl FnMut(&Journey<'_>)) {
+        let n = ts.len();
         if n == 0 {
             return;
         }
-        let (ts, touchpoint) = if self.ts.windows(2).all(|w| w[0] <= w[1]) {
-            (&self.ts, &self.touchpoint)
+        let (ts, touchpoint) = if ts.windows(2).all(|w| w[0] <= w[1]) {
+            (ts, touchpoint)
         } else {
             // Out of order: a stable sort by time keeps ties in arrival order.
             self.order.clear();
             self.order.extend(0..n);
-            let ts = &self.ts;
             self.order.sort_by_key(|&i| ts[i]);
             let (sorted_ts, sorted_tp) = &mut self.sorted;
             sorted_ts.clear();
             sorted_tp.clear();
-            sorted_ts.extend(self.order.iter().map(|&i| self.ts[i]));
-            sorted_tp.extend(self.order.iter().map(|&i| self.touchpoint[i]));
-            (&*sorted_ts, &*sorted_tp)
+            sorted_ts.extend(self.order.iter().map(|&i| ts[i]));
+            sorted_tp.extend(self.order.iter().map(|&i| touchpoint[i]));
+            (&sorted_ts[..], &sorted_tp[..])
         };
         let customer = u32::try_from(self.summary.customers).unwrap_or(u32::MAX);
         let start = usize::try_from(self.summary.events).unwrap_or(usize::MAX);
-        let journey = |r: std::ops::Range<usize>| Journey {
+        let journey = |r: Range<usize>| Journey {
             customer,
             start: start + r.start,
             ts: &ts[r.clone()],
@@ -299,7 +403,79 @@ impl GroupedJourneys {
         s.customers += 1;
         s.first_ts = Some(s.first_ts.map_or(ts[0], |t| t.min(ts[0])));
         s.last_ts = Some(s.last_ts.map_or(ts[n - 1], |t| t.max(ts[n - 1])));
-        self.ts.clear();
-        self.touchpoint.clear();
+    }
+}
+
+/// Whether some hash occurs twice. Hashes are spread evenly, so one counting pass by their
+/// top bits leaves buckets of a few hashes each, sorted in cache: a comparison sort of
+/// millions of hashes took most of the time the check is given.
+fn any_twice(hashes: &[u64]) -> bool {
+    const BITS: u32 = 16;
+    let bucket = |h: u64| (h >> (64 - BITS)) as usize;
+    let mut starts = vec![0usize; (1 << BITS) + 1];
+    for &h in hashes {
+        starts[bucket(h) + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut next = starts.clone();
+    let mut bucketed = vec![0u64; hashes.len()];
+    for &h in hashes {
+        let b = bucket(h);
+        bucketed[next[b]] = h;
+        next[b] += 1;
+    }
+    starts.windows(2).any(|w| {
+        let b = &mut bucketed[w[0]..w[1]];
+        b.sort_unstable();
+        b.windows(2).any(|p| p[0] == p[1])
+    })
+}
+
+/// The end of the run of rows from `row` that share one raw identifier (or have none).
+#[inline]
+fn run_end(id: &IdColumn<'_>, row: usize, n: usize) -> usize {
+    let mut end = row + 1;
+    match id {
+        IdColumn::Dict { keys, .. } if keys.null_count() == 0 => {
+            let keys = &keys.values()[..n];
+            let key = keys[row];
+            while end < n && keys[end] == key {
+                end += 1;
+            }
+        }
+        _ if id.is_null(row) => {
+            while end < n && id.is_null(end) {
+                end += 1;
+            }
+        }
+        _ => {
+            let value = id.value(row);
+            while end < n && !id.is_null(end) && same(id.value(end), value) {
+                end += 1;
+            }
+        }
+    }
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::any_twice;
+
+    #[test]
+    fn a_hash_met_twice_is_found_in_any_bucket() {
+        let spread: Vec<u64> = (0..200_000u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        assert!(!any_twice(&spread));
+        for at in [0, 1, 77_777, 199_999] {
+            let mut twice = spread.clone();
+            twice.push(spread[at]);
+            assert!(any_twice(&twice), "{at}");
+        }
+        assert!(!any_twice(&[]));
+        assert!(any_twice(&[5, 5]));
     }
 }

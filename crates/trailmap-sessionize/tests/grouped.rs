@@ -72,12 +72,14 @@ fn built(batches: &[RecordBatch], sessions: &SessionConfig, scope: Scope) -> (Jo
     (journeys, log.num_customers() as u64)
 }
 
+/// The stream's journeys; `early` customers checked as they come, the rest at the end.
 fn streamed(
     batches: &[RecordBatch],
     sessions: &SessionConfig,
     scope: Scope,
+    early: usize,
 ) -> Result<(Journeys, trailmap_sessionize::GroupedSummary), GroupedError> {
-    let mut stream = GroupedJourneys::new(scope, sessions);
+    let mut stream = GroupedJourneys::new(scope, sessions).check_early(early);
     let mut got: Vec<(Vec<i64>, Vec<u32>)> = Vec::new();
     let mut sink = |j: &trailmap_sessionize::Journey<'_>| {
         got.push((j.ts.to_vec(), j.touchpoint.to_vec()));
@@ -85,7 +87,7 @@ fn streamed(
     for b in batches {
         stream.push_batch(b, &mut sink)?;
     }
-    let summary = stream.finish(&mut sink);
+    let summary = stream.finish(&mut sink).map_err(GroupedError::NotGrouped)?;
     let journeys = got
         .into_iter()
         .map(|(ts, tp)| {
@@ -141,6 +143,7 @@ proptest! {
         size in 1usize..40,
         dictionary in any::<bool>(),
         sessions in any::<bool>(),
+        early in 0usize..4,
     ) {
         let config = SessionConfig {
             gap: Span::from_secs(30 * 60),
@@ -150,7 +153,7 @@ proptest! {
         let batches = batches(&rows, kind, size, dictionary);
         for scope in [Scope::Customer, Scope::Session] {
             let (expected, customers) = built(&batches, &config, scope);
-            let (got, summary) = streamed(&batches, &config, scope).unwrap();
+            let (got, summary) = streamed(&batches, &config, scope, early).unwrap();
             prop_assert_eq!(&got, &expected);
             prop_assert_eq!(summary.customers, customers);
             prop_assert_eq!(summary.journeys as usize, expected.len());
@@ -160,12 +163,14 @@ proptest! {
         }
     }
 
-    /// A customer whose events come back after another's: the stream says so, naming them.
+    /// A customer whose events come back after another's: the stream says so, naming
+    /// them when checked as they come, at the end otherwise.
     #[test]
     fn a_customer_met_again_is_not_grouped(
         (mut rows, kind) in grouped_rows(),
         size in 1usize..40,
         dictionary in any::<bool>(),
+        early in any::<bool>(),
     ) {
         // Customers are met through their events (identity-only rows make none).
         let customer = |r: &Row| Some(r.0.trim().to_lowercase()).filter(|id| !id.is_empty() && r.2.is_some());
@@ -175,8 +180,9 @@ proptest! {
         let first = first.unwrap();
         rows.push((first.clone(), 0, Some(1)));
         let batches = batches(&rows, kind, size, dictionary);
-        let got = streamed(&batches, &SessionConfig::default(), Scope::Customer);
-        prop_assert_eq!(got.err(), Some(GroupedError::NotGrouped(NotGrouped::Interleaved(first))));
+        let got = streamed(&batches, &SessionConfig::default(), Scope::Customer, if early { 100 } else { 0 });
+        let named = early.then_some(first);
+        prop_assert_eq!(got.err(), Some(GroupedError::NotGrouped(NotGrouped::Interleaved(named))));
     }
 }
 
@@ -192,7 +198,7 @@ fn several_identity_columns_need_stitching() {
     row.identities[IdentityKind::AnonymousId.index()] = Some("anon");
     row.identities[IdentityKind::UserId.index()] = Some("user");
     b.push(&row);
-    let got = streamed(&[b.finish()], &SessionConfig::default(), Scope::Customer);
+    let got = streamed(&[b.finish()], &SessionConfig::default(), Scope::Customer, 1);
     assert_eq!(
         got.err(),
         Some(GroupedError::NotGrouped(NotGrouped::Stitching))
@@ -210,7 +216,7 @@ fn names_given_ahead_are_not_seen_until_used() {
     let mut got = Vec::new();
     let mut sink = |j: &trailmap_sessionize::Journey<'_>| got.push(j.touchpoint.to_vec());
     stream.push_batch(&batches[0], &mut sink).unwrap();
-    let summary = stream.finish(&mut sink);
+    let summary = stream.finish(&mut sink).unwrap();
     assert_eq!(got, vec![vec![2, 0]]);
     assert_eq!(summary.touchpoints, ["tp1", "tp9", "tp3"]);
     assert_eq!(summary.seen, [true, false, true]);

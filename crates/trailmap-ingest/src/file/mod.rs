@@ -82,6 +82,9 @@ impl FileInput {
 pub struct Projection {
     pub event_id: bool,
     pub properties: bool,
+    /// The record's own channel column (the catalog's channels come either way). A reader
+    /// that only follows touchpoints through time skips decoding it.
+    pub channel: bool,
 }
 
 impl Default for Projection {
@@ -89,16 +92,19 @@ impl Default for Projection {
         Projection {
             event_id: true,
             properties: true,
+            channel: true,
         }
     }
 }
 
 impl Projection {
-    /// Only what stitching, ordering and sessions need.
+    /// Only what stitching, ordering and sessions need (and the record channel, which
+    /// breakdowns and the live map show).
     pub fn minimal() -> Self {
         Projection {
             event_id: false,
             properties: false,
+            channel: true,
         }
     }
 }

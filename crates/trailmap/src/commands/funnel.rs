@@ -288,11 +288,14 @@ impl FunnelArgs {
         }
         let started = std::time::Instant::now();
         let mut not_grouped = None;
-        let read = self
-            .input
-            .read_with(config, Projection::minimal(), &mut |batch| match stream
-                .push_batch(batch, &mut |j| funnel.add(j))
-            {
+        let read = self.input.read_with(
+            config,
+            // Steps are touchpoints: the record's channel is not read.
+            Projection {
+                channel: false,
+                ..Projection::minimal()
+            },
+            &mut |batch| match stream.push_batch(batch, &mut |j| funnel.add(j)) {
                 Ok(()) => {
                     if let Some(t) = stream.latest() {
                         funnel.settled_until(t);
@@ -305,13 +308,20 @@ impl FunnelArgs {
                     Err(stop)
                 }
                 Err(GroupedError::Batch(e)) => Err(Error::Other(e)),
-            });
+            },
+        );
         if let Some(why) = not_grouped {
             crate::input::timing(&format!("streaming stopped ({why})"), started.elapsed());
             return Ok(None);
         }
         read?;
-        let summary = stream.finish(&mut |j| funnel.add(j));
+        let summary = match stream.finish(&mut |j| funnel.add(j)) {
+            Ok(summary) => summary,
+            Err(why) => {
+                crate::input::timing(&format!("streaming stopped ({why})"), started.elapsed());
+                return Ok(None);
+            }
+        };
         if now.is_none() {
             funnel.settle(summary.last_ts.unwrap_or(0));
         }
