@@ -260,9 +260,11 @@ impl GroupedJourneys {
         self.tp_rows.clear();
         self.tp_rows.reserve(keys.len());
         let mut missing = false;
+        let nulls = keys.nulls().filter(|n| n.null_count() > 0);
         for (row, &key) in keys.values().iter().enumerate() {
             let id = match self.tp_map.get(key as usize) {
-                _ if keys.is_null(row) => NO_TOUCHPOINT,
+                // A null row's key is arbitrary: it has no touchpoint.
+                _ if nulls.is_some_and(|n| n.is_null(row)) => NO_TOUCHPOINT,
                 Some(&UNMAPPED) => self.name_touchpoint(key as usize, values),
                 Some(&id) => id,
                 None => NO_TOUCHPOINT,

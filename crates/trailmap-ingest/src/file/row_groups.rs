@@ -21,9 +21,12 @@ enum Decoded {
     End,
 }
 
-/// Batches decoded ahead per thread: enough to keep the decoder busy, few enough that
-/// memory stays a few batches per thread.
-const AHEAD: usize = 4;
+/// Batches a thread decodes ahead, at least and at most. A thread should get a whole row
+/// group ahead: while the reader takes the batches of one thread's row group, the others
+/// decode their next ones (with a few batches only, they stopped and waited, and the
+/// threads took turns instead of working together). The most bounds memory for files with
+/// huge row groups: 256 batches of 8192 rows of three columns is ~40 MB a thread.
+const AHEAD: std::ops::RangeInclusive<usize> = 4..=256;
 
 /// Row groups decoded on `threads` threads.
 pub(crate) struct RowGroupReader {
@@ -47,12 +50,19 @@ impl RowGroupReader {
     ) -> std::io::Result<RowGroupReader> {
         let row_groups = metadata.metadata().num_row_groups();
         let threads = threads.clamp(1, row_groups.max(1));
+        let largest = (metadata.metadata().row_groups().iter())
+            .map(|rg| usize::try_from(rg.num_rows()).unwrap_or(usize::MAX))
+            .max()
+            .unwrap_or(0);
+        let ahead = (largest / batch_size.max(1))
+            .saturating_add(2)
+            .clamp(*AHEAD.start(), *AHEAD.end());
         let mut receivers = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
         for k in 0..threads {
             // Each thread reads through its own handle of the file.
             let file = File::open(path)?;
-            let (tx, rx) = sync_channel(AHEAD);
+            let (tx, rx) = sync_channel(ahead);
             let (metadata, mask) = (metadata.clone(), mask.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("parquet-decode-{k}"))
