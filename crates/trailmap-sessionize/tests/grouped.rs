@@ -3,9 +3,10 @@
 //! and says when the input is not grouped or needs stitching.
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::DataType;
+mod common;
+use common::with_columns;
 use proptest::prelude::*;
-use std::sync::Arc;
 use trailmap_model::config::{Scope, SessionConfig};
 use trailmap_model::time::Span;
 use trailmap_model::{EventBatchBuilder, EventRow, IdentityKind};
@@ -41,14 +42,7 @@ fn batches(rows: &[Row], kind: IdentityKind, size: usize, dictionary: bool) -> V
             let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
             let to = DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8));
             columns[i] = arrow::compute::cast(&columns[i], &to).unwrap();
-            let fields: Vec<Field> = batch
-                .schema()
-                .fields()
-                .iter()
-                .zip(&columns)
-                .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
-                .collect();
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+            with_columns(&batch, columns)
         })
         .collect()
 }

@@ -1,5 +1,7 @@
 //! Stitching, ordering and session semantics (DESIGN.md, "Semantics").
 
+mod common;
+use common::with_columns;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use trailmap_model::config::{Scope, SessionConfig};
@@ -46,25 +48,6 @@ fn by_customer(log: &JourneyLog, scope: Scope) -> BTreeMap<String, Vec<Vec<Strin
             .push(names);
     }
     out
-}
-
-/// `batch`'s schema over other columns, each field typed as its new column is.
-fn with_columns(
-    batch: &arrow::array::RecordBatch,
-    columns: Vec<arrow::array::ArrayRef>,
-) -> arrow::array::RecordBatch {
-    let fields: Vec<arrow::datatypes::Field> = batch
-        .schema()
-        .fields()
-        .iter()
-        .zip(&columns)
-        .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
-        .collect();
-    arrow::array::RecordBatch::try_new(
-        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
-        columns,
-    )
-    .unwrap()
 }
 
 fn id(kind: IdentityKind, v: &str) -> (IdentityKind, String) {
