@@ -685,13 +685,9 @@ fn commands_agree_on_generated_journeys() {
     }
 }
 
-/// `trailmap funnel` counts input grouped by customer as it reads it (no journey log), and
-/// anything else through the general load: on the same events, grouped and interleaved
-/// (each customer's rows in the same order), every mode, order type, exclusion, count,
-/// gap, trend, scope and "now" gives the same report, and each input took the path it
-/// should.
-#[test]
-fn streamed_funnels_equal_the_general_load() {
+/// The same events twice, as CSV: grouped by customer, and interleaved (round robin over
+/// customers, each customer's rows in the same order), so every journey is the same.
+fn grouped_and_interleaved(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     // A tiny LCG: the same events on every run.
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut next = |n: u64| {
@@ -714,10 +710,9 @@ fn streamed_funnels_equal_the_general_load() {
         }
         customers.push(rows);
     }
-    let dir = tempfile::tempdir().unwrap();
     let header = "customer_id,ts,touchpoint\n";
-    let grouped = dir.path().join("grouped.csv");
-    let interleaved = dir.path().join("interleaved.csv");
+    let grouped = dir.join("grouped.csv");
+    let interleaved = dir.join("interleaved.csv");
     std::fs::write(&grouped, header.to_string() + &customers.concat().concat()).unwrap();
     let longest = customers.iter().map(Vec::len).max().unwrap_or(0);
     let mut text = header.to_string();
@@ -729,6 +724,31 @@ fn streamed_funnels_equal_the_general_load() {
         }
     }
     std::fs::write(&interleaved, text).unwrap();
+    (grouped, interleaved)
+}
+
+/// Runs `args` with `TRAILMAP_TIMINGS` set: the JSON report and stderr (which says whether
+/// the input was streamed).
+fn run_timed(args: &[&str]) -> (Value, String) {
+    let out = bin()
+        .args(args)
+        .env("TRAILMAP_TIMINGS", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+}
+
+/// `trailmap funnel` counts input grouped by customer as it reads it (no journey log), and
+/// anything else through the general load: on the same events, grouped and interleaved
+/// (each customer's rows in the same order), every mode, order type, exclusion, count,
+/// gap, trend, scope and "now" gives the same report, and each input took the path it
+/// should.
+#[test]
+fn streamed_funnels_equal_the_general_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grouped, interleaved) = grouped_and_interleaved(dir.path());
     let dl = dir.path().join("dead.ndjson");
     let run = |file: &std::path::Path, options: &[&str]| -> (Value, String) {
         let mut args = vec!["funnel", "--input", s(file), "--dead-letter", s(&dl)];
@@ -737,14 +757,7 @@ fn streamed_funnels_equal_the_general_load() {
             args.extend(["--steps", "a,b,c"]);
         }
         args.extend(options);
-        let out = bin()
-            .args(&args)
-            .env("TRAILMAP_TIMINGS", "1")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{args:?}: {stderr}");
-        (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+        run_timed(&args)
     };
     let cases: &[&[&str]] = &[
         &[],
@@ -804,4 +817,57 @@ fn streamed_funnels_equal_the_general_load() {
             "{options:?}: {streamed}"
         );
     }
+}
+
+/// `trailmap dropoffs` streams grouped input too: the same report as the general load, with
+/// a goal, with funnel steps, per session; a goal no event has is the same error.
+#[test]
+fn streamed_dropoffs_equal_the_general_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grouped, interleaved) = grouped_and_interleaved(dir.path());
+    let dl = dir.path().join("dead.ndjson");
+    let cases: &[&[&str]] = &[
+        &[],
+        &["--goal", "c"],
+        &["--goal", "c", "--steps", "a,b,c", "--window", "3d"],
+        &["--steps", "a,x,b", "--exclude", "p", "--count", "attempts"],
+        &["--goal", "b", "--scope", "session", "--gap", "2h"],
+    ];
+    for options in cases {
+        let mut args = vec!["dropoffs", "--dead-letter", s(&dl), "--format", "json"];
+        args.extend(*options);
+        let with = |file: &std::path::Path| {
+            let mut a = args.clone();
+            a.extend(["--input", s(file)]);
+            run_timed(&a)
+        };
+        let (streamed, how) = with(&grouped);
+        assert!(how.contains("streamed"), "{options:?}: {how}");
+        let (general, how) = with(&interleaved);
+        assert!(how.contains("streaming stopped"), "{options:?}: {how}");
+        assert_eq!(streamed, general, "{options:?}");
+        assert!(streamed["journeys"].as_u64().unwrap() >= 400, "{streamed}");
+    }
+    let errors: Vec<String> = [&grouped, &interleaved]
+        .iter()
+        .map(|file| {
+            let out = run(&[
+                "dropoffs",
+                "--input",
+                s(file),
+                "--goal",
+                "nope",
+                "--dead-letter",
+                s(&dl),
+            ]);
+            assert!(!out.status.success());
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        })
+        .collect();
+    assert!(
+        errors[0].contains("--goal nope: no event has this touchpoint"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(errors[0], errors[1]);
 }

@@ -12,7 +12,9 @@ use trailmap_ingest::file::{self, FileInput, IngestOptions, IngestStats, Project
 use trailmap_model::config::{OneOrMany, Scope, SourceConfig, SourceKind};
 use trailmap_model::time::{Span, TimeUnit};
 use trailmap_model::{Catalog, Config, Error};
-use trailmap_sessionize::{Attribute, JourneyBuilder, JourneyLog};
+use trailmap_sessionize::{
+    Attribute, GroupedError, GroupedJourneys, GroupedSummary, Journey, JourneyBuilder, JourneyLog,
+};
 
 #[derive(Debug, Clone, Args)]
 pub struct InputArgs {
@@ -248,6 +250,59 @@ impl InputArgs {
             ingest: read.ingest,
             files: inputs.into_iter().map(|i| i.path).collect(),
         })
+    }
+
+    /// Journeys of input grouped by customer, each handed to `sink` as soon as the next
+    /// customer's events begin, with no journey log kept (see
+    /// [`GroupedJourneys`]): what commands that only aggregate journeys read when they can.
+    /// `names` get their touchpoint ids before any event, in order (repeats once), so
+    /// aggregates can be set up ahead. Only the touchpoints are read (no record channel).
+    /// `None` when the input turns out not to be grouped, or to need stitching: load it
+    /// then.
+    pub fn stream_grouped(
+        &self,
+        config: &Config,
+        names: &[&str],
+        mut sink: &mut dyn FnMut(&Journey<'_>),
+    ) -> anyhow::Result<Option<GroupedSummary>> {
+        let mut stream = GroupedJourneys::new(config.sessions.scope, &config.sessions);
+        for name in names {
+            stream.touchpoint_id(name);
+        }
+        let started = std::time::Instant::now();
+        let mut not_grouped = None;
+        let projection = Projection {
+            channel: false,
+            ..Projection::minimal()
+        };
+        let read = self.read_with(config, projection, &mut |batch| match stream
+            .push_batch(batch, &mut sink)
+        {
+            Ok(()) => Ok(()),
+            Err(GroupedError::NotGrouped(why)) => {
+                let stop = Error::Other(why.to_string());
+                not_grouped = Some(why);
+                Err(stop)
+            }
+            Err(GroupedError::Batch(e)) => Err(Error::Other(e)),
+        });
+        let finished = match (not_grouped, read) {
+            (Some(why), _) => Err(why),
+            (None, read) => {
+                read?;
+                stream.finish(&mut sink)
+            }
+        };
+        match finished {
+            Ok(summary) => {
+                timing("read + aggregate, streamed", started.elapsed());
+                Ok(Some(summary))
+            }
+            Err(why) => {
+                timing(&format!("streaming stopped ({why})"), started.elapsed());
+                Ok(None)
+            }
+        }
     }
 
     /// Reads every input into `consume`, batch by batch (for readers that keep no log,

@@ -11,14 +11,19 @@ pub fn touchpoint_id(log: &JourneyLog, name: &str) -> Option<u32> {
         .map(|i| i as u32)
 }
 
-/// Like [`touchpoint_id`], but a name no event has is an error that lists what there is.
-pub fn require_touchpoint(log: &JourneyLog, flag: &str, name: &str) -> anyhow::Result<u32> {
-    touchpoint_id(log, name).with_context(|| {
-        format!(
-            "{flag} {name}: no event has this touchpoint; touchpoints in the input: {}",
-            known(&log.touchpoints)
-        )
-    })
+/// The id of a touchpoint some event has (its position in `touchpoints`); a name no event
+/// has is an error that lists what there is.
+pub fn require_touchpoint(touchpoints: &[String], flag: &str, name: &str) -> anyhow::Result<u32> {
+    touchpoints
+        .iter()
+        .position(|t| t == name)
+        .map(|i| i as u32)
+        .with_context(|| {
+            format!(
+                "{flag} {name}: no event has this touchpoint; touchpoints in the input: {}",
+                known(touchpoints)
+            )
+        })
 }
 
 /// Touchpoint names, for error messages.

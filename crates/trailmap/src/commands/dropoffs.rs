@@ -7,7 +7,8 @@ use crate::output::{Format, print_rows, thousands};
 use clap::Args;
 use trailmap_ingest::Projection;
 use trailmap_mine::report::{DropoffsReport, Names, next_after_steps};
-use trailmap_mine::{Dropoffs, Funnel, fold};
+use trailmap_mine::{Aggregate, Dropoffs, Funnel, fold};
+use trailmap_model::config::JourneyConfig;
 
 #[derive(Args)]
 pub struct DropoffsArgs {
@@ -37,8 +38,13 @@ pub struct DropoffsArgs {
 impl DropoffsArgs {
     pub fn run(self) -> anyhow::Result<()> {
         let config = self.input.config()?;
-        if self.funnel.given() {
-            self.funnel.journey_config(&config)?;
+        let journey = match self.funnel.given() {
+            true => Some(self.funnel.journey_config(&config)?.1),
+            false => None,
+        };
+        // Input grouped by customer is counted as it is read, with no journey log.
+        if let Some(report) = self.streamed(&config, journey.as_ref())? {
+            return self.print(&report);
         }
         let loaded = self.input.load(Projection::minimal())?;
         let log = &loaded.log;
@@ -46,7 +52,7 @@ impl DropoffsArgs {
         let goal = self
             .goal
             .as_deref()
-            .map(|g| require_touchpoint(log, "--goal", g))
+            .map(|g| require_touchpoint(&log.touchpoints, "--goal", g))
             .transpose()?;
         let names = Names {
             touchpoints: &log.touchpoints,
@@ -58,6 +64,53 @@ impl DropoffsArgs {
             let funnel = fold(log, scope, || Funnel::new(spec.clone(), None));
             report.steps = next_after_steps(&funnel, &step_names, names, self.top);
         }
+        self.print(&report)
+    }
+
+    /// The report counted while the input is read (see [`InputArgs::stream_grouped`]);
+    /// `None` when the input is not grouped by customer.
+    fn streamed(
+        &self,
+        config: &trailmap_model::Config,
+        journey: Option<&JourneyConfig>,
+    ) -> anyhow::Result<Option<DropoffsReport>> {
+        // The goal is numbered first, then the funnel's steps.
+        let mut names: Vec<String> = self.goal.iter().cloned().collect();
+        let mut funnel = journey
+            .map(|j| self.funnel.ahead_of_stream(j, &mut names, None))
+            .transpose()?;
+        let goal = self.goal.as_ref().map(|_| 0u32);
+        let mut dropoffs = Dropoffs::new(goal);
+        let ahead: Vec<&str> = names.iter().map(String::as_str).collect();
+        let Some(summary) = self.input.stream_grouped(config, &ahead, &mut |j| {
+            dropoffs.add(j);
+            if let Some(f) = &mut funnel {
+                f.add(j);
+            }
+        })?
+        else {
+            return Ok(None);
+        };
+        let seen: Vec<String> = (summary.touchpoints.iter().zip(&summary.seen))
+            .filter(|(_, seen)| **seen)
+            .map(|(t, _)| t.clone())
+            .collect();
+        if let Some(g) = &self.goal {
+            require_touchpoint(&seen, "--goal", g)?;
+        }
+        let names = Names {
+            touchpoints: &summary.touchpoints,
+        };
+        let mut report = DropoffsReport::new(&dropoffs, names, self.top);
+        if let (Some(funnel), Some(journey)) = (funnel, journey) {
+            let funnel = funnel.finish(&summary);
+            report.steps = next_after_steps(&funnel, &journey.steps, names, self.top);
+        }
+        Ok(Some(report))
+    }
+
+    fn print(&self, report: &DropoffsReport) -> anyhow::Result<()> {
+        let goal = report.goal.as_ref();
         let format = Format::resolve(self.format);
         let mut header = vec!["touchpoint", "journeys", "exits", "exit_rate"];
         if goal.is_some() {
@@ -93,7 +146,7 @@ impl DropoffsArgs {
             })
             .collect();
         if format != Format::Table {
-            return print_rows(format, &header, &rows, &report);
+            return print_rows(format, &header, &rows, report);
         }
         say(&format!(
             "{} journeys{}",

@@ -11,11 +11,9 @@ use trailmap_mine::funnel::TrendPeriod;
 use trailmap_mine::funnel::{FunnelSpec, Modes};
 use trailmap_mine::report::{BreakdownNames, FunnelReport, Names, parse_trend};
 use trailmap_mine::{Funnel, fold};
-use trailmap_model::Error;
 use trailmap_model::config::{CountBy, JourneyConfig, StepOrder};
 use trailmap_model::time::Span;
-use trailmap_sessionize::{Attribute, JourneyLog};
-use trailmap_sessionize::{GroupedError, GroupedJourneys};
+use trailmap_sessionize::{Attribute, GroupedSummary, Journey, JourneyLog};
 
 /// The funnel definition flags, shared with `trailmap dropoffs`.
 #[derive(Args, Clone)]
@@ -156,6 +154,85 @@ impl FunnelFlags {
     }
 }
 
+/// A funnel counting journeys as a stream hands them on: its steps resolved against names
+/// the stream numbers before any event, its maturity settled at the end (unless `--as-of`
+/// says when "now" is).
+pub struct StreamedFunnel {
+    funnel: Funnel<'static>,
+    deferred: bool,
+    /// The funnel's step and exclusion names, to warn about those no event has.
+    names: Vec<String>,
+}
+
+impl FunnelFlags {
+    /// Sets up the funnel of `journey` for a streamed read: its step and exclusion names are
+    /// added to `names` (the names the stream numbers ahead, in order; repeats once).
+    pub fn ahead_of_stream(
+        &self,
+        journey: &JourneyConfig,
+        names: &mut Vec<String>,
+        trend: Option<TrendPeriod>,
+    ) -> anyhow::Result<StreamedFunnel> {
+        let now = self
+            .as_of
+            .as_deref()
+            .map(|t| instant("--as-of", t))
+            .transpose()?;
+        let mut own = Vec::new();
+        for step in journey.steps.iter().chain(&journey.exclusions) {
+            if !names.contains(step) {
+                names.push(step.clone());
+            }
+            if !own.contains(step) {
+                own.push(step.clone());
+            }
+        }
+        let (mut spec, _) =
+            FunnelSpec::resolve(journey, names, now.unwrap_or(0)).map_err(anyhow::Error::msg)?;
+        spec.trend = trend;
+        let mut funnel = Funnel::new(spec, None);
+        if now.is_none() {
+            funnel.defer_maturity();
+        }
+        Ok(StreamedFunnel {
+            funnel,
+            deferred: now.is_none(),
+            names: own,
+        })
+    }
+}
+
+impl StreamedFunnel {
+    pub fn add(&mut self, journey: &Journey<'_>) {
+        self.funnel.add(journey);
+        // "Now" is the last event's time: at least this journey's last.
+        if let Some(&last) = journey.ts.last() {
+            self.funnel.settled_until(last);
+        }
+    }
+
+    /// The counted funnel, once the stream has ended; warns about steps no event had.
+    pub fn finish(mut self, summary: &GroupedSummary) -> Funnel<'static> {
+        if self.deferred {
+            self.funnel.settle(summary.last_ts.unwrap_or(0));
+        }
+        let seen: Vec<String> = summary
+            .touchpoints
+            .iter()
+            .zip(&summary.seen)
+            .filter(|(_, seen)| **seen)
+            .map(|(t, _)| t.clone())
+            .collect();
+        let unknown: Vec<String> = self
+            .names
+            .into_iter()
+            .filter(|t| !seen.contains(t))
+            .collect();
+        warn_unknown(&seen, &unknown);
+        self.funnel
+    }
+}
+
 fn modes_list(m: Modes) -> Vec<trailmap_model::config::FunnelMode> {
     use trailmap_model::config::FunnelMode::*;
     [
@@ -254,10 +331,9 @@ impl FunnelArgs {
         })
     }
 
-    /// The funnel counted while the input is read, each customer's journey as soon as the
-    /// next customer's events begin: the steps get their touchpoint ids before any event,
-    /// and maturity waits for the last event's time. `None` when the input turns out not
-    /// to be grouped by customer, or to need stitching: the general load counts it then.
+    /// The funnel counted while the input is read (see
+    /// [`InputArgs::stream_grouped`]). `None` when the input turns out not to be grouped
+    /// by customer, or to need stitching: the general load counts it then.
     #[allow(clippy::type_complexity)]
     fn streamed(
         &self,
@@ -265,76 +341,16 @@ impl FunnelArgs {
         trend: Option<TrendPeriod>,
     ) -> anyhow::Result<Option<(String, Vec<String>, Funnel<'static>, Vec<String>)>> {
         let (name, journey) = self.funnel.journey_config(config)?;
-        let now = self
-            .funnel
-            .as_of
-            .as_deref()
-            .map(|t| instant("--as-of", t))
-            .transpose()?;
-        let mut stream = GroupedJourneys::new(config.sessions.scope, &config.sessions);
-        let mut ahead: Vec<String> = Vec::new();
-        for step in journey.steps.iter().chain(&journey.exclusions) {
-            if !ahead.contains(step) {
-                stream.touchpoint_id(step);
-                ahead.push(step.clone());
-            }
-        }
-        let (mut spec, _) =
-            FunnelSpec::resolve(&journey, &ahead, now.unwrap_or(0)).map_err(anyhow::Error::msg)?;
-        spec.trend = trend;
-        let mut funnel = Funnel::new(spec, None);
-        if now.is_none() {
-            funnel.defer_maturity();
-        }
-        let started = std::time::Instant::now();
-        let mut not_grouped = None;
-        let read = self.input.read_with(
-            config,
-            // Steps are touchpoints: the record's channel is not read.
-            Projection {
-                channel: false,
-                ..Projection::minimal()
-            },
-            &mut |batch| match stream.push_batch(batch, &mut |j| funnel.add(j)) {
-                Ok(()) => {
-                    if let Some(t) = stream.latest() {
-                        funnel.settled_until(t);
-                    }
-                    Ok(())
-                }
-                Err(GroupedError::NotGrouped(why)) => {
-                    let stop = Error::Other(why.to_string());
-                    not_grouped = Some(why);
-                    Err(stop)
-                }
-                Err(GroupedError::Batch(e)) => Err(Error::Other(e)),
-            },
-        );
-        if let Some(why) = not_grouped {
-            crate::input::timing(&format!("streaming stopped ({why})"), started.elapsed());
+        let mut names = Vec::new();
+        let mut counting = self.funnel.ahead_of_stream(&journey, &mut names, trend)?;
+        let ahead: Vec<&str> = names.iter().map(String::as_str).collect();
+        let Some(summary) = self
+            .input
+            .stream_grouped(config, &ahead, &mut |j| counting.add(j))?
+        else {
             return Ok(None);
-        }
-        read?;
-        let summary = match stream.finish(&mut |j| funnel.add(j)) {
-            Ok(summary) => summary,
-            Err(why) => {
-                crate::input::timing(&format!("streaming stopped ({why})"), started.elapsed());
-                return Ok(None);
-            }
         };
-        if now.is_none() {
-            funnel.settle(summary.last_ts.unwrap_or(0));
-        }
-        crate::input::timing("read + funnel, streamed", started.elapsed());
-        let seen: Vec<String> = summary
-            .touchpoints
-            .iter()
-            .zip(&summary.seen)
-            .filter(|(_, seen)| **seen)
-            .map(|(t, _)| t.clone())
-            .collect();
-        let unknown: Vec<String> = ahead.into_iter().filter(|t| !seen.contains(t)).collect();
-        warn_unknown(&seen, &unknown);
+        let funnel = counting.finish(&summary);
         Ok(Some((name, journey.steps, funnel, summary.touchpoints)))
     }
 

@@ -78,7 +78,7 @@ impl PathsArgs {
                 "--to"
             };
             let spec = TreeSpec {
-                anchor: require_touchpoint(log, flag, anchor)?,
+                anchor: require_touchpoint(&log.touchpoints, flag, anchor)?,
                 direction,
                 max_steps: self.max_steps,
                 collapse_repeats: self.collapse_repeats,
