@@ -166,12 +166,6 @@ impl GroupedJourneys {
         id
     }
 
-    /// The latest event time of the journeys handed on so far: the last event's time will
-    /// be at least this.
-    pub fn latest(&self) -> Option<i64> {
-        self.summary.last_ts
-    }
-
     /// Adds a canonical batch, handing every journey completed by it to `sink`.
     pub fn push_batch(
         &mut self,

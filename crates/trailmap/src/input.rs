@@ -305,10 +305,9 @@ impl InputArgs {
         }
     }
 
-    /// Reads every input into `consume`, batch by batch (for readers that keep no log,
-    /// like [`GroupedJourneys`](trailmap_sessionize::GroupedJourneys)). An error from
-    /// `consume` stops the reading and is returned.
-    pub fn read_with(
+    /// Reads every input into `consume`, batch by batch. An error from `consume` stops the
+    /// reading and is returned.
+    fn read_with(
         &self,
         config: &Config,
         projection: Projection,
@@ -320,7 +319,7 @@ impl InputArgs {
 }
 
 /// What reading the inputs saw, besides the batches.
-pub struct Read {
+struct Read {
     pub ingest: IngestStats,
     pub dead_letters: PathBuf,
     pub rejected_by_reason: std::collections::BTreeMap<String, u64>,
