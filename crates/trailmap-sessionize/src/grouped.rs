@@ -81,6 +81,16 @@ pub struct GroupedSummary {
     pub last_ts: Option<i64>,
 }
 
+impl GroupedSummary {
+    /// The touchpoints some event had (names given ahead that no event had are left out).
+    pub fn seen_touchpoints(&self) -> Vec<String> {
+        (self.touchpoints.iter().zip(&self.seen))
+            .filter(|(_, seen)| **seen)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+}
+
 /// Sentinels of the per-batch touchpoint map; names never get these ids.
 const UNMAPPED: u32 = u32::MAX;
 const NO_TOUCHPOINT: u32 = u32::MAX - 1;

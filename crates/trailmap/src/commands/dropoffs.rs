@@ -91,12 +91,8 @@ impl DropoffsArgs {
         else {
             return Ok(None);
         };
-        let seen: Vec<String> = (summary.touchpoints.iter().zip(&summary.seen))
-            .filter(|(_, seen)| **seen)
-            .map(|(t, _)| t.clone())
-            .collect();
         if let Some(g) = &self.goal {
-            require_touchpoint(&seen, "--goal", g)?;
+            require_touchpoint(&summary.seen_touchpoints(), "--goal", g)?;
         }
         let names = Names {
             touchpoints: &summary.touchpoints,

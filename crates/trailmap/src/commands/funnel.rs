@@ -216,13 +216,7 @@ impl StreamedFunnel {
         if self.deferred {
             self.funnel.settle(summary.last_ts.unwrap_or(0));
         }
-        let seen: Vec<String> = summary
-            .touchpoints
-            .iter()
-            .zip(&summary.seen)
-            .filter(|(_, seen)| **seen)
-            .map(|(t, _)| t.clone())
-            .collect();
+        let seen = summary.seen_touchpoints();
         let unknown: Vec<String> = self
             .names
             .into_iter()
