@@ -467,31 +467,42 @@ impl<'a> Funnel<'a> {
     }
 
     /// Decides the maturity of the attempts that waited, now that "now" is `as_of`, and
-    /// counts from now on with it known.
+    /// counts from now on with it known. Does nothing unless maturity was deferred: "now"
+    /// was known all along then.
     pub fn settle(&mut self, as_of: i64) {
+        let Some(waited) = self.open.take() else {
+            return;
+        };
         self.spec.as_of = as_of;
+        for a in waited {
+            self.conclude(&a, a.window_end > as_of);
+        }
+    }
+
+    /// What an attempt's maturity decides: a maturing attempt counts as maturing at its
+    /// level (overall, for its breakdown value, for its entry period); one whose window is
+    /// over counts what it did next.
+    fn conclude(&mut self, a: &OpenAttempt, maturing: bool) {
         let n = self.spec.num_steps();
-        for a in self.open.take().unwrap_or_default() {
-            if a.window_end > as_of {
-                self.tallies.maturing[a.level] += 1;
-                if let Some(v) = a.value {
-                    self.breakdown
-                        .entry(v)
-                        .or_insert_with(|| StepTallies::new(n))
-                        .maturing[a.level] += 1;
-                }
-                if let Some(p) = a.period {
-                    self.trend
-                        .entry(p)
-                        .or_insert_with(|| StepTallies::new(n))
-                        .maturing[a.level] += 1;
-                }
-            } else if let Some(next) = a.next {
-                *self
-                    .next_after
-                    .entry((a.level as u32 - 1, next))
-                    .or_default() += 1;
+        if maturing {
+            self.tallies.maturing[a.level] += 1;
+            if let Some(v) = a.value {
+                self.breakdown
+                    .entry(v)
+                    .or_insert_with(|| StepTallies::new(n))
+                    .maturing[a.level] += 1;
             }
+            if let Some(p) = a.period {
+                self.trend
+                    .entry(p)
+                    .or_insert_with(|| StepTallies::new(n))
+                    .maturing[a.level] += 1;
+            }
+        } else if let Some(next) = a.next {
+            *self
+                .next_after
+                .entry((a.level as u32 - 1, next))
+                .or_default() += 1;
         }
     }
 
@@ -582,12 +593,8 @@ impl<'a> Funnel<'a> {
         // Deferred: the window may still be open at a "now" not known yet.
         let waits = self.open.is_some() && window_end.is_some_and(|end| end > self.settled_until);
         let maturing = self.open.is_none() && window_end.is_some_and(|end| end > self.spec.as_of);
-        let tally = |t: &mut StepTallies| {
-            t.levels[out.level] += 1;
-            if maturing {
-                t.maturing[out.level] += 1;
-            }
-        };
+        // Levels now; maturity (or what the attempt did next) when concluded below.
+        let tally = |t: &mut StepTallies| t.levels[out.level] += 1;
         tally(&mut self.tallies);
         let mut open = OpenAttempt {
             window_end: window_end.unwrap_or(i64::MIN),
@@ -625,15 +632,9 @@ impl<'a> Funnel<'a> {
                 );
             }
         }
-        match (&mut self.open, open.next) {
-            (Some(waiting), _) if waits => waiting.push(open),
-            (_, Some(next)) if !maturing => {
-                *self
-                    .next_after
-                    .entry((out.level as u32 - 1, next))
-                    .or_default() += 1;
-            }
-            _ => {}
+        match &mut self.open {
+            Some(waiting) if waits => waiting.push(open),
+            _ => self.conclude(&open, maturing),
         }
     }
 }

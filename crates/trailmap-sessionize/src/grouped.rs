@@ -75,8 +75,6 @@ pub struct GroupedSummary {
     pub events: u64,
     pub customers: u64,
     pub journeys: u64,
-    /// Identity-only records.
-    pub identity_links: u64,
     pub first_ts: Option<i64>,
     pub last_ts: Option<i64>,
 }
@@ -284,8 +282,7 @@ impl GroupedJourneys {
         let id = if values.is_null(key) {
             NO_TOUCHPOINT
         } else {
-            let id = self.touchpoints.id(values.value(key));
-            self.seen.resize(self.touchpoints.names.len(), false);
+            let id = self.touchpoint_id(values.value(key));
             self.seen[id as usize] = true;
             id
         };
@@ -302,7 +299,8 @@ impl GroupedJourneys {
         }
         for row in rows {
             match self.tp_rows[row] {
-                NO_TOUCHPOINT => self.summary.identity_links += 1,
+                // Identity-only records, and events without a time, as the builder skips them.
+                NO_TOUCHPOINT => {}
                 _ if batch.ts.is_null(row) => {}
                 tp => {
                     self.ts.push(batch.ts.value(row));

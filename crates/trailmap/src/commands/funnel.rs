@@ -7,8 +7,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use trailmap_ingest::Projection;
 use trailmap_mine::Aggregate;
-use trailmap_mine::funnel::TrendPeriod;
-use trailmap_mine::funnel::{FunnelSpec, Modes};
+use trailmap_mine::funnel::{FunnelSpec, Modes, TrendPeriod};
 use trailmap_mine::report::{BreakdownNames, FunnelReport, Names, parse_trend};
 use trailmap_mine::{Funnel, fold};
 use trailmap_model::config::{CountBy, JourneyConfig, StepOrder};
@@ -159,7 +158,6 @@ impl FunnelFlags {
 /// says when "now" is).
 pub struct StreamedFunnel {
     funnel: Funnel<'static>,
-    deferred: bool,
     /// The funnel's step and exclusion names, to warn about those no event has.
     names: Vec<String>,
 }
@@ -194,11 +192,7 @@ impl FunnelFlags {
         if now.is_none() {
             funnel.defer_maturity();
         }
-        Ok(StreamedFunnel {
-            funnel,
-            deferred: now.is_none(),
-            names: own,
-        })
+        Ok(StreamedFunnel { funnel, names: own })
     }
 }
 
@@ -213,9 +207,8 @@ impl StreamedFunnel {
 
     /// The counted funnel, once the stream has ended; warns about steps no event had.
     pub fn finish(mut self, summary: &GroupedSummary) -> Funnel<'static> {
-        if self.deferred {
-            self.funnel.settle(summary.last_ts.unwrap_or(0));
-        }
+        // Unless `--as-of` gave it, "now" is the last event's time.
+        self.funnel.settle(summary.last_ts.unwrap_or(0));
         let seen = summary.seen_touchpoints();
         let unknown: Vec<String> = self
             .names
