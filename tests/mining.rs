@@ -685,61 +685,6 @@ fn commands_agree_on_generated_journeys() {
     }
 }
 
-/// The same events twice, as CSV: grouped by customer, and interleaved (round robin over
-/// customers, each customer's rows in the same order), so every journey is the same.
-fn grouped_and_interleaved(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    // A tiny LCG: the same events on every run.
-    let mut seed = 0x9e3779b97f4a7c15u64;
-    let mut next = |n: u64| {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) % n
-    };
-    const TOUCHPOINTS: [&str; 7] = ["a", "b", "c", "x", "o", "p", "a"];
-    let mut customers: Vec<Vec<String>> = Vec::new();
-    for c in 0..400 {
-        let mut rows = Vec::new();
-        let mut minute = next(60 * 24 * 40) as i64;
-        for _ in 0..1 + next(24) {
-            // Coarse times (ties), sometimes back in time (out of order in the file).
-            minute += next(7) as i64 * 30 - 40;
-            let ts = 1_767_225_600 + minute.max(0) * 60;
-            let tp = TOUCHPOINTS[next(TOUCHPOINTS.len() as u64) as usize];
-            rows.push(format!("cust{c},{ts},{tp}\n"));
-        }
-        customers.push(rows);
-    }
-    let header = "customer_id,ts,touchpoint\n";
-    let grouped = dir.join("grouped.csv");
-    let interleaved = dir.join("interleaved.csv");
-    std::fs::write(&grouped, header.to_string() + &customers.concat().concat()).unwrap();
-    let longest = customers.iter().map(Vec::len).max().unwrap_or(0);
-    let mut text = header.to_string();
-    for k in 0..longest {
-        for rows in &customers {
-            if let Some(r) = rows.get(k) {
-                text.push_str(r);
-            }
-        }
-    }
-    std::fs::write(&interleaved, text).unwrap();
-    (grouped, interleaved)
-}
-
-/// Runs `args` with `TRAILMAP_TIMINGS` set: the JSON report and stderr (which says whether
-/// the input was streamed).
-fn run_timed(args: &[&str]) -> (Value, String) {
-    let out = bin()
-        .args(args)
-        .env("TRAILMAP_TIMINGS", "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{args:?}: {stderr}");
-    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
-}
-
 /// `trailmap funnel` counts input grouped by customer as it reads it (no journey log), and
 /// anything else through the general load: on the same events, grouped and interleaved
 /// (each customer's rows in the same order), every mode, order type, exclusion, count,

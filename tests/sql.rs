@@ -269,3 +269,67 @@ fn writes_and_bad_tables_are_refused_with_what_to_do() {
     let out = run(&["sql", "--input", &shop(), "SELECT * FROM funnel('nope')"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a configured journey"));
 }
+
+/// `trailmap sql` streams `events` from input grouped by customer (no journey log) and
+/// loads anything else: on the same events, grouped and interleaved, every query gives the
+/// same rows, each through the path it should; queries the stream cannot answer (other
+/// tables, table functions, the `stage` column) run over the loaded journeys.
+#[test]
+fn streamed_events_equal_the_loaded_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grouped, interleaved) = grouped_and_interleaved(dir.path());
+    let dl = dir.path().join("dead.ndjson");
+    let streamed: &[&str] = &[
+        "SELECT level, count(*) AS n FROM (SELECT customer, window_funnel(259200, '', ts, \
+         touchpoint = 'a', touchpoint = 'b', touchpoint = 'c') AS level FROM events \
+         GROUP BY customer) GROUP BY level ORDER BY level",
+        // Rows in journey order: customer, then time, ties by arrival; sessions numbered.
+        "SELECT customer, array_agg(touchpoint) AS path, array_agg(ts) AS times, \
+         max(session) AS sessions FROM events GROUP BY customer ORDER BY customer",
+        "SELECT customer, session, count(*) AS n, min(ts) AS first FROM events \
+         GROUP BY customer, session ORDER BY customer, session",
+        "SELECT touchpoint, count(*) AS n FROM events WHERE session > 0 GROUP BY touchpoint \
+         ORDER BY touchpoint",
+        "SELECT count(*) AS n FROM events",
+        "SELECT customer, session, ts, touchpoint FROM events \
+         ORDER BY customer, session, ts, touchpoint LIMIT 50",
+    ];
+    let loaded: &[&str] = &[
+        "SELECT customer, count(*) AS n FROM journeys GROUP BY customer ORDER BY customer",
+        "SELECT stage, count(*) AS n FROM events GROUP BY stage",
+        "SELECT * FROM events ORDER BY customer, session, ts, touchpoint LIMIT 50",
+        "SELECT * FROM paths() ORDER BY \"from\", \"to\"",
+        "SELECT e.customer, count(*) AS n FROM events e JOIN transitions t \
+         ON e.customer = t.customer GROUP BY e.customer ORDER BY e.customer",
+    ];
+    for (queries, streams) in [(streamed, true), (loaded, false)] {
+        for query in queries {
+            let with = |file: &std::path::Path| {
+                let args = [
+                    "sql",
+                    "--format",
+                    "json",
+                    "--dead-letter",
+                    s(&dl),
+                    "--gap",
+                    "2h",
+                ];
+                let mut args = args.to_vec();
+                args.extend(["--input", s(file), query]);
+                run_timed(&args)
+            };
+            let (from_grouped, how) = with(&grouped);
+            if streams {
+                assert!(how.contains("read + aggregate, streamed"), "{query}: {how}");
+                assert!(!how.contains("read + stitch"), "{query}: {how}");
+            } else {
+                assert!(how.contains("query not streamed"), "{query}: {how}");
+                assert!(how.contains("read + stitch"), "{query}: {how}");
+            }
+            let (from_interleaved, how) = with(&interleaved);
+            assert!(how.contains("read + stitch"), "{query}: {how}");
+            assert_eq!(from_grouped, from_interleaved, "{query}");
+            assert!(!rows(&from_grouped).is_empty(), "{query}");
+        }
+    }
+}

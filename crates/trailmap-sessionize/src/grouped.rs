@@ -89,6 +89,26 @@ impl GroupedSummary {
     }
 }
 
+/// Where [`GroupedJourneys`] hands its journeys. Any `FnMut(&Journey)` is one (it needs
+/// neither the customer's name nor the end of batches).
+pub trait JourneySink {
+    /// A complete journey of the customer named `customer` (its identifier, normalized,
+    /// as [`JourneyLog::customer_key`](crate::JourneyLog::customer_key) names it).
+    fn journey(&mut self, journey: &Journey<'_>, customer: &str);
+
+    /// An input batch is done: every journey it completed was handed on. `touchpoints`
+    /// names the touchpoint ids so far. An error stops the stream with it.
+    fn batch_end(&mut self, _touchpoints: &[String]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<F: FnMut(&Journey<'_>)> JourneySink for F {
+    fn journey(&mut self, journey: &Journey<'_>, _customer: &str) {
+        self(journey)
+    }
+}
+
 /// Sentinels of the per-batch touchpoint map; names never get these ids.
 const UNMAPPED: u32 = u32::MAX;
 const NO_TOUCHPOINT: u32 = u32::MAX - 1;
@@ -175,10 +195,10 @@ impl GroupedJourneys {
     }
 
     /// Adds a canonical batch, handing every journey completed by it to `sink`.
-    pub fn push_batch(
+    pub fn push_batch<S: JourneySink + ?Sized>(
         &mut self,
         batch: &RecordBatch,
-        sink: &mut impl FnMut(&Journey<'_>),
+        sink: &mut S,
     ) -> Result<(), GroupedError> {
         let ts = column(batch, schema::TS)?
             .as_primitive_opt::<TimestampMicrosecondType>()
@@ -239,6 +259,7 @@ impl GroupedJourneys {
         }
         // The current customer may go on in the next batch.
         self.buffer(&rows, open);
+        sink.batch_end(&self.touchpoints.names)?;
         Ok(())
     }
 
@@ -312,11 +333,11 @@ impl GroupedJourneys {
 
     /// Hands on the current customer's journey: its buffered events, then `rows` of the
     /// batch (straight from the batch when nothing is buffered and every row is an event).
-    fn hand_on(
+    fn hand_on<S: JourneySink + ?Sized>(
         &mut self,
         batch: &Rows<'_>,
         rows: Range<usize>,
-        sink: &mut impl FnMut(&Journey<'_>),
+        sink: &mut S,
     ) {
         if self.ts.is_empty() && batch.clean && !rows.is_empty() {
             let ts = &batch.ts.values()[rows.clone()];
@@ -330,7 +351,7 @@ impl GroupedJourneys {
     }
 
     /// Hands on the current customer's buffered events.
-    fn hand_on_buffered(&mut self, sink: &mut impl FnMut(&Journey<'_>)) {
+    fn hand_on_buffered<S: JourneySink + ?Sized>(&mut self, sink: &mut S) {
         let (ts, tp) = (
             std::mem::take(&mut self.ts),
             std::mem::take(&mut self.touchpoint),
@@ -344,11 +365,13 @@ impl GroupedJourneys {
     /// Hands on the last journey and says what was streamed, or that a customer met again
     /// after the early ones (see [`check_early`](Self::check_early)) makes the input not
     /// grouped after all.
-    pub fn finish(
+    pub fn finish<S: JourneySink + ?Sized>(
         mut self,
-        sink: &mut impl FnMut(&Journey<'_>),
+        sink: &mut S,
     ) -> Result<GroupedSummary, NotGrouped> {
         self.hand_on_buffered(sink);
+        // Nothing is lost when the sink fails here: the input is read and handed on.
+        let _ = sink.batch_end(&self.touchpoints.names);
         if self.met.len() > self.early && any_twice(&self.met) {
             return Err(NotGrouped::Interleaved(None));
         }
@@ -360,7 +383,7 @@ impl GroupedJourneys {
 
     /// Orders a customer's events by (time, arrival), cuts them into sessions when the
     /// scope asks, and hands them on.
-    fn emit(&mut self, ts: &[i64], touchpoint: &[u32], sink: &mut impl FnMut(&Journey<'_>)) {
+    fn emit<S: JourneySink + ?Sized>(&mut self, ts: &[i64], touchpoint: &[u32], sink: &mut S) {
         let n = ts.len();
         if n == 0 {
             return;
@@ -380,6 +403,7 @@ impl GroupedJourneys {
             (&sorted_ts[..], &sorted_tp[..])
         };
         let customer = u32::try_from(self.summary.customers).unwrap_or(u32::MAX);
+        let customer_name = self.current.as_ref().map_or("", |(_, name)| name.as_str());
         let start = usize::try_from(self.summary.events).unwrap_or(usize::MAX);
         let journey = |r: Range<usize>| Journey {
             customer,
@@ -389,7 +413,7 @@ impl GroupedJourneys {
         };
         match self.scope {
             Scope::Customer => {
-                sink(&journey(0..n));
+                sink.journey(&journey(0..n), customer_name);
                 self.summary.journeys += 1;
             }
             Scope::Session => {
@@ -397,7 +421,7 @@ impl GroupedJourneys {
                 session_starts(ts, self.gap, self.max_duration, |i| self.starts.push(i));
                 self.starts.push(n);
                 for w in self.starts.windows(2) {
-                    sink(&journey(w[0]..w[1]));
+                    sink.journey(&journey(w[0]..w[1]), customer_name);
                 }
                 self.summary.journeys += self.starts.len() as u64 - 1;
             }

@@ -22,7 +22,7 @@ pub mod grouped;
 pub mod journeys;
 pub mod stitch;
 
-pub use grouped::{GroupedError, GroupedJourneys, GroupedSummary, NotGrouped};
+pub use grouped::{GroupedError, GroupedJourneys, GroupedSummary, JourneySink, NotGrouped};
 pub use journeys::{
     Arrived, Attribute, AttributeColumn, Journey, JourneyBuilder, JourneyLog, NO_VALUE,
     SessionSummary, session_starts, starts_session,

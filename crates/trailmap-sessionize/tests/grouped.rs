@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use trailmap_model::config::{Scope, SessionConfig};
 use trailmap_model::time::Span;
 use trailmap_model::{EventBatchBuilder, EventRow, IdentityKind};
-use trailmap_sessionize::{GroupedError, GroupedJourneys, JourneyBuilder, NotGrouped};
+use trailmap_sessionize::{GroupedError, GroupedJourneys, JourneyBuilder, JourneySink, NotGrouped};
 
 const MIN: i64 = 60_000_000;
 
@@ -47,8 +47,8 @@ fn batches(rows: &[Row], kind: IdentityKind, size: usize, dictionary: bool) -> V
         .collect()
 }
 
-/// Journeys as (times, touchpoint names), in the order they come.
-type Journeys = Vec<(Vec<i64>, Vec<String>)>;
+/// Journeys as (customer, times, touchpoint names), in the order they come.
+type Journeys = Vec<(String, Vec<i64>, Vec<String>)>;
 
 fn built(batches: &[RecordBatch], sessions: &SessionConfig, scope: Scope) -> (Journeys, u64) {
     let mut jb = JourneyBuilder::new();
@@ -60,10 +60,37 @@ fn built(batches: &[RecordBatch], sessions: &SessionConfig, scope: Scope) -> (Jo
         .journeys(scope)
         .map(|j| {
             let names = log.names(&j).into_iter().map(String::from).collect();
-            (j.ts.to_vec(), names)
+            (
+                log.customer_key(j.customer).to_string(),
+                j.ts.to_vec(),
+                names,
+            )
         })
         .collect();
     (journeys, log.num_customers() as u64)
+}
+
+/// What a sink was handed: journeys with their customer's name, batch ends, and how many
+/// touchpoints the last batch end named.
+#[derive(Default)]
+struct Collect {
+    got: Vec<(String, Vec<i64>, Vec<u32>)>,
+    batch_ends: usize,
+    named: usize,
+}
+
+impl JourneySink for Collect {
+    fn journey(&mut self, j: &trailmap_sessionize::Journey<'_>, customer: &str) {
+        self.got
+            .push((customer.to_string(), j.ts.to_vec(), j.touchpoint.to_vec()));
+    }
+
+    fn batch_end(&mut self, touchpoints: &[String]) -> Result<(), String> {
+        assert!(touchpoints.len() >= self.named, "names only grow");
+        self.named = touchpoints.len();
+        self.batch_ends += 1;
+        Ok(())
+    }
 }
 
 /// The stream's journeys; `early` customers checked as they come, the rest at the end.
@@ -74,22 +101,23 @@ fn streamed(
     early: usize,
 ) -> Result<(Journeys, trailmap_sessionize::GroupedSummary), GroupedError> {
     let mut stream = GroupedJourneys::new(scope, sessions).check_early(early);
-    let mut got: Vec<(Vec<i64>, Vec<u32>)> = Vec::new();
-    let mut sink = |j: &trailmap_sessionize::Journey<'_>| {
-        got.push((j.ts.to_vec(), j.touchpoint.to_vec()));
-    };
-    for b in batches {
+    let mut sink = Collect::default();
+    for (i, b) in batches.iter().enumerate() {
         stream.push_batch(b, &mut sink)?;
+        assert_eq!(sink.batch_ends, i + 1, "each batch's end is told");
     }
     let summary = stream.finish(&mut sink).map_err(GroupedError::NotGrouped)?;
-    let journeys = got
+    assert_eq!(sink.batch_ends, batches.len() + 1, "and the input's end");
+    assert_eq!(sink.named, summary.touchpoints.len());
+    let journeys = sink
+        .got
         .into_iter()
-        .map(|(ts, tp)| {
+        .map(|(customer, ts, tp)| {
             let names = tp
                 .iter()
                 .map(|&t| summary.touchpoints[t as usize].clone())
                 .collect();
-            (ts, names)
+            (customer, ts, names)
         })
         .collect();
     Ok((journeys, summary))
@@ -151,9 +179,9 @@ proptest! {
             prop_assert_eq!(&got, &expected);
             prop_assert_eq!(summary.customers, customers);
             prop_assert_eq!(summary.journeys as usize, expected.len());
-            prop_assert_eq!(summary.events as usize, expected.iter().map(|j| j.0.len()).sum::<usize>());
-            prop_assert_eq!(summary.last_ts, expected.iter().filter_map(|j| j.0.last().copied()).max());
-            prop_assert_eq!(summary.first_ts, expected.iter().filter_map(|j| j.0.first().copied()).min());
+            prop_assert_eq!(summary.events as usize, expected.iter().map(|j| j.1.len()).sum::<usize>());
+            prop_assert_eq!(summary.last_ts, expected.iter().filter_map(|j| j.1.last().copied()).max());
+            prop_assert_eq!(summary.first_ts, expected.iter().filter_map(|j| j.1.first().copied()).min());
         }
     }
 

@@ -12,6 +12,10 @@
 //! - [`retention`]: `retention(cond1, …)`, ClickHouse's retention array.
 //! - [`tables`]: `events`, `journeys` and `transitions` over a stitched [`JourneyLog`],
 //!   built at scan time for the columns a query reads, names as dictionaries.
+//! - [`streamed`]: `events` read customer by customer while one query runs, for input
+//!   grouped by customer (no journey log).
+//! - [`runs`]: GROUP BY customer over those tables by customer runs instead of hashing
+//!   (a physical optimizer rule and its operator).
 //! - [`results`]: table functions `paths()`, `variants()`, `funnel(…)`, `dropoffs(…)`, the
 //!   same aggregates and rows as the CLI commands.
 //! - [`live`]: `live_touchpoints`, `live_transitions`, `live_funnel_steps` over the live
@@ -27,8 +31,10 @@ pub mod live;
 pub mod postgres;
 mod results;
 pub mod retention;
+pub mod runs;
 pub mod sequence;
 mod stored;
+pub mod streamed;
 pub mod tables;
 pub mod window_funnel;
 
@@ -38,6 +44,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::AggregateUDF;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,11 +63,13 @@ pub struct Journeys {
 }
 
 /// `information_schema` on (`SHOW TABLES`, and what Postgres clients browse), tables in
-/// `datafusion.public` as `pg_catalog` expects.
+/// `datafusion.public` as `pg_catalog` expects; batches as large as the journey tables
+/// build them.
 fn session_config() -> SessionConfig {
     SessionConfig::new()
         .with_information_schema(true)
         .with_default_catalog_and_schema("datafusion", "public")
+        .with_batch_size(tables::BATCH)
 }
 
 /// What one analyst query may use, so it cannot starve ingest.
@@ -102,6 +111,17 @@ impl Default for Analyst {
 
 impl Analyst {
     pub fn new(limits: Limits) -> Self {
+        Self::build(limits, true)
+    }
+
+    /// A session that aggregates GROUP BY customer by hashing, as DataFusion does, instead
+    /// of by customer runs ([`runs`]): the answers are the same; tests and benchmarks
+    /// compare the two.
+    pub fn hashing_groups(limits: Limits) -> Self {
+        Self::build(limits, false)
+    }
+
+    fn build(limits: Limits, runs: bool) -> Self {
         // The pool bounds what operators may reserve; those that can spill do, the rest
         // fail with "Resources exhausted" rather than grow.
         // Nothing spills to disk either: the disk belongs to the store.
@@ -111,12 +131,18 @@ impl Analyst {
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
             .build_arc();
-        let ctx = match runtime {
-            Ok(runtime) => SessionContext::new_with_config_rt(session_config(), runtime),
-            // Building a runtime with a memory pool has no failure path in practice; keep a
-            // working (unbounded) session rather than none.
-            Err(_) => SessionContext::new_with_config(session_config()),
-        };
+        let mut state = SessionStateBuilder::new()
+            .with_config(session_config())
+            .with_default_features();
+        // Building a runtime with a memory pool has no failure path in practice; keep a
+        // working (unbounded) session rather than none.
+        if let Ok(runtime) = runtime {
+            state = state.with_runtime_env(runtime);
+        }
+        if runs {
+            state = state.with_physical_optimizer_rule(Arc::new(runs::AggregateByRuns));
+        }
+        let ctx = SessionContext::new_with_state(state.build());
         ctx.register_udaf(AggregateUDF::from(
             window_funnel::WindowFunnelUdaf::default(),
         ));
@@ -155,6 +181,44 @@ impl Analyst {
                     journeys: journeys.clone(),
                 }),
             );
+        }
+        Ok(self)
+    }
+
+    /// Registers `events` read from `input` customer by customer while a query runs
+    /// ([`streamed`]), for one query over input that may be grouped by customer. The other
+    /// journey tables and the table functions are there, but a query that uses them (or
+    /// that the stream cannot answer) fails with [`streamed::NeedsJourneyLog`]
+    /// ([`streamed::needs_journey_log`] tells): run it again over [`Analyst::with_journeys`].
+    pub fn with_streamed_events(
+        self,
+        input: Arc<dyn streamed::GroupedInput>,
+        config: &Config,
+    ) -> Result<Self> {
+        use streamed::{OverTheLog, StreamedEvents};
+        // The stream is one partition, whole customers in order; spreading its rows over
+        // more partitions (round robin, or by hash for a two-phase GROUP BY) would break
+        // customers' runs and have GROUP BY customer hash every row again.
+        {
+            let state = self.ctx.state_ref();
+            let mut state = state.write();
+            let optimizer = &mut state.config_mut().options_mut().optimizer;
+            optimizer.enable_round_robin_repartition = false;
+            optimizer.repartition_aggregations = false;
+        }
+        self.ctx
+            .register_table("events", Arc::new(StreamedEvents(input)))?;
+        for (name, schema) in [
+            ("journeys", tables::JourneyRows::table_schema(config)),
+            ("transitions", tables::Transitions::table_schema()),
+        ] {
+            self.ctx
+                .register_table(name, Arc::new(OverTheLog { name, schema }))?;
+        }
+        for name in ["paths", "variants", "funnel", "dropoffs"] {
+            let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
+            self.ctx
+                .register_udtf(name, Arc::new(OverTheLog { name, schema }));
         }
         Ok(self)
     }

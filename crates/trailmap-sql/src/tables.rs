@@ -35,10 +35,12 @@ use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 use trailmap_mine::funnel::FunnelSpec;
 use trailmap_mine::{Aggregate, Funnel};
+use trailmap_model::Config;
 use trailmap_model::config::Scope;
 
-/// Rows per batch.
-const BATCH: usize = 64 * 1024;
+/// Rows per batch, unless the session says otherwise (`datafusion.execution.batch_size`;
+/// the analyst session's default).
+pub(crate) const BATCH: usize = 64 * 1024;
 
 /// A table whose columns are computed from the log on demand.
 ///
@@ -123,18 +125,20 @@ impl<R: Rows> TableProvider for RowsTable<R> {
             rows: self.0.clone(),
             columns,
             parts: parts.into_iter().map(Arc::new).collect(),
+            batch_rows: state.config().batch_size(),
             properties: Arc::new(properties),
         }))
     }
 }
 
 /// The scan of a journey table: partition `p` streams the rows `parts[p]`, a batch of
-/// [`BATCH`] rows at a time, built as the plan pulls them.
+/// `batch_rows` rows at a time, built as the plan pulls them.
 struct JourneyScanExec<R> {
     rows: Arc<R>,
     /// The table's columns to build, in output order.
     columns: Vec<usize>,
     parts: Vec<Arc<Vec<Range<usize>>>>,
+    batch_rows: usize,
     properties: Arc<PlanProperties>,
 }
 
@@ -208,7 +212,7 @@ impl<R: Rows> ExecutionPlan for JourneyScanExec<R> {
         let (rows, columns) = (self.rows.clone(), self.columns.clone());
         let schema = self.properties.eq_properties.schema().clone();
         let batch_schema = schema.clone();
-        let batches = batches_of(ranges).map(move |batch| {
+        let batches = batches_of(ranges, self.batch_rows).map(move |batch| {
             let arrays = columns
                 .iter()
                 .map(|&c| rows.column(c, &batch))
@@ -227,16 +231,36 @@ impl<R: Rows> ExecutionPlan for JourneyScanExec<R> {
     }
 }
 
+/// Where a journey scan's output has its `customer` column, if `plan` is one and reads it:
+/// each partition's rows of a customer are contiguous there ([`crate::runs`] relies on it).
+pub(crate) fn customer_column_of_scan(plan: &dyn ExecutionPlan) -> Option<usize> {
+    fn customer_at<R: Rows>(plan: &dyn ExecutionPlan) -> Option<Option<usize>> {
+        let scan = plan.downcast_ref::<JourneyScanExec<R>>()?;
+        Some(scan.columns.iter().position(|&c| c == R::CUSTOMER))
+    }
+    if let Some(streamed) = plan.downcast_ref::<crate::streamed::StreamedEventsExec>() {
+        return streamed.customer_column();
+    }
+    customer_at::<Events>(plan)
+        .or_else(|| customer_at::<JourneyRows>(plan))
+        .or_else(|| customer_at::<Transitions>(plan))
+        .flatten()
+}
+
 fn total(ranges: &[Range<usize>]) -> usize {
     ranges.iter().map(Range::len).sum()
 }
 
-/// `ranges` cut into batches of [`BATCH`] rows (the last one shorter).
-fn batches_of(ranges: Arc<Vec<Range<usize>>>) -> impl Iterator<Item = Vec<Range<usize>>> {
+/// `ranges` cut into batches of `rows` rows (the last one shorter).
+fn batches_of(
+    ranges: Arc<Vec<Range<usize>>>,
+    rows: usize,
+) -> impl Iterator<Item = Vec<Range<usize>>> {
+    let rows = rows.max(1);
     let mut at = (0, ranges.first().map_or(0, |r| r.start));
     std::iter::from_fn(move || {
         let mut batch = Vec::new();
-        let mut room = BATCH;
+        let mut room = rows;
         while room > 0 && at.0 < ranges.len() {
             let range = &ranges[at.0];
             let end = range.end.min(at.1 + room);
@@ -744,6 +768,27 @@ impl JourneyRows {
     pub(crate) fn new(shared: Arc<Shared>) -> Result<Self> {
         let config = &shared.journeys.config;
         let log = &shared.journeys.log;
+        let mut funnels = Vec::new();
+        for (name, journey) in &config.journeys {
+            // A funnel naming touchpoints this log lacks still resolves; nobody converts.
+            // Maturity is as of the last event, found when a query first reads the flags
+            // (a pass over every event that most queries never need).
+            let (spec, _unknown) = FunnelSpec::resolve(journey, &log.touchpoints, i64::MAX)
+                .map_err(|e| {
+                    datafusion::common::DataFusionError::Plan(format!("journey {name}: {e}"))
+                })?;
+            funnels.push(spec);
+        }
+        Ok(JourneyRows {
+            schema: JourneyRows::table_schema(config),
+            shared,
+            converted: OnceLock::new(),
+            funnels,
+        })
+    }
+
+    /// The columns: fixed ones, then `converted_NAME` per journey the config names.
+    pub(crate) fn table_schema(config: &Config) -> SchemaRef {
         let mut fields = vec![
             Field::new("customer", DataType::Utf8View, false),
             Field::new("session", DataType::UInt32, true),
@@ -761,28 +806,14 @@ impl JourneyRows {
                 false,
             ),
         ];
-        let mut funnels = Vec::new();
-        for (name, journey) in &config.journeys {
-            // A funnel naming touchpoints this log lacks still resolves; nobody converts.
-            // Maturity is as of the last event, found when a query first reads the flags
-            // (a pass over every event that most queries never need).
-            let (spec, _unknown) = FunnelSpec::resolve(journey, &log.touchpoints, i64::MAX)
-                .map_err(|e| {
-                    datafusion::common::DataFusionError::Plan(format!("journey {name}: {e}"))
-                })?;
+        for name in config.journeys.keys() {
             fields.push(Field::new(
                 format!("converted_{name}"),
                 DataType::Boolean,
                 false,
             ));
-            funnels.push(spec);
         }
-        Ok(JourneyRows {
-            shared,
-            schema: Arc::new(Schema::new(fields)),
-            converted: OnceLock::new(),
-            funnels,
-        })
+        Arc::new(Schema::new(fields))
     }
 
     fn converted(&self) -> &[Vec<bool>] {
@@ -952,7 +983,7 @@ mod tests {
     #[allow(clippy::single_range_in_vec_init)]
     fn partitions_are_cut_into_batches_across_ranges() {
         let ranges = Arc::new(vec![0..BATCH - 10, BATCH..BATCH + 30, 3 * BATCH..5 * BATCH]);
-        let batches: Vec<Vec<Range<usize>>> = batches_of(ranges).collect();
+        let batches: Vec<Vec<Range<usize>>> = batches_of(ranges, BATCH).collect();
         assert_eq!(
             batches,
             [
@@ -962,7 +993,7 @@ mod tests {
                 vec![5 * BATCH - 20..5 * BATCH],
             ]
         );
-        assert_eq!(batches_of(Arc::new(Vec::new())).count(), 0);
+        assert_eq!(batches_of(Arc::new(Vec::new()), BATCH).count(), 0);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::sync::Arc;
 use trailmap_model::Config;
-use trailmap_sql::{Analyst, Journeys};
+use trailmap_sql::{Analyst, Journeys, Limits};
 
 mod common;
 
@@ -74,9 +74,12 @@ fn journeys(scope: &str) -> (Journeys, BTreeMap<String, i64>) {
 }
 
 async fn analyst(journeys: &Journeys, partitions: usize) -> Analyst {
-    let analyst = Analyst::default()
-        .with_journeys(journeys.clone())
-        .expect("tables");
+    partitioned(Analyst::default(), journeys, partitions).await
+}
+
+/// `analyst` over `journeys`, scans split in `partitions`.
+async fn partitioned(analyst: Analyst, journeys: &Journeys, partitions: usize) -> Analyst {
+    let analyst = analyst.with_journeys(journeys.clone()).expect("tables");
     analyst
         .ctx
         .sql(&format!(
@@ -234,8 +237,13 @@ async fn group_by_customer_aggregates_each_partition_alone_and_joins_stay_right(
             .entry(journeys.log.customer_key(c).to_string())
             .or_default() += 1;
     }
-    for partitions in [1, 2, 3] {
-        let analyst = analyst(&journeys, partitions).await;
+    for (runs, partitions) in [(true, 1), (true, 2), (true, 3), (false, 2), (false, 3)] {
+        let session = if runs {
+            Analyst::default()
+        } else {
+            Analyst::hashing_groups(Limits::default())
+        };
+        let analyst = partitioned(session, &journeys, partitions).await;
         // Joins of small tables would collect one side whole; make them partitioned, the
         // mode that relies on both sides' partitioning agreeing.
         for setting in [
@@ -256,7 +264,12 @@ async fn group_by_customer_aggregates_each_partition_alone_and_joins_stay_right(
         let plan = datafusion::arrow::util::pretty::pretty_format_batches(&explained)
             .expect("format")
             .to_string();
-        if partitions > 1 {
+        if runs {
+            // Customer by customer, as the scan hands them: no hashing, no repartition.
+            assert!(plan.contains("RunAggregateExec"), "{plan}");
+            assert!(!plan.contains("AggregateExec: mode"), "{plan}");
+            assert!(!plan.contains("RepartitionExec"), "{plan}");
+        } else {
             assert!(plan.contains("mode=SinglePartitioned"), "{plan}");
             assert!(!plan.contains("RepartitionExec"), "{plan}");
         }

@@ -13,7 +13,8 @@ use trailmap_model::config::{OneOrMany, Scope, SourceConfig, SourceKind};
 use trailmap_model::time::{Span, TimeUnit};
 use trailmap_model::{Catalog, Config, Error};
 use trailmap_sessionize::{
-    Attribute, GroupedError, GroupedJourneys, GroupedSummary, Journey, JourneyBuilder, JourneyLog,
+    Attribute, GroupedError, GroupedJourneys, GroupedSummary, JourneyBuilder, JourneyLog,
+    JourneySink,
 };
 
 #[derive(Debug, Clone, Args)]
@@ -263,7 +264,7 @@ impl InputArgs {
         &self,
         config: &Config,
         names: &[&str],
-        mut sink: &mut dyn FnMut(&Journey<'_>),
+        sink: &mut dyn JourneySink,
     ) -> anyhow::Result<Option<GroupedSummary>> {
         let mut stream = GroupedJourneys::new(config.sessions.scope, &config.sessions);
         for name in names {
@@ -276,7 +277,7 @@ impl InputArgs {
             ..Projection::minimal()
         };
         let read = self.read_with(config, projection, &mut |batch| match stream
-            .push_batch(batch, &mut sink)
+            .push_batch(batch, &mut *sink)
         {
             Ok(()) => Ok(()),
             Err(GroupedError::NotGrouped(why)) => {
@@ -290,7 +291,7 @@ impl InputArgs {
             (Some(why), _) => Err(why),
             (None, read) => {
                 read?;
-                stream.finish(&mut sink)
+                stream.finish(sink)
             }
         };
         match finished {

@@ -9,6 +9,7 @@ use trailmap_ingest::Projection;
 use trailmap_mine::report::{DropoffsReport, Names, next_after_steps};
 use trailmap_mine::{Aggregate, Dropoffs, Funnel, fold};
 use trailmap_model::config::JourneyConfig;
+use trailmap_sessionize::Journey;
 
 #[derive(Args)]
 pub struct DropoffsArgs {
@@ -82,12 +83,14 @@ impl DropoffsArgs {
         let goal = self.goal.as_ref().map(|_| 0u32);
         let mut dropoffs = Dropoffs::new(goal);
         let ahead: Vec<&str> = names.iter().map(String::as_str).collect();
-        let Some(summary) = self.input.stream_grouped(config, &ahead, &mut |j| {
-            dropoffs.add(j);
-            if let Some(f) = &mut funnel {
-                f.add(j);
-            }
-        })?
+        let Some(summary) = self
+            .input
+            .stream_grouped(config, &ahead, &mut |j: &Journey<'_>| {
+                dropoffs.add(j);
+                if let Some(f) = &mut funnel {
+                    f.add(j);
+                }
+            })?
         else {
             return Ok(None);
         };

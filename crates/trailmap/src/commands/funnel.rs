@@ -333,7 +333,7 @@ impl FunnelArgs {
         let ahead: Vec<&str> = names.iter().map(String::as_str).collect();
         let Some(summary) = self
             .input
-            .stream_grouped(config, &ahead, &mut |j| counting.add(j))?
+            .stream_grouped(config, &ahead, &mut |j: &Journey<'_>| counting.add(j))?
         else {
             return Ok(None);
         };

@@ -14,6 +14,10 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 use trailmap_ingest::Projection;
+use trailmap_model::Config;
+use trailmap_model::config::Scope;
+use trailmap_sessionize::JourneySink;
+use trailmap_sql::streamed::{GroupedInput, needs_journey_log};
 use trailmap_sql::{Analyst, Journeys, Limits};
 
 #[derive(Args)]
@@ -47,6 +51,11 @@ impl SqlArgs {
             .context("cannot start the query runtime")?;
         let format = Format::resolve(self.format);
         runtime.block_on(async {
+            if let Some(query) = &self.query
+                && let Some(batches) = self.streamed(query).await?
+            {
+                return print(&batches, format);
+            }
             let analyst = self.analyst().await?;
             match &self.query {
                 Some(query) => print(&analyst.query(query).await?, format),
@@ -65,10 +74,52 @@ impl SqlArgs {
         })
     }
 
+    /// The answer to `query` over `events` streamed from input grouped by customer
+    /// ([`trailmap_sql::streamed`]): no journey log, about one batch of rows in memory.
+    /// `None` when the query needs the loaded journeys (the input is not grouped, or the
+    /// query uses what the stream does not give).
+    async fn streamed(&self, query: &str) -> anyhow::Result<Option<Vec<RecordBatch>>> {
+        let config = self.input.config()?;
+        if self.input.inputs.is_empty() && !self.input.has_configured_sources(&config) {
+            return Ok(None);
+        }
+        let input = Arc::new(GroupedFiles {
+            input: self.input.clone(),
+            config: config.clone(),
+        });
+        let analyst = self
+            .with_tables(Analyst::new(Limits::from_config(&config.sql)))
+            .await?
+            .with_streamed_events(input, &config)?;
+        let started = std::time::Instant::now();
+        match analyst.query(query).await {
+            Ok(batches) => Ok(Some(batches)),
+            Err(e) if needs_journey_log(&e) => {
+                crate::input::timing(&format!("query not streamed ({e})"), started.elapsed());
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A session with the journeys and the --table files registered.
     async fn analyst(&self) -> anyhow::Result<Analyst> {
         let config = self.input.config()?;
-        let analyst = Analyst::new(Limits::from_config(&config.sql));
+        let analyst = self
+            .with_tables(Analyst::new(Limits::from_config(&config.sql)))
+            .await?;
+        if self.input.inputs.is_empty() && !self.input.has_configured_sources(&config) {
+            return Ok(analyst);
+        }
+        let loaded = self.input.load(Projection::minimal())?;
+        Ok(analyst.with_journeys(Journeys {
+            log: Arc::new(loaded.log),
+            config: Arc::new(loaded.config),
+        })?)
+    }
+
+    /// `analyst` with the --table files registered.
+    async fn with_tables(&self, analyst: Analyst) -> anyhow::Result<Analyst> {
         for spec in &self.tables {
             let (name, path) = spec.split_once('=').with_context(|| {
                 format!("--table {spec}: write it NAME=FILE, like --table visits=visits.parquet")
@@ -106,14 +157,25 @@ impl SqlArgs {
                 ),
             }
         }
-        if self.input.inputs.is_empty() && !self.input.has_configured_sources(&config) {
-            return Ok(analyst);
+        Ok(analyst)
+    }
+}
+
+/// The command's input files, streamed customer by customer for `events`.
+struct GroupedFiles {
+    input: InputArgs,
+    config: Config,
+}
+
+impl GroupedInput for GroupedFiles {
+    fn stream(&self, sink: &mut dyn JourneySink) -> Result<bool, String> {
+        // Sessions, whatever the scope: `events` numbers each customer's sessions.
+        let mut config = self.config.clone();
+        config.sessions.scope = Scope::Session;
+        match self.input.stream_grouped(&config, &[], sink) {
+            Ok(summary) => Ok(summary.is_some()),
+            Err(e) => Err(format!("{e:#}")),
         }
-        let loaded = self.input.load(Projection::minimal())?;
-        Ok(analyst.with_journeys(Journeys {
-            log: Arc::new(loaded.log),
-            config: Arc::new(loaded.config),
-        })?)
     }
 }
 
