@@ -37,10 +37,15 @@ use trailmap_sessionize::{Journey, JourneySink};
 
 /// Input that can be read customer by customer.
 pub trait GroupedInput: Send + Sync + 'static {
-    /// Hands every session of every customer to `sink`, customer by customer, sessions in
-    /// order. `Ok(false)` when the input turns out not to be grouped by customer or to need
-    /// stitching (what was handed on is then not the whole answer).
-    fn stream(&self, sink: &mut dyn JourneySink) -> std::result::Result<bool, String>;
+    /// Hands every customer's journey to `sink`, customer by customer: cut into its
+    /// sessions, in order, when `sessions`, else whole. `Ok(false)` when the input turns
+    /// out not to be grouped by customer or to need stitching (what was handed on is then
+    /// not the whole answer).
+    fn stream(
+        &self,
+        sessions: bool,
+        sink: &mut dyn JourneySink,
+    ) -> std::result::Result<bool, String>;
 }
 
 /// Why a query over streamed events must run over the loaded journeys instead.
@@ -234,7 +239,9 @@ impl ExecutionPlan for StreamedEventsExec {
         std::thread::Builder::new()
             .name("trailmap-events".into())
             .spawn(move || {
-                let streamed = input.stream(&mut sink);
+                // Sessions are cut only when the query reads their numbers.
+                let sessions = sink.wants[SESSION];
+                let streamed = input.stream(sessions, &mut sink);
                 let end = match streamed {
                     Ok(true) => sink.flush(),
                     Ok(false) => Err(needs_log("the input is not grouped by customer")),
@@ -255,6 +262,8 @@ impl ExecutionPlan for StreamedEventsExec {
 struct Rows {
     schema: SchemaRef,
     columns: Vec<usize>,
+    /// Per streamed column, whether the scan reads it.
+    wants: [bool; TOUCHPOINT + 1],
     batch_rows: usize,
     tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
     /// This batch's customers, in order, and each row's index into them.
@@ -280,26 +289,32 @@ impl Rows {
         batch_rows: usize,
         tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
     ) -> Rows {
+        let mut wants = [false; TOUCHPOINT + 1];
+        for &c in &columns {
+            if let Some(w) = wants.get_mut(c) {
+                *w = true;
+            }
+        }
+        // Room for a batch and the input batch that overflows it: columns keep their
+        // capacity instead of growing (and moving) again for every batch.
+        let room = |wanted: bool| if wanted { 2 * batch_rows } else { 0 };
         Rows {
+            customer: Vec::with_capacity(room(wants[CUSTOMER])),
+            session: Vec::with_capacity(room(wants[SESSION])),
+            ts: Vec::with_capacity(room(wants[TS])),
+            touchpoint: Vec::with_capacity(room(wants[TOUCHPOINT])),
+            wants,
             schema,
             columns,
             batch_rows,
             tx,
             names: StringViewBuilder::new(),
             name_count: 0,
-            customer: Vec::new(),
-            session: Vec::new(),
-            ts: Vec::new(),
-            touchpoint: Vec::new(),
             rows: 0,
             touchpoint_names: Arc::new(StringArray::from(Vec::<&str>::new())),
             last: None,
             named: false,
         }
-    }
-
-    fn wants(&self, column: usize) -> bool {
-        self.columns.contains(&column)
     }
 
     /// Sends the rows gathered so far as a batch.
@@ -308,21 +323,25 @@ impl Rows {
             return Ok(());
         }
         let names: ArrayRef = Arc::new(self.names.finish());
+        let room = 2 * self.batch_rows;
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
         for &c in &self.columns {
             arrays.push(match c {
-                CUSTOMER => datafusion::arrow::compute::take(
-                    &names,
-                    &UInt32Array::from(std::mem::take(&mut self.customer)),
-                    None,
-                )?,
-                SESSION => Arc::new(UInt32Array::from(std::mem::take(&mut self.session))),
+                CUSTOMER => {
+                    let at = UInt32Array::from(std::mem::take(&mut self.customer));
+                    let column = datafusion::arrow::compute::take(&names, &at, None)?;
+                    // The indices' buffer is ours again once taken from.
+                    let (_, values, _) = at.into_parts();
+                    self.customer = values.into_inner().into_vec().unwrap_or_default();
+                    column
+                }
+                SESSION => Arc::new(UInt32Array::from(refill(&mut self.session, room))),
                 TS => Arc::new(
-                    TimestampMicrosecondArray::from(std::mem::take(&mut self.ts))
+                    TimestampMicrosecondArray::from(refill(&mut self.ts, room))
                         .with_timezone("UTC"),
                 ),
                 TOUCHPOINT => Arc::new(DictionaryArray::<UInt32Type>::try_new(
-                    UInt32Array::from(std::mem::take(&mut self.touchpoint)),
+                    UInt32Array::from(refill(&mut self.touchpoint, room)),
                     self.touchpoint_names.clone(),
                 )?),
                 other => return internal_err!("column {other} of events is not streamed"),
@@ -346,6 +365,11 @@ impl Rows {
     }
 }
 
+/// `column`'s values, leaving it empty with room for `room` more.
+fn refill<T>(column: &mut Vec<T>, room: usize) -> Vec<T> {
+    std::mem::replace(column, Vec::with_capacity(room))
+}
+
 impl JourneySink for Rows {
     fn journey(&mut self, journey: &Journey<'_>, customer: &str) {
         let session = match self.last {
@@ -357,7 +381,7 @@ impl JourneySink for Rows {
         };
         self.last = Some((journey.customer, session));
         let n = journey.ts.len();
-        if self.wants(CUSTOMER) {
+        if self.wants[CUSTOMER] {
             if !self.named {
                 self.names.append_value(customer);
                 self.name_count += 1;
@@ -366,13 +390,13 @@ impl JourneySink for Rows {
             let at = self.name_count - 1;
             self.customer.extend(std::iter::repeat_n(at, n));
         }
-        if self.wants(SESSION) {
+        if self.wants[SESSION] {
             self.session.extend(std::iter::repeat_n(session, n));
         }
-        if self.wants(TS) {
+        if self.wants[TS] {
             self.ts.extend_from_slice(journey.ts);
         }
-        if self.wants(TOUCHPOINT) {
+        if self.wants[TOUCHPOINT] {
             self.touchpoint.extend_from_slice(journey.touchpoint);
         }
         self.rows += n;

@@ -168,10 +168,13 @@ struct GroupedFiles {
 }
 
 impl GroupedInput for GroupedFiles {
-    fn stream(&self, sink: &mut dyn JourneySink) -> Result<bool, String> {
-        // Sessions, whatever the scope: `events` numbers each customer's sessions.
+    fn stream(&self, sessions: bool, sink: &mut dyn JourneySink) -> Result<bool, String> {
         let mut config = self.config.clone();
-        config.sessions.scope = Scope::Session;
+        config.sessions.scope = if sessions {
+            Scope::Session
+        } else {
+            Scope::Customer
+        };
         match self.input.stream_grouped(&config, &[], sink) {
             Ok(summary) => Ok(summary.is_some()),
             Err(e) => Err(format!("{e:#}")),
