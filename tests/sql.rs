@@ -279,20 +279,59 @@ fn streamed_events_equal_the_loaded_ones() {
     let dir = tempfile::tempdir().unwrap();
     let (grouped, interleaved) = grouped_and_interleaved(dir.path());
     let dl = dir.path().join("dead.ndjson");
-    let streamed: &[&str] = &[
-        "SELECT level, count(*) AS n FROM (SELECT customer, window_funnel(259200, '', ts, \
+    // Each query, and the operator that aggregates its GROUP BY customer, if it checks one:
+    // the scan itself when every aggregate is a behavioural function on touchpoints, else
+    // customer runs; never hashing.
+    let streamed: &[(&str, Option<&str>)] = &[
+        (
+            "SELECT level, count(*) AS n FROM (SELECT customer, window_funnel(259200, '', ts, \
          touchpoint = 'a', touchpoint = 'b', touchpoint = 'c') AS level FROM events \
          GROUP BY customer) GROUP BY level ORDER BY level",
+            Some("StreamedAggregateExec"),
+        ),
         // Rows in journey order: customer, then time, ties by arrival; sessions numbered.
-        "SELECT customer, array_agg(touchpoint) AS path, array_agg(ts) AS times, \
+        (
+            "SELECT customer, array_agg(touchpoint) AS path, array_agg(ts) AS times, \
          max(session) AS sessions FROM events GROUP BY customer ORDER BY customer",
-        "SELECT customer, session, count(*) AS n, min(ts) AS first FROM events \
+            None,
+        ),
+        (
+            "SELECT customer, session, count(*) AS n, min(ts) AS first FROM events \
          GROUP BY customer, session ORDER BY customer, session",
-        "SELECT touchpoint, count(*) AS n FROM events WHERE session > 0 GROUP BY touchpoint \
+            None,
+        ),
+        (
+            "SELECT touchpoint, count(*) AS n FROM events WHERE session > 0 GROUP BY touchpoint \
          ORDER BY touchpoint",
-        "SELECT count(*) AS n FROM events",
-        "SELECT customer, session, ts, touchpoint FROM events \
+            None,
+        ),
+        ("SELECT count(*) AS n FROM events", None),
+        // Behavioural functions computed by the scan (conditions on touchpoints, either way
+        // round, repeated, unknown), then ones it leaves to the aggregation (another
+        // aggregate beside them; a condition on another column).
+        (
+            "SELECT customer, window_funnel(259200, 'strict_order', ts, touchpoint = 'a', \
+         touchpoint = 'b') AS l, sequence_count('(?1).*(?2)', ts, 'b' = touchpoint, \
+         touchpoint = 'c') AS n, window_funnel(7200, 'strict_deduplication,strict_increase', \
+         ts, touchpoint = 'a', touchpoint = 'b', touchpoint = 'a', touchpoint = 'nowhere') \
+         AS d FROM events GROUP BY customer ORDER BY customer",
+            Some("StreamedAggregateExec"),
+        ),
+        (
+            "SELECT customer, window_funnel(259200, '', ts, touchpoint = 'a', touchpoint = 'b') \
+         AS l, count(*) AS n FROM events GROUP BY customer ORDER BY customer",
+            Some("RunAggregateExec"),
+        ),
+        (
+            "SELECT customer, sequence_match('(?1)(?2)', ts, touchpoint = 'a', session > 0) AS m \
+         FROM events GROUP BY customer ORDER BY customer",
+            Some("RunAggregateExec"),
+        ),
+        (
+            "SELECT customer, session, ts, touchpoint FROM events \
          ORDER BY customer, session, ts, touchpoint LIMIT 50",
+            None,
+        ),
     ];
     let loaded: &[&str] = &[
         "SELECT customer, count(*) AS n FROM journeys GROUP BY customer ORDER BY customer",
@@ -302,9 +341,10 @@ fn streamed_events_equal_the_loaded_ones() {
         "SELECT e.customer, count(*) AS n FROM events e JOIN transitions t \
          ON e.customer = t.customer GROUP BY e.customer ORDER BY e.customer",
     ];
-    for (queries, streams) in [(streamed, true), (loaded, false)] {
-        for query in queries {
-            let with = |file: &std::path::Path| {
+    let loaded: Vec<(&str, Option<&str>)> = loaded.iter().map(|q| (*q, None)).collect();
+    for (queries, streams) in [(streamed, true), (&loaded[..], false)] {
+        for &(query, aggregated_by) in queries {
+            let with_query = |file: &std::path::Path, query: &str| {
                 let args = [
                     "sql",
                     "--format",
@@ -318,6 +358,7 @@ fn streamed_events_equal_the_loaded_ones() {
                 args.extend(["--input", s(file), query]);
                 run_timed(&args)
             };
+            let with = |file: &std::path::Path| with_query(file, query);
             let (from_grouped, how) = with(&grouped);
             if streams {
                 assert!(how.contains("read + aggregate, streamed"), "{query}: {how}");
@@ -325,6 +366,20 @@ fn streamed_events_equal_the_loaded_ones() {
             } else {
                 assert!(how.contains("query not streamed"), "{query}: {how}");
                 assert!(how.contains("read + stitch"), "{query}: {how}");
+            }
+            if let Some(operator) = aggregated_by {
+                let (plan, _) = with_query(&grouped, &format!("EXPLAIN {query}"));
+                let plan = plan.to_string();
+                assert!(plan.contains(operator), "{plan}");
+                for other in [
+                    "StreamedAggregateExec",
+                    "RunAggregateExec",
+                    "AggregateExec: mode",
+                ] {
+                    if other != operator && !query.contains("GROUP BY level") {
+                        assert!(!plan.contains(other), "{plan}");
+                    }
+                }
             }
             let (from_interleaved, how) = with(&interleaved);
             assert!(how.contains("read + stitch"), "{query}: {how}");

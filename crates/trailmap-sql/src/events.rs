@@ -15,6 +15,7 @@ use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
     Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Literal;
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -50,6 +51,12 @@ pub struct Grouped {
 }
 
 impl Grouped {
+    /// Groups `events[offsets[g]..offsets[g + 1]]`; `offsets` starts at 0 and ends at
+    /// `events.len()`.
+    pub(crate) fn new(events: Vec<(i64, u32)>, offsets: Vec<usize>) -> Grouped {
+        Grouped { events, offsets }
+    }
+
     fn one(events: Vec<(i64, u32)>) -> Grouped {
         let offsets = vec![0, events.len()];
         Grouped { events, offsets }
@@ -104,10 +111,14 @@ impl Grouped {
 
 /// The constant arguments of a call.
 fn parameters<F: EventFunction>(args: &AccumulatorArgs) -> Result<F> {
+    function_of(args.exprs)
+}
+
+/// The function a call with arguments `exprs` computes (its constant arguments read).
+fn function_of<F: EventFunction>(exprs: &[Arc<dyn PhysicalExpr>]) -> Result<F> {
     let mut values = Vec::with_capacity(F::PARAMETERS);
     for i in 0..F::PARAMETERS {
-        let value = args
-            .exprs
+        let value = exprs
             .get(i)
             .and_then(|e| e.downcast_ref::<Literal>())
             .map(|l| l.value().clone())
@@ -121,8 +132,52 @@ fn parameters<F: EventFunction>(args: &AccumulatorArgs) -> Result<F> {
             })?;
         values.push(value);
     }
-    let conditions = args.exprs.len().saturating_sub(F::PARAMETERS + 1);
+    let conditions = exprs.len().saturating_sub(F::PARAMETERS + 1);
     F::new(&values, conditions)
+}
+
+/// A behavioural function with its constant arguments read, behind a pointer: what a scan
+/// that computes it over its own events holds ([`crate::streamed`]).
+pub(crate) trait AnyEventFunction: Send {
+    /// How many constant arguments come before the time column.
+    fn parameters(&self) -> usize;
+    fn keeps_unmatched(&self) -> bool;
+    fn evaluate(&mut self, groups: Grouped) -> Result<ArrayRef>;
+}
+
+impl<F: EventFunction> AnyEventFunction for F {
+    fn parameters(&self) -> usize {
+        F::PARAMETERS
+    }
+
+    fn keeps_unmatched(&self) -> bool {
+        EventFunction::keeps_unmatched(self)
+    }
+
+    fn evaluate(&mut self, groups: Grouped) -> Result<ArrayRef> {
+        EventFunction::evaluate(self, groups)
+    }
+}
+
+/// The function behind an aggregate built here ([`EventsUdaf`]) called with `exprs`;
+/// `None` for any other aggregate, or arguments it refuses.
+pub(crate) fn any_event_function(
+    udaf: &datafusion::logical_expr::AggregateUDF,
+    exprs: &[Arc<dyn PhysicalExpr>],
+) -> Option<Box<dyn AnyEventFunction>> {
+    fn of<F: EventFunction>(
+        udaf: &datafusion::logical_expr::AggregateUDF,
+        exprs: &[Arc<dyn PhysicalExpr>],
+    ) -> Option<Box<dyn AnyEventFunction>> {
+        udaf.inner().downcast_ref::<EventsUdaf<F>>()?;
+        let f: F = function_of(exprs).ok()?;
+        Some(Box::new(f))
+    }
+    use crate::sequence::{SequenceCountFn, SequenceMatchFn};
+    use crate::window_funnel::WindowFunnelFn;
+    of::<WindowFunnelFn>(udaf, exprs)
+        .or_else(|| of::<SequenceMatchFn>(udaf, exprs))
+        .or_else(|| of::<SequenceCountFn>(udaf, exprs))
 }
 
 /// Text of a constant argument.

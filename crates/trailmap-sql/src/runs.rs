@@ -49,10 +49,22 @@ impl PhysicalOptimizerRule for AggregateByRuns {
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
-            Ok(match RunAggregateExec::replacing(&node)? {
-                Some(runs) => Transformed::yes(Arc::new(runs) as Arc<dyn ExecutionPlan>),
-                None => Transformed::no(node),
-            })
+            let Some(runs) = RunAggregateExec::replacing(&node)? else {
+                return Ok(Transformed::no(node));
+            };
+            // Over streamed events, behavioural functions are computed by the scan itself.
+            let by_scan = crate::streamed::computed_by_scan(
+                &runs.input,
+                &runs.key,
+                &runs.aggregates,
+                &runs.filters,
+                &runs.schema,
+                &runs.properties,
+            );
+            Ok(Transformed::yes(match by_scan {
+                Some(scan) => Arc::new(scan) as Arc<dyn ExecutionPlan>,
+                None => Arc::new(runs),
+            }))
         })
         .data()
     }

@@ -12,6 +12,7 @@
 //! or to need stitching, the `stage` and `source` columns, and the other tables and table
 //! functions (registered here as stand-ins that say so).
 
+use crate::events::{AnyEventFunction, Grouped, any_event_function};
 use crate::tables::Events;
 use datafusion::arrow::array::{
     ArrayRef, DictionaryArray, RecordBatch, RecordBatchOptions, StringArray, StringViewBuilder,
@@ -19,14 +20,19 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{SchemaRef, UInt32Type};
 use datafusion::catalog::{Session, TableFunctionImpl, TableProvider};
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, internal_err, project_schema};
 use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
-use datafusion::physical_expr::expressions::Column;
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -38,12 +44,14 @@ use trailmap_sessionize::{Journey, JourneySink};
 /// Input that can be read customer by customer.
 pub trait GroupedInput: Send + Sync + 'static {
     /// Hands every customer's journey to `sink`, customer by customer: cut into its
-    /// sessions, in order, when `sessions`, else whole. `Ok(false)` when the input turns
-    /// out not to be grouped by customer or to need stitching (what was handed on is then
-    /// not the whole answer).
+    /// sessions, in order, when `sessions`, else whole. Touchpoint `names` get their ids
+    /// first, in order (a repeated name keeps its first id). `Ok(false)` when the input
+    /// turns out not to be grouped by customer or to need stitching (what was handed on is
+    /// then not the whole answer).
     fn stream(
         &self,
         sessions: bool,
+        names: &[String],
         sink: &mut dyn JourneySink,
     ) -> std::result::Result<bool, String>;
 }
@@ -232,29 +240,69 @@ impl ExecutionPlan for StreamedEventsExec {
             );
         }
         let schema = self.properties.eq_properties.schema().clone();
-        // A few batches in flight: the reader runs ahead of the query, not away from it.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
-        let mut sink = Rows::new(schema.clone(), self.columns.clone(), self.batch_rows, tx);
-        let input = self.input.clone();
-        std::thread::Builder::new()
-            .name("trailmap-events".into())
-            .spawn(move || {
-                // Sessions are cut only when the query reads their numbers.
-                let sessions = sink.wants[SESSION];
-                let streamed = input.stream(sessions, &mut sink);
-                let end = match streamed {
-                    Ok(true) => sink.flush(),
-                    Ok(false) => Err(needs_log("the input is not grouped by customer")),
-                    Err(e) => Err(DataFusionError::Execution(e)),
-                };
-                if let Err(e) = end {
-                    // The query may be gone already: nobody to tell then.
-                    let _ = sink.tx.blocking_send(Err(e));
-                }
-            })
-            .map_err(|e| DataFusionError::Execution(format!("cannot start the reader: {e}")))?;
-        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+        let sink = Rows::new(schema.clone(), self.columns.clone(), self.batch_rows);
+        // Sessions are cut only when the query reads their numbers.
+        let sessions = sink.wants[SESSION];
+        read_on_thread(self.input.clone(), sessions, Vec::new(), sink, schema)
+    }
+}
+
+/// Where a sink's batches go.
+type Outlet = Option<tokio::sync::mpsc::Sender<Result<RecordBatch>>>;
+
+/// A sink that makes batches and sends them on.
+trait Batches: JourneySink + Send + 'static {
+    /// Where the batches go.
+    fn outlet(&mut self) -> &mut Outlet;
+    /// Sends what is gathered, at the end of the input.
+    fn flush(&mut self) -> Result<()>;
+    /// Says what went wrong, if the query still listens.
+    fn fail(&mut self, e: DataFusionError) {
+        if let Some(tx) = self.outlet() {
+            // The query may be gone already: nobody to tell then.
+            let _ = tx.blocking_send(Err(e));
+        }
+    }
+}
+
+/// Streams `input` into `sink` on a thread of its own; the batches it sends, as a stream.
+fn read_on_thread<S: Batches>(
+    input: Arc<dyn GroupedInput>,
+    sessions: bool,
+    names: Vec<String>,
+    mut sink: S,
+    schema: SchemaRef,
+) -> Result<SendableRecordBatchStream> {
+    // A few batches in flight: the reader runs ahead of the query, not away from it.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
+    *sink.outlet() = Some(tx);
+    std::thread::Builder::new()
+        .name("trailmap-events".into())
+        .spawn(move || {
+            let end = match input.stream(sessions, &names, &mut sink) {
+                Ok(true) => sink.flush(),
+                Ok(false) => Err(needs_log("the input is not grouped by customer")),
+                Err(e) => Err(DataFusionError::Execution(e)),
+            };
+            if let Err(e) = end {
+                sink.fail(e);
+            }
+        })
+        .map_err(|e| DataFusionError::Execution(format!("cannot start the reader: {e}")))?;
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+}
+
+/// Sends `batch` on; an error once nobody listens.
+fn send(
+    tx: &Option<tokio::sync::mpsc::Sender<Result<RecordBatch>>>,
+    batch: RecordBatch,
+) -> Result<()> {
+    match tx {
+        Some(tx) if tx.blocking_send(Ok(batch)).is_ok() => Ok(()),
+        _ => Err(DataFusionError::Execution(
+            "the query stopped reading".into(),
+        )),
     }
 }
 
@@ -265,7 +313,7 @@ struct Rows {
     /// Per streamed column, whether the scan reads it.
     wants: [bool; TOUCHPOINT + 1],
     batch_rows: usize,
-    tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+    tx: Outlet,
     /// This batch's customers, in order, and each row's index into them.
     names: StringViewBuilder,
     name_count: u32,
@@ -283,12 +331,7 @@ struct Rows {
 }
 
 impl Rows {
-    fn new(
-        schema: SchemaRef,
-        columns: Vec<usize>,
-        batch_rows: usize,
-        tx: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
-    ) -> Rows {
+    fn new(schema: SchemaRef, columns: Vec<usize>, batch_rows: usize) -> Rows {
         let mut wants = [false; TOUCHPOINT + 1];
         for &c in &columns {
             if let Some(w) = wants.get_mut(c) {
@@ -307,7 +350,7 @@ impl Rows {
             schema,
             columns,
             batch_rows,
-            tx,
+            tx: None,
             names: StringViewBuilder::new(),
             name_count: 0,
             rows: 0,
@@ -318,7 +361,7 @@ impl Rows {
     }
 
     /// Sends the rows gathered so far as a batch.
-    fn flush(&mut self) -> Result<()> {
+    fn send_rows(&mut self) -> Result<()> {
         if self.rows == 0 {
             return Ok(());
         }
@@ -356,12 +399,17 @@ impl Rows {
         self.session.clear();
         self.ts.clear();
         self.touchpoint.clear();
-        if self.tx.blocking_send(Ok(batch)).is_err() {
-            return Err(DataFusionError::Execution(
-                "the query stopped reading".into(),
-            ));
-        }
-        Ok(())
+        send(&self.tx, batch)
+    }
+}
+
+impl Batches for Rows {
+    fn outlet(&mut self) -> &mut Outlet {
+        &mut self.tx
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.send_rows()
     }
 }
 
@@ -407,9 +455,351 @@ impl JourneySink for Rows {
             self.touchpoint_names = Arc::new(StringArray::from_iter_values(touchpoints));
         }
         if self.rows >= self.batch_rows {
-            self.flush().map_err(|e| e.to_string())?;
+            self.send_rows().map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+}
+
+/// GROUP BY customer of behavioural functions over streamed `events`, computed by the scan.
+///
+/// When every aggregate of a by-runs aggregation ([`crate::runs`]) straight over the stream
+/// (only projections between) is one of trailmap's behavioural functions whose time is
+/// `ts` and whose conditions are `touchpoint = '…'`, no event needs to become a row: the
+/// scan masks each event by the touchpoints the conditions name (numbered before the
+/// input is read) and hands each batch of customers' events to the functions, which is
+/// all the aggregation would have done with those rows.
+pub(crate) fn computed_by_scan(
+    input: &Arc<dyn ExecutionPlan>,
+    key: &Arc<dyn PhysicalExpr>,
+    aggregates: &[Arc<AggregateFunctionExpr>],
+    filters: &[Option<Arc<dyn PhysicalExpr>>],
+    schema: &SchemaRef,
+    properties: &Arc<PlanProperties>,
+) -> Option<StreamedAggregateExec> {
+    let (scan, key_column) = streamed_column(input, key.downcast_ref::<Column>()?.index())?;
+    if key_column != CUSTOMER || filters.iter().any(Option::is_some) || aggregates.is_empty() {
+        return None;
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut calls = Vec::new();
+    for aggregate in aggregates {
+        let exprs = aggregate.expressions();
+        let function = any_event_function(aggregate.fun(), &exprs)?;
+        let p = function.parameters();
+        let ts = exprs.get(p)?.downcast_ref::<Column>()?;
+        if streamed_column(input, ts.index())?.1 != TS {
+            return None;
+        }
+        let mut conditions = Vec::new();
+        for condition in &exprs[p + 1..] {
+            let name = touchpoint_named(input, condition)?;
+            let id = match names.iter().position(|n| *n == name) {
+                Some(id) => id,
+                None => {
+                    names.push(name);
+                    names.len() - 1
+                }
+            };
+            conditions.push(id);
+        }
+        calls.push((aggregate.clone(), conditions));
+    }
+    Some(StreamedAggregateExec {
+        input: scan.input.clone(),
+        names,
+        calls,
+        batch_rows: scan.batch_rows,
+        schema: schema.clone(),
+        properties: properties.clone(),
+    })
+}
+
+/// The stream's scan and its column behind column `column` of `plan`'s output, through
+/// projections that only pick columns.
+fn streamed_column(
+    plan: &Arc<dyn ExecutionPlan>,
+    column: usize,
+) -> Option<(&StreamedEventsExec, usize)> {
+    if let Some(scan) = plan.downcast_ref::<StreamedEventsExec>() {
+        return Some((scan, *scan.columns.get(column)?));
+    }
+    if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+        let picked = p
+            .projection_expr()
+            .as_ref()
+            .get(column)?
+            .expr
+            .downcast_ref::<Column>()?;
+        return streamed_column(p.input(), picked.index());
+    }
+    if let Some(c) = plan.downcast_ref::<CooperativeExec>() {
+        return streamed_column(c.input(), column);
+    }
+    None
+}
+
+/// The touchpoint a condition `touchpoint = '…'` (either way round) names; the condition
+/// may be a column a projection below computes (common subexpressions are).
+fn touchpoint_named(
+    input: &Arc<dyn ExecutionPlan>,
+    condition: &Arc<dyn PhysicalExpr>,
+) -> Option<String> {
+    let (condition, below) = defined(input, condition);
+    let b = condition.downcast_ref::<BinaryExpr>()?;
+    if *b.op() != Operator::Eq {
+        return None;
+    }
+    let (column, literal) = match (
+        b.left().downcast_ref::<Column>(),
+        b.right().downcast_ref::<Literal>(),
+    ) {
+        (Some(c), Some(l)) => (c, l),
+        _ => (
+            b.right().downcast_ref::<Column>()?,
+            b.left().downcast_ref::<Literal>()?,
+        ),
+    };
+    if streamed_column(below, column.index())?.1 != TOUCHPOINT {
+        return None;
+    }
+    text(literal.value())
+}
+
+/// `expr` over `plan`'s output, or, when it is a column a projection below computes, that
+/// computation over the projection's input.
+fn defined<'a>(
+    plan: &'a Arc<dyn ExecutionPlan>,
+    expr: &Arc<dyn PhysicalExpr>,
+) -> (Arc<dyn PhysicalExpr>, &'a Arc<dyn ExecutionPlan>) {
+    if let Some(c) = expr.downcast_ref::<Column>() {
+        if let Some(p) = plan.downcast_ref::<ProjectionExec>()
+            && let Some(e) = p.projection_expr().as_ref().get(c.index())
+        {
+            return defined(p.input(), &e.expr);
+        }
+        if let Some(co) = plan.downcast_ref::<CooperativeExec>() {
+            return defined(co.input(), expr);
+        }
+    }
+    (expr.clone(), plan)
+}
+
+/// The text of a string constant (or a dictionary of one).
+fn text(value: &ScalarValue) -> Option<String> {
+    match value {
+        ScalarValue::Dictionary(_, inner) => text(inner),
+        ScalarValue::Utf8(Some(t))
+        | ScalarValue::Utf8View(Some(t))
+        | ScalarValue::LargeUtf8(Some(t)) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+/// A function ready to compute, with the touchpoint ids of its conditions.
+type Function = (Box<dyn AnyEventFunction>, Vec<usize>);
+
+/// See [`computed_by_scan`]: one partition, like the stream.
+pub(crate) struct StreamedAggregateExec {
+    input: Arc<dyn GroupedInput>,
+    /// Touchpoints the conditions name: id `i` is `names[i]`.
+    names: Vec<String>,
+    /// The calls it computes, each with the touchpoint ids of its conditions.
+    calls: Vec<(Arc<AggregateFunctionExpr>, Vec<usize>)>,
+    batch_rows: usize,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for StreamedAggregateExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamedAggregateExec({:?})", self.names)
+    }
+}
+
+impl DisplayAs for StreamedAggregateExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let names: Vec<&str> = self.calls.iter().map(|(a, _)| a.name()).collect();
+        write!(
+            f,
+            "StreamedAggregateExec: gby=[customer] computed while streaming, aggr=[{}], touchpoints={:?}",
+            names.join(", "),
+            self.names
+        )
+    }
+}
+
+impl ExecutionPlan for StreamedAggregateExec {
+    fn name(&self) -> &str {
+        "StreamedAggregateExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !children.is_empty() {
+            return internal_err!("StreamedAggregateExec is a leaf: it takes no children");
+        }
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return internal_err!(
+                "StreamedAggregateExec has one partition, not {}",
+                partition + 1
+            );
+        }
+        let functions = (self.calls.iter())
+            .map(|(call, conditions)| {
+                let function = any_event_function(call.fun(), &call.expressions());
+                let function = function.ok_or_else(|| {
+                    DataFusionError::Internal(format!(
+                        "{} is not computed by the scan",
+                        call.name()
+                    ))
+                })?;
+                Ok((function, conditions.clone()))
+            })
+            .collect::<Result<Vec<Function>>>()?;
+        let sink = Computed::new(
+            self.schema.clone(),
+            functions,
+            self.names.len(),
+            self.batch_rows,
+        );
+        read_on_thread(
+            self.input.clone(),
+            false,
+            self.names.clone(),
+            sink,
+            self.schema.clone(),
+        )
+    }
+}
+
+/// Customers' events handed to behavioural functions a batch of customers at a time (see
+/// [`computed_by_scan`]).
+struct Computed {
+    schema: SchemaRef,
+    functions: Vec<Function>,
+    /// Per function: per touchpoint id, the conditions an event of it meets (ids past the
+    /// named ones meet none).
+    masks: Vec<Vec<u32>>,
+    /// Per function: this batch's customers' events (those that matter to it) and where
+    /// each customer's begin.
+    events: Vec<Vec<(i64, u32)>>,
+    offsets: Vec<Vec<usize>>,
+    names: StringViewBuilder,
+    customers: usize,
+    /// Events seen since the last batch.
+    seen: usize,
+    batch_rows: usize,
+    tx: Outlet,
+}
+
+impl Computed {
+    fn new(
+        schema: SchemaRef,
+        functions: Vec<Function>,
+        named: usize,
+        batch_rows: usize,
+    ) -> Computed {
+        let masks = (functions.iter())
+            .map(|(_, conditions)| {
+                let mut masks = vec![0u32; named];
+                for (k, &id) in conditions.iter().enumerate() {
+                    masks[id] |= 1 << k;
+                }
+                masks
+            })
+            .collect();
+        let n = functions.len();
+        Computed {
+            schema,
+            functions,
+            masks,
+            events: vec![Vec::new(); n],
+            offsets: vec![vec![0]; n],
+            names: StringViewBuilder::new(),
+            customers: 0,
+            seen: 0,
+            batch_rows,
+            tx: None,
+        }
+    }
+
+    /// Sends the answers for this batch's customers.
+    fn send_answers(&mut self) -> Result<()> {
+        if self.customers == 0 {
+            return Ok(());
+        }
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(self.names.finish())];
+        for (i, (function, _)) in self.functions.iter_mut().enumerate() {
+            let events = std::mem::take(&mut self.events[i]);
+            let offsets = std::mem::replace(&mut self.offsets[i], vec![0]);
+            columns.push(function.evaluate(Grouped::new(events, offsets))?);
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
+        self.customers = 0;
+        self.seen = 0;
+        send(&self.tx, batch)
+    }
+}
+
+impl JourneySink for Computed {
+    fn journey(&mut self, journey: &Journey<'_>, customer: &str) {
+        self.names.append_value(customer);
+        self.customers += 1;
+        self.seen += journey.ts.len();
+        for (i, (function, _)) in self.functions.iter().enumerate() {
+            let (masks, events) = (&self.masks[i], &mut self.events[i]);
+            let keep_all = function.keeps_unmatched();
+            for (&t, &tp) in journey.ts.iter().zip(journey.touchpoint) {
+                let mask = masks.get(tp as usize).copied().unwrap_or(0);
+                if mask != 0 || keep_all {
+                    events.push((t, mask));
+                }
+            }
+            self.offsets[i].push(events.len());
+        }
+    }
+
+    fn batch_end(&mut self, _touchpoints: &[String]) -> std::result::Result<(), String> {
+        if self.seen >= self.batch_rows {
+            self.send_answers().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+impl Batches for Computed {
+    fn outlet(&mut self) -> &mut Outlet {
+        &mut self.tx
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.send_answers()
     }
 }
 

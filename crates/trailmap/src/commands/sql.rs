@@ -168,14 +168,20 @@ struct GroupedFiles {
 }
 
 impl GroupedInput for GroupedFiles {
-    fn stream(&self, sessions: bool, sink: &mut dyn JourneySink) -> Result<bool, String> {
+    fn stream(
+        &self,
+        sessions: bool,
+        names: &[String],
+        sink: &mut dyn JourneySink,
+    ) -> Result<bool, String> {
         let mut config = self.config.clone();
         config.sessions.scope = if sessions {
             Scope::Session
         } else {
             Scope::Customer
         };
-        match self.input.stream_grouped(&config, &[], sink) {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        match self.input.stream_grouped(&config, &names, sink) {
             Ok(summary) => Ok(summary.is_some()),
             Err(e) => Err(format!("{e:#}")),
         }
