@@ -199,34 +199,7 @@ impl DisplayAs for StreamedEventsExec {
 }
 
 impl ExecutionPlan for StreamedEventsExec {
-    fn name(&self) -> &str {
-        "StreamedEventsExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        Vec::new()
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if !children.is_empty() {
-            return internal_err!("StreamedEventsExec is a leaf: it takes no children");
-        }
-        Ok(self)
-    }
+    leaf_plan!("StreamedEventsExec");
 
     fn execute(
         &self,
@@ -630,34 +603,7 @@ impl DisplayAs for StreamedAggregateExec {
 }
 
 impl ExecutionPlan for StreamedAggregateExec {
-    fn name(&self) -> &str {
-        "StreamedAggregateExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        Vec::new()
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if !children.is_empty() {
-            return internal_err!("StreamedAggregateExec is a leaf: it takes no children");
-        }
-        Ok(self)
-    }
+    leaf_plan!("StreamedAggregateExec");
 
     fn execute(
         &self,

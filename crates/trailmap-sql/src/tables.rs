@@ -168,34 +168,7 @@ impl<R: Rows> DisplayAs for JourneyScanExec<R> {
 }
 
 impl<R: Rows> ExecutionPlan for JourneyScanExec<R> {
-    fn name(&self) -> &str {
-        "JourneyScanExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        Vec::new()
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if !children.is_empty() {
-            return internal_err!("JourneyScanExec is a leaf: it takes no children");
-        }
-        Ok(self)
-    }
+    leaf_plan!("JourneyScanExec");
 
     fn execute(
         &self,
