@@ -5,7 +5,9 @@
 //! as soon as the next customer's events begin ([`trailmap_sessionize::GroupedJourneys`]),
 //! in the order the loaded `events` table has them (customer, then time, ties by arrival),
 //! so GROUP BY customer aggregates by runs ([`crate::runs`]) and the whole query holds
-//! about one batch of rows instead of the log.
+//! about one batch of rows instead of the log. When all such a GROUP BY computes is
+//! behavioural functions of `touchpoint = '…'` conditions, the scan computes them itself
+//! ([`computed_by_scan`]) and no event becomes a row.
 //!
 //! What the stream cannot give makes the query fail with [`NeedsJourneyLog`], and the
 //! caller runs it again over the loaded journeys: input that turns out not to be grouped
