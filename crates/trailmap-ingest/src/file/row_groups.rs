@@ -3,13 +3,16 @@
 //! Decompressing and decoding pages is a third of a Parquet load, and row groups are
 //! independent: each decode thread takes every `n`-th row group and decodes it into Arrow
 //! batches, while the reading thread maps the batches of the row group whose turn it is.
-//! The order of rows is the file's, as with one reader (ties in time keep it).
+//! The order of rows is the file's, as with one reader (ties in time keep it). The threads
+//! read a regular file through one memory mapping (see `mapped`), anything else through
+//! their own handles.
 
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use parquet::errors::ParquetError;
+use parquet::file::reader::ChunkReader;
 use std::fs::File;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -59,23 +62,31 @@ impl RowGroupReader {
             .clamp(*AHEAD.start(), *AHEAD.end());
         let mut receivers = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
+        // The threads read the file's pages where the kernel keeps them: reading them into
+        // buffers of our own copied every byte and faulted in fresh pages to hold them.
+        let mapped = mapped::map(&File::open(path)?);
         for k in 0..threads {
-            // Each thread reads through its own handle of the file.
-            let file = File::open(path)?;
             let (tx, rx) = sync_channel(ahead);
             let (metadata, mask) = (metadata.clone(), mask.clone());
-            let handle = std::thread::Builder::new()
-                .name(format!("parquet-decode-{k}"))
-                .spawn(move || {
-                    decode(
-                        file,
-                        metadata,
-                        mask,
-                        batch_size,
-                        (k..row_groups).step_by(threads),
-                        tx,
-                    )
-                })?;
+            let row_groups = (k..row_groups).step_by(threads);
+            let thread = std::thread::Builder::new().name(format!("parquet-decode-{k}"));
+            let handle = match &mapped {
+                Some(bytes) => {
+                    let bytes = bytes.clone();
+                    thread.spawn(move || {
+                        let open = || Ok(bytes.clone());
+                        decode(open, metadata, mask, batch_size, row_groups, tx)
+                    })?
+                }
+                None => {
+                    // Each thread reads through its own handle of the file.
+                    let file = File::open(path)?;
+                    thread.spawn(move || {
+                        let open = || file.try_clone();
+                        decode(open, metadata, mask, batch_size, row_groups, tx)
+                    })?
+                }
+            };
             receivers.push(rx);
             handles.push(Some(handle));
         }
@@ -88,10 +99,10 @@ impl RowGroupReader {
     }
 }
 
-/// Decodes `row_groups` in order, each followed by [`Decoded::End`]. Stops at the first
-/// error (sent on) or when the reader has gone.
-fn decode(
-    file: File,
+/// Decodes `row_groups` in order, each followed by [`Decoded::End`], each read through
+/// what `open` gives. Stops at the first error (sent on) or when the reader has gone.
+fn decode<R: ChunkReader + 'static>(
+    open: impl Fn() -> std::io::Result<R>,
     metadata: ArrowReaderMetadata,
     mask: ProjectionMask,
     batch_size: usize,
@@ -99,7 +110,7 @@ fn decode(
     tx: SyncSender<Decoded>,
 ) {
     for rg in row_groups {
-        let reader = match file.try_clone() {
+        let reader = match open() {
             Ok(file) => ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
                 .with_projection(mask.clone())
                 .with_row_groups(vec![rg])
@@ -123,6 +134,63 @@ fn decode(
         if tx.send(Decoded::End).is_err() {
             return;
         }
+    }
+}
+
+mod mapped {
+    //! A file's bytes mapped into memory, as `Bytes` the Parquet reader slices without
+    //! copying.
+
+    use bytes::Bytes;
+    use std::fs::File;
+
+    /// The pages of a mapping, unmapped when the last `Bytes` over them goes.
+    struct Mapping {
+        at: *mut std::ffi::c_void,
+        len: usize,
+    }
+
+    // The mapping is read-only memory owned by this value alone.
+    unsafe impl Send for Mapping {}
+    unsafe impl Sync for Mapping {}
+
+    impl AsRef<[u8]> for Mapping {
+        fn as_ref(&self) -> &[u8] {
+            // SAFETY: `at` is a live mapping of `len` readable bytes until `drop`.
+            unsafe { std::slice::from_raw_parts(self.at.cast::<u8>(), self.len) }
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: `at` and `len` are the mapping `map` made; nothing reads it now.
+            // Nothing to do if unmapping fails: the process keeps the pages.
+            let _ = unsafe { rustix::mm::munmap(self.at, self.len) };
+        }
+    }
+
+    /// `file` mapped read-only, or `None` where it cannot be (empty, not a regular file,
+    /// no address space): read it then.
+    pub(super) fn map(file: &File) -> Option<Bytes> {
+        let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: a private read-only mapping of the whole file. As every reader that maps
+        // (DuckDB, ClickHouse, polars), it assumes nobody truncates or rewrites the input
+        // while it is read: the Parquet footer was read before and would not match anyway.
+        let at = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ,
+                rustix::mm::MapFlags::PRIVATE,
+                file,
+                0,
+            )
+        }
+        .ok()?;
+        Some(Bytes::from_owner(Mapping { at, len }))
     }
 }
 
@@ -173,6 +241,22 @@ mod tests {
     use parquet::arrow::ArrowWriter;
     use parquet::arrow::arrow_reader::ArrowReaderOptions;
     use parquet::file::properties::WriterProperties;
+
+    #[test]
+    fn a_mapped_file_is_its_bytes_and_outlives_its_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bytes");
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let mapped = mapped::map(&File::open(&path).unwrap()).expect("a regular file maps");
+        // The handle is closed; the mapping and its slices stay readable.
+        let slice = mapped.slice(4096..4100);
+        drop(mapped);
+        assert_eq!(&slice[..], &content[4096..4100]);
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(mapped::map(&File::open(&empty).unwrap()).is_none());
+    }
 
     /// A file of `rows` rows `0..rows` in row groups of `group` rows.
     fn file(dir: &Path, rows: i64, group: usize) -> (std::path::PathBuf, ArrowReaderMetadata) {
