@@ -51,12 +51,13 @@ impl SqlArgs {
             .context("cannot start the query runtime")?;
         let format = Format::resolve(self.format);
         runtime.block_on(async {
+            let config = self.input.config()?;
             if let Some(query) = &self.query
-                && let Some(batches) = self.streamed(query).await?
+                && let Some(batches) = self.streamed(query, &config).await?
             {
                 return print(&batches, format);
             }
-            let analyst = self.analyst().await?;
+            let analyst = self.analyst(&config).await?;
             match &self.query {
                 Some(query) => print(&analyst.query(query).await?, format),
                 None if std::io::stdin().is_terminal() => prompt(&analyst, format).await,
@@ -78,9 +79,12 @@ impl SqlArgs {
     /// ([`trailmap_sql::streamed`]): no journey log, about one batch of rows in memory.
     /// `None` when the query needs the loaded journeys (the input is not grouped, or the
     /// query uses what the stream does not give).
-    async fn streamed(&self, query: &str) -> anyhow::Result<Option<Vec<RecordBatch>>> {
-        let config = self.input.config()?;
-        if self.input.inputs.is_empty() && !self.input.has_configured_sources(&config) {
+    async fn streamed(
+        &self,
+        query: &str,
+        config: &Config,
+    ) -> anyhow::Result<Option<Vec<RecordBatch>>> {
+        if self.input.inputs.is_empty() && !self.input.has_configured_sources(config) {
             return Ok(None);
         }
         let input = Arc::new(GroupedFiles {
@@ -90,7 +94,7 @@ impl SqlArgs {
         let analyst = self
             .with_tables(Analyst::new(Limits::from_config(&config.sql)))
             .await?
-            .with_streamed_events(input, &config)?;
+            .with_streamed_events(input, config)?;
         let started = std::time::Instant::now();
         match analyst.query(query).await {
             Ok(batches) => Ok(Some(batches)),
@@ -103,12 +107,11 @@ impl SqlArgs {
     }
 
     /// A session with the journeys and the --table files registered.
-    async fn analyst(&self) -> anyhow::Result<Analyst> {
-        let config = self.input.config()?;
+    async fn analyst(&self, config: &Config) -> anyhow::Result<Analyst> {
         let analyst = self
             .with_tables(Analyst::new(Limits::from_config(&config.sql)))
             .await?;
-        if self.input.inputs.is_empty() && !self.input.has_configured_sources(&config) {
+        if self.input.inputs.is_empty() && !self.input.has_configured_sources(config) {
             return Ok(analyst);
         }
         let loaded = self.input.load(Projection::minimal())?;
