@@ -764,6 +764,76 @@ fn streamed_funnels_equal_the_general_load() {
     }
 }
 
+/// A grouped Parquet file of several row groups is read in parts, one thread each, the
+/// customers at the parts' edges joined and the parts' funnels merged: the same report as
+/// the general load of the same events, whatever the row groups. A file with a record only
+/// the row path reads is streamed as one instead, and an interleaved one loaded.
+#[test]
+fn funnels_read_in_parts_equal_the_general_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grouped, interleaved) = grouped_and_interleaved(dir.path());
+    let dl = dir.path().join("dead.ndjson");
+    let run = |file: &std::path::Path, options: &[&str]| -> (Value, String) {
+        let mut args = vec!["funnel", "--input", s(file), "--dead-letter", s(&dl)];
+        args.extend(["--format", "json", "--window", "3d", "--steps", "a,b,c"]);
+        args.extend(options);
+        run_timed(&args)
+    };
+    let cases: &[&[&str]] = &[
+        &[],
+        &["--mode", "strict_order"],
+        &["--exclude", "x"],
+        &["--count", "attempts", "--mode", "strict_once"],
+        &["--trend", "week"],
+        &["--scope", "session", "--gap", "2h", "--max-duration", "3h"],
+        &["--as-of", "2026-01-20T00:00:00Z"],
+    ];
+    // Row groups of 1 row (every customer split), of a prime number of rows (edges
+    // anywhere), and of more rows than two customers hold.
+    for rows_per_group in [1, 97, 1000] {
+        let parquet = dir.path().join(format!("grouped-{rows_per_group}.parquet"));
+        csv_to_parquet(&grouped, &parquet, rows_per_group);
+        for options in cases {
+            let (in_parts, how) = run(&parquet, options);
+            assert!(how.contains("streamed in parts"), "{options:?}: {how}");
+            let (general, _) = run(&interleaved, options);
+            assert_eq!(
+                in_parts, general,
+                "{rows_per_group} rows a group, {options:?}"
+            );
+        }
+    }
+    // The report names every touchpoint that came next, and its steps saw events.
+    let (report, _) = run(&dir.path().join("grouped-97.parquet"), &[]);
+    assert!(
+        report["steps"][1]["reached"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+
+    // A record with no touchpoint: rejected by the row path, in order; the rest streamed.
+    let dirty = dir.path().join("dirty.csv");
+    let text = std::fs::read_to_string(&grouped).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let at = lines.len() * 2 / 3;
+    lines[at] = format!("{},", lines[at].rsplit_once(',').unwrap().0);
+    std::fs::write(&dirty, lines.join("\n") + "\n").unwrap();
+    let dirty_parquet = dir.path().join("dirty.parquet");
+    csv_to_parquet(&dirty, &dirty_parquet, 97);
+    let (streamed, how) = run(&dirty_parquet, &[]);
+    assert!(how.contains("reading in parts stopped"), "{how}");
+    assert!(how.contains("read + aggregate, streamed:"), "{how}");
+    let (dirty_general, _) = run(&dirty, &[]);
+    assert_eq!(streamed, dirty_general);
+
+    // Interleaved: found out in parts, loaded.
+    let interleaved_parquet = dir.path().join("interleaved.parquet");
+    csv_to_parquet(&interleaved, &interleaved_parquet, 97);
+    let (loaded, how) = run(&interleaved_parquet, &[]);
+    assert!(how.contains("streaming stopped"), "{how}");
+    assert!(!how.contains("streamed"), "{how}");
+    assert_eq!(loaded, run(&interleaved, &[]).0);
+}
+
 /// `trailmap dropoffs` streams grouped input too: the same report as the general load, with
 /// a goal, with funnel steps, per session; a goal no event has is the same error.
 #[test]

@@ -175,6 +175,41 @@ pub fn grouped_and_interleaved(dir: &std::path::Path) -> (std::path::PathBuf, st
     (grouped, interleaved)
 }
 
+/// The CSV of [`grouped_and_interleaved`] (`customer_id,ts,touchpoint`, epoch seconds) as
+/// a Parquet file at `out` of row groups of `rows_per_group` rows, times in microseconds as
+/// exports write them; a touchpoint `""` is written as it is (a record only the row path
+/// reads).
+pub fn csv_to_parquet(csv: &Path, out: &Path, rows_per_group: usize) {
+    use arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
+    use std::sync::Arc;
+    let text = std::fs::read_to_string(csv).unwrap();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let customer = StringArray::from_iter_values(rows.iter().map(|r| r[0]));
+    let ts = TimestampMicrosecondArray::from_iter_values(
+        rows.iter()
+            .map(|r| r[1].parse::<i64>().unwrap() * 1_000_000),
+    )
+    .with_timezone("UTC");
+    let touchpoint = StringArray::from_iter_values(rows.iter().map(|r| r[2]));
+    let batch = RecordBatch::try_from_iter([
+        ("customer_id", Arc::new(customer) as ArrayRef),
+        ("ts", Arc::new(ts) as ArrayRef),
+        ("touchpoint", Arc::new(touchpoint) as ArrayRef),
+    ])
+    .unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(rows_per_group))
+        .build();
+    let file = std::fs::File::create(out).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
 /// Runs `args` with `TRAILMAP_TIMINGS` set: the JSON report and stderr (which says whether
 /// the input was streamed).
 pub fn run_timed(args: &[&str]) -> (serde_json::Value, String) {

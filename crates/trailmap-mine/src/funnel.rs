@@ -451,6 +451,38 @@ impl<'a> Funnel<'a> {
         }
     }
 
+    /// A funnel asking the same question with the same options (deferred maturity,
+    /// recorded attempts, levels only), nothing counted: for counting a part of the input
+    /// apart, to [`merge`](Aggregate::merge) later.
+    pub fn fresh(&self) -> Funnel<'a> {
+        let mut fresh = Funnel::new(self.spec.clone(), self.attribute);
+        fresh.levels_only = self.levels_only;
+        if self.attempts_made.is_some() {
+            fresh.record_attempts();
+        }
+        if self.open.is_some() {
+            fresh.defer_maturity();
+        }
+        fresh
+    }
+
+    /// Renumbers the touchpoints this funnel counted as next touchpoints: id `t` becomes
+    /// `ids[t]`. A part of the input numbered its touchpoints its own way; the steps and
+    /// exclusions, given ahead, have the same ids everywhere.
+    pub fn renumber_touchpoints(&mut self, ids: &[u32]) {
+        let renumber = |t: u32| match ids.get(t as usize) {
+            Some(&id) => id,
+            // `u32::MAX`: the journey ended there.
+            None => t,
+        };
+        self.next_after = (self.next_after.drain())
+            .map(|((step, t), n)| ((step, renumber(t)), n))
+            .collect();
+        for a in self.open.iter_mut().flatten() {
+            a.next = a.next.map(renumber);
+        }
+    }
+
     /// Counts, from now on, without knowing the data's "now" (`spec.as_of` is ignored): a
     /// reader that streams journeys learns the last event's time only at the end. Attempts
     /// whose window ends after every time seen so far (see
@@ -1203,5 +1235,6 @@ impl Aggregate<'_> for Funnel<'_> {
         if let Some(theirs) = other.open {
             self.open.get_or_insert_with(Vec::new).extend(theirs);
         }
+        self.settled_until = self.settled_until.max(other.settled_until);
     }
 }

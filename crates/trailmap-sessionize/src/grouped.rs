@@ -14,6 +14,13 @@
 //! (ordered by time, say) is found out within its first batches; after them, a customer met
 //! again is found at the end, by sorting the hashes of all customers (a set of millions of
 //! hashes, probed at random, cost more than everything else the stream does per customer).
+//!
+//! An input read in contiguous parts side by side (a Parquet file's runs of row groups, on
+//! one thread each) is streamed by one [`GroupedJourneys::part`] per part: a part cannot
+//! tell whether its first customer began in the part before, nor whether its last goes on
+//! in the next, so it hands on every journey but those two and keeps their events.
+//! [`GroupedJourneys::join`] then joins the pieces in part order into the journeys the
+//! whole input holds, and numbers the parts' touchpoints as one stream would have.
 
 use crate::Journey;
 use crate::journeys::{IdColumn, Names, column, dictionary, same, session_starts};
@@ -80,6 +87,15 @@ pub struct GroupedSummary {
 }
 
 impl GroupedSummary {
+    /// Adds the counts and times of `other`, streamed apart (the names are left alone).
+    fn add(&mut self, other: &GroupedSummary) {
+        self.events += other.events;
+        self.customers += other.customers;
+        self.journeys += other.journeys;
+        self.first_ts = [self.first_ts, other.first_ts].into_iter().flatten().min();
+        self.last_ts = [self.last_ts, other.last_ts].into_iter().flatten().max();
+    }
+
     /// The touchpoints some event had (names given ahead that no event had are left out).
     pub fn seen_touchpoints(&self) -> Vec<String> {
         (self.touchpoints.iter().zip(&self.seen))
@@ -146,6 +162,48 @@ pub struct GroupedJourneys {
     sorted: (Vec<i64>, Vec<u32>),
     starts: Vec<usize>,
     summary: GroupedSummary,
+    /// Streaming one part of an input (see [`part`](Self::part)): the first customer is
+    /// kept, not handed on, and becomes `head` when the next customer begins.
+    part: bool,
+    head: Option<Piece>,
+}
+
+/// The events a part of an input has of a customer who may have events in the part before
+/// or after it, in arrival order.
+#[derive(Debug, Clone)]
+struct Piece {
+    kind: IdentityKind,
+    /// Normalized, as the stream names customers.
+    customer: String,
+    ts: Vec<i64>,
+    /// The part's touchpoint ids.
+    touchpoint: Vec<u32>,
+}
+
+/// What streaming one part of an input left for [`GroupedJourneys::join`].
+#[derive(Debug, Clone)]
+pub struct GroupedPart {
+    /// The part's first customer's events and, when another customer followed, its last
+    /// customer's. Every other customer's journey was handed on.
+    head: Option<Piece>,
+    tail: Option<Piece>,
+    /// The part's own touchpoint names by id, and which ones some event had.
+    touchpoints: Vec<String>,
+    seen: Vec<bool>,
+    /// Hashes of the customers the part met, but its first; sorted, each once.
+    met: Vec<u64>,
+    /// What the part handed on.
+    summary: GroupedSummary,
+}
+
+/// What [`GroupedJourneys::join`] gives besides the joined journeys.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The whole input's, as one stream would have said it.
+    pub summary: GroupedSummary,
+    /// Per part, its touchpoint ids as ids of [`summary`](Self::summary)'s touchpoints:
+    /// aggregates of a part renumber their touchpoints with it before they are merged.
+    pub touchpoint_ids: Vec<Vec<u32>>,
 }
 
 /// A batch's columns as the stream reads them.
@@ -176,6 +234,19 @@ impl GroupedJourneys {
             sorted: (Vec::new(), Vec::new()),
             starts: Vec::new(),
             summary: GroupedSummary::default(),
+            part: false,
+            head: None,
+        }
+    }
+
+    /// Streams one of the contiguous parts of an input read side by side: ends with
+    /// [`finish_part`](Self::finish_part), and the parts are joined by
+    /// [`join`](Self::join). `scope`, `sessions` and the names given ahead must be the same
+    /// for every part and for the joining stream.
+    pub fn part(scope: Scope, sessions: &SessionConfig) -> Self {
+        GroupedJourneys {
+            part: true,
+            ..GroupedJourneys::new(scope, sessions)
         }
     }
 
@@ -246,8 +317,17 @@ impl GroupedJourneys {
                     }
                 }
                 Some(value) => {
-                    self.hand_on(&rows, open, sink);
-                    self.meet(kind, &value)?;
+                    if self.part && self.head.is_none() {
+                        // A part's first customer may have begun in the part before: it is
+                        // kept for the join, and met there.
+                        self.buffer(&rows, open);
+                        self.head = self.take_piece();
+                    } else {
+                        self.hand_on(&rows, open, sink);
+                    }
+                    if !(self.part && self.current.is_none()) {
+                        self.meet(kind, &value)?;
+                    }
                     let current = self.current.get_or_insert_with(|| (kind, String::new()));
                     current.0 = kind;
                     current.1.clear();
@@ -362,6 +442,111 @@ impl GroupedJourneys {
         self.touchpoint.clear();
     }
 
+    /// The current customer's events, taken out of the stream.
+    fn take_piece(&mut self) -> Option<Piece> {
+        let (kind, customer) = self.current.clone()?;
+        Some(Piece {
+            kind,
+            customer,
+            ts: std::mem::take(&mut self.ts),
+            touchpoint: std::mem::take(&mut self.touchpoint),
+        })
+    }
+
+    /// Ends a part (see [`part`](Self::part)): its first and last customers' events, kept
+    /// for [`join`](Self::join), and what it handed on; or that a customer of the part came
+    /// back after another's.
+    pub fn finish_part<S: JourneySink + ?Sized>(
+        mut self,
+        sink: &mut S,
+    ) -> Result<GroupedPart, NotGrouped> {
+        // Nothing is lost when the sink fails here: the part is read and handed on.
+        let _ = sink.batch_end(&self.touchpoints.names);
+        // Each part checks its own customers, on its own thread; the join only looks for
+        // customers of two parts.
+        let met = sorted(&self.met);
+        if met.windows(2).any(|p| p[0] == p[1]) {
+            return Err(NotGrouped::Interleaved(None));
+        }
+        let last = self.take_piece();
+        let (head, tail) = match self.head.take() {
+            Some(head) => (Some(head), last),
+            None => (last, None),
+        };
+        Ok(GroupedPart {
+            head,
+            tail,
+            touchpoints: self.touchpoints.names,
+            seen: self.seen,
+            met,
+            summary: self.summary,
+        })
+    }
+
+    /// Joins the parts of one input, in their order, as one stream of it would have read it:
+    /// the customers the parts kept are joined across parts and handed to `sink`, the
+    /// touchpoints numbered in the order one stream meets them, and the grouping checked
+    /// over all customers of all parts. Called on a new stream, given the same names ahead
+    /// as the parts.
+    pub fn join<S: JourneySink + ?Sized>(
+        mut self,
+        parts: Vec<GroupedPart>,
+        sink: &mut S,
+    ) -> Result<Joined, NotGrouped> {
+        let mut touchpoint_ids = Vec::with_capacity(parts.len());
+        let mut handed_on = GroupedSummary::default();
+        let mut met = Vec::with_capacity(parts.len() + 1);
+        for part in parts {
+            // Names in part order, each part's in its own order of meeting them: the order
+            // one stream of the whole input meets them.
+            let ids: Vec<u32> = (part.touchpoints.iter())
+                .map(|name| self.touchpoint_id(name))
+                .collect();
+            for (&id, _) in ids.iter().zip(&part.seen).filter(|(_, seen)| **seen) {
+                self.seen[id as usize] = true;
+            }
+            for (piece, is_head) in [(part.head, true), (part.tail, false)] {
+                let Some(piece) = piece else { continue };
+                let continues = (self.current.as_ref())
+                    .is_some_and(|(k, c)| *k == piece.kind && same(c, &piece.customer));
+                if !continues {
+                    self.hand_on_buffered(sink);
+                    // A part met its last customer, not its first.
+                    if is_head {
+                        self.met
+                            .push(self.hasher.hash_one((piece.kind.index(), &piece.customer)));
+                    }
+                    self.current = Some((piece.kind, piece.customer));
+                }
+                self.ts.extend_from_slice(&piece.ts);
+                (self.touchpoint).extend(piece.touchpoint.iter().map(|&t| ids[t as usize]));
+            }
+            met.push(part.met);
+            handed_on.add(&part.summary);
+            touchpoint_ids.push(ids);
+        }
+        self.hand_on_buffered(sink);
+        let _ = sink.batch_end(&self.touchpoints.names);
+        // The customers joined here: the parts' first customers that did not go on from the
+        // part before.
+        let joined = sorted(&self.met);
+        if joined.windows(2).any(|p| p[0] == p[1]) {
+            return Err(NotGrouped::Interleaved(None));
+        }
+        met.push(joined);
+        if any_shared(&met) {
+            return Err(NotGrouped::Interleaved(None));
+        }
+        let mut summary = self.summary;
+        summary.add(&handed_on);
+        summary.touchpoints = self.touchpoints.names;
+        summary.seen = self.seen;
+        Ok(Joined {
+            summary,
+            touchpoint_ids,
+        })
+    }
+
     /// Hands on the last journey and says what was streamed, or that a customer met again
     /// after the early ones (see [`check_early`](Self::check_early)) makes the input not
     /// grouped after all.
@@ -434,10 +619,35 @@ impl GroupedJourneys {
     }
 }
 
-/// Whether some hash occurs twice. Hashes are spread evenly, so one counting pass by their
-/// top bits leaves buckets of a few hashes each, sorted in cache: a comparison sort of
-/// millions of hashes took most of the time the check is given.
+/// Whether some hash occurs twice.
 fn any_twice(hashes: &[u64]) -> bool {
+    sorted(hashes).windows(2).any(|p| p[0] == p[1])
+}
+
+/// Whether some hash is in two of the `lists`, each sorted and without repeats: a merge of
+/// the lists (there are as many as the threads that read parts, and one more).
+fn any_shared(lists: &[Vec<u64>]) -> bool {
+    let mut at = vec![0usize; lists.len()];
+    let mut last = None;
+    loop {
+        let smallest = (lists.iter().zip(&at).enumerate())
+            .filter_map(|(k, (list, &i))| Some((*list.get(i)?, k)))
+            .min();
+        let Some((hash, k)) = smallest else {
+            return false;
+        };
+        if last == Some(hash) {
+            return true;
+        }
+        last = Some(hash);
+        at[k] += 1;
+    }
+}
+
+/// `hashes` sorted. Hashes are spread evenly, so one counting pass by their top bits
+/// leaves buckets of a few hashes each, sorted in cache: a comparison sort of millions of
+/// hashes took most of the time the check is given.
+fn sorted(hashes: &[u64]) -> Vec<u64> {
     const BITS: u32 = 16;
     let bucket = |h: u64| (h >> (64 - BITS)) as usize;
     let mut starts = vec![0usize; (1 << BITS) + 1];
@@ -454,11 +664,10 @@ fn any_twice(hashes: &[u64]) -> bool {
         bucketed[next[b]] = h;
         next[b] += 1;
     }
-    starts.windows(2).any(|w| {
-        let b = &mut bucketed[w[0]..w[1]];
-        b.sort_unstable();
-        b.windows(2).any(|p| p[0] == p[1])
-    })
+    for w in starts.windows(2) {
+        bucketed[w[0]..w[1]].sort_unstable();
+    }
+    bucketed
 }
 
 /// The end of the run of rows from `row` that share one raw identifier (or have none).
@@ -491,6 +700,18 @@ fn run_end(id: &IdColumn<'_>, row: usize, n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::any_twice;
+
+    #[test]
+    fn a_hash_in_two_lists_is_found() {
+        use super::any_shared;
+        let odd: Vec<u64> = (0..1000).map(|i| 2 * i + 1).collect();
+        let even: Vec<u64> = (0..1000).map(|i| 2 * i).collect();
+        assert!(!any_shared(&[odd.clone(), even.clone(), vec![]]));
+        assert!(any_shared(&[odd.clone(), even.clone(), vec![1999]]));
+        assert!(any_shared(&[vec![0], odd.clone(), even.clone()]));
+        assert!(any_shared(&[odd.clone(), vec![5, 7]]));
+        assert!(!any_shared(&[]));
+    }
 
     #[test]
     fn a_hash_met_twice_is_found_in_any_bucket() {

@@ -13,7 +13,8 @@
 //! - [`grouped`]: [`GroupedJourneys`], for input already grouped by customer (exports by
 //!   user, logs by case): each journey is handed to an aggregate as soon as the next
 //!   customer's events begin, with no log kept. It checks the grouping as it goes and says
-//!   when the input needs the builder instead.
+//!   when the input needs the builder instead; an input read in parts on several threads
+//!   is streamed a part each and the parts joined.
 //!
 //! Nothing here depends on where batches come from: batch import and the live pipeline
 //! share this code.
@@ -22,7 +23,9 @@ pub mod grouped;
 pub mod journeys;
 pub mod stitch;
 
-pub use grouped::{GroupedError, GroupedJourneys, GroupedSummary, JourneySink, NotGrouped};
+pub use grouped::{
+    GroupedError, GroupedJourneys, GroupedPart, GroupedSummary, Joined, JourneySink, NotGrouped,
+};
 pub use journeys::{
     Arrived, Attribute, AttributeColumn, Journey, JourneyBuilder, JourneyLog, NO_VALUE,
     SessionSummary, session_starts, starts_session,

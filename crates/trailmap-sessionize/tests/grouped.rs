@@ -123,6 +123,61 @@ fn streamed(
     Ok((journeys, summary))
 }
 
+/// The journeys of `batches` streamed in parts, cut before each batch index of `cuts`
+/// (parts may be empty), and joined; sorted, since parts hand journeys on in their own order.
+fn streamed_in_parts(
+    batches: &[RecordBatch],
+    sessions: &SessionConfig,
+    scope: Scope,
+    cuts: &[usize],
+) -> Result<(Journeys, trailmap_sessionize::GroupedSummary), GroupedError> {
+    let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (batches.len() + 1)).collect();
+    bounds.push(0);
+    bounds.push(batches.len());
+    bounds.sort_unstable();
+    let mut parts = Vec::new();
+    let mut sinks = Vec::new();
+    for w in bounds.windows(2) {
+        let mut stream = GroupedJourneys::part(scope, sessions);
+        stream.touchpoint_id("tp3");
+        let mut sink = Collect::default();
+        for b in &batches[w[0]..w[1]] {
+            stream.push_batch(b, &mut sink)?;
+        }
+        parts.push(
+            stream
+                .finish_part(&mut sink)
+                .map_err(GroupedError::NotGrouped)?,
+        );
+        sinks.push(sink);
+    }
+    let mut joined_sink = Collect::default();
+    let mut joiner = GroupedJourneys::new(scope, sessions);
+    joiner.touchpoint_id("tp3");
+    let joined = joiner
+        .join(parts, &mut joined_sink)
+        .map_err(GroupedError::NotGrouped)?;
+    assert_eq!(joined.touchpoint_ids.len(), sinks.len());
+    let names = &joined.summary.touchpoints;
+    let mut journeys: Journeys = Vec::new();
+    let identity: Vec<u32> = (0..names.len() as u32).collect();
+    for (sink, ids) in sinks
+        .iter()
+        .chain([&joined_sink])
+        .zip(joined.touchpoint_ids.iter().chain([&identity]))
+    {
+        for (customer, ts, tp) in &sink.got {
+            let tp = tp
+                .iter()
+                .map(|&t| names[ids[t as usize] as usize].clone())
+                .collect();
+            journeys.push((customer.clone(), ts.clone(), tp));
+        }
+    }
+    journeys.sort();
+    Ok((journeys, joined.summary))
+}
+
 /// Customers one after another, each with a few events at coarse times (ties and
 /// out-of-order times within a customer are common, as are 30-minute session gaps), some
 /// identity-only rows and rows with a blank identifier, and the identifier written with
@@ -185,6 +240,40 @@ proptest! {
         }
     }
 
+    /// Streamed in parts and joined, the journeys and the summary are one stream's.
+    #[test]
+    fn parts_joined_are_one_stream(
+        (rows, kind) in grouped_rows(),
+        size in 1usize..12,
+        dictionary in any::<bool>(),
+        sessions in any::<bool>(),
+        cuts in prop::collection::vec(0usize..64, 0..5),
+    ) {
+        let config = SessionConfig {
+            gap: Span::from_secs(30 * 60),
+            max_duration: Span::from_secs(if sessions { 70 * 60 } else { 0 }),
+            ..SessionConfig::default()
+        };
+        let batches = batches(&rows, kind, size, dictionary);
+        for scope in [Scope::Customer, Scope::Session] {
+            let mut one = GroupedJourneys::new(scope, &config);
+            one.touchpoint_id("tp3");
+            let mut sink = Collect::default();
+            for b in &batches {
+                one.push_batch(b, &mut sink).unwrap();
+            }
+            let expected = one.finish(&mut sink).unwrap();
+            let (got, summary) = streamed_in_parts(&batches, &config, scope, &cuts).unwrap();
+            prop_assert_eq!(&summary, &expected);
+            let mut journeys: Journeys = sink.got.into_iter().map(|(customer, ts, tp)| {
+                let names = tp.iter().map(|&t| expected.touchpoints[t as usize].clone()).collect();
+                (customer, ts, names)
+            }).collect();
+            journeys.sort();
+            prop_assert_eq!(got, journeys);
+        }
+    }
+
     /// A customer whose events come back after another's: the stream says so, naming
     /// them when checked as they come, at the end otherwise.
     #[test]
@@ -205,6 +294,14 @@ proptest! {
         let got = streamed(&batches, &SessionConfig::default(), Scope::Customer, if early { 100 } else { 0 });
         let named = early.then_some(first);
         prop_assert_eq!(got.err(), Some(GroupedError::NotGrouped(NotGrouped::Interleaved(named))));
+        // Streamed in parts, wherever they are cut: a part finds it, or the join does.
+        for cuts in [vec![], vec![1], vec![1, 2], vec![batches.len() / 2], vec![batches.len()]] {
+            let got = streamed_in_parts(&batches, &SessionConfig::default(), Scope::Customer, &cuts);
+            prop_assert!(
+                matches!(got, Err(GroupedError::NotGrouped(NotGrouped::Interleaved(_)))),
+                "cut at {:?}: {:?}", cuts, got.map(|g| g.0)
+            );
+        }
     }
 }
 

@@ -13,8 +13,8 @@ use trailmap_model::config::{OneOrMany, Scope, SourceConfig, SourceKind};
 use trailmap_model::time::{Span, TimeUnit};
 use trailmap_model::{Catalog, Config, Error};
 use trailmap_sessionize::{
-    Attribute, GroupedError, GroupedJourneys, GroupedSummary, JourneyBuilder, JourneyLog,
-    JourneySink,
+    Attribute, GroupedError, GroupedJourneys, GroupedPart, GroupedSummary, JourneyBuilder,
+    JourneyLog, JourneySink,
 };
 
 #[derive(Debug, Clone, Args)]
@@ -306,6 +306,158 @@ impl InputArgs {
         }
     }
 
+    /// [`stream_grouped`](Self::stream_grouped), reading one Parquet file in parts side by
+    /// side when it can (see [`file::parts`]): each thread decodes a run of row groups and
+    /// streams its journeys into a sink of its own, while the batches are in its cache;
+    /// the customers at the parts' edges are joined and the sinks merged. The result is
+    /// the one stream's. Input that cannot be read in parts is streamed as one.
+    pub fn stream_grouped_in_parts<S: PartSink>(
+        &self,
+        config: &Config,
+        names: &[&str],
+        sink: &mut S,
+    ) -> anyhow::Result<Option<GroupedSummary>> {
+        match self.stream_parts(config, names, sink)? {
+            InParts::Streamed(summary) => Ok(Some(summary)),
+            InParts::NotGrouped => Ok(None),
+            InParts::CannotSplit => self.stream_grouped(config, names, sink),
+        }
+    }
+
+    fn stream_parts<S: PartSink>(
+        &self,
+        config: &Config,
+        names: &[&str],
+        sink: &mut S,
+    ) -> anyhow::Result<InParts> {
+        let inputs = self.file_inputs(config)?;
+        let [input] = &inputs[..] else {
+            return Ok(InParts::CannotSplit);
+        };
+        // A part per core; two at least, so that one core reads the same way (and a test
+        // sees the same path on any machine).
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        let options = IngestOptions {
+            catalog: Arc::new(Catalog::compile(&config.catalog)?),
+            batch_size: config.ingest.batch_size,
+            projection: Projection {
+                channel: false,
+                ..Projection::minimal()
+            },
+        };
+        let Some(parts) = file::parts(input, &options, threads)? else {
+            return Ok(InParts::CannotSplit);
+        };
+        let started = std::time::Instant::now();
+        let stream = || {
+            let mut stream = GroupedJourneys::part(config.sessions.scope, &config.sessions);
+            for name in names {
+                stream.touchpoint_id(name);
+            }
+            stream
+        };
+        let progress = ProgressBar::new(file::records_hint(input).unwrap_or(0));
+        progress.set_style(
+            ProgressStyle::with_template(
+                "{spinner} reading {msg} {bar:30} {pos}/{len} rows ({eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        progress.set_message(input.path.display().to_string());
+        // A part that stops makes the others' work useless: they stop at their next batch.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let streamed: Vec<Result<(GroupedPart, S), PartStop>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (parts.into_iter())
+                .map(|mut part| {
+                    let (mut part_sink, mut stream) = (sink.for_part(), stream());
+                    let (stop, progress) = (&stop, &progress);
+                    scope.spawn(move || {
+                        let began = std::time::Instant::now();
+                        let ended = loop {
+                            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                break Err(PartStop::Stopped);
+                            }
+                            let batch = match part.next_batch() {
+                                Ok(Some(batch)) => batch,
+                                Ok(None) => break Ok(()),
+                                Err(file::NotColumnar) => break Err(PartStop::NotColumnar),
+                            };
+                            if let Err(e) = stream.push_batch(&batch, &mut part_sink) {
+                                break Err(PartStop::Grouped(e));
+                            }
+                            progress.inc(batch.num_rows() as u64);
+                        };
+                        let finished = ended.and_then(|()| {
+                            (stream.finish_part(&mut part_sink))
+                                .map_err(|why| PartStop::Grouped(GroupedError::NotGrouped(why)))
+                        });
+                        match finished {
+                            Ok(part) => {
+                                timing("a part read and streamed", began.elapsed());
+                                Ok((part, part_sink))
+                            }
+                            Err(e) => {
+                                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                                Err(e)
+                            }
+                        }
+                    })
+                })
+                .collect();
+            (handles.into_iter())
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        progress.finish_and_clear();
+        let all = streamed.len();
+        let mut parts = Vec::with_capacity(all);
+        let mut sinks = Vec::with_capacity(all);
+        // The first part's reason to stop is the one that counts (the others may only have
+        // been told to).
+        for result in streamed {
+            match result {
+                Ok((part, part_sink)) => {
+                    parts.push(part);
+                    sinks.push(part_sink);
+                }
+                Err(PartStop::Stopped) => {}
+                Err(PartStop::NotColumnar) => {
+                    timing(
+                        "reading in parts stopped (records the row path reads)",
+                        started.elapsed(),
+                    );
+                    return Ok(InParts::CannotSplit);
+                }
+                Err(PartStop::Grouped(GroupedError::NotGrouped(why))) => {
+                    timing(&format!("streaming stopped ({why})"), started.elapsed());
+                    return Ok(InParts::NotGrouped);
+                }
+                Err(PartStop::Grouped(GroupedError::Batch(e))) => {
+                    return Err(Error::Other(e).into());
+                }
+            }
+        }
+        if parts.len() < all {
+            // Told to stop with no part saying why: cannot happen, but a partial answer must not.
+            return Ok(InParts::CannotSplit);
+        }
+        let joined = match stream().join(parts, sink) {
+            Ok(joined) => joined,
+            Err(why) => {
+                timing(&format!("streaming stopped ({why})"), started.elapsed());
+                return Ok(InParts::NotGrouped);
+            }
+        };
+        for (part_sink, ids) in sinks.into_iter().zip(&joined.touchpoint_ids) {
+            sink.merge_part(part_sink, ids);
+        }
+        timing("read + aggregate, streamed in parts", started.elapsed());
+        Ok(InParts::Streamed(joined.summary))
+    }
+
     /// Reads every input into `consume`, batch by batch. An error from `consume` stops the
     /// reading and is returned.
     fn read_with(
@@ -317,6 +469,38 @@ impl InputArgs {
         let inputs = self.file_inputs(config)?;
         read_inputs(config, &inputs, projection, consume)
     }
+}
+
+/// A [`JourneySink`] that can count the parts of an input apart, one copy per part, and
+/// merge them (every aggregate here is mergeable).
+pub trait PartSink: JourneySink + Send {
+    /// A sink for one part: the same question, nothing counted.
+    fn for_part(&self) -> Self
+    where
+        Self: Sized;
+
+    /// Adds what `part` counted, its touchpoint ids renumbered first: the part's id `t` is
+    /// `ids[t]` here (see [`Joined`](trailmap_sessionize::Joined)).
+    fn merge_part(&mut self, part: Self, ids: &[u32])
+    where
+        Self: Sized;
+}
+
+/// How reading an input in parts went.
+enum InParts {
+    Streamed(GroupedSummary),
+    /// The input is not grouped by customer (or needs stitching): load it.
+    NotGrouped,
+    /// It cannot be read in parts: stream it as one.
+    CannotSplit,
+}
+
+/// Why a part stopped before its end.
+enum PartStop {
+    /// Another part stopped.
+    Stopped,
+    NotColumnar,
+    Grouped(GroupedError),
 }
 
 /// What reading the inputs saw, besides the batches.

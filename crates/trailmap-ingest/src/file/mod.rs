@@ -211,6 +211,36 @@ pub fn open(input: &FileInput, options: &IngestOptions) -> Result<Box<dyn BatchS
     }
 }
 
+pub use parquet::NotColumnar;
+
+/// One of the contiguous parts a file is read in side by side (see [`parts`]).
+pub struct FilePart(parquet::ParquetSource);
+
+impl FilePart {
+    /// The part's next batch, in file order. [`NotColumnar`] says the file has records
+    /// only the general reader ([`open`]) rejects and reports properly: read it that way.
+    pub fn next_batch(&mut self) -> std::result::Result<Option<RecordBatch>, NotColumnar> {
+        self.0.next_columnar()
+    }
+}
+
+/// A file as up to `parts` parts, contiguous runs of its records in file order, each
+/// decoded by whichever thread reads it: several threads then read one file side by side,
+/// each consuming batches while they are still in its cache, with no thread handing
+/// batches to another. `None` when the file cannot be read in parts (only Parquet files
+/// of several row groups whose columns map column by column can); read it with [`open`].
+pub fn parts(
+    input: &FileInput,
+    options: &IngestOptions,
+    parts: usize,
+) -> Result<Option<Vec<FilePart>>> {
+    match input.format {
+        FileFormat::Parquet => Ok(parquet::parts(input, &input.mapping()?, options, parts)?
+            .map(|sources| sources.into_iter().map(FilePart).collect())),
+        FileFormat::Csv | FileFormat::Ndjson | FileFormat::Xes => Ok(None),
+    }
+}
+
 /// How many records a file holds, when its format says so without reading it (Parquet's
 /// footer): a reader can then make room for them at once. `None` for the text formats, or
 /// when the footer cannot be read (opening the file reports why).

@@ -142,11 +142,92 @@ pub(crate) fn records_in(path: &std::path::Path) -> Option<u64> {
     u64::try_from(metadata.file_metadata().num_rows()).ok()
 }
 
+/// How a source decodes its row groups.
+#[derive(Clone)]
+enum Reading {
+    /// All of them, on decode threads of its own.
+    Threads,
+    /// These, on the reading thread.
+    Inline(std::ops::Range<usize>),
+}
+
+/// Row groups of a file split into at most `parts` contiguous runs of about equal rows (a
+/// run holds at least one row group; none when the file has no row groups). The slowest
+/// run sets the pace, so each run ends at the row-group boundary nearest its share.
+fn split_row_groups(rows: &[i64], parts: usize) -> Vec<std::ops::Range<usize>> {
+    let rows: Vec<i64> = rows.iter().map(|r| (*r).max(0)).collect();
+    let total: i64 = rows.iter().sum();
+    let parts = parts.clamp(1, rows.len().max(1));
+    let mut runs = Vec::with_capacity(parts);
+    // The open run starts at `start`; `seen` rows come before row group `i`.
+    let (mut start, mut seen) = (0, 0i64);
+    for (i, &r) in rows.iter().enumerate() {
+        let to_come = parts - runs.len() - 1;
+        if i > start && to_come > 0 {
+            let share = total.saturating_mul(runs.len() as i64 + 1) / parts as i64;
+            let with = seen + r;
+            let nearer_without = seen >= share || (with > share && share - seen < with - share);
+            // The row groups from here on are only enough for one each.
+            let must = rows.len() - i <= to_come;
+            if nearer_without || must {
+                runs.push(start..i);
+                start = i;
+            }
+        }
+        seen += r;
+    }
+    if start < rows.len() {
+        runs.push(start..rows.len());
+    }
+    runs
+}
+
+/// A Parquet file as up to `parts` sources over contiguous runs of its row groups, each
+/// decoding on the thread that reads it, so that several threads read one file side by
+/// side. `None` when it cannot be split (a single row group) or when its columns need the
+/// row-by-row mapping (see [`ParquetSource::next_columnar`]).
+pub(crate) fn parts(
+    input: &FileInput,
+    mapping: &FieldMapping,
+    options: &IngestOptions,
+    parts: usize,
+) -> Result<Option<Vec<ParquetSource>>> {
+    let path = &input.path;
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+        .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))?;
+    let rows: Vec<i64> = (metadata.metadata().row_groups().iter())
+        .map(|rg| rg.num_rows())
+        .collect();
+    let runs = split_row_groups(&rows, parts);
+    if runs.len() < 2 {
+        return Ok(None);
+    }
+    let mut sources = Vec::with_capacity(runs.len());
+    for run in runs {
+        let source = ParquetSource::open_with(input, mapping, options, Reading::Inline(run))?;
+        if source.plan.is_none() {
+            return Ok(None);
+        }
+        sources.push(source);
+    }
+    Ok(Some(sources))
+}
+
 impl ParquetSource {
     pub(crate) fn open(
         input: &FileInput,
         mapping: &FieldMapping,
         options: &IngestOptions,
+    ) -> Result<Self> {
+        Self::open_with(input, mapping, options, Reading::Threads)
+    }
+
+    fn open_with(
+        input: &FileInput,
+        mapping: &FieldMapping,
+        options: &IngestOptions,
+        reading: Reading,
     ) -> Result<Self> {
         let path = &input.path;
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
@@ -224,9 +305,23 @@ impl ParquetSource {
         let metadata = ArrowReaderMetadata::try_new(builder.metadata().clone(), hint)
             .map_err(|e| Error::input(path, format!("cannot read Parquet: {e}")))?;
         let mask = ProjectionMask::roots(metadata.parquet_schema(), roots);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let reader = RowGroupReader::start(path, &metadata, &mask, options.batch_size, threads)
-            .map_err(|e| Error::io(path, e))?;
+        // Rows are numbered in the file (event ids of rows without bytes hash the number).
+        let first_row = match &reading {
+            Reading::Threads => 0,
+            Reading::Inline(run) => (metadata.metadata().row_groups()[..run.start].iter())
+                .map(|rg| u64::try_from(rg.num_rows()).unwrap_or(0))
+                .sum(),
+        };
+        let reader = match reading {
+            Reading::Threads => {
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                RowGroupReader::start(path, &metadata, &mask, options.batch_size, threads)
+            }
+            Reading::Inline(row_groups) => {
+                RowGroupReader::inline(path, &metadata, &mask, options.batch_size, row_groups)
+            }
+        }
+        .map_err(|e| Error::io(path, e))?;
         Ok(ParquetSource {
             path_hash: stable_hash(path.to_string_lossy().as_bytes()),
             path: path.clone(),
@@ -236,7 +331,7 @@ impl ParquetSource {
             keys,
             rest,
             want_rest,
-            row: 0,
+            row: first_row,
             total_rows,
             file_len,
             stats: IngestStats::default(),
@@ -381,6 +476,51 @@ impl Record<usize> for ParquetRow<'_> {
     }
 }
 
+/// A batch that only the row-by-row mapping reads (a missing or implausible value, a
+/// touchpoint the catalog drops) or a file that cannot be read on: the row path rejects
+/// exactly the bad rows to the dead letters, in order, which a part of a file read on its
+/// own cannot do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotColumnar;
+
+impl ParquetSource {
+    /// `batch` mapped column by column, when it can be (see [`columnar`]).
+    fn columnar(&mut self, batch: &RecordBatch) -> Option<RecordBatch> {
+        let plan = self.plan.as_ref()?;
+        // The columnar path reads touchpoints, channels and identities as they come
+        // (dictionaries, mostly); only the time column needs converting.
+        let mut cols: Vec<Option<Col>> = (0..self.keys.len()).map(|_| None).collect();
+        cols[plan.ts] = column_at(batch, &self.keys[plan.ts]).map(|a| Col::new(&a));
+        let fast = columnar(
+            plan,
+            &mut self.mapper,
+            batch,
+            &cols,
+            &self.keys,
+            &mut self.constants,
+            &mut self.named,
+        )?;
+        let n = batch.num_rows() as u64;
+        self.stats.records += n;
+        self.stats.events += n;
+        self.row += n;
+        Some(fast)
+    }
+
+    /// The next batch, every row of it mapped column by column: what a part of a file read
+    /// on its own thread (see [`parts`]) reads. Nothing is rejected or lost here: on
+    /// [`NotColumnar`] the caller reads the whole file the general way instead.
+    pub(crate) fn next_columnar(
+        &mut self,
+    ) -> std::result::Result<Option<RecordBatch>, NotColumnar> {
+        match self.reader.next() {
+            None => Ok(None),
+            Some(Ok(batch)) => self.columnar(&batch).map(Some).ok_or(NotColumnar),
+            Some(Err(_)) => Err(NotColumnar),
+        }
+    }
+}
+
 impl super::BatchSource for ParquetSource {
     fn next_batch(&mut self, dead: &mut DeadLetters) -> Result<Option<RecordBatch>> {
         let path_hash = self.path_hash;
@@ -405,34 +545,10 @@ impl super::BatchSource for ParquetSource {
                     break;
                 }
             };
-            let col = |k: &ColumnPath| column_at(&batch, k).map(|a| Col::new(&a));
-            if let Some(plan) = &self.plan {
-                // The columnar path reads touchpoints, channels and identities as they come
-                // (dictionaries, mostly); only the time column needs converting.
-                let mut needed = vec![false; self.keys.len()];
-                needed[plan.ts] = true;
-                let cols: Vec<Option<Col>> = self
-                    .keys
-                    .iter()
-                    .zip(&needed)
-                    .map(|(k, need)| if *need { col(k) } else { None })
-                    .collect();
-                if let Some(fast) = columnar(
-                    plan,
-                    &mut self.mapper,
-                    &batch,
-                    &cols,
-                    &self.keys,
-                    &mut self.constants,
-                    &mut self.named,
-                ) {
-                    let n = batch.num_rows() as u64;
-                    self.stats.records += n;
-                    self.stats.events += n;
-                    self.row += n;
-                    return Ok(Some(fast));
-                }
+            if let Some(fast) = self.columnar(&batch) {
+                return Ok(Some(fast));
             }
+            let col = |k: &ColumnPath| column_at(&batch, k).map(|a| Col::new(&a));
             let cols: Vec<Option<Col>> = self.keys.iter().map(col).collect();
             let rest: Vec<(String, Col)> = if self.want_rest {
                 self.rest
@@ -825,5 +941,41 @@ fn is_blank(s: &str) -> bool {
         None => true,
         Some(b) if b.is_ascii() && !b.is_ascii_whitespace() && !b.is_ascii_control() => false,
         _ => s.trim().is_empty(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_row_groups;
+
+    #[test]
+    fn row_groups_split_into_contiguous_runs_of_about_equal_rows() {
+        let runs = |rows: &[i64], parts| split_row_groups(rows, parts);
+        assert_eq!(runs(&[10, 10, 10, 10], 2), vec![0..2, 2..4]);
+        assert_eq!(runs(&[10; 19], 2), vec![0..10, 10..19]);
+        // The nearer boundary: 9 + 10 of 19 row groups, the last one short.
+        let mut export = vec![1_048_576; 18];
+        export.push(433_691);
+        assert_eq!(runs(&export, 2), vec![0..9, 9..19]);
+        assert_eq!(runs(&[4, 4, 4], 2), vec![0..2, 2..3]);
+        assert_eq!(runs(&[100, 1, 1, 1], 2), vec![0..1, 1..4]);
+        // Every run holds a row group, even when the rows sit in the last one.
+        assert_eq!(runs(&[1, 1, 1, 100], 3), vec![0..2, 2..3, 3..4]);
+        assert_eq!(runs(&[5, 5], 8), vec![0..1, 1..2]);
+        assert_eq!(runs(&[5], 2), vec![0..1]);
+        assert_eq!(runs(&[], 2), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(runs(&[0, 0, 0], 2), vec![0..1, 1..3]);
+        for rows in [&[3i64, 9, 1, 7, 7, 2][..], &[1; 7], &[0, 4, 0, 4]] {
+            for parts in 1..9 {
+                let r = runs(rows, parts);
+                assert!(r.len() <= parts && !r.is_empty(), "{rows:?} {parts}");
+                assert_eq!(r[0].start, 0);
+                assert_eq!(r[r.len() - 1].end, rows.len());
+                assert!(
+                    r.windows(2)
+                        .all(|w| w[0].end == w[1].start && !w[0].is_empty())
+                );
+            }
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! batches, while the reading thread maps the batches of the row group whose turn it is.
 //! The order of rows is the file's, as with one reader (ties in time keep it). The threads
 //! read a regular file through one memory mapping (see `mapped`), anything else through
-//! their own handles.
+//! their own handles. A reader of one part of a file, itself one of several threads that
+//! each read a part, decodes on its own thread instead ([`RowGroupReader::inline`]).
 
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
@@ -31,8 +32,16 @@ enum Decoded {
 /// huge row groups: 256 batches of 8192 rows of three columns is ~40 MB a thread.
 const AHEAD: std::ops::RangeInclusive<usize> = 4..=256;
 
-/// Row groups decoded on `threads` threads.
-pub(crate) struct RowGroupReader {
+/// A file's row groups as batches in file order: decoded on threads of their own, or on the
+/// caller's thread when the caller is itself one of several threads reading parts of the
+/// file (see [`RowGroupReader::inline`]).
+pub(crate) enum RowGroupReader {
+    Threads(Threaded),
+    Inline(Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>),
+}
+
+/// Row groups decoded on several threads.
+pub(crate) struct Threaded {
     receivers: Vec<Receiver<Decoded>>,
     /// Each thread's, until joined.
     threads: Vec<Option<JoinHandle<()>>>,
@@ -51,6 +60,46 @@ impl RowGroupReader {
         batch_size: usize,
         threads: usize,
     ) -> std::io::Result<RowGroupReader> {
+        Threaded::start(path, metadata, mask, batch_size, threads).map(RowGroupReader::Threads)
+    }
+
+    /// The row groups `row_groups` of the file at `path`, decoded on the caller's thread as
+    /// it asks for batches: a part of a file read by one of several threads, each decoding
+    /// and consuming its own batches while they are in cache.
+    pub(crate) fn inline(
+        path: &Path,
+        metadata: &ArrowReaderMetadata,
+        mask: &ProjectionMask,
+        batch_size: usize,
+        row_groups: std::ops::Range<usize>,
+    ) -> std::io::Result<RowGroupReader> {
+        let file = File::open(path)?;
+        let (metadata, mask) = (metadata.clone(), mask.clone());
+        let reader = match mapped::map(&file) {
+            Some(bytes) => ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, metadata)
+                .with_projection(mask)
+                .with_row_groups(row_groups.collect())
+                .with_batch_size(batch_size)
+                .build(),
+            None => ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
+                .with_projection(mask)
+                .with_row_groups(row_groups.collect())
+                .with_batch_size(batch_size)
+                .build(),
+        }
+        .map_err(std::io::Error::other)?;
+        Ok(RowGroupReader::Inline(Box::new(reader)))
+    }
+}
+
+impl Threaded {
+    fn start(
+        path: &Path,
+        metadata: &ArrowReaderMetadata,
+        mask: &ProjectionMask,
+        batch_size: usize,
+        threads: usize,
+    ) -> std::io::Result<Threaded> {
         let row_groups = metadata.metadata().num_row_groups();
         let threads = threads.clamp(1, row_groups.max(1));
         let largest = (metadata.metadata().row_groups().iter())
@@ -90,7 +139,7 @@ impl RowGroupReader {
             receivers.push(rx);
             handles.push(Some(handle));
         }
-        Ok(RowGroupReader {
+        Ok(Threaded {
             receivers,
             threads: handles,
             current: 0,
@@ -198,6 +247,17 @@ impl Iterator for RowGroupReader {
     type Item = Result<RecordBatch, ArrowError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            RowGroupReader::Threads(threads) => threads.next(),
+            RowGroupReader::Inline(reader) => reader.next(),
+        }
+    }
+}
+
+impl Iterator for Threaded {
+    type Item = Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
         while self.current < self.row_groups {
             let k = self.current % self.receivers.len();
             match self.receivers[k].recv() {
@@ -223,7 +283,7 @@ impl Iterator for RowGroupReader {
     }
 }
 
-impl Drop for RowGroupReader {
+impl Drop for Threaded {
     fn drop(&mut self) {
         // Hanging up first lets threads blocked on a full channel stop.
         self.receivers.clear();

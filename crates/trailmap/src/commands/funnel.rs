@@ -1,7 +1,7 @@
 //! `trailmap funnel`: conversion through ordered steps within a window.
 
 use super::common::{as_of, duration, instant, percent, say, title, warn_unknown};
-use crate::input::InputArgs;
+use crate::input::{InputArgs, PartSink};
 use crate::output::{Format, print_rows, thousands};
 use anyhow::{Context, bail};
 use clap::Args;
@@ -12,7 +12,7 @@ use trailmap_mine::report::{BreakdownNames, FunnelReport, Names, parse_trend};
 use trailmap_mine::{Funnel, fold};
 use trailmap_model::config::{CountBy, JourneyConfig, StepOrder};
 use trailmap_model::time::Span;
-use trailmap_sessionize::{Attribute, GroupedSummary, Journey, JourneyLog};
+use trailmap_sessionize::{Attribute, GroupedSummary, Journey, JourneyLog, JourneySink};
 
 /// The funnel definition flags, shared with `trailmap dropoffs`.
 #[derive(Args, Clone)]
@@ -196,6 +196,26 @@ impl FunnelFlags {
     }
 }
 
+impl JourneySink for StreamedFunnel {
+    fn journey(&mut self, journey: &Journey<'_>, _customer: &str) {
+        self.add(journey);
+    }
+}
+
+impl PartSink for StreamedFunnel {
+    fn for_part(&self) -> Self {
+        StreamedFunnel {
+            funnel: self.funnel.fresh(),
+            names: self.names.clone(),
+        }
+    }
+
+    fn merge_part(&mut self, mut part: Self, ids: &[u32]) {
+        part.funnel.renumber_touchpoints(ids);
+        self.funnel.merge(part.funnel);
+    }
+}
+
 impl StreamedFunnel {
     pub fn add(&mut self, journey: &Journey<'_>) {
         self.funnel.add(journey);
@@ -333,7 +353,7 @@ impl FunnelArgs {
         let ahead: Vec<&str> = names.iter().map(String::as_str).collect();
         let Some(summary) = self
             .input
-            .stream_grouped(config, &ahead, &mut |j: &Journey<'_>| counting.add(j))?
+            .stream_grouped_in_parts(config, &ahead, &mut counting)?
         else {
             return Ok(None);
         };
