@@ -178,6 +178,15 @@ fn streamed_in_parts(
     Ok((journeys, joined.summary))
 }
 
+/// 30-minute gaps; sessions also cut at 70 minutes when `capped`.
+fn sessions_of(capped: bool) -> SessionConfig {
+    SessionConfig {
+        gap: Span::from_secs(30 * 60),
+        max_duration: Span::from_secs(if capped { 70 * 60 } else { 0 }),
+        ..SessionConfig::default()
+    }
+}
+
 /// Customers one after another, each with a few events at coarse times (ties and
 /// out-of-order times within a customer are common, as are 30-minute session gaps), some
 /// identity-only rows and rows with a blank identifier, and the identifier written with
@@ -222,11 +231,7 @@ proptest! {
         sessions in any::<bool>(),
         early in 0usize..4,
     ) {
-        let config = SessionConfig {
-            gap: Span::from_secs(30 * 60),
-            max_duration: Span::from_secs(if sessions { 70 * 60 } else { 0 }),
-            ..SessionConfig::default()
-        };
+        let config = sessions_of(sessions);
         let batches = batches(&rows, kind, size, dictionary);
         for scope in [Scope::Customer, Scope::Session] {
             let (expected, customers) = built(&batches, &config, scope);
@@ -249,11 +254,7 @@ proptest! {
         sessions in any::<bool>(),
         cuts in prop::collection::vec(0usize..64, 0..5),
     ) {
-        let config = SessionConfig {
-            gap: Span::from_secs(30 * 60),
-            max_duration: Span::from_secs(if sessions { 70 * 60 } else { 0 }),
-            ..SessionConfig::default()
-        };
+        let config = sessions_of(sessions);
         let batches = batches(&rows, kind, size, dictionary);
         for scope in [Scope::Customer, Scope::Session] {
             let mut one = GroupedJourneys::new(scope, &config);

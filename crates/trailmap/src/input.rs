@@ -368,39 +368,12 @@ impl InputArgs {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let streamed: Vec<Result<(GroupedPart, S), PartStop>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (parts.into_iter())
-                .map(|mut part| {
-                    let (mut part_sink, mut stream) = (sink.for_part(), stream());
+                .map(|part| {
+                    let (mut part_sink, stream) = (sink.for_part(), stream());
                     let (stop, progress) = (&stop, &progress);
                     scope.spawn(move || {
-                        let began = std::time::Instant::now();
-                        let ended = loop {
-                            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                                break Err(PartStop::Stopped);
-                            }
-                            let batch = match part.next_batch() {
-                                Ok(Some(batch)) => batch,
-                                Ok(None) => break Ok(()),
-                                Err(file::NotColumnar) => break Err(PartStop::NotColumnar),
-                            };
-                            if let Err(e) = stream.push_batch(&batch, &mut part_sink) {
-                                break Err(PartStop::Grouped(e));
-                            }
-                            progress.inc(batch.num_rows() as u64);
-                        };
-                        let finished = ended.and_then(|()| {
-                            (stream.finish_part(&mut part_sink))
-                                .map_err(|why| PartStop::Grouped(GroupedError::NotGrouped(why)))
-                        });
-                        match finished {
-                            Ok(part) => {
-                                timing("a part read and streamed", began.elapsed());
-                                Ok((part, part_sink))
-                            }
-                            Err(e) => {
-                                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                                Err(e)
-                            }
-                        }
+                        let streamed = stream_part(part, stream, &mut part_sink, stop, progress);
+                        streamed.map(|part| (part, part_sink))
                     })
                 })
                 .collect();
@@ -473,17 +446,48 @@ impl InputArgs {
 
 /// A [`JourneySink`] that can count the parts of an input apart, one copy per part, and
 /// merge them (every aggregate here is mergeable).
-pub trait PartSink: JourneySink + Send {
+pub trait PartSink: JourneySink + Send + Sized {
     /// A sink for one part: the same question, nothing counted.
-    fn for_part(&self) -> Self
-    where
-        Self: Sized;
+    fn for_part(&self) -> Self;
 
     /// Adds what `part` counted, its touchpoint ids renumbered first: the part's id `t` is
     /// `ids[t]` here (see [`Joined`](trailmap_sessionize::Joined)).
-    fn merge_part(&mut self, part: Self, ids: &[u32])
-    where
-        Self: Sized;
+    fn merge_part(&mut self, part: Self, ids: &[u32]);
+}
+
+/// Reads `part` into `stream`, its journeys into `sink`, until it ends or `stop` is set;
+/// sets `stop` when it cannot go on.
+fn stream_part<S: PartSink>(
+    mut part: file::FilePart,
+    mut stream: GroupedJourneys,
+    sink: &mut S,
+    stop: &std::sync::atomic::AtomicBool,
+    progress: &ProgressBar,
+) -> Result<GroupedPart, PartStop> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let began = std::time::Instant::now();
+    let ended = loop {
+        if stop.load(Relaxed) {
+            break Err(PartStop::Stopped);
+        }
+        let batch = match part.next_batch() {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break Ok(()),
+            Err(file::NotColumnar) => break Err(PartStop::NotColumnar),
+        };
+        if let Err(e) = stream.push_batch(&batch, sink) {
+            break Err(PartStop::Grouped(e));
+        }
+        progress.inc(batch.num_rows() as u64);
+    };
+    let finished = ended.and_then(|()| {
+        (stream.finish_part(sink)).map_err(|why| PartStop::Grouped(GroupedError::NotGrouped(why)))
+    });
+    match &finished {
+        Ok(_) => timing("a part read and streamed", began.elapsed()),
+        Err(_) => stop.store(true, Relaxed),
+    }
+    finished
 }
 
 /// How reading an input in parts went.
