@@ -464,10 +464,7 @@ impl GroupedJourneys {
         let _ = sink.batch_end(&self.touchpoints.names);
         // Each part checks its own customers, on its own thread; the join only looks for
         // customers of two parts.
-        let met = sorted(&self.met);
-        if met.windows(2).any(|p| p[0] == p[1]) {
-            return Err(NotGrouped::Interleaved(None));
-        }
+        let met = sorted_once(&self.met).ok_or(NotGrouped::Interleaved(None))?;
         let last = self.take_piece();
         let (head, tail) = match self.head.take() {
             Some(head) => (Some(head), last),
@@ -529,11 +526,7 @@ impl GroupedJourneys {
         let _ = sink.batch_end(&self.touchpoints.names);
         // The customers joined here: the parts' first customers that did not go on from the
         // part before.
-        let joined = sorted(&self.met);
-        if joined.windows(2).any(|p| p[0] == p[1]) {
-            return Err(NotGrouped::Interleaved(None));
-        }
-        met.push(joined);
+        met.push(sorted_once(&self.met).ok_or(NotGrouped::Interleaved(None))?);
         if any_shared(&met) {
             return Err(NotGrouped::Interleaved(None));
         }
@@ -621,7 +614,13 @@ impl GroupedJourneys {
 
 /// Whether some hash occurs twice.
 fn any_twice(hashes: &[u64]) -> bool {
-    sorted(hashes).windows(2).any(|p| p[0] == p[1])
+    sorted_once(hashes).is_none()
+}
+
+/// `hashes` sorted, or `None` when some hash occurs twice.
+fn sorted_once(hashes: &[u64]) -> Option<Vec<u64>> {
+    let sorted = sorted(hashes);
+    (!sorted.windows(2).any(|p| p[0] == p[1])).then_some(sorted)
 }
 
 /// Whether some hash is in two of the `lists`, each sorted and without repeats: a merge of

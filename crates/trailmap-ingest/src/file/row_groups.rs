@@ -11,7 +11,9 @@
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
 use parquet::errors::ParquetError;
 use parquet::file::reader::ChunkReader;
 use std::fs::File;
@@ -74,18 +76,10 @@ impl RowGroupReader {
         row_groups: std::ops::Range<usize>,
     ) -> std::io::Result<RowGroupReader> {
         let file = File::open(path)?;
-        let (metadata, mask) = (metadata.clone(), mask.clone());
+        let row_groups: Vec<usize> = row_groups.collect();
         let reader = match mapped::map(&file) {
-            Some(bytes) => ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, metadata)
-                .with_projection(mask)
-                .with_row_groups(row_groups.collect())
-                .with_batch_size(batch_size)
-                .build(),
-            None => ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
-                .with_projection(mask)
-                .with_row_groups(row_groups.collect())
-                .with_batch_size(batch_size)
-                .build(),
+            Some(bytes) => batches(bytes, metadata, mask, batch_size, row_groups),
+            None => batches(file, metadata, mask, batch_size, row_groups),
         }
         .map_err(std::io::Error::other)?;
         Ok(RowGroupReader::Inline(Box::new(reader)))
@@ -160,11 +154,7 @@ fn decode<R: ChunkReader + 'static>(
 ) {
     for rg in row_groups {
         let reader = match open() {
-            Ok(file) => ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
-                .with_projection(mask.clone())
-                .with_row_groups(vec![rg])
-                .with_batch_size(batch_size)
-                .build(),
+            Ok(file) => batches(file, &metadata, &mask, batch_size, vec![rg]),
             Err(e) => Err(ParquetError::External(Box::new(e))),
         };
         let reader = match reader {
@@ -184,6 +174,21 @@ fn decode<R: ChunkReader + 'static>(
             return;
         }
     }
+}
+
+/// The batches of `row_groups`, read through `file`.
+fn batches<R: ChunkReader + 'static>(
+    file: R,
+    metadata: &ArrowReaderMetadata,
+    mask: &ProjectionMask,
+    batch_size: usize,
+    row_groups: Vec<usize>,
+) -> Result<ParquetRecordBatchReader, ParquetError> {
+    ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
+        .with_projection(mask.clone())
+        .with_row_groups(row_groups)
+        .with_batch_size(batch_size)
+        .build()
 }
 
 mod mapped {
