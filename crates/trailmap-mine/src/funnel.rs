@@ -29,7 +29,7 @@ use crate::fold::Aggregate;
 use crate::hist::{DurationHistogram, HUMAN_BINS, human_bin};
 use rustc_hash::FxHashMap;
 use trailmap_model::config::{CountBy, FunnelMode, JourneyConfig, StepOrder};
-use trailmap_sessionize::Journey;
+use trailmap_sessionize::{Journey, Sifted};
 
 /// Most steps a funnel has (as ClickHouse).
 pub const MAX_STEPS: usize = 32;
@@ -237,6 +237,54 @@ struct Reached {
     first: i64,
     last: i64,
     link: u32,
+}
+
+/// A journey as the funnel reads it: whole, or sifted to the funnel's steps and exclusions
+/// (the only events a level, an exclusion or a time to convert depends on).
+#[derive(Debug, Clone, Copy)]
+struct Events<'j> {
+    ts: &'j [i64],
+    touchpoint: &'j [u32],
+    /// The journey's first event in the log (breakdown values are the log's, per event).
+    start: usize,
+    /// Sifted: each event's place in the whole journey, and the touchpoint after it there.
+    sifted: Option<(&'j [u32], &'j [u32])>,
+}
+
+impl<'j> Events<'j> {
+    fn whole(journey: &Journey<'j>) -> Self {
+        Events {
+            ts: journey.ts,
+            touchpoint: journey.touchpoint,
+            start: journey.start,
+            sifted: None,
+        }
+    }
+
+    fn sifted(journey: &Sifted<'j>) -> Self {
+        Events {
+            ts: journey.ts,
+            touchpoint: journey.touchpoint,
+            start: journey.start,
+            sifted: Some((journey.position, journey.next)),
+        }
+    }
+
+    /// Event `i`'s place in the whole journey.
+    fn position(&self, i: usize) -> usize {
+        match self.sifted {
+            Some((position, _)) => position[i] as usize,
+            None => i,
+        }
+    }
+
+    /// The touchpoint after event `i` in the whole journey (`u32::MAX`: it ended there).
+    fn next(&self, i: usize) -> u32 {
+        match self.sifted {
+            Some((_, next)) => next[i],
+            None => self.touchpoint.get(i + 1).copied().unwrap_or(u32::MAX),
+        }
+    }
 }
 
 /// Reused buffers: no allocation per journey once warm.
@@ -571,7 +619,7 @@ impl<'a> Funnel<'a> {
 
     /// Counts a journey's (or attempt's) outcome; the level search left its links in the
     /// scratch.
-    fn count(&mut self, journey: &Journey<'_>, out: Outcome) {
+    fn count(&mut self, journey: &Events<'_>, out: Outcome) {
         // The chain buffer is borrowed out of the scratch (not the whole scratch: moving six
         // vectors out and back per journey was a measurable share of a funnel's time).
         let mut chain = std::mem::take(&mut self.scratch.chain);
@@ -579,7 +627,7 @@ impl<'a> Funnel<'a> {
         self.scratch.chain = chain;
     }
 
-    fn count_chain(&mut self, journey: &Journey<'_>, out: Outcome, chain: &mut Vec<u32>) {
+    fn count_chain(&mut self, journey: &Events<'_>, out: Outcome, chain: &mut Vec<u32>) {
         let n = self.spec.num_steps();
         // The chain's events, first step first.
         chain.clear();
@@ -618,7 +666,7 @@ impl<'a> Funnel<'a> {
         if let Some(made) = &mut self.attempts_made {
             made.push(Attempt {
                 level: out.level,
-                entry: first,
+                entry: journey.position(first),
                 window_end,
             });
         }
@@ -643,10 +691,10 @@ impl<'a> Funnel<'a> {
                 self.bins[k][human_bin(at.saturating_sub(start))] += 1;
             }
             if out.level < n {
-                open.next = Some(tp.get(hi + 1).copied().unwrap_or(u32::MAX));
+                open.next = Some(journey.next(hi));
             }
             if let Some(attr) = self.attribute {
-                let value = attr[journey.start + first];
+                let value = attr[journey.start + journey.position(first)];
                 open.value = Some(value);
                 tally(
                     self.breakdown
@@ -1125,11 +1173,35 @@ fn unordered_level(spec: &FunnelSpec, s: &mut Scratch) -> Outcome {
     }
 }
 
-impl Aggregate<'_> for Funnel<'_> {
-    fn add(&mut self, journey: &Journey<'_>) {
+impl Funnel<'_> {
+    /// Adds a journey sifted to [`kept_touchpoints`](Self::kept_touchpoints): counts as
+    /// [`add`](Aggregate::add) of the whole journey does.
+    pub fn add_sifted(&mut self, journey: &Sifted<'_>) {
         if journey.ts.is_empty() {
+            // No step, no exclusion (most journeys of a narrow funnel): level 0, and
+            // nothing else to count.
+            if journey.len > 0 {
+                self.journeys += 1;
+                self.tallies.levels[0] += 1;
+            }
             return;
         }
+        self.add_events(&Events::sifted(journey));
+    }
+
+    /// The touchpoints whose events decide this funnel's counts: its steps and exclusions.
+    /// `None` under `strict_order`, where any event between two steps breaks the chain.
+    pub fn kept_touchpoints(&self) -> Option<Vec<u32>> {
+        if self.spec.modes.strict_order {
+            return None;
+        }
+        let known = |t: &&u32| **t != u32::MAX;
+        let steps = self.spec.steps.iter().chain(&self.spec.exclusions);
+        Some(steps.filter(known).copied().collect())
+    }
+
+    /// Counts a journey with at least one event.
+    fn add_events(&mut self, journey: &Events<'_>) {
         self.journeys += 1;
         let (ts, tp) = (journey.ts, journey.touchpoint);
         match self.spec.count {
@@ -1192,6 +1264,14 @@ impl Aggregate<'_> for Funnel<'_> {
                     self.tallies.levels[0] += 1;
                 }
             }
+        }
+    }
+}
+
+impl Aggregate<'_> for Funnel<'_> {
+    fn add(&mut self, journey: &Journey<'_>) {
+        if !journey.ts.is_empty() {
+            self.add_events(&Events::whole(journey));
         }
     }
 

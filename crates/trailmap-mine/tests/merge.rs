@@ -9,6 +9,7 @@ use trailmap_mine::paths::PathOptions;
 use trailmap_mine::tree::Direction;
 use trailmap_mine::{Aggregate, Dropoffs, Funnel, KpiSpec, Kpis, PathStats, PathTree, TreeSpec};
 use trailmap_model::config::{CountBy, StepOrder};
+use trailmap_sessionize::Sieve;
 
 fn journeys() -> impl Strategy<Value = Vec<Vec<(i64, u32)>>> {
     prop::collection::vec(
@@ -175,6 +176,35 @@ proptest! {
         first.settle(spec.as_of);
         prop_assert_eq!(funnel_view(&first), funnel_view(&known));
         prop_assert_eq!(first.spec().as_of, spec.as_of);
+    }
+
+    /// A funnel handed journeys sifted to its kept touchpoints (as a grouped stream hands
+    /// them) counts exactly what it counts from the whole journeys: levels, times, next
+    /// touchpoints, breakdowns by the entering event, trends and recorded attempts.
+    #[test]
+    fn a_funnel_counts_sifted_journeys_as_whole_ones(j in journeys(), which in 0usize..7) {
+        let j = Journeys::new(&j);
+        let events: usize = j.ts.iter().map(Vec::len).sum();
+        let attribute: Vec<u32> = (0..events as u32).map(|i| i % 3).collect();
+        let spec = funnel_spec(which);
+        let (mut whole, mut sifted) = (
+            Funnel::new(spec.clone(), Some(&attribute)),
+            Funnel::new(spec.clone(), Some(&attribute)),
+        );
+        whole.record_attempts();
+        sifted.record_attempts();
+        let Some(kept) = sifted.kept_touchpoints() else {
+            // Only under strict_order, where every event counts.
+            prop_assert!(spec.modes.strict_order);
+            return Ok(());
+        };
+        let mut sieve = Sieve::new(&kept);
+        for i in 0..j.len() {
+            whole.add(&j.get(i));
+            sifted.add_sifted(&sieve.sift(&j.get(i)));
+        }
+        prop_assert_eq!(funnel_view(&sifted), funnel_view(&whole));
+        prop_assert_eq!(&sifted.attempts_made, &whole.attempts_made);
     }
 
     /// A funnel counting levels only (as the live map runs it) counts the same levels and

@@ -15,6 +15,11 @@
 //! again is found at the end, by sorting the hashes of all customers (a set of millions of
 //! hashes, probed at random, cost more than everything else the stream does per customer).
 //!
+//! A sink that reads only a few touchpoints (a funnel: its steps and exclusions) says so
+//! ([`JourneySink::kept_touchpoints`]), and is handed each journey [`Sifted`] to them: the
+//! pass that checks a customer's order also picks out their kept events, and the sink never
+//! walks the rest.
+//!
 //! An input read in contiguous parts side by side (a Parquet file's runs of row groups, on
 //! one thread each) is streamed by one [`GroupedJourneys::part`] per part: a part cannot
 //! tell whether its first customer began in the part before, nor whether its last goes on
@@ -23,7 +28,7 @@
 //! whole input holds, and numbers the parts' touchpoints as one stream would have.
 
 use crate::Journey;
-use crate::journeys::{IdColumn, Names, column, dictionary, same, session_starts};
+use crate::journeys::{IdColumn, Names, Sieve, Sifted, column, dictionary, same, session_starts};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::array::{StringArray, UInt32Array};
 use arrow::datatypes::TimestampMicrosecondType;
@@ -117,6 +122,18 @@ pub trait JourneySink {
     fn batch_end(&mut self, _touchpoints: &[String]) -> Result<(), String> {
         Ok(())
     }
+
+    /// The touchpoints (ids) whose events this sink reads, when it needs no others: the
+    /// stream then hands every journey sifted to them, to [`sifted`](Self::sifted), never
+    /// whole. `None` (the default): whole journeys, to [`journey`](Self::journey). Asked
+    /// once, before the first journey.
+    fn kept_touchpoints(&self) -> Option<Vec<u32>> {
+        None
+    }
+
+    /// A journey sifted to the [kept touchpoints](Self::kept_touchpoints). A sink that
+    /// keeps touchpoints must read these: it is given nothing else.
+    fn sifted(&mut self, _journey: &Sifted<'_>, _customer: &str) {}
 }
 
 impl<F: FnMut(&Journey<'_>)> JourneySink for F {
@@ -162,6 +179,9 @@ pub struct GroupedJourneys {
     sorted: (Vec<i64>, Vec<u32>),
     starts: Vec<usize>,
     summary: GroupedSummary,
+    /// The sink's sieve, when it keeps only some touchpoints; asked for before the first
+    /// journey (`None` until then).
+    sieve: Option<Option<Sieve>>,
     /// Streaming one part of an input (see [`part`](Self::part)): the first customer is
     /// kept, not handed on, and becomes `head` when the next customer begins.
     part: bool,
@@ -234,6 +254,7 @@ impl GroupedJourneys {
             sorted: (Vec::new(), Vec::new()),
             starts: Vec::new(),
             summary: GroupedSummary::default(),
+            sieve: None,
             part: false,
             head: None,
         }
@@ -360,22 +381,39 @@ impl GroupedJourneys {
     fn map_touchpoints(&mut self, (keys, values): (&UInt32Array, &StringArray)) -> bool {
         self.tp_map.clear();
         self.tp_map.resize(values.len(), UNMAPPED);
-        self.tp_rows.clear();
-        self.tp_rows.reserve(keys.len());
-        let mut missing = false;
         let nulls = keys.nulls().filter(|n| n.null_count() > 0);
+        // Values are named in the order rows first use them (the order the builder meets
+        // them); a batch's dictionary is small, so this pass mostly ends within its first
+        // rows, and the ids per row are then one lookup each.
+        let mut unnamed = values.len();
         for (row, &key) in keys.values().iter().enumerate() {
-            let id = match self.tp_map.get(key as usize) {
-                // A null row's key is arbitrary: it has no touchpoint.
-                _ if nulls.is_some_and(|n| n.is_null(row)) => NO_TOUCHPOINT,
-                Some(&UNMAPPED) => self.name_touchpoint(key as usize, values),
-                Some(&id) => id,
-                None => NO_TOUCHPOINT,
-            };
-            missing |= id == NO_TOUCHPOINT;
-            self.tp_rows.push(id);
+            if unnamed == 0 {
+                break;
+            }
+            if self.tp_map.get(key as usize) == Some(&UNMAPPED)
+                && !nulls.is_some_and(|n| n.is_null(row))
+            {
+                self.name_touchpoint(key as usize, values);
+                unnamed -= 1;
+            }
         }
-        missing
+        let tp_map = &self.tp_map[..];
+        // Keys out of the dictionary, and values never named (null rows' keys), are no
+        // touchpoint.
+        let id = |key: u32| match tp_map.get(key as usize) {
+            Some(&UNMAPPED) | None => NO_TOUCHPOINT,
+            Some(&id) => id,
+        };
+        self.tp_rows.clear();
+        match nulls {
+            None => self.tp_rows.extend(keys.values().iter().map(|&k| id(k))),
+            // A null row's key is arbitrary: it has no touchpoint.
+            Some(nulls) => self.tp_rows.extend(
+                (keys.values().iter().zip(nulls.iter()))
+                    .map(|(&k, valid)| if valid { id(k) } else { NO_TOUCHPOINT }),
+            ),
+        }
+        nulls.is_some() || self.tp_rows.contains(&NO_TOUCHPOINT)
     }
 
     #[cold]
@@ -566,7 +604,15 @@ impl GroupedJourneys {
         if n == 0 {
             return;
         }
-        let (ts, touchpoint) = if ts.windows(2).all(|w| w[0] <= w[1]) {
+        let sieve = self
+            .sieve
+            .get_or_insert_with(|| sink.kept_touchpoints().map(|kept| Sieve::new(&kept)));
+        // A customer is sifted in the pass that checks their order (most are in order).
+        let sifted = self.scope == Scope::Customer
+            && sieve
+                .as_mut()
+                .is_some_and(|sieve| sieve.fill(ts, touchpoint));
+        let (ts, touchpoint) = if sifted || ts.is_sorted() {
             (ts, touchpoint)
         } else {
             // Out of order: a stable sort by time keeps ties in arrival order.
@@ -583,15 +629,24 @@ impl GroupedJourneys {
         let customer = u32::try_from(self.summary.customers).unwrap_or(u32::MAX);
         let customer_name = self.current.as_ref().map_or("", |(_, name)| name.as_str());
         let start = usize::try_from(self.summary.events).unwrap_or(usize::MAX);
-        let journey = |r: Range<usize>| Journey {
-            customer,
-            start: start + r.start,
-            ts: &ts[r.clone()],
-            touchpoint: &touchpoint[r],
+        let mut hand = |r: Range<usize>| {
+            let journey = Journey {
+                customer,
+                start: start + r.start,
+                ts: &ts[r.clone()],
+                touchpoint: &touchpoint[r],
+            };
+            match sieve {
+                Some(sieve) if sifted => {
+                    sink.sifted(&sieve.sifted(customer, journey.start, ts), customer_name)
+                }
+                Some(sieve) => sink.sifted(&sieve.sift(&journey), customer_name),
+                None => sink.journey(&journey, customer_name),
+            }
         };
         match self.scope {
             Scope::Customer => {
-                sink.journey(&journey(0..n), customer_name);
+                hand(0..n);
                 self.summary.journeys += 1;
             }
             Scope::Session => {
@@ -599,7 +654,7 @@ impl GroupedJourneys {
                 session_starts(ts, self.gap, self.max_duration, |i| self.starts.push(i));
                 self.starts.push(n);
                 for w in self.starts.windows(2) {
-                    sink.journey(&journey(w[0]..w[1]), customer_name);
+                    hand(w[0]..w[1]);
                 }
                 self.summary.journeys += self.starts.len() as u64 - 1;
             }

@@ -1084,6 +1084,124 @@ pub struct Journey<'a> {
     pub touchpoint: &'a [u32],
 }
 
+/// A journey sifted to some touchpoints: only the events of the touchpoints an aggregate
+/// reads (a funnel's steps and exclusions), each with its place in the whole journey and the
+/// touchpoint after it there. An aggregate that decides on a few touchpoints then never
+/// walks the other events, and a stream over grouped input never gathers them.
+#[derive(Debug, Clone, Copy)]
+pub struct Sifted<'a> {
+    pub customer: u32,
+    /// As [`Journey::start`]: the whole journey's first event in the stream.
+    pub start: usize,
+    /// Events in the whole journey, and its first and last times.
+    pub len: usize,
+    pub first_ts: i64,
+    pub last_ts: i64,
+    /// The kept events, in journey order.
+    pub ts: &'a [i64],
+    pub touchpoint: &'a [u32],
+    /// Each kept event's place in the whole journey.
+    pub position: &'a [u32],
+    /// The touchpoint after each kept event in the whole journey ([`Sifted::END`] after its
+    /// last event).
+    pub next: &'a [u32],
+}
+
+impl Sifted<'_> {
+    /// [`next`](Self::next) of the journey's last event.
+    pub const END: u32 = u32::MAX;
+}
+
+/// Sifts journeys to a set of touchpoints, into buffers it reuses.
+#[derive(Debug, Clone, Default)]
+pub struct Sieve {
+    /// Per touchpoint id, whether its events are kept.
+    kept: Vec<bool>,
+    ts: Vec<i64>,
+    touchpoint: Vec<u32>,
+    position: Vec<u32>,
+    next: Vec<u32>,
+}
+
+impl Sieve {
+    /// A sieve keeping the events of `touchpoints` (ids).
+    pub fn new(touchpoints: &[u32]) -> Sieve {
+        let len = touchpoints
+            .iter()
+            .map(|&t| t as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut kept = vec![false; len];
+        for &t in touchpoints {
+            kept[t as usize] = true;
+        }
+        Sieve {
+            kept,
+            ..Sieve::default()
+        }
+    }
+
+    #[inline]
+    pub fn keeps(&self, touchpoint: u32) -> bool {
+        self.kept.get(touchpoint as usize).copied().unwrap_or(false)
+    }
+
+    /// `journey`, sifted.
+    pub fn sift(&mut self, journey: &Journey<'_>) -> Sifted<'_> {
+        self.fill(journey.ts, journey.touchpoint);
+        self.sifted(journey.customer, journey.start, journey.ts)
+    }
+
+    /// Sifts events (`ts` and `touchpoint` of equal length) into the buffers, and says
+    /// whether their times are in order: a stream over grouped input sifts a customer and
+    /// checks their order in one pass, and orders the few that are not before sifting again.
+    pub(crate) fn fill(&mut self, ts: &[i64], touchpoint: &[u32]) -> bool {
+        // Taken apart, so that the loop keeps the kept table in registers while it pushes
+        // (through the vector it reloaded both on every event).
+        let Sieve {
+            kept,
+            ts: kept_ts,
+            touchpoint: kept_touchpoint,
+            position,
+            next,
+        } = self;
+        let kept = &kept[..];
+        kept_ts.clear();
+        kept_touchpoint.clear();
+        position.clear();
+        next.clear();
+        let mut ordered = true;
+        let mut previous = i64::MIN;
+        for (i, (&t, &tp)) in ts.iter().zip(touchpoint).enumerate() {
+            ordered &= previous <= t;
+            previous = t;
+            if kept.get(tp as usize).copied().unwrap_or(false) {
+                kept_ts.push(t);
+                kept_touchpoint.push(tp);
+                position.push(i as u32);
+                next.push(touchpoint.get(i + 1).copied().unwrap_or(Sifted::END));
+            }
+        }
+        ordered
+    }
+
+    /// What the last [`fill`](Self::fill) kept, as the sifted journey whose whole events
+    /// had times `ts`.
+    pub(crate) fn sifted(&self, customer: u32, start: usize, ts: &[i64]) -> Sifted<'_> {
+        Sifted {
+            customer,
+            start,
+            len: ts.len(),
+            first_ts: ts.first().copied().unwrap_or(0),
+            last_ts: ts.last().copied().unwrap_or(0),
+            ts: &self.ts,
+            touchpoint: &self.touchpoint,
+            position: &self.position,
+            next: &self.next,
+        }
+    }
+}
+
 /// What was read and stitched.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct SessionSummary {

@@ -28,6 +28,6 @@ pub use grouped::{
 };
 pub use journeys::{
     Arrived, Attribute, AttributeColumn, Journey, JourneyBuilder, JourneyLog, NO_VALUE,
-    SessionSummary, session_starts, starts_session,
+    SessionSummary, Sieve, Sifted, session_starts, starts_session,
 };
 pub use stitch::IdentityGraph;

@@ -10,7 +10,9 @@ use proptest::prelude::*;
 use trailmap_model::config::{Scope, SessionConfig};
 use trailmap_model::time::Span;
 use trailmap_model::{EventBatchBuilder, EventRow, IdentityKind};
-use trailmap_sessionize::{GroupedError, GroupedJourneys, JourneyBuilder, JourneySink, NotGrouped};
+use trailmap_sessionize::{
+    GroupedError, GroupedJourneys, JourneyBuilder, JourneySink, NotGrouped, Sifted,
+};
 
 const MIN: i64 = 60_000_000;
 
@@ -340,4 +342,142 @@ fn names_given_ahead_are_not_seen_until_used() {
     assert_eq!(got, vec![vec![2, 0]]);
     assert_eq!(summary.touchpoints, ["tp1", "tp9", "tp3"]);
     assert_eq!(summary.seen, [true, false, true]);
+}
+
+/// A sifted journey: (customer, events in the whole journey, its first and last times, the
+/// kept events as (time, touchpoint, place in the journey, next touchpoint)), touchpoints
+/// as ids or as names (the next one "end" after the journey's last event).
+type SiftedAs<T> = (String, usize, i64, i64, Vec<(i64, T, u32, T)>);
+type SiftedJourney = SiftedAs<String>;
+
+/// A sink that keeps some touchpoints: it must be handed sifted journeys only.
+struct Sifting {
+    kept: Vec<u32>,
+    got: Vec<SiftedAs<u32>>,
+}
+
+impl JourneySink for Sifting {
+    fn journey(&mut self, _: &trailmap_sessionize::Journey<'_>, customer: &str) {
+        panic!("a sink keeping touchpoints was handed {customer}'s whole journey");
+    }
+
+    fn kept_touchpoints(&self) -> Option<Vec<u32>> {
+        Some(self.kept.clone())
+    }
+
+    fn sifted(&mut self, j: &Sifted<'_>, customer: &str) {
+        let events = (0..j.ts.len())
+            .map(|i| (j.ts[i], j.touchpoint[i], j.position[i], j.next[i]))
+            .collect();
+        (self.got).push((customer.to_string(), j.len, j.first_ts, j.last_ts, events));
+    }
+}
+
+impl Sifting {
+    /// What it got, in names: `ids` turns its touchpoint ids into ids of `names`.
+    fn named(self, names: &[String], ids: &[u32]) -> Vec<SiftedJourney> {
+        let name = |t: u32| match t {
+            Sifted::END => "end".to_string(),
+            t => names[ids[t as usize] as usize].clone(),
+        };
+        (self.got.into_iter())
+            .map(|(customer, len, first, last, events)| {
+                let events = (events.into_iter())
+                    .map(|(ts, tp, at, next)| (ts, name(tp), at, name(next)))
+                    .collect();
+                (customer, len, first, last, events)
+            })
+            .collect()
+    }
+}
+
+/// The builder's journeys sifted by hand to the touchpoints named `kept`.
+fn sifted_by_hand(journeys: &Journeys, kept: &[&str]) -> Vec<SiftedJourney> {
+    (journeys.iter())
+        .map(|(customer, ts, names)| {
+            let events = (0..ts.len())
+                .filter(|&i| kept.contains(&names[i].as_str()))
+                .map(|i| {
+                    let next = names.get(i + 1).map_or("end", String::as_str);
+                    (ts[i], names[i].clone(), i as u32, next.to_string())
+                })
+                .collect();
+            let (first, last) = (ts[0], ts[ts.len() - 1]);
+            (customer.clone(), ts.len(), first, last, events)
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// A sink that keeps some touchpoints is handed the builder's journeys sifted to them,
+    /// by one stream and by parts joined.
+    #[test]
+    fn sifted_journeys_are_the_builders_sifted(
+        (rows, kind) in grouped_rows(),
+        size in 1usize..40,
+        dictionary in any::<bool>(),
+        sessions in any::<bool>(),
+        keep in 0usize..4,
+        cuts in prop::collection::vec(0usize..64, 0..4),
+    ) {
+        let config = sessions_of(sessions);
+        let batches = batches(&rows, kind, size, dictionary);
+        // Named ahead, as a funnel's steps are: "tp3" is 0, "tp1" is 1.
+        let ahead = ["tp3", "tp1"];
+        let kept_ids: Vec<u32> = (0..2).filter(|b| keep & (1 << b) != 0).collect();
+        let kept: Vec<&str> = kept_ids.iter().map(|&i| ahead[i as usize]).collect();
+        let stream = |part: bool, scope: Scope| {
+            let mut s = if part {
+                GroupedJourneys::part(scope, &config)
+            } else {
+                GroupedJourneys::new(scope, &config)
+            };
+            for name in ahead {
+                s.touchpoint_id(name);
+            }
+            s
+        };
+        let sink = || Sifting { kept: kept_ids.clone(), got: Vec::new() };
+        for scope in [Scope::Customer, Scope::Session] {
+            let stream = |part| stream(part, scope);
+            let expected = sifted_by_hand(&built(&batches, &config, scope).0, &kept);
+            let mut one = stream(false);
+            let mut got = sink();
+            for b in &batches {
+                one.push_batch(b, &mut got).unwrap();
+            }
+            let summary = one.finish(&mut got).unwrap();
+            let all = all_of(&summary.touchpoints);
+            prop_assert_eq!(&got.named(&summary.touchpoints, &all), &expected);
+
+            let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (batches.len() + 1)).collect();
+            bounds.extend([0, batches.len()]);
+            bounds.sort_unstable();
+            let (mut parts, mut sinks) = (Vec::new(), Vec::new());
+            for w in bounds.windows(2) {
+                let (mut part, mut got) = (stream(true), sink());
+                for b in &batches[w[0]..w[1]] {
+                    part.push_batch(b, &mut got).unwrap();
+                }
+                parts.push(part.finish_part(&mut got).unwrap());
+                sinks.push(got);
+            }
+            let mut joined_sink = sink();
+            let joined = stream(false).join(parts, &mut joined_sink).unwrap();
+            let names = &joined.summary.touchpoints;
+            let mut in_parts: Vec<SiftedJourney> = joined_sink.named(names, &all_of(names));
+            for (got, ids) in sinks.into_iter().zip(&joined.touchpoint_ids) {
+                in_parts.extend(got.named(names, ids));
+            }
+            in_parts.sort();
+            let mut expected = expected;
+            expected.sort();
+            prop_assert_eq!(in_parts, expected);
+        }
+    }
+}
+
+fn all_of(names: &[String]) -> Vec<u32> {
+    (0..names.len() as u32).collect()
 }

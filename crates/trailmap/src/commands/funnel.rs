@@ -12,7 +12,7 @@ use trailmap_mine::report::{BreakdownNames, FunnelReport, Names, parse_trend};
 use trailmap_mine::{Funnel, fold};
 use trailmap_model::config::{CountBy, JourneyConfig, StepOrder};
 use trailmap_model::time::Span;
-use trailmap_sessionize::{Attribute, GroupedSummary, Journey, JourneyLog, JourneySink};
+use trailmap_sessionize::{Attribute, GroupedSummary, Journey, JourneyLog, JourneySink, Sifted};
 
 /// The funnel definition flags, shared with `trailmap dropoffs`.
 #[derive(Args, Clone)]
@@ -199,6 +199,15 @@ impl FunnelFlags {
 impl JourneySink for StreamedFunnel {
     fn journey(&mut self, journey: &Journey<'_>, _customer: &str) {
         self.add(journey);
+    }
+
+    fn kept_touchpoints(&self) -> Option<Vec<u32>> {
+        self.funnel.kept_touchpoints()
+    }
+
+    fn sifted(&mut self, journey: &Sifted<'_>, _customer: &str) {
+        self.funnel.add_sifted(journey);
+        self.funnel.settled_until(journey.last_ts);
     }
 }
 
