@@ -135,6 +135,7 @@ impl FromStr for TimeUnit {
 pub const MIN_PLAUSIBLE_MICROS: i64 = 0;
 pub const MAX_PLAUSIBLE_MICROS: i64 = 7_258_118_400 * MICROS_PER_SECOND;
 
+#[inline]
 pub fn is_plausible(micros: i64) -> bool {
     (MIN_PLAUSIBLE_MICROS..MAX_PLAUSIBLE_MICROS).contains(&micros)
 }

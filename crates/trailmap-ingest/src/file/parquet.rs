@@ -622,7 +622,8 @@ fn columnar(
             out.into()
         }
     };
-    if !ts.iter().all(|t| is_plausible(*t)) {
+    // A fold, not `all`: without the early exit the check runs on whole vectors.
+    if !ts.iter().fold(true, |ok, t| ok & is_plausible(*t)) {
         return None;
     }
     // Identities: every row needs at least one non-blank identifier. A blank identifier is
