@@ -174,7 +174,8 @@ pub struct GroupedJourneys {
     /// value.
     tp_rows: Vec<u32>,
     tp_map: Vec<u32>,
-    /// Reused buffers: orders and session starts.
+    /// Reused buffers: where a batch's runs of one identifier end, orders, session starts.
+    run_ends: Vec<u32>,
     order: Vec<usize>,
     sorted: (Vec<i64>, Vec<u32>),
     starts: Vec<usize>,
@@ -250,6 +251,7 @@ impl GroupedJourneys {
             touchpoint: Vec::new(),
             tp_rows: Vec::new(),
             tp_map: Vec::new(),
+            run_ends: Vec::new(),
             order: Vec::new(),
             sorted: (Vec::new(), Vec::new()),
             starts: Vec::new(),
@@ -316,8 +318,14 @@ impl GroupedJourneys {
         let mut open: Range<usize> = 0..0;
         let mut row = 0;
         let n = batch.num_rows();
+        let mut run_ends = std::mem::take(&mut self.run_ends);
+        dictionary_run_ends(&id, n, &mut run_ends);
+        let mut run_ends_at = run_ends.iter();
         while row < n {
-            let end = run_end(&id, row, n);
+            let end = match run_ends_at.next() {
+                Some(&end) => end as usize,
+                None => run_end(&id, row, n),
+            };
             let value = (!id.is_null(row))
                 .then(|| kind.normalize(id.value(row)))
                 .flatten();
@@ -358,6 +366,7 @@ impl GroupedJourneys {
             }
             row = end;
         }
+        self.run_ends = run_ends;
         // The current customer may go on in the next batch.
         self.buffer(&rows, open);
         sink.batch_end(&self.touchpoints.names)?;
@@ -728,6 +737,30 @@ fn sorted(hashes: &[u64]) -> Vec<u64> {
         bucketed[w[0]..w[1]].sort_unstable();
     }
     bucketed
+}
+
+/// Where each run of rows with one dictionary key ends, when the identifiers are dictionary
+/// keys without nulls (the Parquet reader's); otherwise nothing, and [`run_end`] finds each
+/// run. One pass without a branch per row: a loop per run, as `run_end` is, mispredicts
+/// its exit once a customer.
+fn dictionary_run_ends(id: &IdColumn<'_>, n: usize, ends: &mut Vec<u32>) {
+    ends.clear();
+    let IdColumn::Dict { keys, .. } = id else {
+        return;
+    };
+    if keys.null_count() > 0 || n == 0 {
+        return;
+    }
+    let keys = &keys.values()[..n];
+    ends.resize(n, 0);
+    let mut runs = 0;
+    for (i, pair) in keys.windows(2).enumerate() {
+        // Written every row, kept (by moving on) only where the key changes.
+        ends[runs] = i as u32 + 1;
+        runs += usize::from(pair[0] != pair[1]);
+    }
+    ends.truncate(runs);
+    ends.push(n as u32);
 }
 
 /// The end of the run of rows from `row` that share one raw identifier (or have none).
