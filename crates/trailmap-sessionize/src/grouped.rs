@@ -319,13 +319,9 @@ impl GroupedJourneys {
         let mut row = 0;
         let n = batch.num_rows();
         let mut run_ends = std::mem::take(&mut self.run_ends);
-        dictionary_run_ends(&id, n, &mut run_ends);
-        let mut run_ends_at = run_ends.iter();
-        while row < n {
-            let end = match run_ends_at.next() {
-                Some(&end) => end as usize,
-                None => run_end(&id, row, n),
-            };
+        find_run_ends(&id, n, &mut run_ends);
+        for &end in &run_ends {
+            let end = end as usize;
             let value = (!id.is_null(row))
                 .then(|| kind.normalize(id.value(row)))
                 .flatten();
@@ -739,52 +735,49 @@ fn sorted(hashes: &[u64]) -> Vec<u64> {
     bucketed
 }
 
-/// Where each run of rows with one dictionary key ends, when the identifiers are dictionary
-/// keys without nulls (the Parquet reader's); otherwise nothing, and [`run_end`] finds each
-/// run. One pass without a branch per row: a loop per run, as `run_end` is, mispredicts
-/// its exit once a customer.
-fn dictionary_run_ends(id: &IdColumn<'_>, n: usize, ends: &mut Vec<u32>) {
+/// Where each run of rows that share one raw identifier (or have none) ends, in order; the
+/// last is `n`. Dictionary keys without nulls (the Parquet reader's) are compared in one
+/// pass without a branch per row: a loop per run mispredicts its exit once a customer.
+fn find_run_ends(id: &IdColumn<'_>, n: usize, ends: &mut Vec<u32>) {
     ends.clear();
-    let IdColumn::Dict { keys, .. } = id else {
-        return;
-    };
-    if keys.null_count() > 0 || n == 0 {
+    if n == 0 {
         return;
     }
-    let keys = &keys.values()[..n];
-    ends.resize(n, 0);
-    let mut runs = 0;
-    for (i, pair) in keys.windows(2).enumerate() {
-        // Written every row, kept (by moving on) only where the key changes.
-        ends[runs] = i as u32 + 1;
-        runs += usize::from(pair[0] != pair[1]);
-    }
-    ends.truncate(runs);
-    ends.push(n as u32);
-}
-
-/// The end of the run of rows from `row` that share one raw identifier (or have none).
-#[inline]
-fn run_end(id: &IdColumn<'_>, row: usize, n: usize) -> usize {
-    let mut end = row + 1;
     match id {
         IdColumn::Dict { keys, .. } if keys.null_count() == 0 => {
             let keys = &keys.values()[..n];
-            let key = keys[row];
-            while end < n && keys[end] == key {
-                end += 1;
+            ends.resize(n, 0);
+            let mut runs = 0;
+            for (i, pair) in keys.windows(2).enumerate() {
+                // Written every row, kept (by moving on) only where the key changes.
+                ends[runs] = i as u32 + 1;
+                runs += usize::from(pair[0] != pair[1]);
             }
-        }
-        _ if id.is_null(row) => {
-            while end < n && id.is_null(end) {
-                end += 1;
-            }
+            ends.truncate(runs);
+            ends.push(n as u32);
         }
         _ => {
-            let value = id.value(row);
-            while end < n && !id.is_null(end) && same(id.value(end), value) {
-                end += 1;
+            let mut row = 0;
+            while row < n {
+                row = run_end(id, row, n);
+                ends.push(row as u32);
             }
+        }
+    }
+}
+
+/// The end of the run of rows from `row` that share one raw identifier (or have none), for
+/// text identifiers and dictionaries with nulls.
+fn run_end(id: &IdColumn<'_>, row: usize, n: usize) -> usize {
+    let mut end = row + 1;
+    if id.is_null(row) {
+        while end < n && id.is_null(end) {
+            end += 1;
+        }
+    } else {
+        let value = id.value(row);
+        while end < n && !id.is_null(end) && same(id.value(end), value) {
+            end += 1;
         }
     }
     end
