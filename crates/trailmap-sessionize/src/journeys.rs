@@ -1141,11 +1141,6 @@ impl Sieve {
         }
     }
 
-    #[inline]
-    pub fn keeps(&self, touchpoint: u32) -> bool {
-        self.kept.get(touchpoint as usize).copied().unwrap_or(false)
-    }
-
     /// `journey`, sifted.
     pub fn sift(&mut self, journey: &Journey<'_>) -> Sifted<'_> {
         self.fill(journey.ts, journey.touchpoint);
