@@ -764,9 +764,9 @@ fn streamed_funnels_equal_the_general_load() {
     }
 }
 
-/// A grouped Parquet file of several row groups is read in parts, one thread each, the
-/// customers at the parts' edges joined and the parts' funnels merged: the same report as
-/// the general load of the same events, whatever the row groups. A file with a record only
+/// A grouped Parquet file is read in parts, one thread each, the customers at the parts'
+/// edges joined and the parts' funnels merged: the same report as the general load of the
+/// same events, whatever the row groups. A file with a record only
 /// the row path reads is streamed as one instead, and an interleaved one loaded.
 #[test]
 fn funnels_read_in_parts_equal_the_general_load() {
@@ -789,8 +789,9 @@ fn funnels_read_in_parts_equal_the_general_load() {
         &["--as-of", "2026-01-20T00:00:00Z"],
     ];
     // Row groups of 1 row (every customer split), of a prime number of rows (edges
-    // anywhere), and of more rows than two customers hold.
-    for rows_per_group in [1, 97, 1000] {
+    // anywhere), of more rows than two customers hold, and one row group (the parts split
+    // it: they end where the rows say, not at a row group's edge).
+    for rows_per_group in [1, 97, 1000, 1_000_000] {
         let parquet = dir.path().join(format!("grouped-{rows_per_group}.parquet"));
         csv_to_parquet(&grouped, &parquet, rows_per_group);
         for options in cases {

@@ -1,8 +1,8 @@
 //! Parquet row groups are decoded on several threads: rows still come out in file order,
 //! a bad row is rejected at its own row number, and a corrupt page stops the read with a
-//! reason after the rows before it.
+//! reason after the rows before it. A file read in parts is its rows once each.
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::TimestampMicrosecondType;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -10,7 +10,7 @@ use parquet::file::properties::WriterProperties;
 use std::path::Path;
 use std::sync::Arc;
 use trailmap_ingest::DeadLetters;
-use trailmap_ingest::file::{self, FileInput, IngestOptions, IngestStats};
+use trailmap_ingest::file::{self, FileInput, IngestOptions, IngestStats, Projection};
 use trailmap_model::config::{SourceConfig, SourceKind};
 use trailmap_model::time::TimeUnit;
 
@@ -21,6 +21,15 @@ const ROW_GROUP: usize = 7;
 /// Writes `ROWS` rows: row `i` at second `i`, customers taking turns, one touchpoint each
 /// unless `blank_touchpoint_at` names a row whose touchpoint is missing.
 fn write(path: &Path, blank_touchpoint_at: Option<i64>) {
+    let props = WriterProperties::builder().set_max_row_group_row_count(Some(ROW_GROUP));
+    write_with(path, blank_touchpoint_at, props);
+}
+
+fn write_with(
+    path: &Path,
+    blank_touchpoint_at: Option<i64>,
+    props: parquet::file::properties::WriterPropertiesBuilder,
+) {
     let customers: Vec<String> = (0..ROWS).map(|i| format!("c{}", i % 13)).collect();
     let touchpoints: Vec<Option<String>> = (0..ROWS)
         .map(|i| (Some(i) != blank_touchpoint_at).then(|| format!("step_{}", i % 5)))
@@ -40,43 +49,49 @@ fn write(path: &Path, blank_touchpoint_at: Option<i64>) {
         ),
     ])
     .unwrap();
-    let props = WriterProperties::builder()
-        .set_max_row_group_row_count(Some(ROW_GROUP))
-        .set_compression(Compression::UNCOMPRESSED)
-        .build();
+    let props = props.set_compression(Compression::UNCOMPRESSED).build();
     let file = std::fs::File::create(path).unwrap();
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
 }
 
+fn input(path: &Path) -> FileInput {
+    let mut source = SourceConfig::of_kind(SourceKind::Generic);
+    source.time_unit = Some(TimeUnit::S);
+    FileInput::new(path, source).unwrap()
+}
+
+fn options() -> IngestOptions {
+    IngestOptions {
+        batch_size: 5,
+        ..IngestOptions::default()
+    }
+}
+
+/// A batch's event times, in seconds.
+fn seconds(batch: &RecordBatch) -> Vec<i64> {
+    let ts = batch.column_by_name("ts").unwrap();
+    let ts = ts.as_primitive::<TimestampMicrosecondType>();
+    ts.values().iter().map(|t| t / 1_000_000).collect()
+}
+
 /// Reads a file through the Parquet source: event times in the order read (seconds), what
 /// ingest counted and the dead letters' text.
 fn read(path: &Path, dir: &Path) -> (Vec<i64>, IngestStats, String) {
-    let mut source = SourceConfig::of_kind(SourceKind::Generic);
-    source.time_unit = Some(TimeUnit::S);
-    let input = FileInput::new(path, source).unwrap();
-    let options = IngestOptions {
-        batch_size: 5,
-        ..IngestOptions::default()
-    };
+    let input = input(path);
+    let options = options();
     let dead_letters = dir.join("dead.ndjson");
     let mut dead = DeadLetters::new(&dead_letters, None);
-    let mut seconds = Vec::new();
+    let mut read = Vec::new();
     let stats = file::read_all(&[input], &options, &mut dead, |batch| {
-        let ts = batch
-            .column_by_name("ts")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<arrow::array::PrimitiveArray<TimestampMicrosecondType>>()
-            .unwrap();
-        seconds.extend(ts.values().iter().map(|t| t / 1_000_000));
+        read.extend(seconds(&batch));
         Ok(())
     })
     .unwrap();
     dead.flush().unwrap();
     let text = std::fs::read_to_string(&dead_letters).unwrap_or_default();
-    (seconds, stats, text)
+    (read, stats, text)
 }
 
 #[test]
@@ -127,4 +142,47 @@ fn a_corrupt_page_stops_the_read_after_the_rows_before_it() {
         dead.contains("corrupt Parquet data, reading stopped"),
         "{dead}"
     );
+}
+
+/// Parts end where the rows say, inside row groups and pages: together they are the file's
+/// rows once each, in order.
+#[test]
+fn parts_are_the_files_rows_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, props) in [
+        // Row groups of one page each (a part starts inside a page).
+        (
+            "groups.parquet",
+            WriterProperties::builder().set_max_row_group_row_count(Some(ROW_GROUP)),
+        ),
+        // One row group of pages of 4 rows (a part skips whole pages, then starts inside one).
+        (
+            "pages.parquet",
+            WriterProperties::builder()
+                .set_data_page_row_count_limit(4)
+                .set_write_batch_size(4)
+                .set_dictionary_enabled(false),
+        ),
+    ] {
+        let path = dir.path().join(name);
+        write_with(&path, None, props);
+        let (whole, _, _) = read(&path, dir.path());
+        assert_eq!(whole, (0..ROWS).collect::<Vec<_>>());
+        // What a streamed command reads: the columns that map column by column.
+        let options = IngestOptions {
+            projection: Projection::minimal(),
+            ..options()
+        };
+        for n in [2, 3, 8] {
+            let parts = file::parts(&input(&path), &options, n).unwrap().unwrap();
+            assert_eq!(parts.len(), n, "{name}");
+            let mut joined = Vec::new();
+            for mut part in parts {
+                while let Some(batch) = part.next_batch().unwrap() {
+                    joined.extend(seconds(&batch));
+                }
+            }
+            assert_eq!(joined, whole, "{name}, {n} parts");
+        }
+    }
 }

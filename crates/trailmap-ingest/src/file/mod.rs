@@ -224,11 +224,12 @@ impl FilePart {
     }
 }
 
-/// A file as up to `parts` parts, contiguous runs of its records in file order, each
-/// decoded by whichever thread reads it: several threads then read one file side by side,
-/// each consuming batches while they are still in its cache, with no thread handing
-/// batches to another. `None` when the file cannot be read in parts (only Parquet files
-/// of several row groups whose columns map column by column can); read it with [`open`].
+/// A file as up to `parts` parts, contiguous runs of equal numbers of its records in file
+/// order, each decoded by whichever thread reads it: several threads then read one file
+/// side by side, each consuming batches while they are still in its cache, with no thread
+/// handing batches to another. `None` when the file cannot be read in parts (only Parquet
+/// files of two records or more whose columns map column by column can); read it with
+/// [`open`].
 pub fn parts(
     input: &FileInput,
     options: &IngestOptions,

@@ -147,45 +147,64 @@ pub(crate) fn records_in(path: &std::path::Path) -> Option<u64> {
 enum Reading {
     /// All of them, on decode threads of its own.
     Threads,
-    /// These, on the reading thread.
-    Inline(std::ops::Range<usize>),
+    /// A run of its rows, on the reading thread.
+    Inline(RowRun),
 }
 
-/// Row groups of a file split into at most `parts` contiguous runs of about equal rows (a
-/// run holds at least one row group; none when the file has no row groups). The slowest
-/// run sets the pace, so each run ends at the row-group boundary nearest its share.
-fn split_row_groups(rows: &[i64], parts: usize) -> Vec<std::ops::Range<usize>> {
-    let rows: Vec<i64> = rows.iter().map(|r| (*r).max(0)).collect();
-    let total: i64 = rows.iter().sum();
-    let parts = parts.clamp(1, rows.len().max(1));
-    let mut runs = Vec::with_capacity(parts);
-    // The open run starts at `start`; `seen` rows come before row group `i`.
-    let (mut start, mut seen) = (0, 0i64);
-    for (i, &r) in rows.iter().enumerate() {
-        let to_come = parts - runs.len() - 1;
-        if i > start && to_come > 0 {
-            let share = total.saturating_mul(runs.len() as i64 + 1) / parts as i64;
-            let with = seen + r;
-            let nearer_without = seen >= share || (with > share && share - seen < with - share);
-            // The row groups from here on are only enough for one each.
-            let must = rows.len() - i <= to_come;
-            if nearer_without || must {
-                runs.push(start..i);
-                start = i;
+/// A contiguous run of a file's rows: the row groups that hold them, and which of those
+/// groups' rows they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RowRun {
+    row_groups: std::ops::Range<usize>,
+    /// Rows of the first row group before the run's first.
+    skip: usize,
+    rows: usize,
+}
+
+/// A file's rows (`rows` per row group) split into at most `parts` contiguous runs of equal
+/// rows. The slowest run sets the pace, so runs end where the rows say, inside a row group
+/// when need be (a part skips the other's pages of a group it shares without decompressing
+/// them): the bench's 18 full row groups and a short one split at a group's edge left one
+/// part 5% more rows. Fewer runs when there are fewer rows than parts; none without rows.
+fn split_rows(rows: &[i64], parts: usize) -> Vec<RowRun> {
+    let rows: Vec<usize> = rows
+        .iter()
+        .map(|&r| usize::try_from(r).unwrap_or(0))
+        .collect();
+    let total: usize = rows.iter().sum();
+    let parts = parts.clamp(1, total.max(1));
+    // Where each row group begins, in the file's rows.
+    let mut begins = Vec::with_capacity(rows.len() + 1);
+    let mut at = 0;
+    for &r in &rows {
+        begins.push(at);
+        at += r;
+    }
+    begins.push(at);
+    // The row group holding file row `row` (the last group that begins at or before it
+    // and holds rows).
+    let group_of = |row: usize| {
+        let g = begins.partition_point(|&b| b <= row).saturating_sub(1);
+        (g..rows.len()).find(|&g| rows[g] > 0).unwrap_or(g)
+    };
+    (0..parts)
+        .map(|k| (total * k / parts, total * (k + 1) / parts))
+        .filter(|(first, end)| end > first)
+        .map(|(first, end)| {
+            let (g0, g1) = (group_of(first), group_of(end - 1));
+            RowRun {
+                row_groups: g0..g1 + 1,
+                skip: first - begins[g0],
+                rows: end - first,
             }
-        }
-        seen += r;
-    }
-    if start < rows.len() {
-        runs.push(start..rows.len());
-    }
-    runs
+        })
+        .collect()
 }
 
-/// A Parquet file as up to `parts` sources over contiguous runs of its row groups, each
-/// decoding on the thread that reads it, so that several threads read one file side by
-/// side. `None` when it cannot be split (a single row group) or when its columns need the
-/// row-by-row mapping (see [`ParquetSource::next_columnar`]).
+/// A Parquet file as up to `parts` sources over contiguous runs of its rows, each decoding
+/// on the thread that reads it, so that several threads read one file side by side. `None`
+/// when it cannot be split (fewer than two rows) or when its columns need the row-by-row
+/// mapping (see [`ParquetSource::next_columnar`]).
 pub(crate) fn parts(
     input: &FileInput,
     mapping: &FieldMapping,
@@ -199,7 +218,7 @@ pub(crate) fn parts(
     let rows: Vec<i64> = (metadata.metadata().row_groups().iter())
         .map(|rg| rg.num_rows())
         .collect();
-    let runs = split_row_groups(&rows, parts);
+    let runs = split_rows(&rows, parts);
     if runs.len() < 2 {
         return Ok(None);
     }
@@ -308,18 +327,27 @@ impl ParquetSource {
         // Rows are numbered in the file (event ids of rows without bytes hash the number).
         let first_row = match &reading {
             Reading::Threads => 0,
-            Reading::Inline(run) => (metadata.metadata().row_groups()[..run.start].iter())
-                .map(|rg| u64::try_from(rg.num_rows()).unwrap_or(0))
-                .sum(),
+            Reading::Inline(run) => {
+                let before: u64 = (metadata.metadata().row_groups()[..run.row_groups.start])
+                    .iter()
+                    .map(|rg| u64::try_from(rg.num_rows()).unwrap_or(0))
+                    .sum();
+                before + run.skip as u64
+            }
         };
         let reader = match reading {
             Reading::Threads => {
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
                 RowGroupReader::start(path, &metadata, &mask, options.batch_size, threads)
             }
-            Reading::Inline(row_groups) => {
-                RowGroupReader::inline(path, &metadata, &mask, options.batch_size, row_groups)
-            }
+            Reading::Inline(run) => RowGroupReader::inline(
+                path,
+                &metadata,
+                &mask,
+                options.batch_size,
+                run.row_groups,
+                run.skip..run.skip + run.rows,
+            ),
         }
         .map_err(|e| Error::io(path, e))?;
         Ok(ParquetSource {
@@ -947,35 +975,78 @@ fn is_blank(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::split_row_groups;
+    use super::{RowRun, split_rows};
+
+    fn run(row_groups: std::ops::Range<usize>, skip: usize, rows: usize) -> RowRun {
+        RowRun {
+            row_groups,
+            skip,
+            rows,
+        }
+    }
 
     #[test]
-    fn row_groups_split_into_contiguous_runs_of_about_equal_rows() {
-        let runs = |rows: &[i64], parts| split_row_groups(rows, parts);
-        assert_eq!(runs(&[10, 10, 10, 10], 2), vec![0..2, 2..4]);
-        assert_eq!(runs(&[10; 19], 2), vec![0..10, 10..19]);
-        // The nearer boundary: 9 + 10 of 19 row groups, the last one short.
+    fn rows_split_into_contiguous_runs_of_equal_rows() {
+        assert_eq!(
+            split_rows(&[10, 10, 10, 10], 2),
+            vec![run(0..2, 0, 20), run(2..4, 0, 20)]
+        );
+        // The bench's export: 18 full row groups and a short one, split inside the tenth.
         let mut export = vec![1_048_576; 18];
         export.push(433_691);
-        assert_eq!(runs(&export, 2), vec![0..9, 9..19]);
-        assert_eq!(runs(&[4, 4, 4], 2), vec![0..2, 2..3]);
-        assert_eq!(runs(&[100, 1, 1, 1], 2), vec![0..1, 1..4]);
-        // Every run holds a row group, even when the rows sit in the last one.
-        assert_eq!(runs(&[1, 1, 1, 100], 3), vec![0..2, 2..3, 3..4]);
-        assert_eq!(runs(&[5, 5], 8), vec![0..1, 1..2]);
-        assert_eq!(runs(&[5], 2), vec![0..1]);
-        assert_eq!(runs(&[], 2), Vec::<std::ops::Range<usize>>::new());
-        assert_eq!(runs(&[0, 0, 0], 2), vec![0..1, 1..3]);
-        for rows in [&[3i64, 9, 1, 7, 7, 2][..], &[1; 7], &[0, 4, 0, 4]] {
+        let total: i64 = export.iter().sum();
+        let half = (total / 2) as usize;
+        assert_eq!(
+            split_rows(&export, 2),
+            vec![
+                run(0..10, 0, half),
+                run(9..19, half - 9 * 1_048_576, total as usize - half)
+            ]
+        );
+        // One row group, split too.
+        assert_eq!(split_rows(&[7], 2), vec![run(0..1, 0, 3), run(0..1, 3, 4)]);
+        // Empty row groups are never a run's first or last.
+        assert_eq!(
+            split_rows(&[0, 4, 0, 4, 0], 2),
+            vec![run(1..2, 0, 4), run(3..4, 0, 4)]
+        );
+        assert_eq!(
+            split_rows(&[1, 1], 8),
+            vec![run(0..1, 0, 1), run(1..2, 0, 1)]
+        );
+        assert_eq!(split_rows(&[], 2), vec![]);
+        assert_eq!(split_rows(&[0, 0], 2), vec![]);
+        for rows in [
+            &[3i64, 9, 1, 7, 7, 2][..],
+            &[1; 7],
+            &[0, 4, 0, 4],
+            &[5, 0, 0, 5],
+        ] {
+            let total: i64 = rows.iter().sum();
             for parts in 1..9 {
-                let r = runs(rows, parts);
-                assert!(r.len() <= parts && !r.is_empty(), "{rows:?} {parts}");
-                assert_eq!(r[0].start, 0);
-                assert_eq!(r[r.len() - 1].end, rows.len());
-                assert!(
-                    r.windows(2)
-                        .all(|w| w[0].end == w[1].start && !w[0].is_empty())
+                let runs = split_rows(rows, parts);
+                assert!(runs.len() <= parts && !runs.is_empty(), "{rows:?} {parts}");
+                // Every row once, in order: each run's rows lie in its row groups.
+                let mut next = 0;
+                for r in &runs {
+                    let before: i64 = rows[..r.row_groups.start].iter().sum();
+                    let within: i64 = rows[r.row_groups.clone()].iter().sum();
+                    assert_eq!(before as usize + r.skip, next, "{rows:?} {parts}");
+                    assert!(
+                        r.skip < rows[r.row_groups.start] as usize,
+                        "{rows:?} {parts}"
+                    );
+                    assert!(r.skip + r.rows <= within as usize, "{rows:?} {parts}");
+                    let last = rows[r.row_groups.end - 1] as usize;
+                    assert!(r.skip + r.rows > within as usize - last, "{rows:?} {parts}");
+                    next += r.rows;
+                }
+                assert_eq!(next as i64, total);
+                let (most, least) = (
+                    runs.iter().map(|r| r.rows).max(),
+                    runs.iter().map(|r| r.rows).min(),
                 );
+                assert!(most.unwrap() - least.unwrap() <= 1, "{rows:?} {parts}");
             }
         }
     }

@@ -65,21 +65,23 @@ impl RowGroupReader {
         Threaded::start(path, metadata, mask, batch_size, threads).map(RowGroupReader::Threads)
     }
 
-    /// The row groups `row_groups` of the file at `path`, decoded on the caller's thread as
-    /// it asks for batches: a part of a file read by one of several threads, each decoding
-    /// and consuming its own batches while they are in cache.
+    /// Rows `rows` (counted from the first of them) of the row groups `row_groups` of the
+    /// file at `path`, decoded on the caller's thread as it asks for batches: a part of a
+    /// file read by one of several threads, each decoding and consuming its own batches
+    /// while they are in cache.
     pub(crate) fn inline(
         path: &Path,
         metadata: &ArrowReaderMetadata,
         mask: &ProjectionMask,
         batch_size: usize,
         row_groups: std::ops::Range<usize>,
+        rows: std::ops::Range<usize>,
     ) -> std::io::Result<RowGroupReader> {
         let file = File::open(path)?;
         let row_groups: Vec<usize> = row_groups.collect();
         let reader = match mapped::map(&file) {
-            Some(bytes) => batches(bytes, metadata, mask, batch_size, row_groups),
-            None => batches(file, metadata, mask, batch_size, row_groups),
+            Some(bytes) => batches(bytes, metadata, mask, batch_size, row_groups, Some(rows)),
+            None => batches(file, metadata, mask, batch_size, row_groups, Some(rows)),
         }
         .map_err(std::io::Error::other)?;
         Ok(RowGroupReader::Inline(Box::new(reader)))
@@ -154,7 +156,7 @@ fn decode<R: ChunkReader + 'static>(
 ) {
     for rg in row_groups {
         let reader = match open() {
-            Ok(file) => batches(file, &metadata, &mask, batch_size, vec![rg]),
+            Ok(file) => batches(file, &metadata, &mask, batch_size, vec![rg], None),
             Err(e) => Err(ParquetError::External(Box::new(e))),
         };
         let reader = match reader {
@@ -176,19 +178,27 @@ fn decode<R: ChunkReader + 'static>(
     }
 }
 
-/// The batches of `row_groups`, read through `file`.
+/// The batches of `row_groups` (only `rows` of theirs, counted from their first, when
+/// given), read through `file`.
 fn batches<R: ChunkReader + 'static>(
     file: R,
     metadata: &ArrowReaderMetadata,
     mask: &ProjectionMask,
     batch_size: usize,
     row_groups: Vec<usize>,
+    rows: Option<std::ops::Range<usize>>,
 ) -> Result<ParquetRecordBatchReader, ParquetError> {
-    ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
         .with_projection(mask.clone())
         .with_row_groups(row_groups)
-        .with_batch_size(batch_size)
-        .build()
+        .with_batch_size(batch_size);
+    match rows {
+        // Pages wholly before the rows are skipped unread (the reader knows a page's rows
+        // from its header), and reading stops after them.
+        Some(rows) => builder.with_offset(rows.start).with_limit(rows.len()),
+        None => builder,
+    }
+    .build()
 }
 
 mod mapped {
