@@ -58,8 +58,15 @@ impl IdentityKind {
 
     /// Normalises a raw identifier: surrounding whitespace never distinguishes customers,
     /// and emails are case-insensitive in practice. Empty means "no identifier".
+    #[inline]
     pub fn normalize(self, raw: &str) -> Option<Cow<'_, str>> {
-        let trimmed = raw.trim();
+        // Most identifiers neither begin nor end with white space (which is never a visible
+        // ASCII character), and `trim` decodes characters at both ends to find that out.
+        let trimmed = match raw.as_bytes() {
+            [first, .., last] if first.is_ascii_graphic() && last.is_ascii_graphic() => raw,
+            [only] if only.is_ascii_graphic() => raw,
+            _ => raw.trim(),
+        };
         if trimmed.is_empty() {
             return None;
         }
@@ -95,6 +102,29 @@ mod tests {
             Some("AbC")
         );
         assert_eq!(IdentityKind::AnonymousId.normalize("  "), None);
+    }
+
+    #[test]
+    fn identifiers_are_trimmed_as_trim_does() {
+        let edges = [
+            "", " ", "a", "é", "\u{a0}", "\u{3000}", "\t", "\n", "\u{85}", "\x1f",
+        ];
+        for kind in IdentityKind::ALL {
+            for first in edges {
+                for last in edges {
+                    for middle in ["", "c042", "x y"] {
+                        let raw = format!("{first}{middle}{last}");
+                        let trimmed = raw.trim();
+                        let expected = (!trimmed.is_empty()).then(|| match kind {
+                            IdentityKind::Email => trimmed.to_ascii_lowercase(),
+                            _ => trimmed.to_string(),
+                        });
+                        let got = kind.normalize(&raw).map(|c| c.into_owned());
+                        assert_eq!(got, expected, "{kind:?} {raw:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -130,10 +130,24 @@ pub(crate) fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn A
 }
 
 /// Equality for short identifiers, inlined: a call to `memcmp` per row costs more than
-/// comparing a dozen bytes.
+/// comparing a dozen bytes, and a loop over the bytes more than two words.
 #[inline]
 pub(crate) fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| {
+        (s.get(at..at + 8))
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_ne_bytes)
+    };
+    match a.len() {
+        // Two words, overlapping, cover 8 to 16 bytes.
+        n @ 8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        0..8 => a.iter().zip(b).all(|(x, y)| x == y),
+        _ => a == b,
+    }
 }
 
 /// An identity column as a batch carries it: text, or text dictionary-encoded (Parquet
@@ -175,6 +189,7 @@ impl<'a> IdColumn<'a> {
         }
     }
 
+    #[inline]
     pub(crate) fn is_null(&self, row: usize) -> bool {
         match self {
             IdColumn::Text(a) => a.is_null(row),
@@ -187,6 +202,7 @@ impl<'a> IdColumn<'a> {
     }
 
     /// The value of a row that is not null.
+    #[inline]
     pub(crate) fn value(&self, row: usize) -> &'a str {
         match self {
             IdColumn::Text(a) => a.value(row),
