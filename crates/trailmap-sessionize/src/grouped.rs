@@ -146,9 +146,6 @@ impl<F: FnMut(&Journey<'_>)> JourneySink for F {
 const UNMAPPED: u32 = u32::MAX;
 const NO_TOUCHPOINT: u32 = u32::MAX - 1;
 
-/// Customers checked as they come by default (see [`GroupedJourneys::check_early`]).
-const EARLY_CUSTOMERS: usize = 1 << 16;
-
 /// Turns canonical batches of customer-grouped input into journeys, one customer at a time.
 pub struct GroupedJourneys {
     scope: Scope,
@@ -244,7 +241,7 @@ impl GroupedJourneys {
             seen: Vec::new(),
             met: Vec::new(),
             early_met: FxHashSet::default(),
-            early: EARLY_CUSTOMERS,
+            early: GroupedJourneys::EARLY_CUSTOMERS,
             hasher: FxBuildHasher,
             current: None,
             ts: Vec::new(),
@@ -273,8 +270,14 @@ impl GroupedJourneys {
         }
     }
 
-    /// How many of the first customers are checked as they come (default 65,536); a
-    /// customer met again after them is found when the input ends.
+    /// Customers checked as they come by default (see [`check_early`](Self::check_early)).
+    pub const EARLY_CUSTOMERS: usize = 1 << 16;
+
+    /// How many of the first customers are checked as they come (default
+    /// [`EARLY_CUSTOMERS`](Self::EARLY_CUSTOMERS)); a customer met again after them is
+    /// found when the input ends. (A reader of an input in parts gives each part a share
+    /// of the default: a set of a part's first customers costs more to fill than the rest
+    /// of its checks.)
     pub fn check_early(mut self, customers: usize) -> Self {
         self.early = customers;
         self
@@ -802,6 +805,24 @@ mod tests {
         even_and_one.sort_unstable();
         assert!(any_shared(&[even.clone(), odd.clone(), even_and_one]));
         assert!(!any_shared(&[]));
+    }
+
+    #[test]
+    fn identifiers_are_the_same_when_their_bytes_are() {
+        use crate::journeys::same;
+        for len in 0..40usize {
+            let a: String = (0..len)
+                .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+                .collect();
+            assert!(same(&a, &a.clone()), "{a}");
+            for at in 0..len {
+                let mut b = a.clone().into_bytes();
+                b[at] = b'#';
+                let b = String::from_utf8(b).unwrap();
+                assert!(!same(&a, &b), "{a} {b}");
+            }
+            assert!(!same(&a, &format!("{a}z")), "{a}");
+        }
     }
 
     #[test]

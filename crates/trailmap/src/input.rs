@@ -349,8 +349,10 @@ impl InputArgs {
             return Ok(InParts::CannotSplit);
         };
         let started = std::time::Instant::now();
+        let early = GroupedJourneys::EARLY_CUSTOMERS / parts.len();
         let stream = || {
-            let mut stream = GroupedJourneys::part(config.sessions.scope, &config.sessions);
+            let mut stream =
+                GroupedJourneys::part(config.sessions.scope, &config.sessions).check_early(early);
             for name in names {
                 stream.touchpoint_id(name);
             }
