@@ -7,14 +7,16 @@ Tasks:
   funnel  signup -> trial_start -> purchase within 14 days, ClickHouse windowFunnel default
           mode; the answer is the number of customers reaching each step.
 
-Only ratios from one run count: the machine is shared and noisy. Each engine runs `--repeat`
-times and the best time is kept. Peers run in this process; trailmap runs as a child whose
-peak RSS is read from its own rusage (os.wait4).
+Only ratios from one run count: the machine is shared and noisy. The engines run in turn,
+`--repeat` rounds, and each one's best time is kept; the ratios to trailmap are also given
+per round (both engines then met the same machine). Peers run in this process; trailmap
+runs as a child whose peak RSS is read from its own rusage (os.wait4).
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -211,8 +213,18 @@ def polars_dfg(parquet):
 
 # --------------------------------------------------------------------------------------------
 
-def best_of(fn, repeat):
-    runs = [fn() for _ in range(repeat)]
+def in_turn(fns, repeat):
+    """Runs every engine once per round, in turn, for `repeat` rounds: the machine's speed
+    drifts by tens of percent within a minute, and running one engine's repeats and then
+    the next's let the drift decide the ratio. Each engine's runs, in round order."""
+    runs = {eng: [] for eng in fns}
+    for _ in range(repeat):
+        for eng, fn in fns.items():
+            runs[eng].append(fn())
+    return runs
+
+
+def best_of(runs):
     best = min(runs, key=lambda r: r[0])
     return best[0], runs[0][1], (max(r[2] for r in runs) if len(runs[0]) > 2 else None)
 
@@ -247,7 +259,7 @@ def main():
           f"{ties:,} (customer, ts) pairs shared by several events")
     print(f"peers: duckdb {duckdb.__version__}, chdb {chdb.__version__} (ClickHouse "
           f"{ch_version}), polars {pl.__version__}; "
-          f"best of {a.repeat}, load included")
+          f"in turn, best of {a.repeat}, load included")
 
     plan = {
         "dfg": {"trailmap": lambda: tm_dfg(a.bin, a.parquet), "duckdb": lambda: duck_dfg(a.parquet),
@@ -256,15 +268,18 @@ def main():
                    "trailmap-sql": lambda: tm_sql_funnel(a.bin, a.parquet),
                    "duckdb": lambda: duck_funnel(a.parquet), "chdb": lambda: ch_funnel(a.parquet)},
     }
-    table, ok, rss_rows = [], True, []
+    table, ok, rss_rows, paired = [], True, [], {}
     for task in tasks:
         results = {}
-        for eng in engines:
-            if eng in plan[task]:
-                t, ans, rss = best_of(plan[task][eng], a.repeat)
-                results[eng] = (t, ans)
-                if rss is not None:
-                    rss_rows.append((task, eng, rss))
+        runs = in_turn({eng: plan[task][eng] for eng in engines if eng in plan[task]}, a.repeat)
+        for eng, eng_runs in runs.items():
+            t, ans, rss = best_of(eng_runs)
+            results[eng] = (t, ans)
+            if rss is not None:
+                rss_rows.append((task, eng, rss))
+        if "trailmap" in runs:
+            for eng, eng_runs in runs.items():
+                paired[(task, eng)] = [r[0] / tm[0] for r, tm in zip(eng_runs, runs["trailmap"])]
         base_name = "trailmap" if "trailmap" in results else next(iter(results))
         t_base, ans_base = results[base_name]
         for eng, (t, ans) in results.items():
@@ -294,6 +309,10 @@ def main():
                 r = by[(task, peer)] / by[(task, "trailmap")]
                 print(f"target {task}: {peer} time / trailmap time = {r:.2f} (target >= 3): "
                       f"{'met' if r >= 3 else 'NOT met'}")
+                # The same ratio within each round, where both engines met the same machine.
+                rounds = sorted(paired[(task, peer)])
+                print(f"  per round ({len(rounds)}): median {statistics.median(rounds):.2f}, "
+                      f"{rounds[0]:.2f} to {rounds[-1]:.2f}")
         if ("funnel", "trailmap-sql") in by and ("funnel", "trailmap") in by:
             sql = by[("funnel", "trailmap-sql")]
             r = sql / by[("funnel", "trailmap")]
