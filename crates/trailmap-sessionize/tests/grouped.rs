@@ -344,6 +344,50 @@ fn names_given_ahead_are_not_seen_until_used() {
     assert_eq!(summary.seen, [true, false, true]);
 }
 
+/// A row whose touchpoint key points at a null dictionary value has no touchpoint: it is no
+/// event, to whole and to sifted journeys alike, as to the builder.
+#[test]
+fn a_key_of_a_null_touchpoint_value_is_no_event() {
+    use arrow::array::{DictionaryArray, StringArray, UInt32Array};
+    use std::sync::Arc;
+    let rows: Vec<Row> = vec![
+        ("c1".into(), 0, Some(1)),
+        ("c1".into(), MIN, Some(1)),
+        ("c1".into(), 2 * MIN, Some(1)),
+        ("c2".into(), 3 * MIN, Some(1)),
+    ];
+    let batch = batches(&rows, IdentityKind::CustomerId, 10, true).remove(0);
+    let i = batch.schema().index_of("touchpoint").unwrap();
+    let mut columns = batch.columns().to_vec();
+    columns[i] = Arc::new(
+        DictionaryArray::try_new(
+            UInt32Array::from(vec![0u32, 1, 0, 0]),
+            Arc::new(StringArray::from(vec![Some("a"), None])),
+        )
+        .unwrap(),
+    );
+    let batch = with_columns(&batch, columns);
+    let sessions = SessionConfig::default();
+    let (built, _) = built(std::slice::from_ref(&batch), &sessions, Scope::Customer);
+    let (whole, _) =
+        streamed(std::slice::from_ref(&batch), &sessions, Scope::Customer, 10).unwrap();
+    assert_eq!(whole, built);
+    assert_eq!(built[0].1, vec![0, 2 * MIN]);
+    let mut stream = GroupedJourneys::new(Scope::Customer, &sessions);
+    let a = stream.touchpoint_id("a");
+    let mut sink = Sifting {
+        kept: vec![a],
+        got: Vec::new(),
+    };
+    stream.push_batch(&batch, &mut sink).unwrap();
+    let summary = stream.finish(&mut sink).unwrap();
+    let ids: Vec<u32> = (0..summary.touchpoints.len() as u32).collect();
+    assert_eq!(
+        sink.named(&summary.touchpoints, &ids),
+        sifted_by_hand(&built, &["a"])
+    );
+}
+
 /// A sifted journey: (customer, events in the whole journey, its first and last times, the
 /// kept events as (time, touchpoint, place in the journey, next touchpoint)), touchpoints
 /// as ids or as names (the next one "end" after the journey's last event).
