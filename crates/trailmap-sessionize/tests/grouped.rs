@@ -11,7 +11,7 @@ use trailmap_model::config::{Scope, SessionConfig};
 use trailmap_model::time::Span;
 use trailmap_model::{EventBatchBuilder, EventRow, IdentityKind};
 use trailmap_sessionize::{
-    GroupedError, GroupedJourneys, JourneyBuilder, JourneySink, NotGrouped, Sifted,
+    GroupedError, GroupedJourneys, Joined, JourneyBuilder, JourneySink, NotGrouped, Sifted,
 };
 
 const MIN: i64 = 60_000_000;
@@ -133,33 +133,16 @@ fn streamed_in_parts(
     scope: Scope,
     cuts: &[usize],
 ) -> Result<(Journeys, trailmap_sessionize::GroupedSummary), GroupedError> {
-    let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (batches.len() + 1)).collect();
-    bounds.push(0);
-    bounds.push(batches.len());
-    bounds.sort_unstable();
-    let mut parts = Vec::new();
-    let mut sinks = Vec::new();
-    for w in bounds.windows(2) {
-        let mut stream = GroupedJourneys::part(scope, sessions);
+    let stream = |part: bool| {
+        let mut stream = if part {
+            GroupedJourneys::part(scope, sessions)
+        } else {
+            GroupedJourneys::new(scope, sessions)
+        };
         stream.touchpoint_id("tp3");
-        let mut sink = Collect::default();
-        for b in &batches[w[0]..w[1]] {
-            stream.push_batch(b, &mut sink)?;
-        }
-        parts.push(
-            stream
-                .finish_part(&mut sink)
-                .map_err(GroupedError::NotGrouped)?,
-        );
-        sinks.push(sink);
-    }
-    let mut joined_sink = Collect::default();
-    let mut joiner = GroupedJourneys::new(scope, sessions);
-    joiner.touchpoint_id("tp3");
-    let joined = joiner
-        .join(parts, &mut joined_sink)
-        .map_err(GroupedError::NotGrouped)?;
-    assert_eq!(joined.touchpoint_ids.len(), sinks.len());
+        stream
+    };
+    let (sinks, joined_sink, joined) = in_parts(batches, cuts, stream, Collect::default)?;
     let names = &joined.summary.touchpoints;
     let mut journeys: Journeys = Vec::new();
     let identity: Vec<u32> = (0..names.len() as u32).collect();
@@ -178,6 +161,37 @@ fn streamed_in_parts(
     }
     journeys.sort();
     Ok((journeys, joined.summary))
+}
+
+/// `batches` streamed in parts cut before each batch index of `cuts` (parts may be empty),
+/// each part by `stream(true)` into a sink of its own from `sink`, and joined by
+/// `stream(false)` into one more: the parts' sinks, the joining sink, and what the join
+/// said (the parts' touchpoint ids as the joined stream's).
+fn in_parts<S: JourneySink>(
+    batches: &[RecordBatch],
+    cuts: &[usize],
+    stream: impl Fn(bool) -> GroupedJourneys,
+    sink: impl Fn() -> S,
+) -> Result<(Vec<S>, S, Joined), GroupedError> {
+    let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (batches.len() + 1)).collect();
+    bounds.extend([0, batches.len()]);
+    bounds.sort_unstable();
+    let (mut parts, mut sinks) = (Vec::new(), Vec::new());
+    for w in bounds.windows(2) {
+        let (mut part, mut got) = (stream(true), sink());
+        for b in &batches[w[0]..w[1]] {
+            part.push_batch(b, &mut got)?;
+        }
+        parts.push(
+            part.finish_part(&mut got)
+                .map_err(GroupedError::NotGrouped)?,
+        );
+        sinks.push(got);
+    }
+    let mut joined_sink = sink();
+    let joined = (stream(false).join(parts, &mut joined_sink)).map_err(GroupedError::NotGrouped)?;
+    assert_eq!(joined.touchpoint_ids.len(), sinks.len());
+    Ok((sinks, joined_sink, joined))
 }
 
 /// 30-minute gaps; sessions also cut at 70 minutes when `capped`.
@@ -495,20 +509,7 @@ proptest! {
             let all = all_of(&summary.touchpoints);
             prop_assert_eq!(&got.named(&summary.touchpoints, &all), &expected);
 
-            let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (batches.len() + 1)).collect();
-            bounds.extend([0, batches.len()]);
-            bounds.sort_unstable();
-            let (mut parts, mut sinks) = (Vec::new(), Vec::new());
-            for w in bounds.windows(2) {
-                let (mut part, mut got) = (stream(true), sink());
-                for b in &batches[w[0]..w[1]] {
-                    part.push_batch(b, &mut got).unwrap();
-                }
-                parts.push(part.finish_part(&mut got).unwrap());
-                sinks.push(got);
-            }
-            let mut joined_sink = sink();
-            let joined = stream(false).join(parts, &mut joined_sink).unwrap();
+            let (sinks, joined_sink, joined) = in_parts(&batches, &cuts, stream, sink).unwrap();
             let names = &joined.summary.touchpoints;
             let mut in_parts: Vec<SiftedJourney> = joined_sink.named(names, &all_of(names));
             for (got, ids) in sinks.into_iter().zip(&joined.touchpoint_ids) {
