@@ -144,6 +144,20 @@ fn a_corrupt_page_stops_the_read_after_the_rows_before_it() {
     );
 }
 
+/// The rows of parts put in the order of their places.
+fn in_place(mut read: Vec<(usize, Vec<i64>)>) -> Vec<i64> {
+    read.sort_by_key(|(place, _)| *place);
+    read.into_iter().flat_map(|(_, rows)| rows).collect()
+}
+
+fn all_of(part: &mut file::FilePart) -> Vec<i64> {
+    let mut rows = Vec::new();
+    while let Some(batch) = part.next_batch().unwrap() {
+        rows.extend(seconds(&batch));
+    }
+    rows
+}
+
 /// Parts end where the rows say, inside row groups and pages: together they are the file's
 /// rows once each, in order.
 #[test]
@@ -173,16 +187,66 @@ fn parts_are_the_files_rows_once_each() {
             projection: Projection::minimal(),
             ..options()
         };
-        for n in [2, 3, 8] {
-            let parts = file::parts(&input(&path), &options, n).unwrap().unwrap();
-            assert_eq!(parts.len(), n, "{name}");
-            let mut joined = Vec::new();
-            for mut part in parts {
-                while let Some(batch) = part.next_batch().unwrap() {
-                    joined.extend(seconds(&batch));
-                }
-            }
-            assert_eq!(joined, whole, "{name}, {n} parts");
+        // Each reader on a thread of its own, the first one slow: the others take over
+        // pieces of its part as they run out.
+        for readers in [2, 3, 8] {
+            let parts = file::parts(&input(&path), &options, readers)
+                .unwrap()
+                .unwrap();
+            let read: Vec<(usize, Vec<i64>)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..readers)
+                    .map(|reader| {
+                        let parts = &parts;
+                        scope.spawn(move || {
+                            let mut read = Vec::new();
+                            while let Some(mut part) = parts.take().unwrap() {
+                                let mut rows = Vec::new();
+                                while let Some(batch) = part.next_batch().unwrap() {
+                                    if reader == 0 {
+                                        std::thread::sleep(std::time::Duration::from_millis(1));
+                                    }
+                                    rows.extend(seconds(&batch));
+                                }
+                                read.push((part.place(), rows));
+                            }
+                            read
+                        })
+                    })
+                    .collect();
+                (handles.into_iter())
+                    .flat_map(|h| h.join().unwrap())
+                    .collect()
+            });
+            assert_eq!(in_place(read), whole, "{name}, {readers} readers");
         }
+        // One thread taking turns, so that the order is known: the second part is read
+        // while the first has read one batch; the next part taken is the back half of
+        // what the first has left.
+        let parts = file::parts(&input(&path), &options, 2).unwrap().unwrap();
+        let (mut first, mut second) = (
+            parts.take().unwrap().unwrap(),
+            parts.take().unwrap().unwrap(),
+        );
+        let mut read = vec![(
+            first.place(),
+            seconds(&first.next_batch().unwrap().unwrap()),
+        )];
+        read.push((second.place(), all_of(&mut second)));
+        let mut taken = parts
+            .take()
+            .unwrap()
+            .expect("the first part had pieces left");
+        assert!(taken.place() > first.place() && taken.place() < second.place());
+        read.push((taken.place(), all_of(&mut taken)));
+        read[0].1.extend(all_of(&mut first));
+        while let Some(mut part) = parts.take().unwrap() {
+            read.push((part.place(), all_of(&mut part)));
+        }
+        let (before, after) = (read[0].1.len(), read[2].1.len());
+        assert!(
+            before > 0 && after > 0,
+            "{name}: {before} then {after} rows"
+        );
+        assert_eq!(in_place(read), whole, "{name}, taking turns");
     }
 }

@@ -307,9 +307,10 @@ impl InputArgs {
     }
 
     /// [`stream_grouped`](Self::stream_grouped), reading one Parquet file in parts side by
-    /// side when it can (see [`file::parts`]): each thread decodes a run of row groups and
-    /// streams its journeys into a sink of its own, while the batches are in its cache;
-    /// the customers at the parts' edges are joined and the sinks merged. The result is
+    /// side when it can (see [`file::parts`]): each thread takes parts of the file (runs of
+    /// row groups, shared out as the threads go), decodes them and streams their journeys
+    /// into a sink of each part's own, while the batches are in its cache; the customers
+    /// at the parts' edges are joined and the sinks merged. The result is
     /// the one stream's. Input that cannot be read in parts is streamed as one.
     pub fn stream_grouped_in_parts<S: PartSink>(
         &self,
@@ -334,7 +335,7 @@ impl InputArgs {
         let [input] = &inputs[..] else {
             return Ok(InParts::CannotSplit);
         };
-        // A part per core; two at least, so that one core reads the same way (and a test
+        // A thread per core; two at least, so that one core reads the same way (and a test
         // sees the same path on any machine).
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         let options = IngestOptions {
@@ -349,8 +350,7 @@ impl InputArgs {
             return Ok(InParts::CannotSplit);
         };
         let started = std::time::Instant::now();
-        let early = GroupedJourneys::EARLY_CUSTOMERS / parts.len();
-        let stream = || {
+        let stream = |early: usize| {
             let mut stream =
                 GroupedJourneys::part(config.sessions.scope, &config.sessions).check_early(early);
             for name in names {
@@ -368,32 +368,61 @@ impl InputArgs {
         progress.set_message(input.path.display().to_string());
         // A part that stops makes the others' work useless: they stop at their next batch.
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let streamed: Vec<Result<(GroupedPart, S), PartStop>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (parts.into_iter())
-                .map(|part| {
-                    let (mut part_sink, stream) = (sink.for_part(), stream());
+        let template = sink.for_part();
+        let early = GroupedJourneys::EARLY_CUSTOMERS / threads;
+        let mut streamed: Vec<StreamedPart<S>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let (parts, template, stream) = (&parts, &template, &stream);
                     let (stop, progress) = (&stop, &progress);
                     scope.spawn(move || {
-                        let streamed = stream_part(part, stream, &mut part_sink, stop, progress);
-                        streamed.map(|part| (part, part_sink))
+                        // Only a thread's first part checks its first customers as they come:
+                        // the parts taken later are near the end of the input, where finding
+                        // out early saves nothing.
+                        let mut early = early;
+                        let mut streamed = Vec::new();
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let part = match parts.take() {
+                                Ok(Some(part)) => part,
+                                Ok(None) => break,
+                                Err(e) => {
+                                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                                    streamed.push(StreamedPart {
+                                        place: 0,
+                                        streamed: Err(PartStop::Unreadable(e)),
+                                    });
+                                    break;
+                                }
+                            };
+                            let (place, mut part_sink) = (part.place(), template.for_part());
+                            let part =
+                                stream_part(part, stream(early), &mut part_sink, stop, progress);
+                            early = 0;
+                            streamed.push(StreamedPart {
+                                place,
+                                streamed: part.map(|part| (part, part_sink)),
+                            });
+                        }
+                        streamed
                     })
                 })
                 .collect();
             (handles.into_iter())
-                .map(|h| {
+                .flat_map(|h| {
                     h.join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                 })
                 .collect()
         });
+        streamed.sort_by_key(|part| part.place);
         progress.finish_and_clear();
         let all = streamed.len();
         let mut parts = Vec::with_capacity(all);
         let mut sinks = Vec::with_capacity(all);
         // The first part's reason to stop is the one that counts (the others may only have
         // been told to).
-        for result in streamed {
-            match result {
+        for part in streamed {
+            match part.streamed {
                 Ok((part, part_sink)) => {
                     parts.push(part);
                     sinks.push(part_sink);
@@ -413,13 +442,14 @@ impl InputArgs {
                 Err(PartStop::Grouped(GroupedError::Batch(e))) => {
                     return Err(Error::Other(e).into());
                 }
+                Err(PartStop::Unreadable(e)) => return Err(e.into()),
             }
         }
         if parts.len() < all {
             // Told to stop with no part saying why: cannot happen, but a partial answer must not.
             return Ok(InParts::CannotSplit);
         }
-        let joined = match stream().join(parts, sink) {
+        let joined = match stream(0).join(parts, sink) {
             Ok(joined) => joined,
             Err(why) => {
                 timing(&format!("streaming stopped ({why})"), started.elapsed());
@@ -448,7 +478,7 @@ impl InputArgs {
 
 /// A [`JourneySink`] that can count the parts of an input apart, one copy per part, and
 /// merge them (every aggregate here is mergeable).
-pub trait PartSink: JourneySink + Send + Sized {
+pub trait PartSink: JourneySink + Send + Sync + Sized {
     /// A sink for one part: the same question, nothing counted.
     fn for_part(&self) -> Self;
 
@@ -492,6 +522,14 @@ fn stream_part<S: PartSink>(
     finished
 }
 
+/// A part of an input as a thread read it: its place in the input (see
+/// [`FilePart::place`](file::FilePart::place)), and its journeys and what its sink counted,
+/// or why it stopped.
+struct StreamedPart<S> {
+    place: usize,
+    streamed: Result<(GroupedPart, S), PartStop>,
+}
+
 /// How reading an input in parts went.
 enum InParts {
     Streamed(GroupedSummary),
@@ -505,6 +543,8 @@ enum InParts {
 enum PartStop {
     /// Another part stopped.
     Stopped,
+    /// A part could not be opened.
+    Unreadable(Error),
     NotColumnar,
     Grouped(GroupedError),
 }

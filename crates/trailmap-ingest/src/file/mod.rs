@@ -5,6 +5,7 @@ mod csv;
 mod ndjson;
 mod parquet;
 mod row_groups;
+mod shares;
 mod xes;
 
 use crate::dead_letter::{DeadLetters, Location};
@@ -213,31 +214,55 @@ pub fn open(input: &FileInput, options: &IngestOptions) -> Result<Box<dyn BatchS
 
 pub use parquet::NotColumnar;
 
-/// One of the contiguous parts a file is read in side by side (see [`parts`]).
-pub struct FilePart(parquet::ParquetSource);
+/// A file read in parts by several threads side by side (see [`parts`]).
+pub struct FileParts(parquet::Parts);
+
+impl FileParts {
+    /// A part to read, or `None` when every record is read or being read. A thread takes
+    /// parts until there are none: first one of the parts the file was split into, then
+    /// the back half of what the part with the most left has not read yet (the parts are
+    /// shared out as the threads go, so the thread that reads faster reads more).
+    pub fn take(&self) -> Result<Option<FilePart>> {
+        let part = self.0.take()?;
+        Ok(part.map(|(place, source)| FilePart { source, place }))
+    }
+}
+
+/// One of the contiguous parts of a file read side by side (see [`FileParts`]).
+pub struct FilePart {
+    source: parquet::ParquetSource,
+    place: usize,
+}
 
 impl FilePart {
     /// The part's next batch, in file order. [`NotColumnar`] says the file has records
     /// only the general reader ([`open`]) rejects and reports properly: read it that way.
     pub fn next_batch(&mut self) -> std::result::Result<Option<RecordBatch>, NotColumnar> {
-        self.0.next_columnar()
+        self.source.next_columnar()
+    }
+
+    /// Where the part lies in the file: the parts of a file, read to their ends and put in
+    /// the order of their places, are its records in order, each once.
+    pub fn place(&self) -> usize {
+        self.place
     }
 }
 
-/// A file as up to `parts` parts, contiguous runs of equal numbers of its records in file
-/// order, each decoded by whichever thread reads it: several threads then read one file
-/// side by side, each consuming batches while they are still in its cache, with no thread
-/// handing batches to another. `None` when the file cannot be read in parts (only Parquet
-/// files of two records or more whose columns map column by column can); read it with
-/// [`open`].
+/// A file to be read in parts by `readers` threads side by side, each decoding what it
+/// reads and consuming its batches while they are still in its cache, with no thread
+/// handing batches to another. The parts are contiguous runs of the file's records, shared
+/// out as the threads go (see [`FileParts::take`]). `None` when the file cannot be read in
+/// parts (only Parquet files of two records or more whose columns map column by column
+/// can); read it with [`open`].
 pub fn parts(
     input: &FileInput,
     options: &IngestOptions,
-    parts: usize,
-) -> Result<Option<Vec<FilePart>>> {
+    readers: usize,
+) -> Result<Option<FileParts>> {
     match input.format {
-        FileFormat::Parquet => Ok(parquet::parts(input, &input.mapping()?, options, parts)?
-            .map(|sources| sources.into_iter().map(FilePart).collect())),
+        FileFormat::Parquet => {
+            Ok(parquet::parts(input, &input.mapping()?, options, readers)?.map(FileParts))
+        }
         FileFormat::Csv | FileFormat::Ndjson | FileFormat::Xes => Ok(None),
     }
 }

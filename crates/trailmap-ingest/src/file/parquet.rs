@@ -3,6 +3,7 @@
 //! children (`context/traits/email`).
 
 use super::row_groups::RowGroupReader;
+use super::shares::{Share, Shares};
 use super::{FileInput, IngestOptions, IngestStats, book, reject};
 use crate::dead_letter::{DeadLetters, Location};
 use crate::mapper::{Record, RowMapper, SimplePlan, stable_hash};
@@ -21,9 +22,10 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use trailmap_model::config::FieldMapping;
 use trailmap_model::time::is_plausible;
 use trailmap_model::{Error, Result};
@@ -143,12 +145,15 @@ pub(crate) fn records_in(path: &std::path::Path) -> Option<u64> {
 }
 
 /// How a source decodes its row groups.
-#[derive(Clone)]
 enum Reading {
     /// All of them, on decode threads of its own.
     Threads,
-    /// A run of its rows, on the reading thread.
-    Inline(RowRun),
+    /// A part of the file shared out among threads ([`Parts`]), on the reading thread.
+    Part {
+        pieces: Arc<[RowRun]>,
+        shares: Arc<Shares>,
+        share: Share,
+    },
 }
 
 /// A contiguous run of a file's rows: the row groups that hold them, and which of those
@@ -159,58 +164,118 @@ struct RowRun {
     /// Rows of the first row group before the run's first.
     skip: usize,
     rows: usize,
+    /// The run's first row, in the file's rows.
+    first_row: u64,
 }
 
-/// A file's rows (`rows` per row group) split into at most `parts` contiguous runs of equal
-/// rows. The slowest run sets the pace, so runs end where the rows say, inside a row group
-/// when need be (a part skips the other's pages of a group it shares without decompressing
-/// them): the bench's 18 full row groups and a short one split at a group's edge left one
-/// part 5% more rows. Fewer runs when there are fewer rows than parts; none without rows.
-fn split_rows(rows: &[i64], parts: usize) -> Vec<RowRun> {
+/// Pieces per reader a file is cut into (see [`pieces`]).
+const PIECES_PER_READER: usize = 16;
+
+/// A file's rows (`rows` per row group) cut into pieces for `readers` threads to share out
+/// (see [`Shares`]), about [`PIECES_PER_READER`] each: fine enough that the last pieces
+/// even out the readers, coarse enough that a piece is read in one go. Pieces are whole
+/// row groups where they can be: a piece that starts inside a row group decodes its
+/// dictionary pages again and skips the pages before its rows (from their headers,
+/// without decompressing them). Small row groups are taken together; a row group of twice
+/// a piece or more is cut into pieces of equal rows. Empty row groups begin no piece.
+fn pieces(rows: &[i64], readers: usize) -> Vec<RowRun> {
     let rows: Vec<usize> = rows
         .iter()
         .map(|&r| usize::try_from(r).unwrap_or(0))
         .collect();
     let total: usize = rows.iter().sum();
-    let parts = parts.clamp(1, total.max(1));
-    // Where each row group begins, in the file's rows.
-    let mut begins = Vec::with_capacity(rows.len() + 1);
-    let mut at = 0;
-    for &r in &rows {
-        begins.push(at);
-        at += r;
-    }
-    begins.push(at);
-    // The row group holding file row `row` (the last group that begins at or before it
-    // and holds rows).
-    let group_of = |row: usize| {
-        let g = begins.partition_point(|&b| b <= row).saturating_sub(1);
-        (g..rows.len()).find(|&g| rows[g] > 0).unwrap_or(g)
-    };
-    (0..parts)
-        .map(|k| (total * k / parts, total * (k + 1) / parts))
-        .filter(|(first, end)| end > first)
-        .map(|(first, end)| {
-            let (g0, g1) = (group_of(first), group_of(end - 1));
-            RowRun {
-                row_groups: g0..g1 + 1,
-                skip: first - begins[g0],
-                rows: end - first,
+    let piece = total.div_ceil(readers.max(1) * PIECES_PER_READER).max(1);
+    let mut pieces = Vec::new();
+    let (mut group, mut at) = (0, 0u64);
+    while group < rows.len() {
+        let r = rows[group];
+        if r == 0 {
+            group += 1;
+        } else if r >= 2 * piece {
+            let n = r / piece;
+            pieces.extend((0..n).map(|k| {
+                let (first, end) = (r * k / n, r * (k + 1) / n);
+                RowRun {
+                    row_groups: group..group + 1,
+                    skip: first,
+                    rows: end - first,
+                    first_row: at + first as u64,
+                }
+            }));
+            at += r as u64;
+            group += 1;
+        } else {
+            let (first, mut taken) = (group, 0);
+            while group < rows.len() && taken < piece && rows[group] < 2 * piece {
+                taken += rows[group];
+                group += 1;
             }
-        })
-        .collect()
+            // Empty groups after the last row are the next piece's to skip.
+            while rows[group - 1] == 0 {
+                group -= 1;
+            }
+            pieces.push(RowRun {
+                row_groups: first..group,
+                skip: 0,
+                rows: taken,
+                first_row: at,
+            });
+            at += taken as u64;
+        }
+    }
+    pieces
 }
 
-/// A Parquet file as up to `parts` sources over contiguous runs of its rows, each decoding
-/// on the thread that reads it, so that several threads read one file side by side. `None`
-/// when it cannot be split (fewer than two rows) or when its columns need the row-by-row
-/// mapping (see [`ParquetSource::next_columnar`]).
+/// A Parquet file read in parts by several threads side by side, each part decoded on the
+/// thread that reads it; the parts are shared out as the threads go (see [`Shares`]).
+pub(crate) struct Parts {
+    input: FileInput,
+    mapping: FieldMapping,
+    options: IngestOptions,
+    pieces: Arc<[RowRun]>,
+    shares: Arc<Shares>,
+    /// The first parts, one per reader, opened when the file was split (which checked that
+    /// the file maps column by column), until taken.
+    first: Mutex<VecDeque<(usize, ParquetSource)>>,
+}
+
+impl Parts {
+    /// A part to read and the number of its first piece (parts in that order are the file
+    /// in order): a first part while one is left, then one taken from the fullest part
+    /// being read. `None` when every piece is read or being read.
+    pub(crate) fn take(&self) -> Result<Option<(usize, ParquetSource)>> {
+        let first = (self.first.lock())
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop_front();
+        if let Some(first) = first {
+            return Ok(Some(first));
+        }
+        let Some(share) = self.shares.steal() else {
+            return Ok(None);
+        };
+        let source = self.open(share)?;
+        Ok(Some((share.first, source)))
+    }
+
+    fn open(&self, share: Share) -> Result<ParquetSource> {
+        let reading = Reading::Part {
+            pieces: self.pieces.clone(),
+            shares: self.shares.clone(),
+            share,
+        };
+        ParquetSource::open_with(&self.input, &self.mapping, &self.options, reading)
+    }
+}
+
+/// A Parquet file as parts for `readers` threads to read side by side (see [`Parts`]).
+/// `None` when it cannot be split (fewer than two pieces) or when its columns need the
+/// row-by-row mapping (see [`ParquetSource::next_columnar`]).
 pub(crate) fn parts(
     input: &FileInput,
     mapping: &FieldMapping,
     options: &IngestOptions,
-    parts: usize,
-) -> Result<Option<Vec<ParquetSource>>> {
+    readers: usize,
+) -> Result<Option<Parts>> {
     let path = &input.path;
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
@@ -218,19 +283,30 @@ pub(crate) fn parts(
     let rows: Vec<i64> = (metadata.metadata().row_groups().iter())
         .map(|rg| rg.num_rows())
         .collect();
-    let runs = split_rows(&rows, parts);
-    if runs.len() < 2 {
+    let pieces: Arc<[RowRun]> = pieces(&rows, readers).into();
+    if pieces.len() < 2 {
         return Ok(None);
     }
-    let mut sources = Vec::with_capacity(runs.len());
-    for run in runs {
-        let source = ParquetSource::open_with(input, mapping, options, Reading::Inline(run))?;
+    let piece_rows: Vec<u64> = pieces.iter().map(|p| p.rows as u64).collect();
+    let (shares, first) = Shares::new(&piece_rows, readers);
+    let mut parts = Parts {
+        input: input.clone(),
+        mapping: mapping.clone(),
+        options: options.clone(),
+        pieces,
+        shares: Arc::new(shares),
+        first: Mutex::new(VecDeque::new()),
+    };
+    let mut opened = VecDeque::with_capacity(first.len());
+    for share in first {
+        let source = parts.open(share)?;
         if source.plan.is_none() {
             return Ok(None);
         }
-        sources.push(source);
+        opened.push_back((share.first, source));
     }
-    Ok(Some(sources))
+    parts.first = Mutex::new(opened);
+    Ok(Some(parts))
 }
 
 impl ParquetSource {
@@ -325,31 +401,32 @@ impl ParquetSource {
             .map_err(|e| Error::input(path, format!("cannot read Parquet: {e}")))?;
         let mask = ProjectionMask::roots(metadata.parquet_schema(), roots);
         // Rows are numbered in the file (event ids of rows without bytes hash the number).
-        let first_row = match &reading {
-            Reading::Threads => 0,
-            Reading::Inline(run) => {
-                let before: u64 = (metadata.metadata().row_groups()[..run.row_groups.start])
-                    .iter()
-                    .map(|rg| u64::try_from(rg.num_rows()).unwrap_or(0))
-                    .sum();
-                before + run.skip as u64
-            }
-        };
-        let reader = match reading {
+        let (first_row, reader) = match reading {
             Reading::Threads => {
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-                RowGroupReader::start(path, &metadata, &mask, options.batch_size, threads)
+                let reader =
+                    RowGroupReader::start(path, &metadata, &mask, options.batch_size, threads);
+                (0, reader)
             }
-            Reading::Inline(run) => RowGroupReader::inline(
-                path,
-                &metadata,
-                &mask,
-                options.batch_size,
-                run.row_groups,
-                run.skip..run.skip + run.rows,
-            ),
-        }
-        .map_err(|e| Error::io(path, e))?;
+            Reading::Part {
+                pieces,
+                shares,
+                share,
+            } => {
+                let first_row = pieces[share.first].first_row;
+                // The part's pieces: its first, then each it claims as it goes.
+                let claimed = std::iter::once(share.first)
+                    .chain(std::iter::from_fn(move || shares.next(share.part)))
+                    .map(move |k| {
+                        let run = &pieces[k];
+                        (run.row_groups.clone(), run.skip..run.skip + run.rows)
+                    });
+                let reader =
+                    RowGroupReader::inline(path, &metadata, &mask, options.batch_size, claimed);
+                (first_row, reader)
+            }
+        };
+        let reader = reader.map_err(|e| Error::io(path, e))?;
         Ok(ParquetSource {
             path_hash: stable_hash(path.to_string_lossy().as_bytes()),
             path: path.clone(),
@@ -975,79 +1052,90 @@ fn is_blank(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{RowRun, split_rows};
+    use super::{PIECES_PER_READER, RowRun, pieces};
 
-    fn run(row_groups: std::ops::Range<usize>, skip: usize, rows: usize) -> RowRun {
+    /// Checks that `runs` are `rows`' rows once each, in order, each run's rows in its
+    /// row groups, no run beginning or ending on a group it has no row of.
+    fn check(rows: &[i64], runs: &[RowRun]) {
+        let rows: Vec<usize> = rows.iter().map(|&r| r as usize).collect();
+        let mut next = 0;
+        for r in runs {
+            let before: usize = rows[..r.row_groups.start].iter().sum();
+            let within: usize = rows[r.row_groups.clone()].iter().sum();
+            assert_eq!(before + r.skip, next, "{rows:?}: {runs:?}");
+            assert_eq!(r.first_row, next as u64, "{rows:?}: {runs:?}");
+            assert!(r.rows > 0, "{rows:?}: {runs:?}");
+            assert!(r.skip < rows[r.row_groups.start], "{rows:?}: {runs:?}");
+            assert!(r.skip + r.rows <= within, "{rows:?}: {runs:?}");
+            let last = rows[r.row_groups.end - 1];
+            assert!(r.skip + r.rows > within - last, "{rows:?}: {runs:?}");
+            next += r.rows;
+        }
+        assert_eq!(next, rows.iter().sum::<usize>(), "{rows:?}: {runs:?}");
+    }
+
+    fn run(row_groups: std::ops::Range<usize>, skip: usize, rows: usize, first: u64) -> RowRun {
         RowRun {
             row_groups,
             skip,
             rows,
+            first_row: first,
         }
     }
 
     #[test]
-    fn rows_split_into_contiguous_runs_of_equal_rows() {
-        assert_eq!(
-            split_rows(&[10, 10, 10, 10], 2),
-            vec![run(0..2, 0, 20), run(2..4, 0, 20)]
-        );
-        // The bench's export: 18 full row groups and a short one, split inside the tenth.
+    fn rows_cut_into_pieces_of_whole_row_groups_where_they_can() {
+        // The bench's export, 18 full row groups and a short one: a piece per group.
         let mut export = vec![1_048_576; 18];
         export.push(433_691);
-        let total: i64 = export.iter().sum();
-        let half = (total / 2) as usize;
+        let cut = pieces(&export, 2);
+        check(&export, &cut);
+        assert_eq!(cut.len(), 19);
+        assert!(
+            cut.iter()
+                .enumerate()
+                .all(|(g, p)| p.row_groups == (g..g + 1))
+        );
+        // One row group, cut into pieces of equal rows.
+        let one = pieces(&[320], 2);
+        check(&[320], &one);
+        assert_eq!(one.len(), 2 * PIECES_PER_READER);
+        assert!(one.iter().all(|p| p.rows == 10));
+        assert_eq!(pieces(&[7], 2)[3], run(0..1, 3, 1, 3));
+        // Small row groups, taken together.
+        let small = pieces(&[1; 640], 2);
+        check(&[1; 640], &small);
+        assert_eq!(small.len(), 2 * PIECES_PER_READER);
+        assert_eq!(small[1], run(20..40, 0, 20, 20));
+        // A small group before a large one is a piece of its own; empty groups begin none.
         assert_eq!(
-            split_rows(&export, 2),
-            vec![
-                run(0..10, 0, half),
-                run(9..19, half - 9 * 1_048_576, total as usize - half)
+            pieces(&[0, 1, 0, 100, 0], 1),
+            [
+                [run(1..2, 0, 1, 0)].as_slice(),
+                &(0..14)
+                    .map(|k| run(
+                        3..4,
+                        k * 100 / 14,
+                        (k + 1) * 100 / 14 - k * 100 / 14,
+                        1 + (k * 100 / 14) as u64
+                    ))
+                    .collect::<Vec<_>>(),
             ]
+            .concat()
         );
-        // One row group, split too.
-        assert_eq!(split_rows(&[7], 2), vec![run(0..1, 0, 3), run(0..1, 3, 4)]);
-        // Empty row groups are never a run's first or last.
-        assert_eq!(
-            split_rows(&[0, 4, 0, 4, 0], 2),
-            vec![run(1..2, 0, 4), run(3..4, 0, 4)]
-        );
-        assert_eq!(
-            split_rows(&[1, 1], 8),
-            vec![run(0..1, 0, 1), run(1..2, 0, 1)]
-        );
-        assert_eq!(split_rows(&[], 2), vec![]);
-        assert_eq!(split_rows(&[0, 0], 2), vec![]);
-        for rows in [
-            &[3i64, 9, 1, 7, 7, 2][..],
-            &[1; 7],
-            &[0, 4, 0, 4],
-            &[5, 0, 0, 5],
-        ] {
-            let total: i64 = rows.iter().sum();
-            for parts in 1..9 {
-                let runs = split_rows(rows, parts);
-                assert!(runs.len() <= parts && !runs.is_empty(), "{rows:?} {parts}");
-                // Every row once, in order: each run's rows lie in its row groups.
-                let mut next = 0;
-                for r in &runs {
-                    let before: i64 = rows[..r.row_groups.start].iter().sum();
-                    let within: i64 = rows[r.row_groups.clone()].iter().sum();
-                    assert_eq!(before as usize + r.skip, next, "{rows:?} {parts}");
-                    assert!(
-                        r.skip < rows[r.row_groups.start] as usize,
-                        "{rows:?} {parts}"
-                    );
-                    assert!(r.skip + r.rows <= within as usize, "{rows:?} {parts}");
-                    let last = rows[r.row_groups.end - 1] as usize;
-                    assert!(r.skip + r.rows > within as usize - last, "{rows:?} {parts}");
-                    next += r.rows;
-                }
-                assert_eq!(next as i64, total);
-                let (most, least) = (
-                    runs.iter().map(|r| r.rows).max(),
-                    runs.iter().map(|r| r.rows).min(),
-                );
-                assert!(most.unwrap() - least.unwrap() <= 1, "{rows:?} {parts}");
-            }
+        assert_eq!(pieces(&[], 2), vec![]);
+        assert_eq!(pieces(&[0, 0], 2), vec![]);
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let groups = (seed % 12) as usize;
+            let rows: Vec<i64> = (0..groups)
+                .map(|g| ((seed >> (4 * g + 8)) % 16) as i64 * [1, 1, 7, 100][g % 4])
+                .collect();
+            let readers = 1 + (seed >> 60) as usize % 4;
+            check(&rows, &pieces(&rows, readers));
         }
     }
 }

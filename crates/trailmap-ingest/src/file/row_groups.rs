@@ -65,25 +65,43 @@ impl RowGroupReader {
         Threaded::start(path, metadata, mask, batch_size, threads).map(RowGroupReader::Threads)
     }
 
-    /// Rows `rows` (counted from the first of them) of the row groups `row_groups` of the
-    /// file at `path`, decoded on the caller's thread as it asks for batches: a part of a
-    /// file read by one of several threads, each decoding and consuming its own batches
-    /// while they are in cache.
+    /// Runs of rows of the file at `path`, each as row groups and which of their rows
+    /// (counted from the first of them), decoded on the caller's thread as it asks for
+    /// batches: a part of a file read by one of several threads, each decoding and
+    /// consuming its own batches while they are in cache. `runs` is asked for the next run
+    /// when one is read (a part claims its pieces as it goes).
     pub(crate) fn inline(
         path: &Path,
         metadata: &ArrowReaderMetadata,
         mask: &ProjectionMask,
         batch_size: usize,
-        row_groups: std::ops::Range<usize>,
-        rows: std::ops::Range<usize>,
+        runs: impl Iterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>)> + Send + 'static,
     ) -> std::io::Result<RowGroupReader> {
         let file = File::open(path)?;
-        let row_groups: Vec<usize> = row_groups.collect();
-        let reader = match mapped::map(&file) {
-            Some(bytes) => batches(bytes, metadata, mask, batch_size, row_groups, Some(rows)),
-            None => batches(file, metadata, mask, batch_size, row_groups, Some(rows)),
-        }
-        .map_err(std::io::Error::other)?;
+        let mapped = mapped::map(&file);
+        let (metadata, mask) = (metadata.clone(), mask.clone());
+        let reader = runs.flat_map(move |(row_groups, rows)| {
+            let row_groups: Vec<usize> = row_groups.collect();
+            let reader = match &mapped {
+                Some(bytes) => batches(
+                    bytes.clone(),
+                    &metadata,
+                    &mask,
+                    batch_size,
+                    row_groups,
+                    Some(rows),
+                ),
+                None => match file.try_clone() {
+                    Ok(file) => batches(file, &metadata, &mask, batch_size, row_groups, Some(rows)),
+                    Err(e) => Err(ParquetError::External(Box::new(e))),
+                },
+            };
+            let batches: Box<dyn Iterator<Item = _> + Send> = match reader {
+                Ok(reader) => Box::new(reader),
+                Err(e) => Box::new(std::iter::once(Err(e.into()))),
+            };
+            batches
+        });
         Ok(RowGroupReader::Inline(Box::new(reader)))
     }
 }
