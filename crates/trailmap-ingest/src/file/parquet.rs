@@ -27,7 +27,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use trailmap_model::config::FieldMapping;
-use trailmap_model::time::is_plausible;
+use trailmap_model::time::all_plausible;
 use trailmap_model::{Error, Result};
 use trailmap_model::{IdentityKind, schema};
 
@@ -55,8 +55,15 @@ pub(crate) struct ParquetSource {
     file_len: u64,
     stats: IngestStats,
     done: bool,
+    shared: Shared,
+}
+
+/// What the batches of a source share, made or checked once (see each).
+#[derive(Default)]
+struct Shared {
     constants: Constants,
     named: NamedDictionary,
+    classified: ClassifiedDictionary,
 }
 
 /// Columns that are the same in every batch of a size: canonical columns the file does not
@@ -111,6 +118,85 @@ impl NamedDictionary {
         let named = values.null_count() == 0 && values.iter().flatten().all(|v| !is_blank(v));
         self.last = Some((values.clone(), named));
         named
+    }
+}
+
+/// A touchpoint dictionary's values classified by the catalog, in dictionary position.
+struct Classes {
+    /// The cleaned names, over which the raw keys point.
+    touchpoints: ArrayRef,
+    stages: Vec<Option<Arc<str>>>,
+    /// The catalog's channel, else the source default.
+    channels: Vec<Option<Arc<str>>>,
+    /// Whether the catalog named the channel.
+    catalog_named: Vec<bool>,
+    /// Which values were classified: all, or those some row uses (an unused value keeps
+    /// its raw name and no labels).
+    used: Vec<bool>,
+}
+
+impl Classes {
+    /// `values` classified, those `used` only when given; `None` when one of those is
+    /// blank or dropped by the catalog (the row path rejects its rows with the reason).
+    fn of(
+        values: &StringArray,
+        mapper: &mut RowMapper<usize>,
+        used: Option<Vec<bool>>,
+    ) -> Option<Classes> {
+        let used = used.unwrap_or_else(|| vec![true; values.len()]);
+        let mut touchpoints = StringBuilder::new();
+        let mut stages = Vec::with_capacity(values.len());
+        let mut channels = Vec::with_capacity(values.len());
+        let mut catalog_named = Vec::with_capacity(values.len());
+        let default_channel: Option<Arc<str>> = mapper.default_channel().map(Arc::from);
+        for (i, used) in used.iter().enumerate() {
+            let value = values.value(i);
+            if !used {
+                touchpoints.append_value(value);
+                stages.push(None);
+                channels.push(None);
+                catalog_named.push(false);
+                continue;
+            }
+            if values.is_null(i) || value.trim().is_empty() {
+                return None;
+            }
+            let c = mapper.classify(value)?;
+            touchpoints.append_value(&*c.touchpoint);
+            stages.push(c.stage.clone());
+            catalog_named.push(c.channel.is_some());
+            channels.push(c.channel.clone().or_else(|| default_channel.clone()));
+        }
+        Some(Classes {
+            touchpoints: Arc::new(touchpoints.finish()),
+            stages,
+            channels,
+            catalog_named,
+            used,
+        })
+    }
+}
+
+/// The last touchpoint dictionary seen, classified value by value (`None` when a value
+/// does not classify). A column chunk's batches share one dictionary: its values are
+/// classified once, not once per batch, and no batch looks at which values its rows use.
+#[derive(Default)]
+struct ClassifiedDictionary {
+    last: Option<(StringArray, Option<Classes>)>,
+}
+
+impl ClassifiedDictionary {
+    /// Every one of `values` classified, or `None` when one does not classify.
+    fn all_of(&mut self, values: &StringArray, mapper: &mut RowMapper<usize>) -> Option<&Classes> {
+        let same = self.last.as_ref().is_some_and(|(last, _)| {
+            last.len() == values.len()
+                && last.values().as_ptr() == values.values().as_ptr()
+                && last.offsets().as_ptr() == values.offsets().as_ptr()
+        });
+        if !same {
+            self.last = Some((values.clone(), Classes::of(values, mapper, None)));
+        }
+        self.last.as_ref().and_then(|(_, classes)| classes.as_ref())
     }
 }
 
@@ -441,8 +527,7 @@ impl ParquetSource {
             file_len,
             stats: IngestStats::default(),
             done: false,
-            constants: Constants::default(),
-            named: NamedDictionary::default(),
+            shared: Shared::default(),
         })
     }
 }
@@ -602,8 +687,7 @@ impl ParquetSource {
             batch,
             &cols,
             &self.keys,
-            &mut self.constants,
-            &mut self.named,
+            &mut self.shared,
         )?;
         let n = batch.num_rows() as u64;
         self.stats.records += n;
@@ -710,9 +794,13 @@ fn columnar(
     batch: &RecordBatch,
     cols: &[Option<Col>],
     keys: &[ColumnPath],
-    constants: &mut Constants,
-    named: &mut NamedDictionary,
+    shared: &mut Shared,
 ) -> Option<RecordBatch> {
+    let Shared {
+        constants,
+        named,
+        classified,
+    } = shared;
     let n = batch.num_rows();
     // Event time.
     let ts: ScalarBuffer<i64> = match cols.get(plan.ts)?.as_ref()? {
@@ -727,8 +815,7 @@ fn columnar(
             out.into()
         }
     };
-    // A fold, not `all`: without the early exit the check runs on whole vectors.
-    if !ts.iter().fold(true, |ok, t| ok & is_plausible(*t)) {
+    if !all_plausible(&ts) {
         return None;
     }
     // Identities: every row needs at least one non-blank identifier. A blank identifier is
@@ -809,48 +896,36 @@ fn columnar(
         return None;
     }
     let values = dict.values().as_string_opt::<i32>()?;
-    let mut touchpoints = StringBuilder::new();
-    let mut stages: Vec<Option<Arc<str>>> = Vec::with_capacity(values.len());
-    let mut channels: Vec<Option<Arc<str>>> = Vec::with_capacity(values.len());
-    let mut catalog_named: Vec<bool> = Vec::with_capacity(values.len());
-    let default_channel: Option<Arc<str>> = mapper.default_channel().map(Arc::from);
-    let mut used = vec![false; values.len()];
-    for k in dict.keys().values() {
-        if let Some(u) = used.get_mut(*k as usize) {
-            *u = true;
+    // A column chunk's batches share one dictionary: classified once, every value. Only
+    // when some value does not classify are a batch's values classified as rows use them.
+    let per_batch;
+    let classes = match classified.all_of(values, mapper) {
+        Some(classes) => classes,
+        None => {
+            let mut used = vec![false; values.len()];
+            for k in dict.keys().values() {
+                if let Some(u) = used.get_mut(*k as usize) {
+                    *u = true;
+                }
+            }
+            per_batch = Classes::of(values, mapper, Some(used))?;
+            &per_batch
         }
-    }
-    for (i, used) in used.iter().enumerate() {
-        let value = values.value(i);
-        if !used {
-            touchpoints.append_value(value);
-            stages.push(None);
-            channels.push(None);
-            catalog_named.push(false);
-            continue;
-        }
-        if value.trim().is_empty() {
-            return None;
-        }
-        let c = mapper.classify(value)?;
-        touchpoints.append_value(&*c.touchpoint);
-        stages.push(c.stage.clone());
-        catalog_named.push(c.channel.is_some());
-        channels.push(c.channel.clone().or_else(|| default_channel.clone()));
-    }
+    };
+    let Classes {
+        touchpoints,
+        stages,
+        channels,
+        catalog_named,
+        used,
+    } = classes;
     // Stage and channel are labels of the touchpoint value: their columns mostly share the
     // touchpoint's keys, with no work per row (see `label_column`).
     let canonical = trailmap_model::event_schema();
     let position = |name: &str| canonical.index_of(name).ok();
-    let stage = label_column(dict, &stages, &used, position(schema::STAGE)?, constants)?;
+    let stage = label_column(dict, stages, used, position(schema::STAGE)?, constants)?;
     let channel: ArrayRef = match plan.channel {
-        None => label_column(
-            dict,
-            &channels,
-            &used,
-            position(schema::CHANNEL)?,
-            constants,
-        )?,
+        None => label_column(dict, channels, used, position(schema::CHANNEL)?, constants)?,
         // Channel: the catalog's, else the record's, else the source default.
         Some(key) => {
             let record = column_at(batch, keys.get(key)?)?;
@@ -864,17 +939,17 @@ fn columnar(
             let blank: Vec<bool> = (0..record_values.len())
                 .map(|i| record_values.is_null(i) || is_blank(record_values.value(i)))
                 .collect();
-            let catalog_names_some = catalog_named.iter().zip(&used).any(|(c, u)| *c && *u);
+            let catalog_names_some = catalog_named.iter().zip(used).any(|(c, u)| *c && *u);
             if !catalog_names_some && record_dict.null_count() == 0 && !blank.contains(&true) {
                 // Every row's own channel stands: the record's column as it is.
                 record
             } else {
-                record_channels(dict, &channels, &catalog_named, record_dict, &blank)?
+                record_channels(dict, channels, catalog_named, record_dict, &blank)?
             }
         }
     };
     // The raw keys again, over the cleaned names (one per raw value, in its position).
-    let touchpoint = dict.with_values(Arc::new(touchpoints.finish()));
+    let touchpoint = dict.with_values(touchpoints.clone());
 
     let ts = TimestampMicrosecondArray::new(ts, None).with_timezone("UTC");
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(canonical.fields().len());
