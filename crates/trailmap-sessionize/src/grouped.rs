@@ -280,6 +280,8 @@ impl GroupedJourneys {
     /// of its checks.)
     pub fn check_early(mut self, customers: usize) -> Self {
         self.early = customers;
+        // Made room for at once: growing it rehashed every hash met so far several times.
+        self.early_met.reserve(customers.saturating_add(1));
         self
     }
 
@@ -687,10 +689,39 @@ fn sorted_once(hashes: &[u64]) -> Option<Vec<u64>> {
 }
 
 /// Whether some hash is in two of the `lists`, each sorted and without repeats (there are
-/// as many as the threads that read parts, and one more, short: the join's). This runs
-/// after every part is read, alone on the machine, so it looks at each pair of lists in
-/// one linear walk, or by binary search when one list is much shorter.
+/// as many as the parts, and one more, short: the join's). This runs after every part is
+/// read, alone on the machine: the lower and the upper half of the hashes are looked at
+/// side by side (each a slice of every list), on two threads when there are many.
 fn any_shared(lists: &[Vec<u64>]) -> bool {
+    const ON_ONE_THREAD: usize = 1 << 16;
+    let half = |upper: bool| -> Vec<&[u64]> {
+        (lists.iter())
+            .map(|list| {
+                let middle = list.partition_point(|&h| h < 1 << 63);
+                if upper {
+                    &list[middle..]
+                } else {
+                    &list[..middle]
+                }
+            })
+            .collect()
+    };
+    if lists.iter().map(Vec::len).sum::<usize>() < ON_ONE_THREAD {
+        return shared_in(&half(false)) || shared_in(&half(true));
+    }
+    std::thread::scope(|scope| {
+        let upper = scope.spawn(|| shared_in(&half(true)));
+        let lower = shared_in(&half(false));
+        let upper = upper
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        lower || upper
+    })
+}
+
+/// Whether some hash is in two of the sorted `lists`: each pair of lists in one linear
+/// walk, or by binary search when one list is much shorter.
+fn shared_in(lists: &[&[u64]]) -> bool {
     let shared = |a: &[u64], b: &[u64]| {
         let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
         if short.len() < long.len() / 64 {
@@ -708,7 +739,7 @@ fn any_shared(lists: &[Vec<u64>]) -> bool {
         }
         false
     };
-    (0..lists.len()).any(|i| (i + 1..lists.len()).any(|j| shared(&lists[i], &lists[j])))
+    (0..lists.len()).any(|i| (i + 1..lists.len()).any(|j| shared(lists[i], lists[j])))
 }
 
 /// `hashes` sorted. Hashes are spread evenly, so one counting pass by their top bits
@@ -873,6 +904,27 @@ mod tests {
         even_and_one.sort_unstable();
         assert!(any_shared(&[even.clone(), odd.clone(), even_and_one]));
         assert!(!any_shared(&[]));
+        // Hashes over the whole range, many (both halves looked at on threads of their
+        // own): one shared in the lower half, in the upper half, or none.
+        let spread = |k: u64| k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let sorted = |mut list: Vec<u64>| {
+            list.sort_unstable();
+            list
+        };
+        let a = sorted((0..100_000).map(|k| spread(2 * k)).collect());
+        let b = sorted((0..100_000).map(|k| spread(2 * k + 1)).collect());
+        assert!(!any_shared(&[a.clone(), b.clone(), vec![]]));
+        for upper in [false, true] {
+            let shared = *(a.iter().find(|&&h| (h >= 1 << 63) == upper)).unwrap();
+            let c = sorted(vec![shared, spread(1_000_001)]);
+            assert!(
+                any_shared(&[a.clone(), b.clone(), c]),
+                "upper half: {upper}"
+            );
+            let mut d = b.clone();
+            d.push(shared);
+            assert!(any_shared(&[a.clone(), sorted(d)]), "upper half: {upper}");
+        }
     }
 
     #[test]

@@ -32,14 +32,16 @@ pub fn print_rows(
     rows: &[Vec<String>],
     json: &impl Serialize,
 ) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    // Stdout writes each line as it ends: a report of a few hundred lines was as many
+    // system calls.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match format {
         Format::Json => {
             serde_json::to_writer_pretty(&mut out, json)?;
             writeln!(out)?;
         }
         Format::Csv => {
-            let mut w = csv::Writer::from_writer(out);
+            let mut w = csv::Writer::from_writer(&mut out);
             w.write_record(header)?;
             for row in rows {
                 w.write_record(row)?;
@@ -57,6 +59,7 @@ pub fn print_rows(
             writeln!(out, "{table}")?;
         }
     }
+    out.flush()?;
     Ok(())
 }
 
