@@ -236,6 +236,8 @@ enum Reading {
     Threads,
     /// A part of the file shared out among threads ([`Parts`]), on the reading thread.
     Part {
+        /// The file's footer, parsed once for all parts.
+        footer: ArrowReaderMetadata,
         pieces: Arc<[RowRun]>,
         shares: Arc<Shares>,
         share: Share,
@@ -315,6 +317,7 @@ fn pieces(rows: &[i64], readers: usize) -> Vec<RowRun> {
 /// A Parquet file read in parts by several threads side by side, each part decoded on the
 /// thread that reads it; the parts are shared out as the threads go (see [`Shares`]).
 pub(crate) struct Parts {
+    footer: ArrowReaderMetadata,
     input: FileInput,
     mapping: FieldMapping,
     options: IngestOptions,
@@ -345,6 +348,7 @@ impl Parts {
 
     fn open(&self, share: Share) -> Result<ParquetSource> {
         let reading = Reading::Part {
+            footer: self.footer.clone(),
             pieces: self.pieces.clone(),
             shares: self.shares.clone(),
             share,
@@ -376,6 +380,7 @@ pub(crate) fn parts(
     let piece_rows: Vec<u64> = pieces.iter().map(|p| p.rows as u64).collect();
     let (shares, first) = Shares::new(&piece_rows, readers);
     let mut parts = Parts {
+        footer: metadata,
         input: input.clone(),
         mapping: mapping.clone(),
         options: options.clone(),
@@ -413,8 +418,13 @@ impl ParquetSource {
         let path = &input.path;
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))?;
+        let builder = match &reading {
+            Reading::Part { footer, .. } => {
+                ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer.clone())
+            }
+            Reading::Threads => ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| Error::input(path, format!("not a readable Parquet file: {e}")))?,
+        };
         let schema = builder.schema().clone();
         let total_rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
         let mut keys = Vec::new();
@@ -498,6 +508,7 @@ impl ParquetSource {
                 pieces,
                 shares,
                 share,
+                ..
             } => {
                 let first_row = pieces[share.first].first_row;
                 // The part's pieces: its first, then each it claims as it goes.
