@@ -27,11 +27,14 @@
 //! [`GroupedJourneys::join`] then joins the pieces in part order into the journeys the
 //! whole input holds, and numbers the parts' touchpoints as one stream would have.
 
+mod met;
+
 use crate::Journey;
 use crate::journeys::{IdColumn, Names, Sieve, Sifted, column, dictionary, same, session_starts};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::array::{StringArray, UInt32Array};
 use arrow::datatypes::TimestampMicrosecondType;
+use met::Met;
 use rustc_hash::{FxBuildHasher, FxHashSet};
 use std::hash::BuildHasher;
 use std::ops::Range;
@@ -153,10 +156,9 @@ pub struct GroupedJourneys {
     max_duration: i64,
     touchpoints: Names,
     seen: Vec<bool>,
-    /// Hashes of every customer met, in order: a hash met twice means the input is not
-    /// grouped. (A collision says so wrongly, and costs a second read, never a wrong
-    /// answer.)
-    met: Vec<u64>,
+    /// Hashes of every customer met: a hash met twice means the input is not grouped. (A
+    /// collision says so wrongly, and costs a second read, never a wrong answer.)
+    met: Met,
     /// The hashes of the first `early` customers, as a set, to find out early.
     early_met: FxHashSet<u64>,
     early: usize,
@@ -208,8 +210,9 @@ pub struct GroupedPart {
     /// The part's own touchpoint names by id, and which ones some event had.
     touchpoints: Vec<String>,
     seen: Vec<bool>,
-    /// Hashes of the customers the part met, but its first; sorted, each once.
-    met: Vec<u64>,
+    /// Hashes of the customers the part met, but its first (a customer met twice in the
+    /// part is found by the join).
+    met: Met,
     /// What the part handed on.
     summary: GroupedSummary,
 }
@@ -239,7 +242,7 @@ impl GroupedJourneys {
             max_duration: sessions.max_duration.micros(),
             touchpoints: Names::default(),
             seen: Vec::new(),
-            met: Vec::new(),
+            met: Met::default(),
             early_met: FxHashSet::default(),
             early: GroupedJourneys::EARLY_CUSTOMERS,
             hasher: FxBuildHasher,
@@ -502,30 +505,25 @@ impl GroupedJourneys {
     }
 
     /// Ends a part (see [`part`](Self::part)): its first and last customers' events, kept
-    /// for [`join`](Self::join), and what it handed on; or that a customer of the part came
-    /// back after another's.
-    pub fn finish_part<S: JourneySink + ?Sized>(
-        mut self,
-        sink: &mut S,
-    ) -> Result<GroupedPart, NotGrouped> {
+    /// for [`join`](Self::join), and what it handed on. A customer of the part met again
+    /// after another's is found by the join, with those met in two parts.
+    pub fn finish_part<S: JourneySink + ?Sized>(mut self, sink: &mut S) -> GroupedPart {
         // Nothing is lost when the sink fails here: the part is read and handed on.
         let _ = sink.batch_end(&self.touchpoints.names);
-        // Each part checks its own customers, on its own thread; the join only looks for
-        // customers of two parts.
-        let met = sorted_once(&self.met).ok_or(NotGrouped::Interleaved(None))?;
+        let met = std::mem::take(&mut self.met);
         let last = self.take_piece();
         let (head, tail) = match self.head.take() {
             Some(head) => (Some(head), last),
             None => (last, None),
         };
-        Ok(GroupedPart {
+        GroupedPart {
             head,
             tail,
             touchpoints: self.touchpoints.names,
             seen: self.seen,
             met,
             summary: self.summary,
-        })
+        }
     }
 
     /// Joins the parts of one input, in their order, as one stream of it would have read it:
@@ -574,8 +572,8 @@ impl GroupedJourneys {
         let _ = sink.batch_end(&self.touchpoints.names);
         // The customers joined here: the parts' first customers that did not go on from the
         // part before.
-        met.push(sorted_once(&self.met).ok_or(NotGrouped::Interleaved(None))?);
-        if any_shared(&met) {
+        met.push(std::mem::take(&mut self.met));
+        if Met::any_repeat(&met) {
             return Err(NotGrouped::Interleaved(None));
         }
         let mut summary = self.summary;
@@ -598,7 +596,7 @@ impl GroupedJourneys {
         self.hand_on_buffered(sink);
         // Nothing is lost when the sink fails here: the input is read and handed on.
         let _ = sink.batch_end(&self.touchpoints.names);
-        if self.met.len() > self.early && any_twice(&self.met) {
+        if self.met.len() > self.early && Met::any_repeat(std::slice::from_ref(&self.met)) {
             return Err(NotGrouped::Interleaved(None));
         }
         let mut summary = self.summary;
@@ -675,98 +673,6 @@ impl GroupedJourneys {
         s.first_ts = Some(s.first_ts.map_or(ts[0], |t| t.min(ts[0])));
         s.last_ts = Some(s.last_ts.map_or(ts[n - 1], |t| t.max(ts[n - 1])));
     }
-}
-
-/// Whether some hash occurs twice.
-fn any_twice(hashes: &[u64]) -> bool {
-    sorted_once(hashes).is_none()
-}
-
-/// `hashes` sorted, or `None` when some hash occurs twice.
-fn sorted_once(hashes: &[u64]) -> Option<Vec<u64>> {
-    let sorted = sorted(hashes);
-    (!sorted.windows(2).any(|p| p[0] == p[1])).then_some(sorted)
-}
-
-/// Whether some hash is in two of the `lists`, each sorted and without repeats (there are
-/// as many as the parts, and one more, short: the join's). This runs after every part is
-/// read, alone on the machine: the lower and the upper half of the hashes are looked at
-/// side by side (each a slice of every list), on two threads when there are many.
-fn any_shared(lists: &[Vec<u64>]) -> bool {
-    const ON_ONE_THREAD: usize = 1 << 16;
-    let half = |upper: bool| -> Vec<&[u64]> {
-        (lists.iter())
-            .map(|list| {
-                let middle = list.partition_point(|&h| h < 1 << 63);
-                if upper {
-                    &list[middle..]
-                } else {
-                    &list[..middle]
-                }
-            })
-            .collect()
-    };
-    if lists.iter().map(Vec::len).sum::<usize>() < ON_ONE_THREAD {
-        return shared_in(&half(false)) || shared_in(&half(true));
-    }
-    std::thread::scope(|scope| {
-        let upper = scope.spawn(|| shared_in(&half(true)));
-        let lower = shared_in(&half(false));
-        let upper = upper
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        lower || upper
-    })
-}
-
-/// Whether some hash is in two of the sorted `lists`: each pair of lists in one linear
-/// walk, or by binary search when one list is much shorter.
-fn shared_in(lists: &[&[u64]]) -> bool {
-    let shared = |a: &[u64], b: &[u64]| {
-        let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-        if short.len() < long.len() / 64 {
-            return short.iter().any(|h| long.binary_search(h).is_ok());
-        }
-        let (mut i, mut j) = (0, 0);
-        while i < short.len() && j < long.len() {
-            let (x, y) = (short[i], long[j]);
-            if x == y {
-                return true;
-            }
-            // No branch on which is smaller: it is a coin toss for hashes.
-            i += usize::from(x < y);
-            j += usize::from(y < x);
-        }
-        false
-    };
-    (0..lists.len()).any(|i| (i + 1..lists.len()).any(|j| shared(lists[i], lists[j])))
-}
-
-/// `hashes` sorted. Hashes are spread evenly, so one counting pass by their top bits
-/// leaves buckets of a few hundred hashes each, sorted in cache: a comparison sort of
-/// millions of hashes took most of the time the check is given. (4,096 buckets: the
-/// counts stay in the first-level cache; 65,536 took a third longer.)
-fn sorted(hashes: &[u64]) -> Vec<u64> {
-    const BITS: u32 = 12;
-    let bucket = |h: u64| (h >> (64 - BITS)) as usize;
-    let mut starts = vec![0usize; (1 << BITS) + 1];
-    for &h in hashes {
-        starts[bucket(h) + 1] += 1;
-    }
-    for i in 1..starts.len() {
-        starts[i] += starts[i - 1];
-    }
-    let mut next = starts.clone();
-    let mut bucketed = vec![0u64; hashes.len()];
-    for &h in hashes {
-        let b = bucket(h);
-        bucketed[next[b]] = h;
-        next[b] += 1;
-    }
-    for w in starts.windows(2) {
-        bucketed[w[0]..w[1]].sort_unstable();
-    }
-    bucketed
 }
 
 /// Where each run of rows that share one raw identifier (or have none) ends, in order; the
@@ -859,7 +765,7 @@ fn run_end(id: &IdColumn<'_>, row: usize, n: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{any_twice, key_changes};
+    use super::key_changes;
 
     #[test]
     fn key_changes_are_where_a_key_differs_from_the_one_before() {
@@ -890,44 +796,6 @@ mod tests {
     }
 
     #[test]
-    fn a_hash_in_two_lists_is_found() {
-        use super::any_shared;
-        let odd: Vec<u64> = (0..1000).map(|i| 2 * i + 1).collect();
-        let even: Vec<u64> = (0..1000).map(|i| 2 * i).collect();
-        assert!(!any_shared(&[odd.clone(), even.clone(), vec![]]));
-        assert!(any_shared(&[odd.clone(), even.clone(), vec![1999]]));
-        assert!(any_shared(&[vec![0], odd.clone(), even.clone()]));
-        assert!(any_shared(&[odd.clone(), vec![5, 7]]));
-        // Long lists are walked side by side.
-        let mut even_and_one = even.clone();
-        even_and_one.push(1001);
-        even_and_one.sort_unstable();
-        assert!(any_shared(&[even.clone(), odd.clone(), even_and_one]));
-        assert!(!any_shared(&[]));
-        // Hashes over the whole range, many (both halves looked at on threads of their
-        // own): one shared in the lower half, in the upper half, or none.
-        let spread = |k: u64| k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let sorted = |mut list: Vec<u64>| {
-            list.sort_unstable();
-            list
-        };
-        let a = sorted((0..100_000).map(|k| spread(2 * k)).collect());
-        let b = sorted((0..100_000).map(|k| spread(2 * k + 1)).collect());
-        assert!(!any_shared(&[a.clone(), b.clone(), vec![]]));
-        for upper in [false, true] {
-            let shared = *(a.iter().find(|&&h| (h >= 1 << 63) == upper)).unwrap();
-            let c = sorted(vec![shared, spread(1_000_001)]);
-            assert!(
-                any_shared(&[a.clone(), b.clone(), c]),
-                "upper half: {upper}"
-            );
-            let mut d = b.clone();
-            d.push(shared);
-            assert!(any_shared(&[a.clone(), sorted(d)]), "upper half: {upper}");
-        }
-    }
-
-    #[test]
     fn identifiers_are_the_same_when_their_bytes_are() {
         use crate::journeys::same;
         for len in 0..40usize {
@@ -943,20 +811,5 @@ mod tests {
             }
             assert!(!same(&a, &format!("{a}z")), "{a}");
         }
-    }
-
-    #[test]
-    fn a_hash_met_twice_is_found_in_any_bucket() {
-        let spread: Vec<u64> = (0..200_000u64)
-            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-            .collect();
-        assert!(!any_twice(&spread));
-        for at in [0, 1, 77_777, 199_999] {
-            let mut twice = spread.clone();
-            twice.push(spread[at]);
-            assert!(any_twice(&twice), "{at}");
-        }
-        assert!(!any_twice(&[]));
-        assert!(any_twice(&[5, 5]));
     }
 }

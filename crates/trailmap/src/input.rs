@@ -512,9 +512,7 @@ fn stream_part<S: PartSink>(
         }
         progress.inc(batch.num_rows() as u64);
     };
-    let finished = ended.and_then(|()| {
-        (stream.finish_part(sink)).map_err(|why| PartStop::Grouped(GroupedError::NotGrouped(why)))
-    });
+    let finished = ended.map(|()| stream.finish_part(sink));
     match &finished {
         Ok(_) => timing("a part read and streamed", began.elapsed()),
         Err(_) => stop.store(true, Relaxed),
