@@ -45,6 +45,23 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the command keeps running until stopped (a server, the demo, the SQL shell)
+    /// rather than reading its input, answering and exiting.
+    pub fn runs_until_stopped(&self) -> bool {
+        match self {
+            Command::Demo(_) | Command::Serve(_) => true,
+            Command::Sql(args) => args.is_shell(),
+            Command::Gen(_)
+            | Command::Sessions(_)
+            | Command::Paths(_)
+            | Command::Funnel(_)
+            | Command::Dropoffs(_)
+            | Command::Kpis(_)
+            | Command::Alerts(_)
+            | Command::Map(_) => false,
+        }
+    }
+
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Demo(args) => args.run(),

@@ -44,6 +44,11 @@ pub struct SqlArgs {
 }
 
 impl SqlArgs {
+    /// Whether this runs statements as they are typed or piped in (no query given).
+    pub fn is_shell(&self) -> bool {
+        self.query.is_none()
+    }
+
     pub fn run(self) -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
