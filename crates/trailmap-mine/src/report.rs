@@ -360,7 +360,7 @@ pub fn next_after_steps(
                 f.next_after
                     .iter()
                     .filter(|((step, _), _)| *step as usize == k)
-                    .map(|(&(_, t), &c)| (t, c)),
+                    .map(|((_, t), c)| (t, c)),
                 names,
             );
             NextAfterStep {

@@ -78,7 +78,7 @@ fn funnel_view(f: &Funnel<'_>) -> impl PartialEq + std::fmt::Debug {
             f.from_first.clone(),
             f.bins.clone(),
         ),
-        sorted(f.next_after.iter().map(|(k, v)| (*k, *v))),
+        sorted(f.next_after.iter()),
         sorted(f.breakdown.iter().map(|(k, v)| (*k, v.clone()))),
         sorted(f.trend.iter().map(|(k, v)| (*k, v.clone()))),
     )

@@ -73,7 +73,7 @@ fn journeys_inside_their_window_are_maturing_not_dropped() {
     assert_eq!(f.tallies.levels, vec![0, 2, 1]);
     // The one that started at 10h has until 34h: maturing. The one at 0h dropped.
     assert_eq!(f.tallies.maturing_at(0), 1);
-    assert_eq!(f.next_after.get(&(0, u32::MAX)), Some(&1));
+    assert_eq!(f.next_after.get(0, u32::MAX), Some(1));
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn time_to_convert_and_what_came_next() {
     assert_eq!(f.from_previous[2].quantile(0.5), Some(120e6));
     assert_eq!(f.from_first[2].quantile(0.5), Some(180e6));
     assert_eq!(f.bins[2][1], 1, "3 minutes falls in 1m-10m");
-    assert_eq!(f.next_after.get(&(0, X)), Some(&1));
+    assert_eq!(f.next_after.get(0, X), Some(1));
 }
 
 #[test]
