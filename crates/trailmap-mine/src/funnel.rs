@@ -450,7 +450,8 @@ pub struct Funnel<'a> {
 /// `(step k, touchpoint)` → journeys that stopped at step `k` and did that next
 /// (touchpoint [`NextAfter::ENDED`]: the journey ended there). Touchpoint ids are dense and
 /// few, so the counts are a table per step, by id: a hash map's probe per stopped journey was
-/// a tenth of a 20M-event funnel's own time. Ids past [`NextAfter::DENSE`] go to a map.
+/// most of `conclude`'s 1.8% of a 20M-event funnel's CPU (a sixth of the funnel's own). Ids
+/// past [`NextAfter::DENSE`] go to a map.
 // No `PartialEq`: equal counts may sit in tables of different lengths; compare `iter()`.
 #[derive(Debug, Clone, Default)]
 pub struct NextAfter {

@@ -12,8 +12,9 @@
 //! column ([`NotGrouped::Stitching`]). When either fails, the caller reads the input again
 //! the general way. The first customers are checked as they come, so an interleaved log
 //! (ordered by time, say) is found out within its first batches; after them, a customer met
-//! again is found at the end, by sorting the hashes of all customers (a set of millions of
-//! hashes, probed at random, cost more than everything else the stream does per customer).
+//! again is found at the end, in the hashes of all customers kept in groups by their top
+//! bits (see `met`; one set of millions of hashes, probed at random, cost more than
+//! everything else the stream does per customer).
 //!
 //! A sink that reads only a few touchpoints (a funnel: its steps and exclusions) says so
 //! ([`JourneySink::kept_touchpoints`]), and is handed each journey [`Sifted`] to them: the
