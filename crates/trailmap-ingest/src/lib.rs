@@ -9,7 +9,9 @@
 //! Layout:
 //! - [`file`]: the file source. [`file::FileInput`] names a path, its format and its source
 //!   config; [`file::open`] returns a [`BatchSource`] that streams batches with bounded
-//!   memory. One module per format: `csv`, `ndjson`, `parquet`, `xes`.
+//!   memory. One module per format: `csv`, `ndjson`, `parquet`, `xes`; Parquet row groups
+//!   are decoded by `row_groups` (whole row groups of flat columns by the page decoder in
+//!   `flat`, the rest by the Arrow reader).
 //! - [`mapper`]: field mapping, validation and catalog classification, shared by all formats
 //!   and by the Kafka source.
 //! - [`json`]: [`JsonDecoder`], one JSON record (an NDJSON line, a Kafka message) through

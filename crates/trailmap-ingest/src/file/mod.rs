@@ -2,6 +2,7 @@
 //! streamed in batches so memory stays bounded by the batch size, not the file size.
 
 mod csv;
+mod flat;
 mod ndjson;
 mod parquet;
 mod row_groups;

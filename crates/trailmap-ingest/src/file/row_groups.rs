@@ -8,8 +8,10 @@
 //! their own handles. A reader of one part of a file, itself one of several threads that
 //! each read a part, decodes on its own thread instead ([`RowGroupReader::inline`]).
 
+use super::flat;
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
+use bytes::Bytes;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
@@ -83,7 +85,7 @@ impl RowGroupReader {
         let reader = runs.flat_map(move |(row_groups, rows)| {
             let row_groups: Vec<usize> = row_groups.collect();
             let reader = match &mapped {
-                Some(bytes) => batches(
+                Some(bytes) => mapped_batches(
                     bytes.clone(),
                     &metadata,
                     &mask,
@@ -92,12 +94,13 @@ impl RowGroupReader {
                     Some(rows),
                 ),
                 None => match file.try_clone() {
-                    Ok(file) => batches(file, &metadata, &mask, batch_size, row_groups, Some(rows)),
+                    Ok(file) => batches(file, &metadata, &mask, batch_size, row_groups, Some(rows))
+                        .map(|r| Box::new(r) as Batches),
                     Err(e) => Err(ParquetError::External(Box::new(e))),
                 },
             };
-            let batches: Box<dyn Iterator<Item = _> + Send> = match reader {
-                Ok(reader) => Box::new(reader),
+            let batches: Batches = match reader {
+                Ok(reader) => reader,
                 Err(e) => Box::new(std::iter::once(Err(e.into()))),
             };
             batches
@@ -137,16 +140,31 @@ impl Threaded {
                 Some(bytes) => {
                     let bytes = bytes.clone();
                     thread.spawn(move || {
-                        let open = || Ok(bytes.clone());
-                        decode(open, metadata, mask, batch_size, row_groups, tx)
+                        let batches = |rg| {
+                            mapped_batches(
+                                bytes.clone(),
+                                &metadata,
+                                &mask,
+                                batch_size,
+                                vec![rg],
+                                None,
+                            )
+                        };
+                        decode(batches, row_groups, tx)
                     })?
                 }
                 None => {
                     // Each thread reads through its own handle of the file.
                     let file = File::open(path)?;
                     thread.spawn(move || {
-                        let open = || file.try_clone();
-                        decode(open, metadata, mask, batch_size, row_groups, tx)
+                        let batches = |rg| {
+                            let file = file
+                                .try_clone()
+                                .map_err(|e| ParquetError::External(Box::new(e)))?;
+                            batches(file, &metadata, &mask, batch_size, vec![rg], None)
+                                .map(|r| Box::new(r) as Batches)
+                        };
+                        decode(batches, row_groups, tx)
                     })?
                 }
             };
@@ -162,22 +180,15 @@ impl Threaded {
     }
 }
 
-/// Decodes `row_groups` in order, each followed by [`Decoded::End`], each read through
-/// what `open` gives. Stops at the first error (sent on) or when the reader has gone.
-fn decode<R: ChunkReader + 'static>(
-    open: impl Fn() -> std::io::Result<R>,
-    metadata: ArrowReaderMetadata,
-    mask: ProjectionMask,
-    batch_size: usize,
+/// Decodes `row_groups` in order, each followed by [`Decoded::End`], each read by what
+/// `batches` gives for it. Stops at the first error (sent on) or when the reader has gone.
+fn decode(
+    batches: impl Fn(usize) -> Result<Batches, ParquetError>,
     row_groups: impl Iterator<Item = usize>,
     tx: SyncSender<Decoded>,
 ) {
     for rg in row_groups {
-        let reader = match open() {
-            Ok(file) => batches(file, &metadata, &mask, batch_size, vec![rg], None),
-            Err(e) => Err(ParquetError::External(Box::new(e))),
-        };
-        let reader = match reader {
+        let reader = match batches(rg) {
             Ok(r) => r,
             Err(e) => {
                 let _ = tx.send(Decoded::Batch(Err(e.into())));
@@ -194,6 +205,54 @@ fn decode<R: ChunkReader + 'static>(
             return;
         }
     }
+}
+
+/// Batches of a file, by whichever reader decodes them.
+type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
+
+/// [`batches`] of a file in memory: whole row groups of flat columns are decoded by the
+/// flat reader (see [`super::flat`]), the rest by the Arrow reader.
+fn mapped_batches(
+    bytes: Bytes,
+    metadata: &ArrowReaderMetadata,
+    mask: &ProjectionMask,
+    batch_size: usize,
+    row_groups: Vec<usize>,
+    rows: Option<std::ops::Range<usize>>,
+) -> Result<Batches, ParquetError> {
+    let group_rows: usize = (row_groups.iter())
+        .map(|&rg| metadata.metadata().row_group(rg).num_rows())
+        .map(|r| usize::try_from(r).unwrap_or(usize::MAX))
+        .fold(0, usize::saturating_add);
+    let whole = rows.as_ref().is_none_or(|r| *r == (0..group_rows));
+    if whole && std::env::var_os("TRAILMAP_ARROW_READER").is_none() {
+        let fallback: flat::Fallback = {
+            let (bytes, metadata, mask) = (bytes.clone(), metadata.clone(), mask.clone());
+            let row_groups = row_groups.clone();
+            Box::new(move |rows| {
+                batches(
+                    bytes.clone(),
+                    &metadata,
+                    &mask,
+                    batch_size,
+                    row_groups.clone(),
+                    Some(rows),
+                )
+            })
+        };
+        let file = std::sync::Arc::new(bytes.clone());
+        if let Some(flat) = flat::batches(
+            file,
+            metadata,
+            mask,
+            batch_size,
+            row_groups.clone(),
+            fallback,
+        ) {
+            return Ok(Box::new(flat));
+        }
+    }
+    batches(bytes, metadata, mask, batch_size, row_groups, rows).map(|r| Box::new(r) as Batches)
 }
 
 /// The batches of `row_groups` (only `rows` of theirs, counted from their first, when
