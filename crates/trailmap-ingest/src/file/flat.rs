@@ -27,7 +27,7 @@ use bytes::Bytes;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReader};
 use parquet::basic::{
-    Encoding, IntType, LogicalType, TimeUnit as ParquetUnit, Type as PhysicalType,
+    Compression, Encoding, IntType, LogicalType, TimeUnit as ParquetUnit, Type as PhysicalType,
 };
 use parquet::column::page::{Page, PageReader};
 use parquet::file::reader::ChunkReader;
@@ -183,15 +183,32 @@ impl<R: ChunkReader + 'static> FlatBatches<R> {
         let group = self.metadata.metadata().row_group(rg);
         let rows = usize::try_from(group.num_rows()).map_err(|_| HandOver)?;
         let mut columns = Vec::with_capacity(self.plan.len());
+        // The last row group's page buffers, for this one's.
+        let mut buffers: Vec<Vec<u8>> = self.columns.drain(..).map(|c| c.own).collect();
         for &(leaf, kind) in &self.plan {
             let chunk = group.column(leaf);
-            let pages = SerializedPageReader::new(self.file.clone(), chunk, rows, None)?;
+            // Snappy pages are read raw, and decompressed by the cursor into a buffer it
+            // reuses (see `ColumnCursor::inflate`).
+            let snappy = chunk.compression() == Compression::SNAPPY;
+            let raw;
+            let chunk_to_read = if snappy {
+                raw = (chunk.clone().into_builder())
+                    .set_compression(Compression::UNCOMPRESSED)
+                    .build()?;
+                &raw
+            } else {
+                chunk
+            };
+            let pages = SerializedPageReader::new(self.file.clone(), chunk_to_read, rows, None)?;
             columns.push(ColumnCursor {
                 pages: Box::new(pages),
                 kind,
                 nullable: chunk.column_descr().max_def_level() == 1,
                 dictionary: None,
                 page: None,
+                snappy: snappy.then(snap::raw::Decoder::new),
+                own: buffers.pop().unwrap_or_default(),
+                own_len: 0,
             });
         }
         self.columns = columns;
@@ -258,6 +275,11 @@ struct ColumnCursor {
     nullable: bool,
     dictionary: Option<Dictionary>,
     page: Option<PageCursor>,
+    /// Snappy-compressed pages, read raw and decompressed here, into `own` (reused from
+    /// page to page: the page reader zeroed a fresh buffer for every page).
+    snappy: Option<snap::raw::Decoder>,
+    own: Vec<u8>,
+    own_len: usize,
 }
 
 enum Dictionary {
@@ -277,6 +299,9 @@ impl Dictionary {
 struct PageCursor {
     /// Rows of the page not read yet.
     rows: usize,
+    /// The page's bytes, as the page reader gave them; `None`: decompressed into the
+    /// column's buffer.
+    shared: Option<Bytes>,
     levels: Option<Hybrid>,
     values: Values,
 }
@@ -285,7 +310,7 @@ enum Values {
     /// Dictionary keys.
     Keys(Hybrid),
     /// Plain little-endian `i64`s from `at`.
-    Plain { data: Bytes, at: usize },
+    Plain { at: usize },
 }
 
 impl ColumnCursor {
@@ -300,13 +325,15 @@ impl ColumnCursor {
                 while done < n {
                     self.move_to_rows()?;
                     let page = self.page.as_mut().ok_or(HandOver)?;
+                    let shared = page.shared.clone();
+                    let data = shared.as_deref().unwrap_or(&self.own[..self.own_len]);
                     let take = (n - done).min(page.rows);
-                    let valid = read_levels(page, take, &mut nulls, &mut any_null)?;
+                    let valid = read_levels(page, data, take, &mut nulls, &mut any_null)?;
                     let Values::Keys(hybrid) = &mut page.values else {
                         return Err(HandOver);
                     };
                     let from = keys.len();
-                    if hybrid.read(valid, &mut keys)? != valid {
+                    if hybrid.read(data, valid, &mut keys)? != valid {
                         return Err(HandOver);
                     }
                     page.rows -= take;
@@ -340,11 +367,13 @@ impl ColumnCursor {
                 while done < n {
                     self.move_to_rows()?;
                     let page = self.page.as_mut().ok_or(HandOver)?;
+                    let shared = page.shared.clone();
+                    let data = shared.as_deref().unwrap_or(&self.own[..self.own_len]);
                     let take = (n - done).min(page.rows);
-                    let valid = read_levels(page, take, &mut nulls, &mut any_null)?;
+                    let valid = read_levels(page, data, take, &mut nulls, &mut any_null)?;
                     let from = values.len();
                     match &mut page.values {
-                        Values::Plain { data, at } => {
+                        Values::Plain { at } => {
                             let bytes = data.get(*at..*at + valid * 8).ok_or(HandOver)?;
                             values.extend(
                                 (bytes.chunks_exact(8))
@@ -357,7 +386,7 @@ impl ColumnCursor {
                                 return Err(HandOver);
                             };
                             scratch.clear();
-                            if hybrid.read(valid, &mut scratch)? != valid {
+                            if hybrid.read(data, valid, &mut scratch)? != valid {
                                 return Err(HandOver);
                             }
                             for &key in &scratch {
@@ -385,6 +414,33 @@ impl ColumnCursor {
         }
     }
 
+    /// The bytes of a page as the decoders read them: `buf` itself, or, for a Snappy column
+    /// chunk, `buf` decompressed into `own` (`None` then), its first `plain` bytes as they
+    /// are (a v2 page's levels) and the rest decompressed when `compressed`.
+    fn inflate(&mut self, buf: Bytes, plain: usize, compressed: bool) -> Flat<Option<Bytes>> {
+        let Some(decoder) = self.snappy.as_mut().filter(|_| compressed) else {
+            return Ok(Some(buf));
+        };
+        let (head, body) = (buf.get(..plain).ok_or(HandOver)?, &buf[plain..]);
+        let len = snap::raw::decompress_len(body).map_err(|_| HandOver)?;
+        // A length no page has is a corrupt one: the Arrow reader says so.
+        if len > 1 << 30 {
+            return Err(HandOver);
+        }
+        let total = plain + len;
+        if self.own.len() < total {
+            self.own.resize(total, 0);
+        }
+        self.own[..plain].copy_from_slice(head);
+        let written =
+            (decoder.decompress(body, &mut self.own[plain..total])).map_err(|_| HandOver)?;
+        if written != len {
+            return Err(HandOver);
+        }
+        self.own_len = total;
+        Ok(None)
+    }
+
     /// Moves on to the next page with rows when the current one has none left.
     fn move_to_rows(&mut self) -> Flat<()> {
         while self.page.as_ref().is_none_or(|p| p.rows == 0) {
@@ -396,7 +452,7 @@ impl ColumnCursor {
 
     /// A data page as a cursor; a dictionary page is kept (`None` then).
     fn open(&mut self, page: Page) -> Flat<Option<PageCursor>> {
-        let (buf, rows, encoding, levels_len) = match page {
+        let (shared, rows, encoding, levels_len) = match page {
             Page::DictionaryPage {
                 buf,
                 num_values,
@@ -406,9 +462,11 @@ impl ColumnCursor {
                 if !matches!(encoding, Encoding::PLAIN | Encoding::PLAIN_DICTIONARY) {
                     return Err(HandOver);
                 }
+                let shared = self.inflate(buf, 0, true)?;
+                let buf = shared.as_deref().unwrap_or(&self.own[..self.own_len]);
                 self.dictionary = Some(match self.kind {
-                    Kind::Keys => Dictionary::Text(plain_strings(&buf, num_values as usize)?),
-                    Kind::Int64 => Dictionary::Int64(plain_i64s(&buf, num_values as usize)?),
+                    Kind::Keys => Dictionary::Text(plain_strings(buf, num_values as usize)?),
+                    Kind::Int64 => Dictionary::Int64(plain_i64s(buf, num_values as usize)?),
                 });
                 return Ok(None);
             }
@@ -419,6 +477,8 @@ impl ColumnCursor {
                 def_level_encoding,
                 ..
             } => {
+                let shared = self.inflate(buf, 0, true)?;
+                let buf = shared.as_deref().unwrap_or(&self.own[..self.own_len]);
                 let levels_len = if self.nullable {
                     if def_level_encoding != Encoding::RLE {
                         return Err(HandOver);
@@ -430,7 +490,7 @@ impl ColumnCursor {
                 } else {
                     None
                 };
-                (buf, num_values as usize, encoding, levels_len)
+                (shared, num_values as usize, encoding, levels_len)
             }
             Page::DataPageV2 {
                 buf,
@@ -438,22 +498,27 @@ impl ColumnCursor {
                 encoding,
                 def_levels_byte_len,
                 rep_levels_byte_len,
+                is_compressed,
                 ..
             } => {
                 if rep_levels_byte_len != 0 {
                     return Err(HandOver);
                 }
-                let levels_len = self.nullable.then_some((0, def_levels_byte_len as usize));
-                (buf, num_values as usize, encoding, levels_len)
+                // The levels are never compressed.
+                let levels = def_levels_byte_len as usize;
+                let shared = self.inflate(buf, levels, is_compressed)?;
+                let levels_len = self.nullable.then_some((0, levels));
+                (shared, num_values as usize, encoding, levels_len)
             }
         };
+        let buf = shared.as_deref().unwrap_or(&self.own[..self.own_len]);
         let (levels, values_at) = match levels_len {
             Some((at, len)) => {
                 let end = at
                     .checked_add(len)
                     .filter(|&e| e <= buf.len())
                     .ok_or(HandOver)?;
-                (Some(Hybrid::new(buf.slice(at..end), 1)), end)
+                (Some(Hybrid::new(at, end, 1)), end)
             }
             None => (None, 0),
         };
@@ -466,16 +531,14 @@ impl ColumnCursor {
                 if width > 32 {
                     return Err(HandOver);
                 }
-                Values::Keys(Hybrid::new(buf.slice(values_at + 1..), u32::from(width)))
+                Values::Keys(Hybrid::new(values_at + 1, buf.len(), u32::from(width)))
             }
-            (Encoding::PLAIN, Kind::Int64) => Values::Plain {
-                data: buf,
-                at: values_at,
-            },
+            (Encoding::PLAIN, Kind::Int64) => Values::Plain { at: values_at },
             _ => return Err(HandOver),
         };
         Ok(Some(PageCursor {
             rows,
+            shared,
             levels,
             values,
         }))
@@ -486,6 +549,7 @@ impl ColumnCursor {
 /// how many of the rows have a value.
 fn read_levels(
     page: &mut PageCursor,
+    data: &[u8],
     rows: usize,
     nulls: &mut Option<BooleanBufferBuilder>,
     any_null: &mut bool,
@@ -496,7 +560,7 @@ fn read_levels(
     let mut valid = 0;
     let mut left = rows;
     while left > 0 {
-        match levels.next_chunk(left)? {
+        match levels.next_chunk(data, left)? {
             Chunk::Repeat(level, k) => {
                 if level > 1 {
                     return Err(HandOver);
@@ -508,7 +572,7 @@ fn read_levels(
             }
             Chunk::Packed(k) => {
                 for _ in 0..k {
-                    let level = levels.unpack_one();
+                    let level = levels.unpack_one(data);
                     if level > 1 {
                         return Err(HandOver);
                     }
@@ -549,14 +613,24 @@ fn spread<T: Copy>(
 /// A PLAIN-encoded page of `n` byte arrays, as UTF-8 strings.
 fn plain_strings(buf: &[u8], n: usize) -> Flat<ArrayRef> {
     let mut offsets: Vec<i32> = Vec::with_capacity(n + 1);
-    let mut bytes: Vec<u8> = Vec::with_capacity(buf.len().saturating_sub(4 * n));
+    // Room for the values and the sixteen bytes the last may copy.
+    let mut bytes: Vec<u8> = Vec::with_capacity(buf.len().saturating_sub(4 * n) + 16);
     offsets.push(0);
     let mut at = 0;
     for _ in 0..n {
         let len = buf.get(at..at + 4).ok_or(HandOver)?;
         let len = u32::from_le_bytes(len.try_into().map_err(|_| HandOver)?) as usize;
         let value = buf.get(at + 4..at + 4 + len).ok_or(HandOver)?;
-        bytes.extend_from_slice(value);
+        // Identifiers are short: sixteen bytes copied at once (then cut to the value's
+        // length) are one move, where a copy of the exact length is a call.
+        match buf.get(at + 4..at + 4 + 16) {
+            Some(sixteen) if len <= 16 => {
+                let end = bytes.len() + len;
+                bytes.extend_from_slice(sixteen);
+                bytes.truncate(end);
+            }
+            _ => bytes.extend_from_slice(value),
+        }
         offsets.push(i32::try_from(bytes.len()).map_err(|_| HandOver)?);
         at += 4 + len;
     }
@@ -588,8 +662,10 @@ enum Chunk {
 /// Parquet's RLE/bit-packing hybrid: runs of one value, and runs of groups of eight values
 /// of `width` bits packed from the lowest bit up.
 struct Hybrid {
-    data: Bytes,
-    /// Where the next run's header is.
+    /// Where its bytes are in the page.
+    start: usize,
+    end: usize,
+    /// Where the next run's header is, from `start`.
     at: usize,
     width: u32,
     mask: u64,
@@ -605,9 +681,10 @@ struct Hybrid {
 }
 
 impl Hybrid {
-    fn new(data: Bytes, width: u32) -> Hybrid {
+    fn new(start: usize, end: usize, width: u32) -> Hybrid {
         Hybrid {
-            data,
+            start,
+            end,
             at: 0,
             width,
             mask: if width >= 32 {
@@ -623,17 +700,23 @@ impl Hybrid {
         }
     }
 
+    /// Its bytes in `page`.
+    #[inline]
+    fn data<'p>(&self, page: &'p [u8]) -> &'p [u8] {
+        page.get(self.start..self.end).unwrap_or(&[])
+    }
+
     /// Appends up to `n` values to `out`: how many, fewer only where the stream ends.
-    fn read(&mut self, n: usize, out: &mut Vec<u32>) -> Flat<usize> {
+    fn read(&mut self, page: &[u8], n: usize, out: &mut Vec<u32>) -> Flat<usize> {
         let mut left = n;
         while left > 0 {
-            match self.next_chunk(left) {
+            match self.next_chunk(page, left) {
                 Ok(Chunk::Repeat(value, k)) => {
                     out.extend(std::iter::repeat_n(value, k));
                     left -= k;
                 }
                 Ok(Chunk::Packed(k)) => {
-                    self.unpack(k, out);
+                    self.unpack(page, k, out);
                     left -= k;
                 }
                 Err(HandOver) => break,
@@ -645,9 +728,9 @@ impl Hybrid {
     #[inline]
     /// The next chunk, of at most `max` values (taken from the run: a repeat is consumed
     /// here, packed values by `max` calls of [`unpack_one`](Self::unpack_one)).
-    fn next_chunk(&mut self, max: usize) -> Flat<Chunk> {
+    fn next_chunk(&mut self, page: &[u8], max: usize) -> Flat<Chunk> {
         if self.repeats == 0 && self.packed == 0 {
-            self.next_run()?;
+            self.next_run(page)?;
         }
         if self.repeats > 0 {
             let k = max.min(self.repeats);
@@ -659,7 +742,7 @@ impl Hybrid {
 
     /// Appends the next `k` packed values; the caller was told they are there by
     /// [`next_chunk`](Self::next_chunk).
-    fn unpack(&mut self, mut k: usize, out: &mut Vec<u32>) {
+    fn unpack(&mut self, page: &[u8], mut k: usize, out: &mut Vec<u32>) {
         out.reserve(k);
         let width = self.width as usize;
         if width == 0 {
@@ -670,29 +753,30 @@ impl Hybrid {
         // Value by value to the next group of eight, then whole groups while their bytes and
         // a word past them are there, then value by value again.
         while k > 0 && !((self.bit - self.run_bit) / width).is_multiple_of(8) {
-            out.push(self.unpack_one());
+            out.push(self.unpack_one(page));
             k -= 1;
         }
-        let rest = self.data.get(self.bit >> 3..).unwrap_or(&[]);
+        let rest = self.data(page).get(self.bit >> 3..).unwrap_or(&[]);
         let groups = unpack_groups(rest, width, k / 8, out);
         self.bit += groups * 8 * width;
         self.packed -= groups * 8;
         k -= groups * 8;
         for _ in 0..k {
-            out.push(self.unpack_one());
+            out.push(self.unpack_one(page));
         }
     }
 
     /// The next packed value; the caller was told one is there by
     /// [`next_chunk`](Self::next_chunk).
     #[inline]
-    fn unpack_one(&mut self) -> u32 {
+    fn unpack_one(&mut self, page: &[u8]) -> u32 {
+        let data = self.data(page);
         let (byte, shift) = (self.bit >> 3, self.bit & 7);
-        let word = match self.data.get(byte..byte + 8) {
+        let word = match data.get(byte..byte + 8) {
             Some(w) => u64::from_le_bytes(w.try_into().unwrap_or([0; 8])),
             None => {
                 let mut w = [0u8; 8];
-                let tail = self.data.get(byte..).unwrap_or(&[]);
+                let tail = data.get(byte..).unwrap_or(&[]);
                 w[..tail.len().min(8)].copy_from_slice(&tail[..tail.len().min(8)]);
                 u64::from_le_bytes(w)
             }
@@ -703,11 +787,13 @@ impl Hybrid {
     }
 
     /// Reads the next run's header (and a repeated value).
-    fn next_run(&mut self) -> Flat<()> {
+    #[inline]
+    fn next_run(&mut self, page: &[u8]) -> Flat<()> {
+        let data = self.data(page);
         let mut header: u64 = 0;
         let mut shift = 0;
         loop {
-            let byte = *self.data.get(self.at).ok_or(HandOver)?;
+            let byte = *data.get(self.at).ok_or(HandOver)?;
             self.at += 1;
             header |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
@@ -723,7 +809,7 @@ impl Hybrid {
             // `count` groups of eight values; a last group cut short by the page's end
             // holds what its bytes hold.
             let bytes = count.checked_mul(self.width as usize).ok_or(HandOver)?;
-            let end = self.at.saturating_add(bytes).min(self.data.len());
+            let end = self.at.saturating_add(bytes).min(data.len());
             let values = count.checked_mul(8).ok_or(HandOver)?;
             let fit = if self.width == 0 {
                 values
@@ -737,7 +823,7 @@ impl Hybrid {
             }
         } else {
             let bytes = (self.width as usize).div_ceil(8);
-            let value = self.data.get(self.at..self.at + bytes).ok_or(HandOver)?;
+            let value = data.get(self.at..self.at + bytes).ok_or(HandOver)?;
             // Little-endian, in 0 to 4 bytes (no call to copy so few).
             let value = (value.iter().rev()).fold(0u32, |v, &b| (v << 8) | u32::from(b));
             self.at += bytes;
@@ -980,6 +1066,18 @@ mod tests {
                 false,
             ),
             (
+                // Snappy pages are decompressed by the cursor; a v2 page's levels are not
+                // compressed.
+                "data pages v2, snappy",
+                props()
+                    .set_writer_version(WriterVersion::PARQUET_2_0)
+                    .set_compression(Compression::SNAPPY)
+                    .set_data_page_size_limit(700)
+                    .set_write_batch_size(50)
+                    .build(),
+                false,
+            ),
+            (
                 "times and counts plain",
                 props()
                     .set_column_dictionary_enabled("ts".into(), false)
@@ -992,6 +1090,7 @@ mod tests {
                 // reads on from the first row not handed on.
                 "dictionary overflow",
                 props()
+                    .set_compression(Compression::SNAPPY)
                     .set_dictionary_page_size_limit(2048)
                     .set_data_page_size_limit(1024)
                     .set_write_batch_size(128)
@@ -1066,9 +1165,9 @@ mod tests {
             let mut expected = values.clone();
             expected.extend([max; 3]);
             for piece in [1, 3, 8, 13, 64, 1000] {
-                let mut hybrid = Hybrid::new(Bytes::from(data.clone()), width);
+                let mut hybrid = Hybrid::new(0, data.len(), width);
                 let mut out = Vec::new();
-                while hybrid.read(piece, &mut out).unwrap() == piece {}
+                while hybrid.read(&data, piece, &mut out).unwrap() == piece {}
                 assert_eq!(out, expected, "width {width}, pieces of {piece}");
             }
         }
@@ -1084,15 +1183,15 @@ mod tests {
         }
         let mut data = vec![5 << 1, 7, (1 << 1) | 1];
         data.extend_from_slice(&packed.to_le_bytes()[..3]);
-        let mut hybrid = Hybrid::new(Bytes::from(data), 3);
+        let mut hybrid = Hybrid::new(0, data.len(), 3);
         let mut out = Vec::new();
-        assert_eq!(hybrid.read(4, &mut out).unwrap(), 4);
-        assert_eq!(hybrid.read(100, &mut out).unwrap(), 9);
+        assert_eq!(hybrid.read(&data, 4, &mut out).unwrap(), 4);
+        assert_eq!(hybrid.read(&data, 100, &mut out).unwrap(), 9);
         assert_eq!(out, [7, 7, 7, 7, 7, 1, 2, 3, 4, 5, 6, 7, 0]);
         // A truncated header or value ends the stream.
-        let mut cut = Hybrid::new(Bytes::from_static(&[0x80]), 3);
-        assert_eq!(cut.read(1, &mut Vec::new()).unwrap(), 0);
-        let mut cut = Hybrid::new(Bytes::from_static(&[2 << 1]), 9);
-        assert_eq!(cut.read(1, &mut Vec::new()).unwrap(), 0);
+        let mut cut = Hybrid::new(0, 1, 3);
+        assert_eq!(cut.read(&[0x80], 1, &mut Vec::new()).unwrap(), 0);
+        let mut cut = Hybrid::new(0, 1, 9);
+        assert_eq!(cut.read(&[2 << 1], 1, &mut Vec::new()).unwrap(), 0);
     }
 }
