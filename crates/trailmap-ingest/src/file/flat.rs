@@ -14,7 +14,8 @@
 //! another shape, or an encoding it does not decode, and the rest of the run is read by
 //! [`ParquetRecordBatchReader`] from the first row not handed on yet (so a page it cannot
 //! read, or a corrupt one, gets the Arrow reader's answer, not a second opinion). Pages
-//! are still read and decompressed by the `parquet` crate's page reader.
+//! are still read by the `parquet` crate's page reader, which decompresses them too, but
+//! for Snappy: those come raw and are decompressed into a buffer the column reuses.
 
 use arrow::array::{
     Array, ArrayData, ArrayRef, BooleanBufferBuilder, DictionaryArray, RecordBatch, StringArray,
@@ -321,27 +322,21 @@ impl ColumnCursor {
         match self.kind {
             Kind::Keys => {
                 let mut keys: Vec<u32> = Vec::with_capacity(n);
-                let mut done = 0;
-                while done < n {
-                    self.move_to_rows()?;
-                    let page = self.page.as_mut().ok_or(HandOver)?;
-                    let shared = page.shared.clone();
-                    let data = shared.as_deref().unwrap_or(&self.own[..self.own_len]);
-                    let take = (n - done).min(page.rows);
-                    let valid = read_levels(page, data, take, &mut nulls, &mut any_null)?;
-                    let Values::Keys(hybrid) = &mut page.values else {
-                        return Err(HandOver);
-                    };
-                    let from = keys.len();
-                    if hybrid.read(data, valid, &mut keys)? != valid {
-                        return Err(HandOver);
-                    }
-                    page.rows -= take;
-                    if valid < take {
-                        spread(&mut keys, from, take, nulls.as_ref(), done, 0);
-                    }
-                    done += take;
-                }
+                self.rows(
+                    n,
+                    &mut nulls,
+                    &mut any_null,
+                    &mut keys,
+                    |values, data, valid, _, out| {
+                        let Values::Keys(hybrid) = values else {
+                            return Err(HandOver);
+                        };
+                        if hybrid.read(data, valid, out)? != valid {
+                            return Err(HandOver);
+                        }
+                        Ok(())
+                    },
+                )?;
                 let Some(Dictionary::Text(values)) = &self.dictionary else {
                     return Err(HandOver);
                 };
@@ -362,44 +357,37 @@ impl ColumnCursor {
             }
             Kind::Int64 => {
                 let mut values: Vec<i64> = Vec::with_capacity(n);
-                let mut done = 0;
-                let mut scratch = Vec::new();
-                while done < n {
-                    self.move_to_rows()?;
-                    let page = self.page.as_mut().ok_or(HandOver)?;
-                    let shared = page.shared.clone();
-                    let data = shared.as_deref().unwrap_or(&self.own[..self.own_len]);
-                    let take = (n - done).min(page.rows);
-                    let valid = read_levels(page, data, take, &mut nulls, &mut any_null)?;
-                    let from = values.len();
-                    match &mut page.values {
-                        Values::Plain { at } => {
-                            let bytes = data.get(*at..*at + valid * 8).ok_or(HandOver)?;
-                            values.extend(
-                                (bytes.chunks_exact(8))
-                                    .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8]))),
-                            );
-                            *at += valid * 8;
-                        }
-                        Values::Keys(hybrid) => {
-                            let Some(Dictionary::Int64(dictionary)) = &self.dictionary else {
-                                return Err(HandOver);
-                            };
-                            scratch.clear();
-                            if hybrid.read(data, valid, &mut scratch)? != valid {
-                                return Err(HandOver);
+                let mut keys = Vec::new();
+                self.rows(
+                    n,
+                    &mut nulls,
+                    &mut any_null,
+                    &mut values,
+                    |page, data, valid, dictionary, out| {
+                        match (page, dictionary) {
+                            (Values::Plain { at }, _) => {
+                                let bytes = data.get(*at..*at + valid * 8).ok_or(HandOver)?;
+                                out.extend(
+                                    (bytes.chunks_exact(8)).map(|b| {
+                                        i64::from_le_bytes(b.try_into().unwrap_or([0; 8]))
+                                    }),
+                                );
+                                *at += valid * 8;
                             }
-                            for &key in &scratch {
-                                values.push(*dictionary.get(key as usize).ok_or(HandOver)?);
+                            (Values::Keys(hybrid), Some(Dictionary::Int64(dictionary))) => {
+                                keys.clear();
+                                if hybrid.read(data, valid, &mut keys)? != valid {
+                                    return Err(HandOver);
+                                }
+                                for &key in &keys {
+                                    out.push(*dictionary.get(key as usize).ok_or(HandOver)?);
+                                }
                             }
+                            _ => return Err(HandOver),
                         }
-                    }
-                    page.rows -= take;
-                    if valid < take {
-                        spread(&mut values, from, take, nulls.as_ref(), done, 0);
-                    }
-                    done += take;
-                }
+                        Ok(())
+                    },
+                )?;
                 let nulls = nulls
                     .filter(|_| any_null)
                     .map(|mut b| NullBuffer::new(b.finish()));
@@ -412,6 +400,36 @@ impl ColumnCursor {
                 Ok(make_array(data))
             }
         }
+    }
+
+    /// Walks the pages over the next `n` rows: per page, reads the levels of the rows it
+    /// takes (into `nulls`), has `decode` append the values of those that have one to
+    /// `out`, and spreads them over the rows (`T::default()` at the null ones).
+    fn rows<T: Copy + Default>(
+        &mut self,
+        n: usize,
+        nulls: &mut Option<BooleanBufferBuilder>,
+        any_null: &mut bool,
+        out: &mut Vec<T>,
+        mut decode: impl FnMut(&mut Values, &[u8], usize, Option<&Dictionary>, &mut Vec<T>) -> Flat<()>,
+    ) -> Flat<()> {
+        let mut done = 0;
+        while done < n {
+            self.move_to_rows()?;
+            let page = self.page.as_mut().ok_or(HandOver)?;
+            let shared = page.shared.clone();
+            let data = shared.as_deref().unwrap_or(&self.own[..self.own_len]);
+            let take = (n - done).min(page.rows);
+            let valid = read_levels(page, data, take, nulls, any_null)?;
+            let from = out.len();
+            decode(&mut page.values, data, valid, self.dictionary.as_ref(), out)?;
+            page.rows -= take;
+            if valid < take {
+                spread(out, from, take, nulls.as_ref(), done, T::default());
+            }
+            done += take;
+        }
+        Ok(())
     }
 
     /// The bytes of a page as the decoders read them: `buf` itself, or, for a Snappy column

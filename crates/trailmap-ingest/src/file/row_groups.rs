@@ -7,6 +7,8 @@
 //! read a regular file through one memory mapping (see `mapped`), anything else through
 //! their own handles. A reader of one part of a file, itself one of several threads that
 //! each read a part, decodes on its own thread instead ([`RowGroupReader::inline`]).
+//! Whole row groups of a mapped file whose columns are flat are decoded by the page decoder
+//! of [`super::flat`]; the rest, and files that are not mapped, by the Arrow reader.
 
 use super::flat;
 use arrow::array::RecordBatch;
