@@ -48,13 +48,10 @@ impl From<parquet::errors::ParquetError> for HandOver {
     }
 }
 
-/// The Arrow reader for rows `rows` of `row_groups` (counted from their first row).
-pub(crate) type Fallback = Box<
-    dyn Fn(
-            std::ops::Range<usize>,
-        ) -> Result<ParquetRecordBatchReader, parquet::errors::ParquetError>
-        + Send,
->;
+/// The Arrow reader of the run's rows from the given one (counted from the first row of
+/// its first row group) to its end.
+pub(crate) type Fallback =
+    Box<dyn Fn(usize) -> Result<ParquetRecordBatchReader, parquet::errors::ParquetError> + Send>;
 
 /// How a projected column is decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,11 +235,7 @@ impl<R: ChunkReader + 'static> FlatBatches<R> {
     fn hand_over(&mut self) -> Option<Result<RecordBatch, ArrowError>> {
         let fallback = self.fallback.take()?;
         self.columns.clear();
-        let total: usize = (self.row_groups.iter())
-            .map(|&rg| self.metadata.metadata().row_group(rg).num_rows())
-            .map(|r| usize::try_from(r).unwrap_or(0))
-            .sum();
-        match fallback(self.handed_on..total) {
+        match fallback(self.handed_on) {
             Ok(reader) => {
                 self.arrow = Some(reader);
                 self.arrow.as_mut()?.next()
@@ -340,9 +333,10 @@ impl ColumnCursor {
                 let Some(Dictionary::Text(values)) = &self.dictionary else {
                     return Err(HandOver);
                 };
-                // Keys of null rows are 0: with an empty dictionary they point nowhere.
+                // Keys of null rows are 0, which points nowhere in an empty dictionary: no
+                // key is then below its length.
                 let max = keys.iter().copied().fold(0, u32::max);
-                if values.is_empty() || max as usize >= values.len() {
+                if max as usize >= values.len() {
                     return Err(HandOver);
                 }
                 let nulls = nulls
@@ -1033,12 +1027,11 @@ mod tests {
         let mask = ProjectionMask::all();
         let fallback: Fallback = {
             let (bytes, metadata, groups) = (bytes.clone(), metadata.clone(), groups.clone());
-            Box::new(move |rows| {
+            Box::new(move |first| {
                 ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), metadata.clone())
                     .with_row_groups(groups.clone())
                     .with_batch_size(batch)
-                    .with_offset(rows.start)
-                    .with_limit(rows.len())
+                    .with_offset(first)
                     .build()
             })
         };

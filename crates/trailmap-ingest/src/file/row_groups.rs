@@ -231,14 +231,14 @@ fn mapped_batches(
         let fallback: flat::Fallback = {
             let (bytes, metadata, mask) = (bytes.clone(), metadata.clone(), mask.clone());
             let row_groups = row_groups.clone();
-            Box::new(move |rows| {
+            Box::new(move |first| {
                 batches(
                     bytes.clone(),
                     &metadata,
                     &mask,
                     batch_size,
                     row_groups.clone(),
-                    Some(rows),
+                    Some(first..group_rows),
                 )
             })
         };
